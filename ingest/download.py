@@ -1,0 +1,194 @@
+"""Fetch one candidate's video into the scratch dir: yt-dlp for URLs, a copy for cloud paths.
+
+Politeness and robustness: per-host concurrency and start rate shared by every worker process
+on the machine (lock files in the scratch dir), exponential backoff with jitter on 429, 5xx
+and timeouts, size/duration caps, and only the URL schemes the config allows.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import random
+import re
+import shutil
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from genie_pipeline.config import DownloadConfig
+from ingest.records import Candidate
+
+_RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|refused|aborted)|"
+                        r"Temporary failure|Remote end closed|IncompleteRead", re.I)
+_HTTP_CODE = re.compile(r"HTTP Error (\d{3})")
+
+
+class DownloadFailed(Exception):
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass
+class Fetched:
+    path: str
+    temporary: bool  # delete after cutting (unless download.keep)
+    attempts: int = 1
+
+
+def ffmpeg_exe() -> str:
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+class HostGate:
+    """At most `concurrency` downloads per host at once and `rate` starts per second, across
+    every process sharing `lock_dir` (Beam's local multi-process workers do)."""
+
+    def __init__(self, lock_dir: str, concurrency: int, rate: float):
+        self.lock_dir, self.concurrency, self.min_gap = lock_dir, concurrency, 1.0 / rate
+        os.makedirs(lock_dir, exist_ok=True)
+
+    @contextlib.contextmanager
+    def slot(self, host: str):
+        h = hashlib.sha1(host.encode()).hexdigest()[:12]
+        while True:
+            for i in range(self.concurrency):
+                fh = open(os.path.join(self.lock_dir, f"{h}.{i}.lock"), "w")
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    fh.close()
+                    continue
+                try:
+                    self._pace(h)
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                    fh.close()
+                return
+            time.sleep(0.05)
+
+    def _pace(self, h: str) -> None:
+        with open(os.path.join(self.lock_dir, f"{h}.rate"), "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            try:
+                last = float(fh.read() or 0)
+            except ValueError:
+                last = 0.0
+            wait = last + self.min_gap - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(repr(time.time()))
+
+
+class Downloader:
+    """Created once per worker (Beam `setup()`); `fetch` per candidate."""
+
+    def __init__(self, cfg: DownloadConfig, scratch_dir: str):
+        self.cfg = cfg
+        self.scratch = scratch_dir
+        os.makedirs(scratch_dir, exist_ok=True)
+        self.gate = HostGate(os.path.join(scratch_dir, ".hosts"), cfg.per_host_concurrency, cfg.per_host_rate)
+
+    def fetch(self, cand: Candidate) -> Fetched:
+        if cand.url:
+            return self._fetch_url(cand)
+        if cand.path and "://" in cand.path and not cand.path.startswith("file://"):
+            return self._copy_remote(cand)
+        if cand.path:
+            if not os.path.isfile(cand.path):
+                raise DownloadFailed("FileNotFound", f"no such file: {cand.path}")
+            return Fetched(cand.path, temporary=False)
+        raise DownloadFailed("NoLocation", "candidate has neither url nor path")
+
+    # ------------------------------------------------------------------ URLs via yt-dlp
+    def _fetch_url(self, cand: Candidate) -> Fetched:
+        url = cand.url or ""
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in self.cfg.allowed_schemes:
+            raise DownloadFailed("DisallowedScheme",
+                                 f"URL scheme {scheme or '(none)'!r} not in download.allowed_schemes {self.cfg.allowed_schemes}")
+        host = urllib.parse.urlsplit(url).hostname or ""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                with self.gate.slot(host):
+                    path = self._ytdlp(url, cand.video_key)
+                return Fetched(path, temporary=not self.cfg.keep, attempts=attempts)
+            except DownloadFailed:
+                raise
+            except Exception as e:
+                msg = _clean(str(e))
+                code = _HTTP_CODE.search(msg)
+                if attempts <= self.cfg.retries and _RETRYABLE.search(msg):
+                    delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempts - 1))
+                    time.sleep(delay * (0.5 + random.random()))  # jitter: workers don't retry in step
+                    continue
+                kind = f"HTTP{code.group(1)}" if code else type(e).__name__
+                raise DownloadFailed(kind, f"after {attempts} attempt(s): {msg}") from None
+
+    def _ytdlp(self, url: str, vkey: str) -> str:
+        import yt_dlp
+        from yt_dlp.utils import match_filter_func
+
+        c = self.cfg
+        opts = {
+            "format": c.format,
+            # vkey is derived by safe_id(): nothing from a title or URL reaches the path
+            "outtmpl": os.path.join(self.scratch, f"{vkey}.%(ext)s"),
+            "paths": {"temp": self.scratch},
+            "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
+            "socket_timeout": c.timeout_s, "retries": 0, "fragment_retries": 2,
+            "max_filesize": int(c.max_filesize_mb * 1024 * 1024),
+            "match_filter": match_filter_func(f"!duration | duration <= {c.max_duration_s}"),
+            "ffmpeg_location": ffmpeg_exe(), "overwrites": True, "continuedl": False,
+            "restrictfilenames": True, "windowsfilenames": True,
+        }
+        if c.cookiefile:
+            opts["cookiefile"] = c.cookiefile
+        if c.proxy:
+            opts["proxy"] = c.proxy
+        opts.update(c.ytdlp_options)
+        with yt_dlp.YoutubeDL(opts) as ydl:
+            info = ydl.extract_info(url, download=True)
+        if info is None:
+            raise DownloadFailed("Filtered", "yt-dlp skipped the video (match filter: too long, or a playlist)")
+        if info.get("_type") == "playlist":
+            raise DownloadFailed("Playlist", "URL is a playlist, not a video")
+        for d in info.get("requested_downloads") or []:
+            if d.get("filepath") and os.path.exists(d["filepath"]):
+                return d["filepath"]
+        if info.get("filesize") and info["filesize"] > opts["max_filesize"]:
+            raise DownloadFailed("TooLarge", f"{info['filesize']} bytes > download.max_filesize_mb")
+        raise DownloadFailed("NoFile", "yt-dlp finished without a file (over max_filesize_mb, or no format matched)")
+
+    # ------------------------------------------------------------------ cloud paths
+    def _copy_remote(self, cand: Candidate) -> Fetched:
+        from apache_beam.io.filesystems import FileSystems
+
+        ext = os.path.splitext(cand.path)[1][:8] if re.match(r"^\.[A-Za-z0-9]{1,7}$", os.path.splitext(cand.path)[1]) else ""
+        local = os.path.join(self.scratch, cand.video_key + ext)
+        try:
+            with FileSystems.open(cand.path) as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except Exception as e:
+            raise DownloadFailed(type(e).__name__, f"cannot copy {cand.path}: {e}") from None
+        return Fetched(local, temporary=not self.cfg.keep)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _clean(msg: str) -> str:
+    return _ANSI.sub("", msg).replace("ERROR: ", "")[:2000]

@@ -1,0 +1,150 @@
+"""Records passed between pipeline stages and written to the output Parquet files.
+
+Plain dataclasses (picklable, cheap for Beam to move): a whole source video never crosses a
+stage boundary, only these rows and small clip files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def safe_id(raw: str) -> str:
+    """An id usable in a clip key and a file name; anything else is hashed.
+
+    Titles, URLs and file names never become paths: only this function's output does.
+    """
+    raw = str(raw)
+    if SAFE_ID_RE.match(raw) and not raw.startswith("-"):
+        return raw
+    return "h" + hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def video_key(source: str, video_id: str) -> str:
+    return f"{source}_{safe_id(video_id)}"
+
+
+def clip_key(vkey: str, start_ms: int) -> str:
+    # WebDataset splits keys at the first dot, so keys hold no dot
+    return f"{vkey}_{start_ms:09d}"
+
+
+@dataclass
+class Candidate:
+    """One discovered video, before any download."""
+
+    source: str
+    video_id: str
+    title: str = ""
+    description: str = ""
+    url: str | None = None  # remote (yt-dlp) or None
+    path: str | None = None  # local or FileSystem path (gs://…)
+    duration_s: float | None = None
+    start_s: float | None = None  # a span inside the file (LeRobot v3 episodes)
+    end_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    # filled by the keyword filter
+    keyword_verdict: str = ""  # keep | reject
+    keyword_reason: str = ""
+    matched_terms: list[str] = field(default_factory=list)
+
+    @property
+    def video_key(self) -> str:
+        return video_key(self.source, self.video_id)
+
+    def row(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["video_key"] = self.video_key
+        if not isinstance(d["extra"], str):  # already JSON when read back from a run's parts
+            d["extra"] = _json(d["extra"])
+        return d
+
+
+@dataclass
+class ClipRow:
+    """One clip, kept or rejected: a row of manifest.parquet."""
+
+    key: str
+    video_key: str
+    video_id: str
+    source: str
+    title: str
+    start_s: float
+    duration_s: float
+    n_frames: int
+    bytes: int = 0
+    split: str = "train"
+    kept: bool = True
+    reason: str = ""  # why rejected: static | black | slideshow | cuts | quality
+    shard: str | None = None
+    # heuristic scores (filtering/heuristics.py)
+    motion: float = 0.0
+    dark_fraction: float = 0.0
+    unique_fraction: float = 0.0
+    cuts_per_min: float = 0.0
+    quality_score: float = float("nan")
+
+    def row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Failure:
+    """A dead letter: what went wrong with which video, at which stage."""
+
+    video_key: str
+    video_id: str
+    source: str
+    stage: str  # discover | download | probe | decode | cut | encode | score | shard
+    error_type: str
+    message: str
+    url: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class VideoResult:
+    """Per-video outcome; its clips live in the clip store `OUT/clips/{video_key}.tar`."""
+
+    video_key: str
+    video_id: str
+    source: str
+    title: str
+    status: str  # done | failed | skipped
+    clips: list[ClipRow] = field(default_factory=list)
+    seconds_in: float = 0.0
+    seconds_out: float = 0.0
+    error: str = ""
+    store: str | None = None  # path of the clip store tar
+    split: str = "train"
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "video_key": self.video_key, "video_id": self.video_id, "source": self.source,
+            "title": self.title, "status": self.status, "n_clips": len(self.clips),
+            "n_kept": sum(c.kept for c in self.clips), "seconds_in": self.seconds_in,
+            "seconds_out": self.seconds_out, "error": self.error, "split": self.split,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "VideoResult":
+        d = dict(d)
+        d["clips"] = [ClipRow(**c) for c in d.get("clips", [])]
+        return cls(**d)
+
+
+def _json(v: Any) -> str:
+    import json
+
+    return json.dumps(v, sort_keys=True, default=str)

@@ -1,0 +1,256 @@
+"""Discovery: each source type turns its config into candidate videos, before any download.
+
+`discover(source)` yields `Candidate`s and `Failure`s (a query that fails or a catalog row
+that names no video is recorded, and discovery goes on).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+from typing import Any, Iterator
+
+from genie_pipeline.config import (CatalogSource, FilesSource, LeRobotSource, SearchSource,
+                                   UrlsSource)
+from ingest.records import Candidate, Failure, video_key
+
+
+def _hash_id(text: str) -> str:
+    return "h" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _fail(source: str, vid: str, message: str, error_type: str = "DiscoveryError", url: str | None = None) -> Failure:
+    return Failure(video_key=video_key(source, vid), video_id=vid, source=source, stage="discover",
+                   error_type=error_type, message=message[:2000], url=url)
+
+
+# ------------------------------------------------------------------------------- search
+def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
+    import yt_dlp
+
+    opts = {"extract_flat": "in_playlist", "quiet": True, "no_warnings": True, "skip_download": True,
+            "extractor_args": src.extractor_args, "noprogress": True}
+    seen: set[str] = set()
+    with yt_dlp.YoutubeDL(opts) as ydl:
+        _register_local_search(ydl)
+        for q in src.queries:
+            query = f"{src.prefix}{src.max_results}:{q}"
+            try:
+                info = ydl.extract_info(query, download=False)
+            except Exception as e:  # yt-dlp raises many types; each query fails alone
+                yield _fail(src.name, _hash_id(query), f"search {query!r} failed: {e}", type(e).__name__)
+                continue
+            for entry in (info or {}).get("entries") or []:
+                if not entry:
+                    continue
+                vid = str(entry.get("id") or _hash_id(str(entry.get("url"))))
+                if vid in seen:
+                    continue
+                seen.add(vid)
+                yield Candidate(
+                    source=src.name, video_id=vid, title=str(entry.get("title") or ""),
+                    description=str(entry.get("description") or ""),
+                    url=entry.get("url") or entry.get("webpage_url"),
+                    duration_s=_float(entry.get("duration")), extra={"query": q},
+                )
+
+
+def _register_local_search(ydl) -> None:
+    """Offline search backend over the sample corpus (`gcsearch`), same code path as YouTube."""
+    try:
+        from ingest.corpus.search_ie import add_corpus_extractor
+    except ImportError:
+        return
+    add_corpus_extractor(ydl)
+
+
+# ------------------------------------------------------------------------------ catalog
+def _read_table(path: str, fmt: str) -> list[dict[str, Any]]:
+    from apache_beam.io.filesystems import FileSystems
+
+    if fmt == "auto":
+        ext = posixpath.splitext(path.lower())[1]
+        fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
+               ".parquet": "parquet", ".pq": "parquet"}.get(ext, "")
+        if not fmt:
+            raise ValueError(f"cannot tell the format of {path!r} from its extension: set `format`")
+    with FileSystems.open(path) as f:
+        data = f.read()
+    if fmt == "jsonl":
+        rows = []
+        for i, line in enumerate(data.decode("utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    rows.append({"__error__": f"line {i}: {e}"})
+        return rows
+    import io
+
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    table = pcsv.read_csv(io.BytesIO(data)) if fmt == "csv" else pq.read_table(io.BytesIO(data))
+    return table.to_pylist()
+
+
+def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
+    try:
+        rows = _read_table(src.path, src.format)
+    except Exception as e:
+        yield _fail(src.name, _hash_id(src.path), f"cannot read catalog {src.path}: {e}", type(e).__name__)
+        return
+    base = posixpath.dirname(src.path) if "://" in src.path else os.path.dirname(os.path.abspath(src.path))
+    f = src.fields
+    for i, row in enumerate(rows):
+        if "__error__" in row or not isinstance(row, dict):
+            yield _fail(src.name, f"row{i}", f"catalog row {i}: {row.get('__error__', 'not an object')}")
+            continue
+        url, path = row.get(f.url) or None, row.get(f.path) or None
+        vid = str(row.get(f.video_id) or _hash_id(str(url or path or i)))
+        if not url and not path:
+            yield _fail(src.name, vid, f"catalog row {i} has neither {f.url!r} nor {f.path!r}")
+            continue
+        if path and "://" not in str(path) and not os.path.isabs(str(path)):
+            path = posixpath.join(base, str(path)) if "://" in base else os.path.join(base, str(path))
+        yield Candidate(
+            source=src.name, video_id=vid, title=str(row.get(f.title) or ""),
+            description=str(row.get(f.description) or ""), url=str(url) if url else None,
+            path=str(path) if path else None, duration_s=_float(row.get(f.duration)),
+        )
+
+
+# --------------------------------------------------------------------------------- urls
+def discover_urls(src: UrlsSource) -> Iterator[Candidate | Failure]:
+    urls = list(src.urls)
+    if src.path:
+        try:
+            from apache_beam.io.filesystems import FileSystems
+
+            with FileSystems.open(src.path) as fh:
+                urls += [ln.strip() for ln in fh.read().decode("utf-8").splitlines()
+                         if ln.strip() and not ln.lstrip().startswith("#")]
+        except Exception as e:
+            yield _fail(src.name, _hash_id(src.path), f"cannot read URL list {src.path}: {e}", type(e).__name__)
+    seen = set()
+    for u in urls:
+        if u in seen:
+            continue
+        seen.add(u)
+        yield Candidate(source=src.name, video_id=_hash_id(u), url=u, title="")
+
+
+# -------------------------------------------------------------------------------- files
+_SEP_RE = re.compile(r"[_.\-]+")
+
+
+def discover_files(src: FilesSource) -> Iterator[Candidate | Failure]:
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = src.glob if "://" in src.glob else os.path.abspath(src.glob)
+    try:
+        matches = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:
+        yield _fail(src.name, _hash_id(src.glob), f"cannot list {src.glob}: {e}", type(e).__name__)
+        return
+    for m in sorted(matches, key=lambda m: m.path):
+        path = m.path
+        stem, ext = posixpath.splitext(posixpath.basename(path))
+        if ext.lower() == ".json":
+            continue  # sidecars
+        title, desc = _SEP_RE.sub(" ", stem).strip(), ""
+        for sidecar in (posixpath.splitext(path)[0] + ".json", posixpath.splitext(path)[0] + ".info.json"):
+            try:
+                if FileSystems.exists(sidecar):
+                    with FileSystems.open(sidecar) as fh:
+                        meta = json.loads(fh.read())
+                    title = str(meta.get("title") or title)
+                    desc = str(meta.get("description") or "")
+                    break
+            except Exception:
+                pass  # a bad sidecar only costs the nicer title
+        yield Candidate(source=src.name, video_id=_hash_id(path), path=path, title=title,
+                        description=desc, extra={"size_bytes": m.size_in_bytes})
+
+
+# ------------------------------------------------------------------------------ lerobot
+def discover_lerobot(src: LeRobotSource) -> Iterator[Candidate | Failure]:
+    """LeRobot datasets as video only: every episode × camera is a candidate; actions ignored.
+
+    v3.0 packs many episodes in one mp4 and gives each its span (from/to timestamps);
+    v2.x has one mp4 per episode.
+    """
+    root = src.root.rstrip("/")
+    try:
+        with open(os.path.join(root, "meta", "info.json")) as fh:
+            info = json.load(fh)
+    except Exception as e:
+        yield _fail(src.name, _hash_id(root), f"not a LeRobot dataset ({root}/meta/info.json): {e}", type(e).__name__)
+        return
+    cams = [k for k, v in info.get("features", {}).items() if isinstance(v, dict) and v.get("dtype") == "video"]
+    if src.cameras:
+        cams = [c for c in cams if c in src.cameras]
+    name = os.path.basename(root)
+    template = info.get("video_path", "")
+    version = str(info.get("codebase_version", ""))
+    try:
+        episodes = _lerobot_episodes(root, version)
+    except Exception as e:
+        yield _fail(src.name, _hash_id(root), f"cannot read episodes of {root}: {e}", type(e).__name__)
+        return
+    for ep in episodes:
+        idx = int(ep["episode_index"])
+        tasks = ep.get("tasks") or []
+        task = tasks[0] if isinstance(tasks, list) and tasks else str(tasks or "")
+        for cam in cams:
+            cam_id = re.sub(r"[^A-Za-z0-9]+", "-", cam.split(".")[-1])[:16]
+            vid = f"ep{idx:06d}_{cam_id}"
+            if version.startswith("v3"):
+                rel = template.format(video_key=cam, chunk_index=int(ep[f"videos/{cam}/chunk_index"]),
+                                      file_index=int(ep[f"videos/{cam}/file_index"]))
+                start, end = float(ep[f"videos/{cam}/from_timestamp"]), float(ep[f"videos/{cam}/to_timestamp"])
+            else:
+                chunk = idx // int(info.get("chunks_size", 1000))
+                rel = template.format(video_key=cam, episode_chunk=chunk, episode_index=idx)
+                start = end = None
+            yield Candidate(
+                source=src.name, video_id=vid, path=os.path.join(root, rel), title=f"{name} {task}".strip(),
+                description=f"LeRobot {name} episode {idx} camera {cam}", start_s=start, end_s=end,
+                duration_s=(end - start) if start is not None else _float(ep.get("length", 0)) / max(1, info.get("fps", 1)),
+                extra={"episode_index": idx, "camera": cam},
+            )
+
+
+def _lerobot_episodes(root: str, version: str) -> list[dict[str, Any]]:
+    if version.startswith("v3"):
+        import glob
+
+        import pyarrow.parquet as pq
+
+        rows: list[dict[str, Any]] = []
+        for f in sorted(glob.glob(os.path.join(root, "meta", "episodes", "**", "*.parquet"), recursive=True)):
+            rows += pq.read_table(f).to_pylist()
+        return sorted(rows, key=lambda r: int(r["episode_index"]))
+    with open(os.path.join(root, "meta", "episodes.jsonl")) as fh:
+        return [json.loads(ln) for ln in fh if ln.strip()]
+
+
+DISCOVER = {"search": discover_search, "catalog": discover_catalog, "urls": discover_urls,
+            "files": discover_files, "lerobot": discover_lerobot}
+
+
+def discover(src) -> Iterator[Candidate | Failure]:
+    items = DISCOVER[src.type](src)
+    for n, item in enumerate(items):
+        if src.limit is not None and n >= src.limit:
+            return
+        yield item
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return float(v) if v is not None and v != "" else None
+    except (TypeError, ValueError):
+        return None

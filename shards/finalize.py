@@ -1,0 +1,244 @@
+"""Commit a run: number shards, merge the Parquet outputs, write stats — crash-safe.
+
+Everything a run adds is first described in a journal (`OUT/_commit.json`); then shards are
+renamed into place and the tables replaced. A run killed half-way through the commit is
+rolled forward by the next run (`recover`), so shard files and manifest never disagree.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ingest.records import Candidate, ClipRow, Failure, VideoResult
+from shards import fs
+from shards.writer import ShardRecord, ShardRoller, existing_shards, shard_name, stats_name, write_shards_for
+
+JOURNAL = "_commit.json"
+
+_STR, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+SCHEMAS = {
+    "manifest": pa.schema([("key", _STR), ("video_key", _STR), ("video_id", _STR), ("source", _STR),
+                           ("title", _STR), ("start_s", _F), ("duration_s", _F), ("n_frames", _I),
+                           ("bytes", _I), ("split", _STR), ("kept", _B), ("reason", _STR), ("shard", _STR),
+                           ("motion", _F), ("dark_fraction", _F), ("unique_fraction", _F),
+                           ("cuts_per_min", _F), ("quality_score", _F)]),
+    "videos": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("title", _STR),
+                         ("status", _STR), ("n_clips", _I), ("n_kept", _I), ("seconds_in", _F),
+                         ("seconds_out", _F), ("error", _STR), ("split", _STR)]),
+    "failures": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("stage", _STR),
+                           ("error_type", _STR), ("message", _STR), ("url", _STR)]),
+    "candidates": pa.schema([("video_key", _STR), ("source", _STR), ("video_id", _STR), ("title", _STR),
+                             ("description", _STR), ("url", _STR), ("path", _STR), ("duration_s", _F),
+                             ("start_s", _F), ("end_s", _F), ("extra", _STR), ("keyword_verdict", _STR),
+                             ("keyword_reason", _STR), ("matched_terms", pa.list_(_STR))]),
+}
+assert [f.name for f in SCHEMAS["manifest"]] == list(ClipRow.__dataclass_fields__)
+
+
+def table_path(out_dir: str, name: str) -> str:
+    return fs.join(out_dir, f"{name}.parquet")
+
+
+def read_rows(out_dir: str, name: str) -> list[dict[str, Any]]:
+    p = table_path(out_dir, name)
+    if not fs.exists(p):
+        return []
+    with fs.open_read(p) as f:
+        return pq.read_table(f).to_pylist()
+
+
+def _write_table(dest: str, name: str, rows: list[dict[str, Any]]) -> None:
+    schema = SCHEMAS[name]
+    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+    with fs.atomic_output(dest) as tmp:
+        pq.write_table(table, tmp)
+
+
+# ------------------------------------------------------------------------------ journal
+def _apply(out_dir: str, journal: dict) -> None:
+    # deletes first: a rebuild reuses the old shard names. A path already renamed into place
+    # by an interrupted earlier attempt (its source is gone) is new, not old: keep it.
+    done = {dst for src, dst in journal["renames"] if not fs.exists(src)}
+    for path in journal.get("deletes", []):
+        if path not in done:
+            fs.remove(path)
+    for src, dst in journal["renames"]:
+        if fs.exists(src):
+            fs.rename(src, dst)
+        elif not fs.exists(dst):
+            raise RuntimeError(f"commit journal names {src} but neither it nor {dst} exists")
+    stats = journal.get("stats")
+    if stats is not None:
+        fs.write_bytes(fs.join(out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
+    fs.remove(fs.join(out_dir, JOURNAL))
+    for d in journal.get("cleanup", []):
+        fs.rmtree(d)
+
+
+def recover(out_dir: str) -> bool:
+    """Roll forward a commit that a killed run left half-done. True if there was one."""
+    jp = fs.join(out_dir, JOURNAL)
+    if not fs.exists(jp):
+        return False
+    _apply(out_dir, json.loads(fs.read_bytes(jp)))
+    return True
+
+
+def _commit(out_dir: str, renames: list[tuple[str, str]], tables: dict[str, list[dict]],
+            stats: dict | None, deletes: Iterable[str] = (), cleanup: Iterable[str] = ()) -> None:
+    staged = []
+    for name, rows in tables.items():
+        tmp = fs.join(out_dir, "_commit", f"{name}.parquet")
+        fs.makedirs(os.path.dirname(tmp)) if not fs.is_remote(tmp) else None
+        _write_table(tmp, name, rows)
+        staged.append((tmp, table_path(out_dir, name)))
+    journal = {"renames": list(renames) + staged, "deletes": list(deletes), "stats": stats,
+               "cleanup": list(cleanup)}
+    fs.write_bytes(fs.join(out_dir, JOURNAL), json.dumps(journal).encode())
+    _apply(out_dir, journal)
+
+
+def _number_shards(out_dir: str, records: list[ShardRecord], start: dict[str, int]) -> tuple[list, dict[str, str]]:
+    """Final names continue after the shards already there, in a deterministic order."""
+    shard_dir = fs.join(out_dir, "shards")
+    renames, final_of = [], {}
+    nxt = dict(start)
+    for rec in sorted(records, key=lambda r: (r.split, r.order)):
+        name = shard_name(rec.split, nxt[rec.split])
+        nxt[rec.split] += 1
+        final = fs.join(shard_dir, name)
+        stats_tmp = rec.path[: -len(".tar")] + ".stats.json"
+        fs.write_bytes(stats_tmp, json.dumps({"shard": name, "split": rec.split, **rec.stats}, indent=1).encode())
+        renames += [(stats_tmp, fs.join(shard_dir, stats_name(name))), (rec.path, final)]
+        final_of[rec.path] = name
+    return renames, final_of
+
+
+def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Failure],
+               videos: list[VideoResult], shard_records: list[ShardRecord], stats: dict,
+               cleanup: list[str]) -> dict:
+    """Merge one run's results into OUT; returns the merged stats."""
+    shard_dir = fs.join(out_dir, "shards")
+    start = {s: _next_index(shard_dir, s) for s in ("train", "val")}
+    renames, final_of = _number_shards(out_dir, shard_records, start)
+
+    redone = {v.video_key for v in videos} | {f.video_key for f in failures}
+    old_videos = [r for r in read_rows(out_dir, "videos") if r["video_key"] not in redone]
+    old_manifest = [r for r in read_rows(out_dir, "manifest") if r["video_key"] not in redone]
+    old_failures = [r for r in read_rows(out_dir, "failures") if r["video_key"] not in redone]
+    new_cands = {c.video_key: c.row() for c in candidates}
+    old_cands = [r for r in read_rows(out_dir, "candidates") if r["video_key"] not in new_cands]
+
+    manifest = old_manifest
+    for v in videos:
+        for c in v.clips:
+            row = c.row()
+            row["shard"] = final_of.get(c.shard) if c.kept and c.shard else None
+            manifest.append(row)
+    failed_keys = {f.video_key for f in failures}
+    video_rows = old_videos + [v.row() for v in videos if v.video_key not in failed_keys or v.clips]
+    video_rows += [_failed_video_row(f) for f in _first_per_video(failures) if f.video_key not in {v.video_key for v in videos}]
+    manifest.sort(key=lambda r: r["key"])
+    video_rows.sort(key=lambda r: r["video_key"])
+    tables = {
+        "manifest": manifest, "videos": video_rows,
+        "failures": old_failures + [f.row() for f in failures],
+        "candidates": sorted(old_cands + list(new_cands.values()), key=lambda r: r["video_key"]),
+    }
+    merged = summarize(tables, stats)
+    _commit(out_dir, renames, tables, merged, cleanup=cleanup)
+    return merged
+
+
+def _next_index(shard_dir: str, split: str) -> int:
+    idx = [int(os.path.basename(p)[len(split) + 1: -4]) for p in existing_shards(shard_dir, split)]
+    return max(idx) + 1 if idx else 0
+
+
+def _first_per_video(failures: list[Failure]) -> list[Failure]:
+    seen, out = set(), []
+    for f in failures:
+        if f.video_key not in seen and f.stage != "discover":
+            seen.add(f.video_key)
+            out.append(f)
+    return out
+
+
+def _failed_video_row(f: Failure) -> dict:
+    return {"video_key": f.video_key, "video_id": f.video_id, "source": f.source, "title": "",
+            "status": "failed", "n_clips": 0, "n_kept": 0, "seconds_in": 0.0, "seconds_out": 0.0,
+            "error": f"{f.stage}:{f.error_type}: {f.message}"[:500], "split": ""}
+
+
+def summarize(tables: dict[str, list[dict]], run_stats: dict) -> dict:
+    m, v, c = tables["manifest"], tables["videos"], tables["candidates"]
+    reasons: dict[str, int] = {}
+    for r in m:
+        if not r["kept"]:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    fail_types: dict[str, int] = {}
+    for f in tables["failures"]:
+        k = f"{f['stage']}:{f['error_type']}"
+        fail_types[k] = fail_types.get(k, 0) + 1
+    return {
+        "candidates": len(c),
+        "keyword_kept": sum(r["keyword_verdict"] == "keep" for r in c),
+        "keyword_rejected": sum(r["keyword_verdict"] == "reject" for r in c),
+        "videos_done": sum(r["status"] == "done" for r in v),
+        "videos_failed": sum(r["status"] == "failed" for r in v),
+        "clips": len(m), "clips_kept": sum(r["kept"] for r in m), "clips_rejected": reasons,
+        "clips_train": sum(r["kept"] and r["split"] == "train" for r in m),
+        "clips_val": sum(r["kept"] and r["split"] == "val" for r in m),
+        "hours_in": round(sum(r["seconds_in"] for r in v) / 3600, 4),
+        "hours_out": round(sum(r["duration_s"] for r in m if r["kept"]) / 3600, 4),
+        "failures_by_type": fail_types,
+        "last_run": run_stats,
+    }
+
+
+# ------------------------------------------------------------------------------ rebuild
+def rebuild_shards(out_dir: str, manifest: list[dict[str, Any]], cfg) -> dict:
+    """Rewrite every shard from the clip store for the rows with kept=True (refilter),
+    then swap old shards for new ones in one journalled commit."""
+    recover(out_dir)
+    shard_dir = fs.join(out_dir, "shards")
+    tmp_dir = fs.join(shard_dir, "_tmp", "rebuild")
+    fs.rmtree(tmp_dir)
+    fs.makedirs(tmp_dir)
+    by_video: dict[str, list[ClipRow]] = {}
+    for r in manifest:
+        by_video.setdefault(r["video_key"], []).append(ClipRow(**{k: r[k] for k in ClipRow.__dataclass_fields__}))
+    records: list[ShardRecord] = []
+    for split in ("train", "val"):
+        roller = ShardRoller(tmp_dir, split, split, int(cfg.shards.target_mb * 2**20), cfg.shards.max_clips,
+                             cfg.clips.fps, cfg.clips.width, cfg.clips.height)
+        videos = [VideoResult(video_key=vk, video_id=cl[0].video_id, source=cl[0].source, title=cl[0].title,
+                              status="done", clips=sorted(cl, key=lambda c: c.start_s),
+                              store=fs.join(out_dir, "clips", f"{vk}.tar"))
+                  for vk, cl in sorted(by_video.items()) if cl[0].split == split]
+        for c in (c for v in videos for c in v.clips):
+            c.shard = None
+        records += [x for x in write_shards_for(iter(videos), roller) if isinstance(x, ShardRecord)]
+        for v in videos:
+            by_video[v.video_key] = v.clips
+    old = [p for s in ("train", "val") for p in existing_shards(shard_dir, s)]
+    deletes = old + [fs.join(shard_dir, stats_name(os.path.basename(p))) for p in old]
+    renames, final_of = _number_shards(out_dir, records, {"train": 0, "val": 0})
+    rows = []
+    for clips in by_video.values():
+        for c in clips:
+            row = c.row()
+            row["shard"] = final_of.get(c.shard) if c.kept and c.shard else None
+            rows.append(row)
+    rows.sort(key=lambda r: r["key"])
+    tables = {"manifest": rows, "videos": read_rows(out_dir, "videos"), "failures": read_rows(out_dir, "failures"),
+              "candidates": read_rows(out_dir, "candidates")}
+    prev = json.loads(fs.read_bytes(fs.join(out_dir, "stats.json"))) if fs.exists(fs.join(out_dir, "stats.json")) else {}
+    merged = summarize(tables, {**prev.get("last_run", {}), "rebuilt": True})
+    _commit(out_dir, renames, {"manifest": rows}, merged, deletes=deletes,
+            cleanup=[tmp_dir, fs.join(out_dir, "_commit")])
+    return merged

@@ -1,0 +1,103 @@
+"""File I/O for outputs that may live locally or on any Beam FileSystem (gs://, s3://).
+
+Writes go to a local file first and are moved into place whole: a reader never sees a
+partial file (local: `os.replace`; object stores: an object appears only when its upload
+completes).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Iterator
+
+from apache_beam.io.filesystems import FileSystems
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+
+
+def makedirs(path: str) -> None:
+    if not is_remote(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def glob(pattern: str) -> list[str]:
+    if is_remote(pattern):
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    import glob as _glob
+
+    return sorted(_glob.glob(pattern))
+
+
+def open_read(path: str):
+    return FileSystems.open(path) if is_remote(path) else open(path, "rb")
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as f:
+        return f.read()
+
+
+def remove(path: str) -> None:
+    if is_remote(path):
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def rmtree(path: str) -> None:
+    if is_remote(path):
+        for p in glob(path.rstrip("/") + "/**"):
+            remove(p)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def rename(src: str, dst: str) -> None:
+    if is_remote(src) or is_remote(dst):
+        FileSystems.rename([src], [dst])
+    else:
+        os.replace(src, dst)
+
+
+@contextlib.contextmanager
+def atomic_output(dest: str) -> Iterator[str]:
+    """Yields a local path to write; on success the file appears at `dest` in one step."""
+    if is_remote(dest):
+        fd, tmp = tempfile.mkstemp(suffix=".part")
+        os.close(fd)
+    else:
+        os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+        tmp = os.path.join(os.path.dirname(dest) or ".", f".{os.path.basename(dest)}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        yield tmp
+        if is_remote(dest):
+            with open(tmp, "rb") as src, FileSystems.create(dest) as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+            os.remove(tmp)
+        else:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def write_bytes(dest: str, data: bytes) -> None:
+    with atomic_output(dest) as tmp, open(tmp, "wb") as f:
+        f.write(data)
