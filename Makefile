@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv first (pip only).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DEMO   ?= out/demo
+
+.PHONY: setup demo test test-fast browser bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch pinned exactly: these wheels are on local disk; a looser pin downloads GBs
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	# yt-dlp wants a binary named ffmpeg on PATH; imageio-ffmpeg ships one (no root needed)
+	ln -sf "$$($(PY) -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" $(VENV)/bin/ffmpeg
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+# Debian chromium for the labelling page's browser test (needs root; CI runs as root)
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: the browser test will fail (apt-get install chromium)"
+
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m genie_pipeline.demo --out $(DEMO)
+
+test: setup browser
+	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,48 @@
+"""Shared fixtures: real videos made with ffmpeg, the small sample corpus, a corpus server."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# yt-dlp looks for `ffmpeg` on PATH; the venv has the imageio-ffmpeg binary linked there
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def make_video(path: Path, seconds: float, size: str = "640x360", fps: int = 30, src: str = "testsrc2",
+               extra: list[str] | None = None, pre: list[str] | None = None) -> Path:
+    """A real h264 mp4 from an ffmpeg test source (testsrc2 moves; color=black is black)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [ffmpeg(), "-loglevel", "error", "-y", *(pre or []), "-f", "lavfi",
+           "-i", f"{src}=size={size}:rate={fps}" if "=" not in src else src,
+           "-t", str(seconds), "-pix_fmt", "yuv420p", "-c:v", "libx264", "-preset", "ultrafast",
+           *(extra or []), str(path)]
+    subprocess.run(cmd, check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """The embedded sample corpus (small size), generated once per test session (cached)."""
+    from ingest.corpus.generate import cached_small_corpus
+
+    return Path(cached_small_corpus(tmp_path_factory.mktemp("corpus-cache")))
+
+
+@pytest.fixture(scope="session")
+def corpus_server(small_corpus):
+    from ingest.corpus.serve import CorpusServer
+
+    with CorpusServer(small_corpus) as srv:
+        yield srv
