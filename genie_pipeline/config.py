@@ -179,9 +179,9 @@ class ClipsConfig(Section):
 # ------------------------------------------------------------------------------ filters
 class HeuristicsConfig(Section):
     enabled: bool = True
-    min_motion: float = Field(default=1.0, ge=0, description="mean |frame diff| (0-255) below: static")
+    min_motion: float = Field(default=0.1, ge=0, description="percent of pixels changing per frame below: static")
     max_dark_fraction: float = Field(default=0.8, ge=0, le=1, description="share of near-black/blank frames above: black")
-    min_unique_fraction: float = Field(default=0.3, ge=0, le=1, description="share of distinct frames below: slideshow")
+    min_unique_fraction: float = Field(default=0.25, ge=0, le=1, description="share of frames that change below: slideshow")
     max_cuts_per_min: float = Field(default=30.0, ge=0, description="scene cuts per minute above: rapid cuts")
 
 

@@ -82,7 +82,7 @@ def _filter_chain(cfg: ClipsConfig, rotation: int) -> list[tuple[str, str]]:
 
 
 def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None,
-                end_s: float | None = None, threads: int = 0) -> Iterator[np.ndarray]:
+                end_s: float | None = None, threads: int = 1) -> Iterator[np.ndarray]:
     """Decoded frames at cfg.fps and cfg.height × cfg.width, RGB uint8 (H, W, 3)."""
     try:
         container = av.open(path)
@@ -92,7 +92,10 @@ def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None,
         if not container.streams.video:
             raise VideoError("probe", "no video stream (audio-only or not a video)")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # one thread per worker process: Beam runs one worker per core, and codec threads
+        # cost CPU time in synchronisation that a throughput job does not want to pay
+        if threads != 1:
+            stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
         if start_s:
             container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
