@@ -135,8 +135,7 @@ class Downloader:
                     delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempts - 1))
                     time.sleep(delay * (0.5 + random.random()))  # jitter: workers don't retry in step
                     continue
-                kind = f"HTTP{code.group(1)}" if code else type(e).__name__
-                raise DownloadFailed(kind, f"after {attempts} attempt(s): {msg}") from None
+                raise DownloadFailed(_error_type(msg, code, e), f"after {attempts} attempt(s): {msg}") from None
 
     def _ytdlp(self, url: str, vkey: str) -> str:
         import yt_dlp
@@ -151,7 +150,7 @@ class Downloader:
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
             "socket_timeout": c.timeout_s, "retries": 0, "fragment_retries": 2,
             "max_filesize": int(c.max_filesize_mb * 1024 * 1024),
-            "match_filter": match_filter_func(f"!duration | duration <= {c.max_duration_s}"),
+            "match_filter": match_filter_func(f"duration <=? {int(c.max_duration_s)}"),
             "ffmpeg_location": ffmpeg_exe(), "overwrites": True, "continuedl": False,
             "restrictfilenames": True, "windowsfilenames": True,
         }
@@ -185,6 +184,17 @@ class Downloader:
         except Exception as e:
             raise DownloadFailed(type(e).__name__, f"cannot copy {cand.path}: {e}") from None
         return Fetched(local, temporary=not self.cfg.keep)
+
+
+_KINDS = [(re.compile(r"timed? ?out", re.I), "Timeout"), (re.compile(r"Connection refused", re.I), "ConnectionRefused"),
+          (re.compile(r"Did not get any data blocks|empty file", re.I), "EmptyDownload"),
+          (re.compile(r"Unsupported URL", re.I), "UnsupportedURL")]
+
+
+def _error_type(msg: str, code, exc: Exception) -> str:
+    if code:
+        return f"HTTP{code.group(1)}"
+    return next((kind for rx, kind in _KINDS if rx.search(msg)), type(exc).__name__)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

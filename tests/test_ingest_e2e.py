@@ -105,7 +105,7 @@ def test_failures_are_recorded_with_reasons(ingested, small_corpus):
     cat = catalog(small_corpus)
     fails = {(r["source"], r["video_id"]): r for r in table(ingested["out"], "failures")}
     expect_stage = {"http_404": ("download", "HTTP404"), "http_500": ("download", "HTTP500"),
-                    "too_short": ("cut", "TooShort")}
+                    "too_short": ("cut", "TooShort"), "empty_file": ("download", "EmptyDownload")}
     for vid, row in cat.items():
         if row["expect_keyword"] != "keep" or not row["expect_failure"]:
             continue
@@ -119,8 +119,8 @@ def test_failures_are_recorded_with_reasons(ingested, small_corpus):
     cat_fails = {vid: f for (src, vid), f in fails.items() if src == "cat"}
     assert cat_fails["fileurl"]["error_type"] == "DisallowedScheme"
     assert cat_fails["ftpurl"]["error_type"] == "DisallowedScheme"
-    assert cat_fails["refused"]["stage"] == "download"
-    assert cat_fails["hang"]["stage"] == "download" and "timed out" in cat_fails["hang"]["message"].lower()
+    assert (cat_fails["refused"]["stage"], cat_fails["refused"]["error_type"]) == ("download", "ConnectionRefused")
+    assert (cat_fails["hang"]["stage"], cat_fails["hang"]["error_type"]) == ("download", "Timeout")
     assert any(f["stage"] == "discover" and "neither" in f["message"] for f in cat_fails.values())
     # videos.parquet: every failed video has status failed; the flaky (429) video succeeded
     videos = {(r["source"], r["video_id"]): r for r in table(ingested["out"], "videos")}
