@@ -33,11 +33,13 @@ def make_video(path: Path, seconds: float, size: str = "640x360", fps: int = 30,
 
 
 @pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> Path:
-    """The embedded sample corpus (small size), generated once per test session (cached)."""
+def small_corpus() -> Path:
+    """The embedded sample corpus (small size), rendered once and cached by seed and code
+    version under .cache/ (or $GENIE_TEST_CACHE). Tests only read it."""
     from ingest.corpus.generate import cached_small_corpus
 
-    return Path(cached_small_corpus(tmp_path_factory.mktemp("corpus-cache")))
+    cache = Path(os.environ.get("GENIE_TEST_CACHE", ROOT / ".cache" / "corpus"))
+    return Path(cached_small_corpus(cache))
 
 
 @pytest.fixture(scope="session")
