@@ -1,0 +1,323 @@
+"""Model configuration: sizes of the three Genie components and named presets.
+
+Everything a model needs to be built is in a `GenieConfig`; the models take the whole
+config because the components depend on each other's sizes (the dynamics vocabulary is
+the tokenizer codebook, its action table is the LAM's action count, every model needs the
+image size to lay out its patch grid).
+
+Presets (`NAMED_CONFIGS`):
+
+- `tiny`:   CPU tests and the demo. Deviates from the paper where the paper would be too
+            slow on two cores: tokenizer patch 8 (paper 4), 8 frames per clip.
+- `small`:  one GPU, short experiments (tens of millions of parameters per component).
+- `base`:   one GPU, longer runs (~50M tokenizer/LAM, ~200M dynamics).
+- `paper`:  the sizes of Genie (Bruce et al., 2024): tokenizer ~200M, LAM ~300M,
+            dynamics ~2.7B (the largest model of the paper's scaling study below 11B).
+- `paper-11b`: as `paper` with the 10.7B dynamics model of the final Genie.
+
+`stated_params` records the intended size of each component; a test builds every preset on
+the meta device and checks the real count is within 15% of it, so a preset cannot drift
+silently from the size it claims.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PAD_MODES = ("pad", "crop")
+ACTION_MODES = ("add", "concat", "prepend")
+
+
+class ModelConfigError(ValueError):
+    """A config value that cannot build a model; `key` is its dotted name."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+@dataclass
+class STConfig:
+    """One ST-transformer stack (see models/st_transformer.py)."""
+
+    dim: int
+    depth: int
+    heads: int
+    ff_mult: int = 4
+    qk_norm: bool = True
+    dropout: float = 0.0
+
+
+@dataclass
+class TokenizerConfig:
+    """ST-ViViT VQ-VAE. `decoder_st=None` means the decoder has the encoder's shape."""
+
+    patch: int = 4
+    st: STConfig = field(default_factory=lambda: STConfig(dim=512, depth=12, heads=8))
+    decoder_st: STConfig | None = None
+    codebook_size: int = 1024
+    code_dim: int = 32
+    beta: float = 0.25
+    dead_code_threshold: int = 256
+
+
+@dataclass
+class LAMConfig:
+    """Latent action model. `decoder_st=None` means the decoder has the encoder's shape."""
+
+    patch: int = 16
+    st: STConfig = field(default_factory=lambda: STConfig(dim=1024, depth=9, heads=16))
+    decoder_st: STConfig | None = None
+    num_actions: int = 8
+    code_dim: int = 32
+    beta: float = 0.25
+    dead_code_threshold: int = 64
+
+
+@dataclass
+class DynamicsConfig:
+    """MaskGIT dynamics model over tokenizer tokens."""
+
+    st: STConfig = field(default_factory=lambda: STConfig(dim=2560, depth=26, heads=20))
+    action_mode: str = "add"
+    maskgit_steps: int = 25
+    temperature: float = 2.0
+    mask_min: float = 0.5
+    mask_max: float = 1.0
+
+
+@dataclass
+class GenieConfig:
+    image_height: int = 90
+    image_width: int = 160
+    frames: int = 16
+    pad_mode: str = "pad"
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    lam: LAMConfig = field(default_factory=LAMConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    stated_params: dict[str, float] = field(default_factory=dict)
+
+
+def resolved_decoder_st(cfg: TokenizerConfig | LAMConfig) -> STConfig:
+    return cfg.decoder_st if cfg.decoder_st is not None else cfg.st
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _tiny() -> GenieConfig:
+    return GenieConfig(
+        frames=8,
+        tokenizer=TokenizerConfig(
+            patch=8,
+            st=STConfig(dim=32, depth=2, heads=2),
+            codebook_size=64,
+            code_dim=8,
+            dead_code_threshold=16,
+        ),
+        lam=LAMConfig(
+            patch=16,
+            st=STConfig(dim=32, depth=2, heads=2),
+            num_actions=8,
+            code_dim=8,
+            dead_code_threshold=16,
+        ),
+        dynamics=DynamicsConfig(st=STConfig(dim=64, depth=2, heads=4), maskgit_steps=4),
+        stated_params={"tokenizer": 80e3, "lam": 145e3, "dynamics": 145e3},
+    )
+
+
+def _small() -> GenieConfig:
+    return GenieConfig(
+        tokenizer=TokenizerConfig(
+            patch=4,
+            st=STConfig(dim=256, depth=6, heads=4),
+            codebook_size=1024,
+            code_dim=32,
+        ),
+        lam=LAMConfig(patch=16, st=STConfig(dim=256, depth=6, heads=4)),
+        dynamics=DynamicsConfig(st=STConfig(dim=384, depth=16, heads=6)),
+        stated_params={"tokenizer": 12e6, "lam": 13e6, "dynamics": 40e6},
+    )
+
+
+def _base() -> GenieConfig:
+    return GenieConfig(
+        tokenizer=TokenizerConfig(patch=4, st=STConfig(dim=512, depth=6, heads=8)),
+        lam=LAMConfig(patch=16, st=STConfig(dim=512, depth=6, heads=8)),
+        dynamics=DynamicsConfig(st=STConfig(dim=1024, depth=12, heads=16)),
+        stated_params={"tokenizer": 50e6, "lam": 52e6, "dynamics": 200e6},
+    )
+
+
+def _paper() -> GenieConfig:
+    return GenieConfig(
+        tokenizer=TokenizerConfig(
+            patch=4,
+            st=STConfig(dim=512, depth=12, heads=8),
+            decoder_st=STConfig(dim=1024, depth=9, heads=16),
+        ),
+        lam=LAMConfig(patch=16, st=STConfig(dim=1024, depth=9, heads=16)),
+        dynamics=DynamicsConfig(st=STConfig(dim=2560, depth=26, heads=20)),
+        stated_params={"tokenizer": 200e6, "lam": 300e6, "dynamics": 2.7e9},
+    )
+
+
+def _paper_11b() -> GenieConfig:
+    cfg = _paper()
+    cfg.dynamics.st = STConfig(dim=4096, depth=40, heads=32)
+    cfg.stated_params = {"tokenizer": 200e6, "lam": 300e6, "dynamics": 10.7e9}
+    return cfg
+
+
+NAMED_CONFIGS: dict[str, GenieConfig] = {
+    "tiny": _tiny(),
+    "small": _small(),
+    "base": _base(),
+    "paper": _paper(),
+    "paper-11b": _paper_11b(),
+}
+
+
+# --------------------------------------------------------------------------- building
+
+
+def get_config(
+    name_or_dict_overrides: str | dict[str, Any] | GenieConfig = "tiny",
+    overrides: dict[str, Any] | None = None,
+) -> GenieConfig:
+    """Return a validated fresh copy of a preset, with overrides applied.
+
+    - `get_config("small")`
+    - `get_config("small", {"dynamics.action_mode": "concat", "tokenizer": {"patch": 8}})`
+    - `get_config({"name": "small", "frames": 8})`: a dict on its own; `name` picks the
+      preset to start from (default `tiny`). `config_to_dict(cfg)` output round-trips this way.
+
+    Override keys are dotted paths or nested dicts; `decoder_st` may be set from `None`
+    with a dict of STConfig fields. Unknown keys raise `ModelConfigError`.
+    """
+    if isinstance(name_or_dict_overrides, GenieConfig):
+        cfg = copy.deepcopy(name_or_dict_overrides)
+    else:
+        if isinstance(name_or_dict_overrides, dict):
+            overrides = {**name_or_dict_overrides, **(overrides or {})}
+            name = overrides.pop("name", "tiny")
+        else:
+            name = name_or_dict_overrides
+        if name not in NAMED_CONFIGS:
+            raise ModelConfigError("name", f"unknown config {name!r}; known: {sorted(NAMED_CONFIGS)}")
+        cfg = copy.deepcopy(NAMED_CONFIGS[name])
+    for key, value in _flatten(overrides or {}).items():
+        _set_dotted(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: GenieConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts become dotted keys, except values for dict-typed fields (stated_params)."""
+    flat = {}
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted != "stated_params":
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _set_dotted(cfg: Any, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = cfg
+    for depth, part in enumerate(parts):
+        key = ".".join(parts[: depth + 1])
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise ModelConfigError(key, "no such config field")
+        if depth == len(parts) - 1:
+            setattr(node, part, value)
+            return
+        child = getattr(node, part)
+        if child is None and part == "decoder_st":
+            # An unset decoder starts as a copy of the encoder it would otherwise mirror.
+            child = copy.deepcopy(node.st)
+            setattr(node, part, child)
+        node = child
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(cfg: GenieConfig) -> GenieConfig:
+    """Raise `ModelConfigError(dotted_key, message)` for the first value that cannot work."""
+    _check_int(cfg.image_height, "image_height", minimum=1)
+    _check_int(cfg.image_width, "image_width", minimum=1)
+    # The LAM needs at least one transition and the dynamics one frame to predict.
+    _check_int(cfg.frames, "frames", minimum=2)
+    if cfg.pad_mode not in PAD_MODES:
+        raise ModelConfigError("pad_mode", f"must be one of {PAD_MODES}, got {cfg.pad_mode!r}")
+
+    for prefix, comp in (("tokenizer", cfg.tokenizer), ("lam", cfg.lam)):
+        _check_patch(cfg, comp.patch, f"{prefix}.patch")
+        _check_st(comp.st, f"{prefix}.st")
+        if comp.decoder_st is not None:
+            _check_st(comp.decoder_st, f"{prefix}.decoder_st")
+        _check_int(comp.code_dim, f"{prefix}.code_dim", minimum=1)
+        _check_int(comp.dead_code_threshold, f"{prefix}.dead_code_threshold", minimum=1)
+        if not 0.0 <= comp.beta:
+            raise ModelConfigError(f"{prefix}.beta", f"must be >= 0, got {comp.beta}")
+    _check_int(cfg.tokenizer.codebook_size, "tokenizer.codebook_size", minimum=2)
+    _check_int(cfg.lam.num_actions, "lam.num_actions", minimum=1)
+
+    dyn = cfg.dynamics
+    _check_st(dyn.st, "dynamics.st")
+    if dyn.action_mode not in ACTION_MODES:
+        raise ModelConfigError("dynamics.action_mode", f"must be one of {ACTION_MODES}, got {dyn.action_mode!r}")
+    _check_int(dyn.maskgit_steps, "dynamics.maskgit_steps", minimum=1)
+    if dyn.temperature < 0:
+        raise ModelConfigError("dynamics.temperature", f"must be >= 0, got {dyn.temperature}")
+    if not 0.0 < dyn.mask_min <= 1.0:
+        raise ModelConfigError("dynamics.mask_min", f"must be in (0, 1], got {dyn.mask_min}")
+    if not dyn.mask_min <= dyn.mask_max <= 1.0:
+        raise ModelConfigError("dynamics.mask_max", f"must be in [mask_min, 1], got {dyn.mask_max}")
+
+    for key in cfg.stated_params:
+        if key not in ("tokenizer", "lam", "dynamics"):
+            raise ModelConfigError(f"stated_params.{key}", "not a component (tokenizer, lam, dynamics)")
+    return cfg
+
+
+def _check_int(value: Any, key: str, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ModelConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_st(st: STConfig, key: str) -> None:
+    if not isinstance(st, STConfig):
+        raise ModelConfigError(key, f"must be an STConfig, got {type(st).__name__}")
+    _check_int(st.dim, f"{key}.dim", minimum=2)
+    _check_int(st.depth, f"{key}.depth", minimum=1)
+    _check_int(st.heads, f"{key}.heads", minimum=1)
+    _check_int(st.ff_mult, f"{key}.ff_mult", minimum=1)
+    if st.dim % st.heads:
+        raise ModelConfigError(f"{key}.heads", f"dim {st.dim} is not divisible by heads {st.heads}")
+    # Sinusoidal position embeddings pair up channels as (sin, cos).
+    if st.dim % 2:
+        raise ModelConfigError(f"{key}.dim", f"must be even, got {st.dim}")
+    if not 0.0 <= st.dropout < 1.0:
+        raise ModelConfigError(f"{key}.dropout", f"must be in [0, 1), got {st.dropout}")
+
+
+def _check_patch(cfg: GenieConfig, patch: Any, key: str) -> None:
+    _check_int(patch, key, minimum=1)
+    smaller = min(cfg.image_height, cfg.image_width)
+    if patch > smaller:
+        raise ModelConfigError(
+            key, f"patch {patch} is larger than the image ({cfg.image_height}x{cfg.image_width})"
+        )
