@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = ap.parse_known_args(argv)
     if rest and not getattr(args, "beam_passthrough", False):
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.verbose:
+        os.environ["GENIE_VERBOSE"] = "1"  # worker processes inherit it
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -25,6 +25,26 @@ _RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|r
 _HTTP_CODE = re.compile(r"HTTP Error (\d{3})")
 
 
+class YtdlpLog:
+    """yt-dlp prints errors to stderr even when quiet; ours become failure rows instead."""
+
+    def __init__(self):
+        import logging
+
+        self.log = logging.getLogger("genie_pipeline.ytdlp")
+
+    def debug(self, msg):
+        self.log.debug(msg)
+
+    info = debug
+
+    def warning(self, msg):
+        self.log.info(msg)
+
+    def error(self, msg):
+        self.log.info(msg)
+
+
 class DownloadFailed(Exception):
     def __init__(self, error_type: str, message: str):
         super().__init__(message)
@@ -152,7 +172,7 @@ class Downloader:
             "max_filesize": int(c.max_filesize_mb * 1024 * 1024),
             "match_filter": match_filter_func(f"duration <=? {int(c.max_duration_s)}"),
             "ffmpeg_location": ffmpeg_exe(), "overwrites": True, "continuedl": False,
-            "restrictfilenames": True, "windowsfilenames": True,
+            "restrictfilenames": True, "windowsfilenames": True, "logger": YtdlpLog(),
         }
         if c.cookiefile:
             opts["cookiefile"] = c.cookiefile

@@ -40,6 +40,12 @@ NS = "ingest"
 FAILURES = "failures"
 
 
+def _quiet_worker() -> None:
+    """Beam's local worker processes log every bundle at INFO to the console; keep warnings."""
+    if not os.environ.get("GENIE_VERBOSE"):
+        logging.getLogger().setLevel(logging.WARNING)
+
+
 def _count(name: str, n: int = 1) -> None:
     Metrics.counter(NS, name).inc(n)
 
@@ -48,7 +54,7 @@ def _count(name: str, n: int = 1) -> None:
 def discover_source(src) -> Iterable[Any]:
     for item in discover(src):
         if isinstance(item, Failure):
-            _count("discover_failed")
+            _count("failed_discover")
             yield beam.pvalue.TaggedOutput(FAILURES, item)
         else:
             _count("candidates")
@@ -62,6 +68,7 @@ class KeywordFilterFn(beam.DoFn):
         self.cfg = cfg
 
     def setup(self):
+        _quiet_worker()
         self.filters = {s.name: filter_for(self.cfg.keywords, s.keywords) for s in self.cfg.sources}
 
     def process(self, c: Candidate):
@@ -79,6 +86,7 @@ class DownloadAndCut(beam.DoFn):
         self.cfg, self.out_dir, self.scratch_dir = cfg, out_dir, scratch_dir
 
     def setup(self):
+        _quiet_worker()
         self.downloader = Downloader(self.cfg.download, self.scratch_dir)
 
     def _fail(self, c: Candidate, stage: str, error_type: str, message: str):
@@ -339,7 +347,10 @@ def summary_table(stats: dict) -> str:
         ("clips sharded", c.get("clips_sharded", 0)),
         ("shards written", c.get("shards_written", 0)),
     ]
-    rows += [(f"failed: {k[7:]}", v) for k, v in sorted(c.items()) if k.startswith("failed_") and v]
+    stages = ("discover", "download", "probe", "decode", "cut", "encode")
+    rows += [(f"failed at {k[7:]}", v) for k, v in sorted(c.items()) if k[7:] in stages and v]
+    rows += [(f"  failure type {k[7:]}", v) for k, v in sorted(c.items())
+             if k.startswith("failed_") and k[7:] not in stages and v]
     rows += [(f"rejected: {k[15:]}", v) for k, v in sorted(c.items()) if k.startswith("clips_rejected_") and v]
     lines = ["", "this run", "-" * 44] + [f"{k:<34}{v:>10}" for k, v in rows]
     lines += ["", "output totals", "-" * 44]

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 from genie_pipeline.config import (CatalogSource, FilesSource, LeRobotSource, SearchSource,
                                    UrlsSource)
+from ingest.download import YtdlpLog
 from ingest.records import Candidate, Failure, video_key
 
 
@@ -31,7 +32,7 @@ def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
     import yt_dlp
 
     opts = {"extract_flat": "in_playlist", "quiet": True, "no_warnings": True, "skip_download": True,
-            "extractor_args": src.extractor_args, "noprogress": True}
+            "extractor_args": src.extractor_args, "noprogress": True, "logger": YtdlpLog()}
     seen: set[str] = set()
     with yt_dlp.YoutubeDL(opts) as ydl:
         _register_local_search(ydl)
