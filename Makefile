@@ -12,7 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned exactly: these wheels are on local disk; a looser pin downloads GBs
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	# compat mode puts the checkout on sys.path, so the yt-dlp CLI finds our search plugin too
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	# CoinRun (procgen) for the sample corpus: no 3.11 wheel of procgen itself; this rebuild
+	# works beside numpy 2 when installed without its pins. Optional: the corpus skips it.
+	$(PY) -m pip install -q --no-deps procgen-mirror gym3 gym imageio || echo "procgen not installed: corpus without CoinRun"
 	# yt-dlp wants a binary named ffmpeg on PATH; imageio-ffmpeg ships one (no root needed)
 	ln -sf "$$($(PY) -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" $(VENV)/bin/ffmpeg
 	rm -f $(VENV)/.installed-*
