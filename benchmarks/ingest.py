@@ -67,7 +67,7 @@ def main() -> int:
     from ingest.video import probe
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    corpus = Path(args.corpus) if args.corpus else work / "corpus"
+    corpus = Path(args.corpus).resolve() if args.corpus else work / "corpus"
     if not (corpus / "catalog.jsonl").exists():
         generate_corpus(corpus, seed=0, size=args.size)
     rows = [json.loads(x) for x in (corpus / "catalog.jsonl").read_text().splitlines() if x.strip()]
@@ -87,6 +87,9 @@ def main() -> int:
     wall0 = time.time()
     pipe, stats = pipeline(cat, work / "out")
     wall = time.time() - wall0
+    if stats["clips"] == 0 or stats["videos_failed"]:
+        raise SystemExit(f"benchmark run is not representative: {stats['clips']} clips, "
+                         f"{stats['videos_failed']} failed videos (see {work / 'out'})")
     bare2 = bare_decode(paths)  # again after: the machine's state drifts, take the mean
     bare_mean = (bare + bare2) / 2
     result = {
