@@ -50,6 +50,10 @@ class TrainConfig(BaseModel):
     decoder: Literal["auto", "decord", "pyav"] = Field(
         default="auto", description="clip decoder; auto picks the faster one measured by benchmarks/train.py"
     )
+    tokenizer_checkpoint: str | None = Field(
+        default=None,
+        description="phase 2 (dynamics) starts from this tokenizer checkpoint; null: OUT_DIR/checkpoints/tokenizer/latest.pt",
+    )
     max_bad_shard_fraction: float = Field(
         default=0.1, ge=0, le=1,
         description="stop with an error when more than this share of shards (or samples) is missing or corrupt",

@@ -1,0 +1,185 @@
+"""Training loop: both phases learn on fixture shards (tiny config, CPU), run outputs, config errors, CLI."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+from genie_pipeline.config import ConfigError
+from training import checkpoint as ckpt_lib
+from training.cli import add_train_args, apply_sets, load_config_file, run_train
+from training.config import TrainConfig
+from training.metrics import read_metrics
+from training.schedule import lr_at
+from training.synthetic import write_synthetic_shards
+from training.trainer import build_model_config, check_train_config, train_main
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY = dict(model="tiny", frames=8, resolution=[48, 80], batch_size=4, num_workers=0, windows_per_clip=4,
+            clips_per_group=4, shuffle_buffer=8, lr=3e-3, warmup_steps=5, log_every=1, sample_every=1000,
+            checkpoint_every=1000, threads=1)
+
+
+@pytest.fixture(scope="module")
+def ingest_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ingest")
+    write_synthetic_shards(out, n_train_shards=2, clips_per_shard=4, n_val_shards=1, seed=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(ingest_out, tmp_path_factory):
+    """One run of both phases; several tests inspect it."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(**{**TINY, "sample_every": 20, "checkpoint_every": 20}, tokenizer_steps=40, dynamics_steps=40)
+    summary = train_main(cfg, stage="all", inputs=[str(ingest_out)], out_dir=run)
+    return run, summary
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def test_tokenizer_loss_falls(trained):
+    run, summary = trained
+    loss = [v for _, _, v in read_metrics(run / "metrics.csv", "loss", "tokenizer")]
+    psnr = [v for _, _, v in read_metrics(run / "metrics.csv", "psnr", "tokenizer")]
+    assert len(loss) == 40
+    assert _mean(loss[-5:]) < 0.35 * _mean(loss[:3]), loss
+    assert _mean(psnr[-5:]) > _mean(psnr[:3]) + 4, psnr
+
+
+def test_dynamics_phase_losses_fall(trained):
+    run, summary = trained
+    dyn = [v for _, _, v in read_metrics(run / "metrics.csv", "dyn_loss", "dynamics")]
+    lam = [v for _, _, v in read_metrics(run / "metrics.csv", "lam_loss", "dynamics")]
+    assert len(dyn) == 40
+    assert _mean(dyn[-5:]) < 0.8 * _mean(dyn[:3]), dyn
+    assert _mean(lam[-5:]) < 0.5 * _mean(lam[:3]), lam
+
+
+def test_run_outputs(trained):
+    run, summary = trained
+    assert set(summary["phases"]) == {"tokenizer", "dynamics"}
+    for phase in ("tokenizer", "dynamics"):
+        assert summary["phases"][phase]["steps"] == 40
+        assert summary["phases"][phase]["tokens_per_s"] > 0
+        assert (run / "samples" / f"{phase}-step00000020.png").stat().st_size > 0
+        assert (run / "samples" / f"{phase}-step00000040.gif").stat().st_size > 0
+        ck = ckpt_lib.load(ckpt_lib.latest_path(run, phase))  # weights_only=True
+        assert ck["step"] == 40 and ck["phase"] == phase
+        assert ck["ranks"][0]["loader"]["positions"][0]["windows"] == 40 * 4
+    with open(run / "metrics.csv", newline="") as f:
+        names = {r["name"] for r in csv.DictReader(f)}
+    for n in ("psnr", "perplexity", "usage", "tokens_per_s", "lam_perplexity", "dyn_acc", "delta_psnr_t4"):
+        assert n in names, n
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    meta = json.loads((run / "run.json").read_text())
+    assert len(meta["shards"]) == 2 and meta["manifests"][0]["rows"] == 12
+    assert meta["model_config"]["frames"] == 8 and meta["model_config"]["image_height"] == 48
+    assert meta["summary"]["phases"]["dynamics"]["steps"] == 40
+    assert (run / "genie.pt").exists()
+
+
+def test_play_gif_from_any_image(trained, tmp_path):
+    from PIL import Image
+
+    from training.play import load_genie, play
+
+    run, _ = trained
+    img = tmp_path / "prompt.png"
+    Image.new("RGB", (200, 120), (30, 160, 90)).save(img)
+    out = play(run / "genie.pt", img, "1,2,3,0,1,2,3,4,5,6,7", tmp_path / "demo.gif", steps=2)
+    gif = Image.open(out)
+    assert gif.n_frames == 12
+    genie = load_genie(run / "genie.pt")
+    assert genie.cfg.frames == 8
+
+
+def test_existing_run_needs_resume_and_resume_of_finished_run_is_a_noop(trained, ingest_out):
+    run, _ = trained
+    cfg = TrainConfig(**TINY, tokenizer_steps=40, dynamics_steps=40)
+    with pytest.raises(ConfigError) as e:
+        train_main(cfg, stage="tokenizer", inputs=[str(ingest_out)], out_dir=run)
+    assert e.value.key == "train.out_dir"
+    summary = train_main(cfg, stage="all", inputs=[str(ingest_out)], out_dir=run, resume=True)
+    assert all(p.get("skipped") for p in summary["phases"].values())
+
+
+def test_dynamics_stage_needs_a_tokenizer(tmp_path, ingest_out):
+    cfg = TrainConfig(**TINY, tokenizer_steps=2, dynamics_steps=2)
+    with pytest.raises(ConfigError) as e:
+        train_main(cfg, stage="dynamics", inputs=[str(ingest_out)], out_dir=tmp_path / "r")
+    assert e.value.key == "train.tokenizer_checkpoint"
+
+
+def test_bf16_autocast_step_on_cpu(tmp_path, ingest_out):
+    cfg = TrainConfig(**{**TINY, "precision": "bf16"}, tokenizer_steps=2, dynamics_steps=0)
+    summary = train_main(cfg, stage="tokenizer", inputs=[str(ingest_out)], out_dir=tmp_path / "r")
+    assert summary["phases"]["tokenizer"]["steps"] == 2
+    assert torch.isfinite(torch.tensor(summary["phases"]["tokenizer"]["final_metrics"]["loss"]))
+
+
+@pytest.mark.parametrize("overrides,resolution,key", [
+    ({"tokenizer.st.heads": 3}, None, "train.overrides.tokenizer.st.heads"),
+    ({"dynamics": {"st": {"dim": 30, "heads": 4}}}, None, "train.overrides.dynamics.st.heads"),
+    ({}, [8, 8], "train.overrides.lam.patch"),
+    ({"tokenizer.patch": 64}, [48, 80], "train.overrides.tokenizer.patch"),
+    ({"frames": 4}, None, "train.overrides.frames"),
+    ({"tokenizer.nope": 1}, None, "train.overrides.tokenizer.nope"),
+])
+def test_bad_sizes_name_the_key(overrides, resolution, key):
+    cfg = TrainConfig(model="tiny", frames=8, overrides=overrides, resolution=resolution)
+    with pytest.raises(ConfigError) as e:
+        build_model_config(cfg)
+    assert e.value.key == key
+
+
+def test_config_fields_have_defaults_and_descriptions():
+    cfg = TrainConfig()
+    for name, field in TrainConfig.model_fields.items():
+        assert field.description, name
+    assert cfg.frames == 16 and cfg.decoder == "auto" and cfg.precision == "auto"
+    with pytest.raises(ConfigError) as e:
+        build_model_config(TrainConfig(model="huge"))
+    assert e.value.key == "train.model"
+    mc = build_model_config(TrainConfig(model="tiny"))
+    assert (mc.frames, mc.image_height, mc.image_width) == (16, 90, 160)
+    with pytest.raises(ConfigError) as e:
+        check_train_config(TrainConfig(batch_size=3), world_size=2)
+    assert e.value.key == "train.batch_size"
+
+
+def test_lr_schedule():
+    kw = dict(lr=1.0, total_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(55, **kw) == pytest.approx(0.55)
+    assert lr_at(100, **kw) == pytest.approx(0.1)
+
+
+def test_cli_sets_and_config_file(tmp_path, ingest_out):
+    cfg = apply_sets(TrainConfig(), ["batch_size=16", "overrides.tokenizer.patch=8", "resolution=[45, 80]"])
+    assert cfg.batch_size == 16 and cfg.overrides == {"tokenizer.patch": 8} and cfg.resolution == [45, 80]
+    with pytest.raises(ConfigError) as e:
+        apply_sets(TrainConfig(), ["batchsize=16"])
+    assert e.value.key == "train.batchsize"
+    y = tmp_path / "train.yaml"
+    y.write_text("train:\n  model: tiny\n  frames: 8\n  resolution: [48, 80]\n  batch_size: 2\n  num_workers: 0\n"
+                 "  tokenizer_steps: 2\n  dynamics_steps: 2\n  log_every: 1\n  overrides: {tokenizer.st.heads: 3}\n")
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    args = parser.parse_args(["--run-dir", str(tmp_path / "r"), str(ingest_out)])
+    with pytest.raises(ConfigError) as e:
+        run_train(args, load_config_file(str(y)))
+    assert e.value.key == "train.overrides.tokenizer.st.heads"
+    args = parser.parse_args(["--run-dir", str(tmp_path / "r"), "--set", "overrides.tokenizer.st.heads=2",
+                              "--stage", "tokenizer", str(ingest_out)])
+    assert run_train(args, load_config_file(str(y))) == 0
+    assert ckpt_lib.load(ckpt_lib.latest_path(tmp_path / "r", "tokenizer"))["step"] == 2

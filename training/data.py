@@ -1,0 +1,716 @@
+"""Training data: random 16-frame windows from the 160-frame clips of ingest's WebDataset shards.
+
+Reading plan (see GUIDE §3: opening a clip per window is far too slow):
+
+    shards ──(split by rank × worker)──► tar members ──► clip shuffle buffer (compressed clips)
+       ──► groups of `clips_per_group` clips ──► each clip decoded ONCE (only the frames its
+       `windows_per_clip` random windows need; YUV→RGB in one batch) ──► windows of the group
+       shuffled ──► batches (B, T, 3, H, W) uint8
+
+Every random choice comes from a generator seeded by (seed, epoch, stream) or (seed, epoch,
+clip key), so the order is a pure function of the seed and the shard list. A stream is one
+(rank, worker) pair; the streams of all ranks and workers partition the data (by shard when
+there are at least as many shards as streams, otherwise by clip).
+
+Position and exact resume: every batch carries its stream's position after that batch
+(`epoch`, `group`, `offset` in the group, `windows` consumed, bad counts). A loader built with
+`start_positions` replays the clip stream of that epoch *without decoding* up to the group,
+decodes that group and drops `offset` windows, so it continues with exactly the next window.
+The DataLoader hands out batches from its workers round-robin; `batches_consumed` rotates the
+worker ↔ stream mapping so that the stream due next gets the first worker.
+
+Missing or unreadable shards and undecodable samples are skipped and counted (`bad_shards`,
+`bad_samples`); past `max_bad_shard_fraction` the loader raises `DataError`.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import io
+import logging
+import os
+import tarfile
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+CLIP_EXTS = ("mp4",)
+GLOB_CHARS = set("*?[")
+# Measured by benchmarks/train.py (benchmarks/results/train.json): windows/s per worker.
+DEFAULT_DECODER = "pyav"
+WORKER_TIMEOUT_S = 1800
+
+
+class DataError(RuntimeError):
+    """The shards cannot feed training (none found, or too many missing/corrupt)."""
+
+
+class DecodeError(RuntimeError):
+    """One clip could not be decoded (or is shorter than the frames asked for)."""
+
+
+# ============================================================================ decoders
+class ClipDecoder(ABC):
+    """Decodes frames of one compressed clip held in memory. One interface, several backends."""
+
+    name = "base"
+
+    @abstractmethod
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        """Frames `indices` (any order, repeats allowed) of the clip as uint8 (N, 3, H, W) RGB."""
+
+    @staticmethod
+    def _gather(frames: np.ndarray, frame_ids: Sequence[int], indices: Sequence[int]) -> torch.Tensor:
+        """Rows of `frames` (holding frames `frame_ids`, sorted) in the order of `indices`."""
+        pos = np.searchsorted(frame_ids, indices)
+        if np.any(pos >= len(frame_ids)) or np.any(np.asarray(frame_ids)[np.minimum(pos, len(frame_ids) - 1)] != indices):
+            raise DecodeError(f"clip lacks some of the frames asked for (has {len(frame_ids)})")
+        return torch.from_numpy(np.ascontiguousarray(frames[pos]))
+
+
+def _yuv_luts(full_range: bool) -> tuple[np.ndarray, ...]:
+    """int16 lookup tables with 5 fractional bits: Y, and the R/G/B contributions of U and V."""
+    ys, cs = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
+    y = (np.arange(256) - (0 if full_range else 16)) * ys
+    c = (np.arange(256) - 128) * cs
+    return tuple(np.round(t * 32).astype(np.int16) for t in (y, 1.402 * c, -0.344136 * c, -0.714136 * c, 1.772 * c))
+
+
+_LUTS = {False: _yuv_luts(False), True: _yuv_luts(True)}
+
+
+def yuv420_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, full_range: bool = False) -> np.ndarray:
+    """Batched BT.601 YUV 4:2:0 → RGB: y (N,H,W), u/v (N,ceil(H/2),ceil(W/2)) uint8 → (N,3,H,W) uint8.
+
+    Fixed-point int16 lookup tables; the chroma terms are computed at chroma resolution and
+    upsampled nearest. Matches swscale's rgb24 output (PyAV/decord) within ~1 grey level.
+    NumPy, single-threaded on purpose: loader workers share the cores with training.
+    """
+    ly, lrv, lgu, lgv, lbu = _LUTS[bool(full_range)]
+    h, w = y.shape[-2:]
+    chroma = np.stack([lrv[v], lgu[u] + lgv[v], lbu[u]], 1)  # (N, 3, h/2, w/2) int16
+    chroma += 16  # rounding before the >> 5
+    out = np.repeat(np.repeat(chroma, 2, -2), 2, -1)[..., :h, :w]
+    out += ly[y][:, None]
+    out >>= 5
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+class PyAVDecoder(ClipDecoder):
+    """PyAV (FFmpeg) decoder. Decodes sequentially up to the last frame asked for, keeps the
+    YUV planes of the frames asked for and converts them to RGB in one batch (the per-frame
+    `to_ndarray("rgb24")` conversion costs more than decoding). `batch_yuv=False` uses swscale."""
+
+    name = "pyav"
+
+    def __init__(self, batch_yuv: bool = True):
+        import av  # noqa: F401  (fail early when missing)
+
+        self.batch_yuv = batch_yuv
+
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        import av
+
+        want = set(int(i) for i in indices)
+        if not want:
+            raise DecodeError("no frames asked for")
+        last = max(want)
+        planes: dict[int, Any] = {}
+        full_range = False
+        try:
+            with av.open(io.BytesIO(data), mode="r") as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "SLICE"
+                stream.codec_context.thread_count = 1
+                for i, frame in enumerate(container.decode(stream)):
+                    if i in want:
+                        fmt = frame.format.name
+                        if self.batch_yuv and fmt in ("yuv420p", "yuvj420p"):
+                            full_range = fmt == "yuvj420p"
+                            planes[i] = tuple(_plane(p) for p in frame.planes[:3])
+                        else:
+                            planes[i] = frame.to_ndarray(format="rgb24").transpose(2, 0, 1)
+                    if i >= last:
+                        break
+        except DecodeError:
+            raise
+        except Exception as e:  # av.error.*, struct errors on truncated data ...
+            raise DecodeError(f"{type(e).__name__}: {e}") from None
+        if len(planes) < len(want):
+            raise DecodeError(f"clip has fewer frames than {last + 1}")
+        keys = sorted(planes)
+        if isinstance(planes[keys[0]], tuple):
+            y, u, v = (np.stack([planes[k][c] for k in keys]) for c in range(3))
+            rgb = yuv420_to_rgb(y, u, v, full_range)
+        else:
+            rgb = np.stack([planes[k] for k in keys])
+        return self._gather(rgb, keys, list(indices))
+
+
+def _plane(p) -> np.ndarray:
+    return np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: p.height, : p.width]
+
+
+class DecordDecoder(ClipDecoder):
+    """decord decoder (RGB from swscale; `get_batch` on the sorted unique frames, one thread)."""
+
+    name = "decord"
+
+    def __init__(self):
+        import decord  # noqa: F401
+
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        import decord
+
+        uniq = sorted(set(int(i) for i in indices))
+        if not uniq:
+            raise DecodeError("no frames asked for")
+        try:
+            vr = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+            n = len(vr)
+            if uniq[-1] >= n:
+                raise DecodeError(f"clip has {n} frames, frame {uniq[-1]} asked for")
+            arr = vr.get_batch(uniq).asnumpy()
+            del vr
+        except DecodeError:
+            raise
+        except Exception as e:  # decord.DECORDError, RuntimeError
+            raise DecodeError(f"{type(e).__name__}: {e}") from None
+        return self._gather(arr.transpose(0, 3, 1, 2), uniq, list(indices))
+
+
+class FallbackDecoder(ClipDecoder):
+    """Decode with `primary`; a clip it fails on gets a second try with `secondary`."""
+
+    def __init__(self, primary: ClipDecoder, secondary: ClipDecoder | None):
+        self.primary, self.secondary = primary, secondary
+        self.name = primary.name
+        self.fallbacks = 0
+
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        try:
+            return self.primary.decode(data, indices)
+        except DecodeError:
+            if self.secondary is None:
+                raise
+            self.fallbacks += 1
+            return self.secondary.decode(data, indices)
+
+
+DECODERS = {"pyav": PyAVDecoder, "decord": DecordDecoder}
+
+
+def make_decoder(name: str = "auto") -> ClipDecoder:
+    """`auto`: DEFAULT_DECODER (the benchmark's winner) with the other backend as fallback for
+    clips it cannot decode; else whichever backend imports."""
+    if name != "auto":
+        if name not in DECODERS:
+            raise ValueError(f"unknown decoder {name!r}; known: {sorted(DECODERS)} or 'auto'")
+        return DECODERS[name]()
+    order = [DEFAULT_DECODER] + [n for n in DECODERS if n != DEFAULT_DECODER]
+    made, errors = [], []
+    for n in order:
+        try:
+            made.append(DECODERS[n]())
+        except ImportError as e:
+            errors.append(f"{n}: {e}")
+    if not made:
+        raise ImportError("no clip decoder available: " + "; ".join(errors))
+    return FallbackDecoder(made[0], made[1] if len(made) > 1 else None)
+
+
+# ====================================================================== shard listing
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _fs(path: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(path)
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if _is_remote(base) else os.path.join(base, *parts)
+
+
+def _glob_paths(pattern: str) -> list[str]:
+    if not _is_remote(pattern):
+        return sorted(_glob.glob(pattern.removeprefix("file://")))
+    try:
+        fs, p = _fs(pattern)
+        proto = pattern.split("://", 1)[0]
+        return sorted(f"{proto}://{m}" if "://" not in m else m for m in fs.glob(p))
+    except ImportError:  # fsspec has no implementation for this protocol: try Beam's FileSystems
+        from apache_beam.io.filesystems import FileSystems
+
+        return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+
+def _isdir(path: str) -> bool:
+    if not _is_remote(path):
+        return os.path.isdir(path.removeprefix("file://"))
+    fs, p = _fs(path)
+    return fs.isdir(p)
+
+
+def _exists(path: str) -> bool:
+    if not _is_remote(path):
+        return os.path.exists(path.removeprefix("file://"))
+    try:
+        fs, p = _fs(path)
+        return fs.exists(p)
+    except ImportError:
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.exists(path)
+
+
+def open_binary(path: str):
+    """A readable binary file object for a local path or any fsspec / Beam FileSystems URL."""
+    if not _is_remote(path):
+        return open(path.removeprefix("file://"), "rb")
+    try:
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    except ImportError:
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.open(path)
+
+
+@dataclass
+class ShardSet:
+    shards: list[str]
+    manifests: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+
+
+def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
+    """Shards (and manifests) behind the inputs. Each input is an ingest output dir (reads
+    `shards/SPLIT-*.tar` and records `manifest.parquet`), a dir of shards, a tar or a glob."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    shards: list[str] = []
+    manifests: list[str] = []
+    for inp in inputs:
+        inp = str(inp)
+        if any(c in GLOB_CHARS for c in inp):
+            found = _glob_paths(inp)
+            if not found:
+                raise DataError(f"{inp}: the pattern matches no files")
+            shards += found
+        elif inp.endswith(".tar"):
+            shards.append(inp)
+        elif _isdir(inp):
+            base = inp
+            if _isdir(_join(inp, "shards")):
+                base = _join(inp, "shards")
+                if _exists(_join(inp, "manifest.parquet")):
+                    manifests.append(_join(inp, "manifest.parquet"))
+            elif _exists(_join(inp, "..", "manifest.parquet")) and not _is_remote(inp):
+                manifests.append(os.path.normpath(_join(inp, "..", "manifest.parquet")))
+            found = _glob_paths(_join(base, f"{split}-*.tar"))
+            if not found:
+                raise DataError(f"{inp}: no {split}-*.tar shards in {base}")
+            shards += found
+        else:
+            raise DataError(f"{inp}: no such directory or shard (give an ingest output dir, a .tar or a glob)")
+    seen = set()
+    uniq = [s for s in shards if not (s in seen or seen.add(s))]
+    if not uniq:
+        raise DataError("no shards given")
+    return ShardSet(shards=uniq, manifests=manifests, inputs=list(inputs))
+
+
+# ========================================================================= raw reading
+@dataclass
+class Clip:
+    key: str
+    data: bytes
+    meta: dict
+
+
+def _sample_key(name: str) -> tuple[str, str]:
+    base = os.path.basename(name)
+    prefix = os.path.dirname(name)
+    key, _, ext = base.partition(".")  # WebDataset cuts the key at the first dot
+    return (f"{prefix}/{key}" if prefix else key), ext
+
+
+def iter_tar_clips(path: str, stats: dict) -> Iterator[Clip]:
+    """Clips of one shard, in tar order. Unreadable shards and broken samples are counted in
+    `stats` (bad_shards / bad_samples) and skipped; never raises for bad data."""
+    import json
+
+    def finish(key, parts):
+        if key is None:
+            return None
+        ext = next((e for e in CLIP_EXTS if e in parts), None)
+        meta = {}
+        if "json" in parts:
+            try:
+                meta = json.loads(parts["json"])
+            except ValueError:
+                meta = None
+        if ext is None or meta is None:
+            stats["bad_samples"] += 1
+            return None
+        return Clip(key=key, data=parts[ext], meta=meta)
+
+    try:
+        fobj = open_binary(path)
+    except (OSError, ImportError, ValueError) as e:
+        log.warning("skipping missing/unopenable shard %s: %s", path, e)
+        stats["bad_shards"] += 1
+        return
+    cur, parts = None, {}
+    try:
+        with fobj, tarfile.open(fileobj=fobj, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _sample_key(member.name)
+                if key != cur:
+                    clip = finish(cur, parts)
+                    if clip is not None:
+                        yield clip
+                    cur, parts = key, {}
+                f = tar.extractfile(member)
+                parts[ext] = f.read() if f is not None else b""
+        clip = finish(cur, parts)
+        if clip is not None:
+            yield clip
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as e:
+        log.warning("skipping the rest of corrupt shard %s: %s", path, e)
+        stats["bad_shards"] += 1
+
+
+# ========================================================================= the dataset
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]))
+
+
+def _key_hash(key: str) -> int:
+    return zlib.crc32(key.encode())
+
+
+def fresh_position(stream: int) -> dict:
+    return {"stream": stream, "epoch": 0, "group": 0, "offset": 0, "windows": 0, "clips": 0,
+            "bad_shards": 0, "bad_samples": 0, "shards_read": 0, "samples_read": 0}
+
+
+class WindowDataset(torch.utils.data.IterableDataset):
+    """Infinite (or one-epoch) stream of window batches for one rank; see the module docstring.
+
+    Yields dicts: `video` uint8 (B, T, 3, H, W), `keys` (clip keys), `starts` (first frame of
+    each window), `position` (this stream's position after the batch), `worker` (DataLoader
+    worker id) and `stream`.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        batch_size: int,
+        frames: int = 16,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        windows_per_clip: int = 8,
+        clips_per_group: int = 8,
+        shuffle_buffer: int = 256,
+        resolution: Sequence[int] | None = None,
+        decoder: str = "auto",
+        max_bad_shard_fraction: float = 0.1,
+        infinite: bool = True,
+        start_positions: dict[int, dict] | None = None,
+        batches_consumed: int = 0,
+    ):
+        super().__init__()
+        if not shards:
+            raise DataError("no shards given")
+        self.shards = list(shards)
+        self.batch_size = batch_size
+        self.frames = frames
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.windows_per_clip = windows_per_clip
+        self.clips_per_group = clips_per_group
+        self.shuffle_buffer = shuffle_buffer
+        self.resolution = tuple(resolution) if resolution else None
+        self.decoder_name = decoder
+        self.max_bad_fraction = max_bad_shard_fraction
+        self.infinite = infinite
+        self.start_positions = {int(k): dict(v) for k, v in (start_positions or {}).items()}
+        self.batches_consumed = batches_consumed
+        make_decoder(decoder)  # fail in the main process when the backend is missing
+
+    # -- stream layout
+    @property
+    def workers_per_rank(self) -> int:
+        return max(1, self.num_workers)
+
+    @property
+    def num_streams(self) -> int:
+        return self.world_size * self.workers_per_rank
+
+    def stream_id(self, worker: int) -> int:
+        """Logical stream of DataLoader worker `worker` of this rank (rotated on resume)."""
+        w = self.workers_per_rank
+        return self.rank * w + (worker + self.batches_consumed) % w
+
+    def stream_shards(self, stream: int, epoch: int) -> tuple[list[str], int | None]:
+        """(shards this stream reads in `epoch`, clip modulus or None for a shard-level split)."""
+        order = list(self.shards)
+        _rng(self.seed, epoch, 7).shuffle(order)
+        if len(order) >= self.num_streams:
+            return order[stream :: self.num_streams], None
+        return order, self.num_streams
+
+    # -- raw clip stream (no decoding; replayed on resume, so its counts are deterministic)
+    def _clips(self, stream: int, epoch: int, stats: dict) -> Iterator[Clip]:
+        shards, modulus = self.stream_shards(stream, epoch)
+        allowed_bad = self.max_bad_fraction * len(shards)
+        index = 0
+        for path in shards:
+            for clip in iter_tar_clips(path, stats):
+                stats["samples_read"] += 1
+                if modulus is None or index % modulus == stream:
+                    yield clip
+                index += 1
+            stats["shards_read"] += 1
+            if stats["bad_shards"] > allowed_bad:
+                raise DataError(
+                    f"{stats['bad_shards']} of {len(shards)} shards read by loader stream {stream} are missing "
+                    f"or corrupt (max_bad_shard_fraction={self.max_bad_fraction}); last: {path}"
+                )
+
+    def _shuffled_clips(self, stream: int, epoch: int, stats: dict) -> Iterator[Clip]:
+        rng = _rng(self.seed, epoch, stream, 11)
+        buf: list[Clip] = []
+        for clip in self._clips(stream, epoch, stats):
+            if len(buf) < self.shuffle_buffer:
+                buf.append(clip)
+                continue
+            j = int(rng.integers(len(buf)))
+            buf[j], clip = clip, buf[j]
+            yield clip
+        rng.shuffle(buf)
+        yield from buf
+
+    def _groups(self, stream: int, epoch: int, stats: dict) -> Iterator[list[Clip]]:
+        group: list[Clip] = []
+        for clip in self._shuffled_clips(stream, epoch, stats):
+            group.append(clip)
+            if len(group) == self.clips_per_group:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    # -- decoding
+    def window_starts(self, clip: Clip, epoch: int) -> list[int]:
+        n = int(clip.meta.get("n_frames") or 160)
+        if n < self.frames:
+            raise DecodeError(f"clip has {n} frames, fewer than a window ({self.frames})")
+        starts = _rng(self.seed, epoch, _key_hash(clip.key), 13).integers(0, n - self.frames + 1, self.windows_per_clip)
+        return [int(s) for s in starts]
+
+    def _decode_group(self, decoder: ClipDecoder, group: list[Clip], epoch: int, stream: int, g: int, stats: dict):
+        windows, keys, starts = [], [], []
+        for clip in group:
+            try:
+                st = self.window_starts(clip, epoch)
+                idx = [s + t for s in st for t in range(self.frames)]
+                frames = decoder.decode(clip.data, idx)  # (k*T, 3, H, W)
+            except DecodeError as e:
+                log.warning("skipping undecodable clip %s: %s", clip.key, e)
+                stats["bad_decodes"] += 1
+                continue
+            video = frames.view(len(st), self.frames, *frames.shape[1:])
+            if self.resolution and tuple(video.shape[-2:]) != self.resolution:
+                video = resize_video(video, self.resolution)
+            windows += list(video)
+            keys += [clip.key] * len(st)
+            starts += st
+        order = _rng(self.seed, epoch, stream, g, 17).permutation(len(windows))
+        return [(windows[i], keys[i], starts[i]) for i in order]
+
+    COUNTERS = ("bad_shards", "bad_samples", "shards_read", "samples_read")
+
+    def iter_stream(self, stream: int, worker: int = 0) -> Iterator[dict]:
+        """Batches of one stream from its start position (what a DataLoader worker runs)."""
+        decoder = make_decoder(self.decoder_name)
+        pos = {**fresh_position(stream), **(self.start_positions.get(stream) or {}), "stream": stream}
+        pos.setdefault("epoch_base", {k: pos[k] for k in self.COUNTERS})
+        pos.setdefault("epoch_bad_decodes", 0)
+        batch: list = []
+
+        def sync(stats):
+            base = pos["epoch_base"]
+            pos["bad_shards"] = base["bad_shards"] + stats["bad_shards"]
+            pos["bad_samples"] = base["bad_samples"] + stats["bad_samples"] + stats["bad_decodes"]
+            pos["shards_read"] = base["shards_read"] + stats["shards_read"]
+            pos["samples_read"] = base["samples_read"] + stats["samples_read"]
+            pos["epoch_bad_decodes"] = stats["bad_decodes"]
+
+        while True:
+            epoch = pos["epoch"]
+            skip_groups, skip_windows = pos["group"], pos["offset"]
+            resumed = skip_groups > 0 or skip_windows > 0
+            stats = {"bad_shards": 0, "bad_samples": 0, "shards_read": 0, "samples_read": 0,
+                     "bad_decodes": pos["epoch_bad_decodes"] if resumed else 0}
+            produced = 0
+            for g, group in enumerate(self._groups(stream, epoch, stats)):
+                if g < skip_groups:  # resume: replay the clip stream without decoding
+                    continue
+                items = self._decode_group(decoder, group, epoch, stream, g, stats)
+                if not (g == skip_groups and skip_windows > 0):
+                    pos["clips"] += len(group)
+                for j, (video, key, start) in enumerate(items):
+                    if g == skip_groups and j < skip_windows:
+                        continue
+                    pos["group"], pos["offset"] = (g, j + 1) if j + 1 < len(items) else (g + 1, 0)
+                    pos["windows"] += 1
+                    produced += 1
+                    batch.append((video, key, start))
+                    if len(batch) == self.batch_size:
+                        sync(stats)
+                        yield self._collate(batch, pos, worker, stream)
+                        batch = []
+                if not items:
+                    pos["group"], pos["offset"] = g + 1, 0
+            sync(stats)
+            seen = stats["samples_read"]
+            bad = stats["bad_samples"] + stats["bad_decodes"]
+            if seen and bad > self.max_bad_fraction * seen:
+                raise DataError(f"{bad} of {seen} samples read by loader stream {stream} in epoch {epoch} are "
+                                f"corrupt (max_bad_shard_fraction={self.max_bad_fraction})")
+            if produced == 0 and not resumed:
+                raise DataError(f"loader stream {stream} got no usable window in a whole pass over its shards "
+                                f"({stats['bad_shards']} bad shards, {bad} bad samples)")
+            pos.update(epoch=epoch + 1, group=0, offset=0, epoch_bad_decodes=0,
+                       epoch_base={k: pos[k] for k in self.COUNTERS})
+            if not self.infinite:
+                break
+        if batch:
+            yield self._collate(batch, pos, worker, stream)
+
+    @staticmethod
+    def _collate(batch, pos, worker, stream) -> dict:
+        return {
+            "video": torch.from_numpy(np.stack([b[0].numpy() for b in batch])),
+            "keys": [b[1] for b in batch],
+            "starts": torch.tensor([b[2] for b in batch]),
+            "position": dict(pos),
+            "worker": worker,
+            "stream": stream,
+        }
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.workers_per_rank:
+            raise DataError(f"dataset built for {self.num_workers} workers runs in {info.num_workers}")
+        return self.iter_stream(self.stream_id(worker), worker)
+
+
+def resize_video(video: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """uint8 (..., 3, H, W) → uint8 (..., 3, h, w), antialiased bilinear (one resizer everywhere)."""
+    lead = video.shape[:-3]
+    x = video.reshape(-1, *video.shape[-3:]).float()
+    x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).reshape(*lead, 3, *size)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+def _identity(x):
+    return x
+
+
+class WindowLoader:
+    """DataLoader over a `WindowDataset` that tracks the position of every stream from the
+    batches the trainer actually consumed (prefetched batches do not count).
+
+    `state_dict()` → plain ints/dicts (checkpoint-safe); `WindowLoader(..., state=...)` resumes.
+    """
+
+    def __init__(self, shards: Sequence[str], batch_size: int, frames: int = 16, *, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, state: dict | None = None,
+                 pin_memory: bool = False, prefetch_factor: int = 2, **kw):
+        self.num_workers = num_workers
+        self.rank, self.world_size = rank, world_size
+        state = state or {}
+        if state and (state.get("world_size") != world_size or state.get("num_workers") != num_workers):
+            log.warning("loader state is for world_size=%s num_workers=%s, now %s/%s: the data order restarts "
+                        "at a new epoch (not an exact resume)", state.get("world_size"), state.get("num_workers"),
+                        world_size, num_workers)
+            epoch = 1 + max([p.get("epoch", 0) for p in state.get("positions", {}).values()] or [0])
+            state = {"batches": 0, "positions": {}}
+            self._epoch_bump = epoch
+        else:
+            self._epoch_bump = 0
+        self.batches = int(state.get("batches", 0))
+        self.positions: dict[int, dict] = {int(k): dict(v) for k, v in state.get("positions", {}).items()}
+        start = dict(self.positions)
+        if self._epoch_bump:
+            w = max(1, num_workers)
+            start = {s: {**fresh_position(s), "epoch": self._epoch_bump} for s in range(rank * w, rank * w + w)}
+        self.dataset = WindowDataset(shards, batch_size, frames, rank=rank, world_size=world_size,
+                                     num_workers=num_workers, start_positions=start,
+                                     batches_consumed=self.batches, **kw)
+        # A private generator: creating the iterator must not draw from the global torch RNG,
+        # or a resumed run's masks would differ from the uninterrupted run's.
+        gen = torch.Generator()
+        gen.manual_seed(int(kw.get("seed", 0)))
+        dl_kw: dict[str, Any] = dict(batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                                     collate_fn=_identity, generator=gen)
+        if num_workers > 0:
+            # a worker that hangs (e.g. a decoder deadlock) fails the run instead of stalling it
+            dl_kw.update(worker_init_fn=_worker_init, prefetch_factor=prefetch_factor, persistent_workers=False,
+                         timeout=WORKER_TIMEOUT_S)
+        self.loader = torch.utils.data.DataLoader(self.dataset, **dl_kw)
+        self._it = None
+
+    def __iter__(self):
+        self._it = iter(self.loader)
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            iter(self)
+        batch = next(self._it)
+        self.batches += 1
+        self.positions[int(batch["stream"])] = dict(batch["position"])
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "world_size": self.world_size, "num_workers": self.num_workers,
+                "rank": self.rank, "positions": {int(k): dict(v) for k, v in self.positions.items()}}
+
+    def counts(self) -> dict:
+        """Windows consumed, bad shards and samples seen, summed over this rank's streams."""
+        keys = ("windows", "clips", "bad_shards", "bad_samples", "shards_read", "samples_read")
+        return {k: sum(int(p.get(k, 0)) for p in self.positions.values()) for k in keys}
+
+    def close(self):
+        """Stop the worker processes now (not at garbage collection)."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

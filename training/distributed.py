@@ -1,0 +1,138 @@
+"""Process-group setup for `torchrun` (DDP / FSDP) and small collective helpers.
+
+Under `torchrun --nproc_per_node N` the env vars RANK, WORLD_SIZE, LOCAL_RANK are set; the
+process group uses nccl on CUDA and gloo on CPU. Without them everything is single-process.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("device: cuda asked for but torch sees no CUDA device")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def setup(device: str = "auto") -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local)
+    info = DistInfo(rank, world, local, dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kw = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30), **kw)
+        info.initialized_here = True
+    elif dist.is_initialized():
+        info.rank, info.world_size = dist.get_rank(), dist.get_world_size()
+    return info
+
+
+def teardown(info: DistInfo) -> None:
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj):
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def mean_scalars(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average scalar metrics over ranks (one all_reduce)."""
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def wrap(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
+    """DDP or FSDP2 (`fully_shard` per ST block, then the root) when distributed."""
+    if not info.distributed or strategy == "none":
+        return model
+    if strategy in ("auto", "ddp"):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [info.local_rank] if info.device.type == "cuda" else None
+        return DDP(model, device_ids=ids, broadcast_buffers=False)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        from models.st_transformer import STBlock
+
+        for m in model.modules():
+            if isinstance(m, STBlock):
+                fully_shard(m)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+@contextlib.contextmanager
+def full_params(model: nn.Module):
+    """Inside: FSDP2-sharded parameters are gathered, so methods other than `forward` (e.g.
+    `lam.infer_actions`, `dynamics.rollout`) work. Collective: every rank must enter."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        FSDPModule = ()
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)] if FSDPModule else []
+    for m in sharded:
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in sharded:
+            m.reshard()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
