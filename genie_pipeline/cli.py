@@ -8,6 +8,9 @@ import sys
 
 from genie_pipeline.config import ConfigError, load_config
 
+# Beam warns at import that GCP client libraries are missing; they are only needed on Dataflow
+# (`pip install -e '.[dataflow]'`), where the warning does not appear
+logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
 # timm and huggingface_hub retry network calls for ~46 s when offline; nothing here needs a hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -56,3 +56,12 @@ def test_output_override(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("sources:\n  - {type: search, name: gc, queries: [a]}\n")
     assert load_config(p, output_dir=str(tmp_path / "o")).output.dir == str(tmp_path / "o")
+
+
+def test_train_sizes_that_dont_fit_exit_2_naming_the_key(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("sources:\n  - {type: search, name: gc, queries: [a]}\n"
+                 "train: {model: tiny, overrides: {tokenizer.st.heads: 7}}\n")
+    r = subprocess.run([sys.executable, "-m", "genie_pipeline.cli", "train", "-c", str(p), str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "tokenizer.st.heads" in r.stderr, r.stderr
