@@ -123,22 +123,27 @@ class Downloader:
     def fetch(self, cand: Candidate) -> Fetched:
         if cand.url:
             return self._fetch_url(cand)
-        if cand.path and "://" in cand.path and not cand.path.startswith("file://"):
+        path = cand.path.removeprefix("file://") if cand.path else None
+        if path and "://" in path:
             return self._copy_remote(cand)
-        if cand.path:
-            if not os.path.isfile(cand.path):
-                raise DownloadFailed("FileNotFound", f"no such file: {cand.path}")
-            return Fetched(cand.path, temporary=False)
+        if path:
+            if not os.path.isfile(path):
+                raise DownloadFailed("FileNotFound", f"no such file: {path}")
+            return Fetched(path, temporary=False)
         raise DownloadFailed("NoLocation", "candidate has neither url nor path")
 
     # ------------------------------------------------------------------ URLs via yt-dlp
     def _fetch_url(self, cand: Candidate) -> Fetched:
         url = cand.url or ""
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError as e:
+            raise DownloadFailed("BadURL", f"cannot parse URL: {e}") from None
+        scheme = parts.scheme.lower()
         if scheme not in self.cfg.allowed_schemes:
             raise DownloadFailed("DisallowedScheme",
                                  f"URL scheme {scheme or '(none)'!r} not in download.allowed_schemes {self.cfg.allowed_schemes}")
-        host = urllib.parse.urlsplit(url).hostname or ""
         attempts = 0
         while True:
             attempts += 1

@@ -1,6 +1,6 @@
 """The ingest pipeline on Apache Beam. The graph reads like the flow:
 
-    Discover → Reshuffle → KeywordFilter → SkipDone → DownloadAndCut → ScoreQuality
+    Discover → Reshuffle → KeywordFilter → SkipDone → OnePerVideo → DownloadAndCut → ScoreQuality
              → AssignSplit → WriteShards            (+ candidates, failures, per-video results)
 
 A whole source video never crosses a stage boundary: `DownloadAndCut` fetches, decodes, cuts
@@ -103,6 +103,9 @@ class DownloadAndCut(beam.DoFn):
         except DownloadFailed as e:
             yield self._fail(c, "download", e.error_type, str(e))
             return
+        except Exception as e:  # a yt-dlp or filesystem surprise must not kill the job
+            yield self._fail(c, "download", type(e).__name__, str(e))
+            return
         _count("downloaded")
         try:
             yield from self._cut(c, fetched.path, t0)
@@ -149,6 +152,20 @@ class DownloadAndCut(beam.DoFn):
         print(f"  done {c.video_key}: {len(clips)} clips ({sum(x.kept for x in clips)} kept) "
               f"in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
         yield result
+
+
+def one_per_video(item):
+    """Two candidates naming one video (a catalog listing an id twice) would race on its
+    scratch file and clip store: keep one, deterministically, and record the others."""
+    vkey, cands = item
+    cands = sorted(cands, key=lambda c: (c.url or "", c.path or "", c.title))
+    yield cands[0]
+    for c in cands[1:]:
+        _count("failed_discover")
+        yield beam.pvalue.TaggedOutput(FAILURES, Failure(
+            video_key=vkey, video_id=c.video_id, source=c.source, stage="discover", error_type="DuplicateVideo",
+            message=f"another candidate has the same id {c.video_id!r}; kept {cands[0].url or cands[0].path}",
+            url=c.url))
 
 
 def assign_split(v: VideoResult, val_fraction: float, seed: int) -> VideoResult:
@@ -204,10 +221,14 @@ def build_pipeline(p: beam.Pipeline, cfg: PipelineConfig, paths: RunPaths, skip:
                   | "KeywordFilter" >> beam.ParDo(KeywordFilterFn(cfg)))
     candidates | "Candidates" >> _jsonl("Candidates", f"{paths.run_dir}/candidates")
 
-    cut = (candidates
+    unique = (candidates
            | "KeptByKeywords" >> beam.Filter(lambda c: c.keyword_verdict == "keep")
            | "SkipDone" >> beam.Filter(lambda c, skip: c.video_key not in skip, skip)
-           | "ReshuffleVideos" >> beam.Reshuffle()
+           | "ByVideo" >> beam.Map(lambda c: (c.video_key, c))
+           | "GroupByVideo" >> beam.GroupByKey()
+           | "OnePerVideo" >> beam.FlatMap(one_per_video).with_outputs(FAILURES, main="candidates"))
+    dupes = unique[FAILURES]
+    cut = (unique.candidates
            | "DownloadAndCut" >> beam.ParDo(DownloadAndCut(cfg, paths.out, paths.scratch))
                                      .with_outputs(FAILURES, main="videos"))
     # videos cut by an earlier run that was stopped before it committed
@@ -227,7 +248,7 @@ def build_pipeline(p: beam.Pipeline, cfg: PipelineConfig, paths: RunPaths, skip:
                | "WriteShards" >> beam.ParDo(WriteShards(cfg, paths.tmp_shards)).with_outputs("shards", main="videos"))
     sharded.videos | "Videos" >> _jsonl("Videos", f"{paths.run_dir}/videos")
     sharded.shards | "Shards" >> _jsonl("Shards", f"{paths.run_dir}/shards")
-    ((found[FAILURES], cut[FAILURES]) | "AllFailures" >> beam.Flatten()
+    ((found[FAILURES], dupes, cut[FAILURES]) | "AllFailures" >> beam.Flatten()
      | "Failures" >> _jsonl("Failures", f"{paths.run_dir}/failures"))
 
 
@@ -316,6 +337,7 @@ def run_ingest(cfg: PipelineConfig, extra_beam_args: list[str] | None = None,
         shard_records=[ShardRecord(**r) for r in _read_jsonl(f"{paths.run_dir}/shards*")],
         stats={"run_id": run_id, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "counters": counters,
                "runner": cfg.runner.name, "workers": workers},
+        sources=[s.name for s in cfg.sources],
         cleanup=[fs.join(out, "_runs"), fs.join(out, "shards", "_tmp"), fs.join(out, "_commit")],
     )
     if not cfg.download.keep:

@@ -106,8 +106,9 @@ def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
     base = posixpath.dirname(src.path) if "://" in src.path else os.path.dirname(os.path.abspath(src.path))
     f = src.fields
     for i, row in enumerate(rows):
-        if "__error__" in row or not isinstance(row, dict):
-            yield _fail(src.name, f"row{i}", f"catalog row {i}: {row.get('__error__', 'not an object')}")
+        if not isinstance(row, dict) or "__error__" in row:
+            why = row["__error__"] if isinstance(row, dict) else f"not an object ({type(row).__name__})"
+            yield _fail(src.name, f"row{i}", f"catalog row {i}: {why}")
             continue
         url, path = row.get(f.url) or None, row.get(f.path) or None
         vid = str(row.get(f.video_id) or _hash_id(str(url or path or i)))
@@ -202,26 +203,36 @@ def discover_lerobot(src: LeRobotSource) -> Iterator[Candidate | Failure]:
         yield _fail(src.name, _hash_id(root), f"cannot read episodes of {root}: {e}", type(e).__name__)
         return
     for ep in episodes:
-        idx = int(ep["episode_index"])
-        tasks = ep.get("tasks") or []
-        task = tasks[0] if isinstance(tasks, list) and tasks else str(tasks or "")
         for cam in cams:
-            cam_id = re.sub(r"[^A-Za-z0-9]+", "-", cam.split(".")[-1])[:16]
-            vid = f"ep{idx:06d}_{cam_id}"
-            if version.startswith("v3"):
-                rel = template.format(video_key=cam, chunk_index=int(ep[f"videos/{cam}/chunk_index"]),
-                                      file_index=int(ep[f"videos/{cam}/file_index"]))
-                start, end = float(ep[f"videos/{cam}/from_timestamp"]), float(ep[f"videos/{cam}/to_timestamp"])
-            else:
-                chunk = idx // int(info.get("chunks_size", 1000))
-                rel = template.format(video_key=cam, episode_chunk=chunk, episode_index=idx)
-                start = end = None
-            yield Candidate(
-                source=src.name, video_id=vid, path=os.path.join(root, rel), title=f"{name} {task}".strip(),
-                description=f"LeRobot {name} episode {idx} camera {cam}", start_s=start, end_s=end,
-                duration_s=(end - start) if start is not None else _float(ep.get("length", 0)) / max(1, info.get("fps", 1)),
-                extra={"episode_index": idx, "camera": cam},
-            )
+            try:
+                yield _lerobot_candidate(src, root, name, info, version, template, ep, cam)
+            except (KeyError, ValueError, TypeError, IndexError) as e:
+                yield _fail(src.name, _hash_id(f"{root}:{ep}:{cam}"),
+                            f"LeRobot episode {ep.get('episode_index')!r} camera {cam}: bad metadata ({type(e).__name__}: {e})")
+
+
+def _lerobot_candidate(src, root, name, info, version, template, ep, cam) -> Candidate:
+    idx = int(ep["episode_index"])
+    tasks = ep.get("tasks") or []
+    task = tasks[0] if isinstance(tasks, list) and tasks else str(tasks or "")
+    # the whole camera name, so cameras never collide (safe_id hashes what is too long)
+    cam_id = re.sub(r"[^A-Za-z0-9_-]+", "-", cam.removeprefix("observation.images."))
+    vid = f"ep{idx:06d}_{cam_id}"
+    if version.startswith("v3"):
+        rel = template.format(video_key=cam, chunk_index=int(ep[f"videos/{cam}/chunk_index"]),
+                              file_index=int(ep[f"videos/{cam}/file_index"]))
+        start, end = float(ep[f"videos/{cam}/from_timestamp"]), float(ep[f"videos/{cam}/to_timestamp"])
+    else:
+        chunk = idx // int(info.get("chunks_size", 1000))
+        rel = template.format(video_key=cam, episode_chunk=chunk, episode_index=idx)
+        start = end = None
+    # clip keys and start_s of v3 episodes are times in the shared file, not in the episode
+    return Candidate(
+        source=src.name, video_id=vid, path=os.path.join(root, rel), title=f"{name} {task}".strip(),
+        description=f"LeRobot {name} episode {idx} camera {cam}", start_s=start, end_s=end,
+        duration_s=(end - start) if start is not None else _float(ep.get("length", 0)) / max(1, info.get("fps", 1)),
+        extra={"episode_index": idx, "camera": cam},
+    )
 
 
 def _lerobot_episodes(root: str, version: str) -> list[dict[str, Any]]:

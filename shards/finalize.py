@@ -120,16 +120,20 @@ def _number_shards(out_dir: str, records: list[ShardRecord], start: dict[str, in
 
 def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Failure],
                videos: list[VideoResult], shard_records: list[ShardRecord], stats: dict,
-               cleanup: list[str]) -> dict:
+               cleanup: list[str], sources: Iterable[str] = ()) -> dict:
     """Merge one run's results into OUT; returns the merged stats."""
     shard_dir = fs.join(out_dir, "shards")
     start = {s: _next_index(shard_dir, s) for s in ("train", "val")}
     renames, final_of = _number_shards(out_dir, shard_records, start)
 
-    redone = {v.video_key for v in videos} | {f.video_key for f in failures}
+    # discovery failures say nothing about a video's clips: they never replace its rows, and
+    # each run's discovery replaces the previous one's for the sources it ran
+    redone = {v.video_key for v in videos} | {f.video_key for f in failures if f.stage != "discover"}
+    rediscovered = set(sources) | {c.source for c in candidates} | {f.source for f in failures}
     old_videos = [r for r in read_rows(out_dir, "videos") if r["video_key"] not in redone]
     old_manifest = [r for r in read_rows(out_dir, "manifest") if r["video_key"] not in redone]
-    old_failures = [r for r in read_rows(out_dir, "failures") if r["video_key"] not in redone]
+    old_failures = [r for r in read_rows(out_dir, "failures") if r["video_key"] not in redone
+                    and not (r["stage"] == "discover" and r["source"] in rediscovered)]
     new_cands = {c.video_key: c.row() for c in candidates}
     old_cands = [r for r in read_rows(out_dir, "candidates") if r["video_key"] not in new_cands]
 
@@ -139,7 +143,7 @@ def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Fail
             row = c.row()
             row["shard"] = final_of.get(c.shard) if c.kept and c.shard else None
             manifest.append(row)
-    failed_keys = {f.video_key for f in failures}
+    failed_keys = {f.video_key for f in failures if f.stage != "discover"}
     video_rows = old_videos + [v.row() for v in videos if v.video_key not in failed_keys or v.clips]
     video_rows += [_failed_video_row(f) for f in _first_per_video(failures) if f.video_key not in {v.video_key for v in videos}]
     manifest.sort(key=lambda r: r["key"])

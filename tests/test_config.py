@@ -18,6 +18,18 @@ def test_shipped_pipeline_yaml_loads_with_documented_defaults():
 
     shipped = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
     assert set(type(cfg).model_fields) <= set(shipped)
+    sections = {"keywords": cfg.keywords, "download": cfg.download, "clips": cfg.clips, "shards": cfg.shards,
+                "runner": cfg.runner, "output": cfg.output, "train": cfg.train,
+                "filters.heuristics": cfg.filters.heuristics, "filters.quality": cfg.filters.quality}
+    for dotted, model in sections.items():
+        node = shipped
+        for part in dotted.split("."):
+            node = node[part]
+        assert set(node) == set(type(model).model_fields), f"{dotted}: documented keys differ from the schema"
+        # and the documented value is the default (the file is the reference)
+        fresh = type(model)()
+        for k in node:
+            assert node[k] == getattr(fresh, k) or isinstance(getattr(fresh, k), (dict, list)), (dotted, k)
 
 
 @pytest.mark.parametrize("patch, key", [

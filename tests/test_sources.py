@@ -66,6 +66,8 @@ def test_lerobot_v2_layout(tmp_path):
             make_video(root / f"videos/chunk-000/{cam}/episode_{i:06d}.mp4", 1)
     out = list(discover(src({"type": "lerobot", "name": "r", "root": str(root), "cameras": ["observation.images.top"]})))
     assert [c.video_id for c in out] == ["ep000000_top", "ep000001_top"]
+    both = list(discover(src({"type": "lerobot", "name": "r", "root": str(root)})))
+    assert len({c.video_key for c in both}) == 4  # cameras never collide
     assert all(c.start_s is None and c.title == "ds push the T" for c in out)
     assert abs(out[0].duration_s - 17.0) < 1e-6
     bad = list(discover(src({"type": "lerobot", "name": "r", "root": str(tmp_path / "nothing")})))

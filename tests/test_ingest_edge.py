@@ -1,0 +1,72 @@
+"""Awkward inputs through the real pipeline (in-process FnApiRunner): each becomes a failure
+row with its reason, the run completes, and the good video's clips are all there."""
+import json
+
+import pyarrow.parquet as pq
+
+from genie_pipeline.config import parse_config
+from ingest.pipeline import run_ingest
+from shards.verify import verify
+from tests.conftest import make_video
+
+
+def run(tmp_path, rows, **extra):
+    cat = tmp_path / "c.jsonl"
+    cat.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    cfg = {"sources": [{"type": "catalog", "name": "c", "path": str(cat), "keywords": "none"}],
+           "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
+           "output": {"dir": str(tmp_path / "out")}, **extra}
+    stats = run_ingest(parse_config(cfg))
+    fails = pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
+    manifest = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    return stats, fails, manifest
+
+
+def test_duplicates_bad_rows_and_bad_urls(tmp_path):
+    a = make_video(tmp_path / "a.mp4", 33)
+    b = make_video(tmp_path / "b.mp4", 17)
+    stats, fails, manifest = run(tmp_path, [
+        {"id": "same", "path": str(a), "title": "first"},
+        {"id": "same", "path": str(b), "title": "second"},
+        "null", "[1, 2]",
+        {"id": "badurl", "url": "https://[oops/v", "title": "broken url"},
+        {"id": "fileprefix", "path": f"file://{b}", "title": "a file:// path is a local path"},
+    ])
+    by = {(f["video_id"], f["error_type"]) for f in fails}
+    assert ("same", "DuplicateVideo") in by
+    assert ("badurl", "BadURL") in by
+    assert sum("not an object" in f["message"] for f in fails) == 2
+    clips = {}
+    for r in manifest:
+        clips[r["video_id"]] = clips.get(r["video_id"], 0) + 1
+    assert clips == {"same": 2, "fileprefix": 1}  # the kept duplicate is a.mp4 (sorted by path)
+    assert verify(str(tmp_path / "out")) == []
+    # a second run: no new rows, the discovery failures are replaced rather than piled up
+    _, fails2, manifest2 = run(tmp_path, [
+        {"id": "same", "path": str(a), "title": "first"},
+        {"id": "badurl", "url": "https://[oops/v", "title": "broken url"},
+        {"id": "fileprefix", "path": f"file://{b}", "title": "x"},
+    ])
+    assert sorted(r["key"] for r in manifest2) == sorted(r["key"] for r in manifest)
+    assert not any(f["error_type"] == "DuplicateVideo" for f in fails2)
+    assert not any("not an object" in f["message"] for f in fails2)
+    assert verify(str(tmp_path / "out")) == []
+
+
+def test_retry_failed_replaces_the_failure(tmp_path):
+    good = tmp_path / "late.mp4"
+    rows = [{"id": "late", "path": str(good), "title": "appears later"}]
+    _, fails, manifest = run(tmp_path, rows)
+    assert [f["error_type"] for f in fails] == ["FileNotFound"] and not manifest
+    make_video(good, 17)
+    _, fails, manifest = run(tmp_path, rows)  # failed videos are skipped unless asked
+    assert [f["error_type"] for f in fails] == ["FileNotFound"] and not manifest
+    cat = tmp_path / "c.jsonl"
+    cfg = parse_config({"sources": [{"type": "catalog", "name": "c", "path": str(cat), "keywords": "none"}],
+                        "runner": {"running_mode": "in_memory"}, "output": {"dir": str(tmp_path / "out")}})
+    run_ingest(cfg, retry_failed=True)
+    out = tmp_path / "out"
+    assert pq.read_table(out / "failures.parquet").num_rows == 0
+    assert [r["status"] for r in pq.read_table(out / "videos.parquet").to_pylist()] == ["done"]
+    assert pq.read_table(out / "manifest.parquet").num_rows == 1
+    assert verify(str(out)) == []
