@@ -23,16 +23,18 @@ class QualityConfig(BaseModel):
     channels_last: bool = True
     # bf16 autocast for inference: auto = only where training measured that it keeps accuracy
     bf16: Literal["auto", "on", "off"] = "auto"
-    torch_threads: int | None = Field(default=None, ge=1, description="per worker; default cores // workers")
+    # torch intra-op threads: per scoring worker (default cores // workers); training (default torch's)
+    torch_threads: int | None = Field(default=None, ge=1)
 
     # ------------------------------------------------------------- input spec (training)
     # K frames sampled per clip (the scoring stage uses the K stored with the model)
     frames_per_clip: int = Field(default=4, ge=1, le=64)
-    pooling: Literal["mean_prob", "mean_logit", "min_prob"] = "mean_prob"
+    # clip score: mean frame probability (mean_prob), mean_logit, min_prob, or the clip head that
+    # also sees how the K frames differ (learned); auto: the best on validation (ties: mean_prob)
+    pooling: Literal["auto", "mean_prob", "mean_logit", "min_prob", "learned"] = "auto"
 
     # ----------------------------------------------------------------------- labelling
-    labels_db: str | None = None  # default: OUT/labels.sqlite
-    label_target: int = Field(default=1000, ge=1, description="clips in the labelling sample")
+    labels_db: str | None = None  # what train-quality reads by default; `label --db` writes it (default OUT/labels.sqlite)
 
     # ------------------------------------------------------------------------ training
     arch: Literal["resnet18", "timm-resnet18"] = "resnet18"
@@ -40,10 +42,19 @@ class QualityConfig(BaseModel):
     target_precision: float = Field(default=0.9, gt=0, le=1)
     epochs: int = Field(default=30, ge=1)
     patience: int = Field(default=5, ge=1, description="epochs without validation improvement before stopping")
+    min_epochs: int = Field(default=8, ge=1, description="no early stop before this epoch")
     train_batch_size: int = Field(default=16, ge=2, description="clips per training step")
+    steps_per_epoch: int | None = Field(default=None, ge=1, description="default: one pass over the training clips, at least 8")
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
+    head_learning_rate: float = Field(default=0.03, gt=0, description="the clip head (pooling: learned)")
+    # frame head loss: every frame takes its clip's label (frame), or multiple instance (mil: a bad
+    # clip needs one bad frame, a good clip only good ones)
+    frame_loss: Literal["frame", "mil"] = "mil"
+    train_bf16: bool = Field(default=True, description="bf16 autocast for the trunk while training (fp32 weights)")
     augment: bool = True
+    train_frame_pool: int = Field(default=10, ge=1, description="frames decoded per training clip; each step "
+                                  "takes K of them near the scoring positions (P=10: every keyframe of a clip)")
     val_fraction: float = Field(default=0.2, ge=0, lt=1, description="videos for early stopping and the threshold")
     test_fraction: float = Field(default=0.2, ge=0, lt=1, description="held-out videos, reported only")
     seed: int = 0

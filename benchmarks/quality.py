@@ -1,0 +1,294 @@
+"""Quality classifier: accuracy on the sample corpus's held-out videos, and what scoring costs.
+
+    python benchmarks/quality.py [--size small|full] [--seeds 0,1,2,3] [--corpus-base DIR]
+                                 [--frames 4] [--epochs 30] [--out benchmarks/results/quality.json]
+
+1. Ingest the sample corpus (one rendering per seed; each its own source, so renderings of
+   one catalog entry share a video id and land on the same side of the split) with the
+   keyword filter off, so every decodable video, good or bad, is cut; quality off.
+2. Train the classifier from the catalog's reference labels (`reference_labels`); the
+   split is by video, and held-out test videos are never seen in training, early stopping
+   or threshold choice. Report ROC-AUC, precision and recall at the threshold on them.
+3. Ingest the same files again with `filters.quality.mode: score_only` and the model, in
+   one process (FnApiRunner in_memory, one torch thread), and compare in that run the CPU
+   time of the whole ingest with the scoring stage's own CPU counters (frame sampling +
+   inference): the scoring share (goal <= 25%) and clips scored per CPU second.
+4. The same clips through the model outside Beam, one thread: fp32 vs channels_last vs
+   bf16 autocast, K = 2/4/8 frames — clips per CPU second for each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def corpora(seeds: list[int], size: str, base: Path) -> list[Path]:
+    from ingest.corpus.generate import cached_small_corpus, generate_corpus
+
+    out = []
+    for s in seeds:
+        if size == "small":
+            out.append(Path(cached_small_corpus(base, seed=s)))
+            continue
+        d = base / f"full-s{s}"
+        if not (d / "catalog.jsonl").exists():
+            print(f"rendering the full corpus, seed {s} -> {d}", file=sys.stderr, flush=True)
+            generate_corpus(d, seed=s, size="full", lerobot=False)
+        out.append(d)
+    return out
+
+
+def catalogs(dirs: list[Path], work: Path, group: str) -> tuple[list[dict], Path]:
+    """One local-path catalog per corpus, and the reference labels.
+
+    group "render": each rendering is its own video (ids prefixed with the corpus index):
+    the split keeps a video's clips together, as it would for any two uploads of one game.
+    group "plan": renderings of one catalog entry (same game, same degradation, other seed)
+    share the id, so a held-out video's siblings are held out too — a test on degradations
+    the classifier may never have seen labelled."""
+    sources = []
+    labels: dict[str, dict] = {}
+    for i, d in enumerate(dirs):
+        rows = [json.loads(x) for x in (d / "catalog.jsonl").read_text().splitlines() if x.strip()]
+        for r in rows:
+            r["id"] = f"s{i}{r['id']}" if group == "render" else r["id"]
+        ok = [r for r in rows if r.get("file") and not r.get("expect_failure")]
+        cat = work / f"catalog{i}.jsonl"
+        cat.write_text("".join(json.dumps({"id": r["id"], "path": str(d / r["file"]), "title": r["title"]}) + "\n"
+                               for r in ok))
+        sources.append({"type": "catalog", "name": f"s{i}", "path": str(cat), "keywords": "none"})
+        for r in rows:
+            if r["id"] in labels and labels[r["id"]]["quality_label"] != r["quality_label"]:
+                raise SystemExit(f"{r['id']}: reference label differs between corpora")
+            labels[r["id"]] = r
+    ref = work / "reference.jsonl"
+    ref.write_text("".join(json.dumps(r) + "\n" for r in labels.values()))
+    return sources, ref
+
+
+def ingest(sources: list[dict], out: Path, quality: dict | None = None) -> tuple[float, dict]:
+    from genie_pipeline.config import parse_config
+    from ingest.pipeline import run_ingest
+
+    cfg = parse_config({
+        "sources": sources,
+        "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
+        "filters": {"quality": quality or {"mode": "off"}},
+        "output": {"dir": str(out)},
+    })
+    c0 = cpu()
+    stats = run_ingest(cfg)
+    return cpu() - c0, stats
+
+
+def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from filtering.quality import QualityNet, load_quality_model
+    from filtering.quality_data import ClipIndex
+    from filtering.quality_frames import sample_frames
+
+    torch.set_num_threads(1)
+    index = ClipIndex.open(out)
+    keys = list(index.clips)[:n_clips]
+    data = [index.read(k) for k in keys]
+    base, meta = load_quality_model(model_path, bf16="off")
+    rows = []
+    for k in (2, 4, 8):
+        t0 = time.thread_time()
+        clips = np.stack([sample_frames(d, k) for d in data])
+        sample_s = (time.thread_time() - t0) / len(keys)
+        for layout, bf16 in (("contiguous", False), ("channels_last", False), ("channels_last", True)):
+            m = QualityNet(**{**meta["model_params"], "frames_per_clip": k}, channels_last=layout == "channels_last",
+                           bf16=bf16).eval()
+            m.load_state_dict(base.state_dict())
+            with torch.inference_mode():
+                m(torch.from_numpy(clips[:16]))  # warm-up (oneDNN primitives)
+                t0 = time.thread_time()
+                for i in range(0, len(clips), 16):
+                    m(torch.from_numpy(clips[i:i + 16]))
+                infer_s = (time.thread_time() - t0) / len(clips)
+            rows.append({"frames": k, "layout": layout, "bf16": bf16, "sample_ms": round(sample_s * 1000, 2),
+                         "infer_ms": round(infer_s * 1000, 2),
+                         "clips_per_cpu_s": round(1 / (sample_s + infer_s), 1),
+                         "trained_k": k == meta["model_params"]["frames_per_clip"]})
+            print(f"  K={k} {layout:13s} bf16={bf16!s:5s}: sample {sample_s * 1000:.1f} ms + infer "
+                  f"{infer_s * 1000:.1f} ms per clip", file=sys.stderr, flush=True)
+    return rows
+
+
+def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path) -> dict:
+    """Every video held out once: K folds by video (stratified by class); per fold, training
+    on the rest (a quarter of it for validation: early stopping and threshold), scores and
+    keep/reject decisions on the held-out fold. Pooled out-of-fold ROC-AUC, precision, recall."""
+    import random
+
+    import numpy as np
+
+    from filtering.quality import load_quality_model, score_clips
+    from filtering.quality_frames import sample_frames
+    from filtering.quality_train import clip_metrics, split_videos, train_quality
+
+    video_of = {k: index[k].video_id for k in labels}
+    vlabel: dict[str, str] = {}
+    for k, lab in labels.items():
+        vlabel.setdefault(video_of[k], lab)
+    rng = random.Random(qcfg.seed)
+    fold_of = {}
+    for cls in ("good", "bad"):
+        vids = sorted(v for v, lab in vlabel.items() if lab == cls)
+        rng.shuffle(vids)
+        for i, v in enumerate(vids):
+            fold_of[v] = i % folds
+    ys, ss, keep, per_fold = [], [], [], []
+    for f in range(folds):
+        test = sorted(v for v, g in fold_of.items() if g == f)
+        rest = {v: lab for v, lab in vlabel.items() if fold_of[v] != f}
+        sp = split_videos(rest, 0.25, 0.0, qcfg.seed + f)
+        t0 = time.time()
+        meta = train_quality(index, labels, work / f"cv{f}" / "model.pt", qcfg, progress=False,
+                             split={"train": sp["train"], "val": sp["val"], "test": test})
+        model, _ = load_quality_model(str(work / f"cv{f}" / "model.pt"), bf16="off")
+        keys = [k for k in labels if video_of[k] in test]
+        k_frames = meta["model_params"]["frames_per_clip"]
+        s = score_clips(model, [sample_frames(index.read(k), k_frames) for k in keys])
+        y = np.array([labels[k] == "good" for k in keys], int)
+        ys.append(y)
+        ss.append(s)
+        keep.append(s >= meta["threshold"])
+        m = clip_metrics(y, s, meta["threshold"])
+        per_fold.append({"fold": f, "videos": len(test), "clips": len(keys), "roc_auc": m["roc_auc"],
+                         "precision": m["precision"], "recall": m["recall"], "threshold": meta["threshold"],
+                         "pooling": meta["pooling"], "epochs": meta["training"]["epochs_run"],
+                         "seconds": round(time.time() - t0, 1)})
+        print(f"  fold {f}: {per_fold[-1]}", file=sys.stderr, flush=True)
+    y, s, kp = np.concatenate(ys), np.concatenate(ss), np.concatenate(keep)
+    from sklearn.metrics import roc_auc_score
+
+    tp, fp, fn = int((kp & (y == 1)).sum()), int((kp & (y == 0)).sum()), int((~kp & (y == 1)).sum())
+    return {"folds": folds, "clips": int(len(y)), "videos": len(fold_of),
+            "roc_auc_pooled": float(roc_auc_score(y, s)),
+            "roc_auc_mean_of_folds": float(np.mean([p["roc_auc"] for p in per_fold if p["roc_auc"] is not None])),
+            "precision_at_threshold": tp / (tp + fp) if tp + fp else None,
+            "recall_at_threshold": tp / (tp + fn) if tp + fn else None, "per_fold": per_fold}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", default="full", choices=["small", "full"])
+    ap.add_argument("--seeds", default="0,1,2,3", help="corpus renderings (comma-separated seeds)")
+    ap.add_argument("--corpus-base", default=str(ROOT / ".cache" / "corpus-bench"),
+                    help="where corpora are rendered / found (full-s{seed} or the small cache)")
+    ap.add_argument("--group", choices=["render", "plan"], default="render",
+                    help="what a held-out video is: one rendering, or every rendering of a catalog entry")
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--patience", type=int, default=30, help="default: no early stop (the one-cycle schedule runs out; the best validation-loss epoch is kept)")
+    ap.add_argument("--steps-per-epoch", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--folds", type=int, default=3, help="cross-validation folds by video (0: skip)")
+    ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
+    args = ap.parse_args()
+
+    import torch
+
+    from filtering.quality import reference_labels
+    from filtering.quality_config import QualityConfig
+    from filtering.quality_data import ClipIndex, resolve_labels
+    from filtering.quality_train import train_quality
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    dirs = corpora(seeds, args.size, Path(args.corpus_base))
+    sources, ref = catalogs(dirs, work, args.group)
+
+    print("1. ingest, quality off", file=sys.stderr, flush=True)
+    off_cpu, off_stats = ingest(sources, work / "off")
+
+    print("2. train from reference labels", file=sys.stderr, flush=True)
+    torch.set_num_threads(1)
+    labels = resolve_labels(reference_labels(str(work / "off"), str(ref)))
+    qcfg = QualityConfig(frames_per_clip=args.frames, epochs=args.epochs, patience=args.patience,
+                         steps_per_epoch=args.steps_per_epoch, torch_threads=1)
+    model = work / "model" / "model.pt"
+    meta = train_quality(ClipIndex.open(work / "off"), labels, model, qcfg, label_source=str(ref))
+
+    cv = None
+    if args.folds > 1:
+        print(f"2b. {args.folds}-fold cross-validation by video", file=sys.stderr, flush=True)
+        cv = cross_validate(ClipIndex.open(work / "off"), labels, args.folds, qcfg, work / "cv")
+
+    print("3. ingest with score_only", file=sys.stderr, flush=True)
+    on_cpu, on_stats = ingest(sources, work / "scored",
+                              {"mode": "score_only", "model": str(model), "torch_threads": 1})
+    counters = on_stats["last_run"]["counters"]
+    scoring_cpu = (counters.get("quality_sample_cpu_ms", 0) + counters.get("quality_infer_cpu_ms", 0)) / 1000
+    n_scored = counters.get("quality_clips_scored", 0)
+
+    print("4. variants", file=sys.stderr, flush=True)
+    var = variants(str(model), work / "scored")
+
+    test, val = meta["metrics"].get("test", {}), meta["metrics"]["val"]
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "corpus": {"size": args.size, "seeds": seeds, "group": args.group, "clips": len(labels),
+                   "good": sum(v == "good" for v in labels.values()), "bad": sum(v == "bad" for v in labels.values()),
+                   "videos": meta["labels"]["n_videos"], "split_videos": {k: len(v) for k, v in meta["split"].items()}},
+        "accuracy": {
+            "held_out_test": {k: test.get(k) for k in ("n", "n_good", "n_bad", "roc_auc", "average_precision",
+                                                        "precision", "recall", "kept_fraction")},
+            "validation": {k: val.get(k) for k in ("n", "roc_auc", "precision", "recall")},
+            "cross_validation": cv,
+            "goal_roc_auc": 0.95, "meets_goal": bool(test.get("roc_auc") is not None and test["roc_auc"] >= 0.95),
+            "threshold": meta["threshold"], "target_precision": meta["target_precision"],
+            "target_met_on_validation": meta["target_met"], "frames_per_clip": args.frames,
+            "pooling": meta["pooling"], "pooling_roc_auc": meta["metrics"]["pooling_roc_auc"],
+            "bf16": meta["bf16"], "training_seconds": meta["training"]["seconds"],
+            "epochs_run": meta["training"]["epochs_run"],
+        },
+        "cost": {
+            "ingest_cpu_s": round(on_cpu, 2), "scoring_cpu_s": round(scoring_cpu, 2),
+            "scoring_share": round(scoring_cpu / on_cpu, 4) if on_cpu else None, "goal_share": 0.25,
+            "clips_scored": n_scored, "clips_per_scoring_cpu_s": round(n_scored / scoring_cpu, 1) if scoring_cpu else None,
+            "sample_cpu_s": counters.get("quality_sample_cpu_ms", 0) / 1000,
+            "infer_cpu_s": counters.get("quality_infer_cpu_ms", 0) / 1000,
+            "ingest_off_cpu_s": round(off_cpu, 2),
+            "share_by_difference": round((on_cpu - off_cpu) / on_cpu, 4) if on_cpu else None,
+            "bf16_used": meta["bf16"].get("keeps_accuracy", False), "channels_last": True, "torch_threads": 1,
+            "note": "scoring_share: the stage's own thread CPU counters over the whole run's process CPU (one "
+                    "process, one torch thread); share_by_difference compares with the run without scoring "
+                    "(noisier: two runs on a shared machine)",
+        },
+        "variants": var,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    a, c = result["accuracy"]["held_out_test"], result["cost"]
+    print(json.dumps({"held_out_roc_auc": a["roc_auc"], "precision": a["precision"], "recall": a["recall"],
+                      "cv_roc_auc": cv and cv["roc_auc_pooled"],
+                      "scoring_share": c["scoring_share"], "clips_per_scoring_cpu_s": c["clips_per_scoring_cpu_s"]}))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from filtering.label import main
+
+sys.exit(main())

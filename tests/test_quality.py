@@ -1,0 +1,304 @@
+"""Quality classifier: frame sampling, model files, the Beam scoring stage, refilter, reference labels."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from filtering.quality import (QualityNet, ScoreQuality, apply_threshold, load_backbone_weights,  # noqa: E402
+                               load_quality_model, read_metadata, reference_labels, refilter,
+                               sample_frames, sample_indices, save_quality_model, score_clips)
+from filtering.quality_config import QualityConfig  # noqa: E402
+from filtering.quality_data import ClipIndex, QualityError  # noqa: E402
+from filtering.quality_fixture import make_fixture  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a 2-core machine shared with other work, two OpenMP threads
+    spin-wait on each other and run 5-10x slower. Restored afterwards."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qfx") / "out"
+    info = make_fixture(out, n_good=3, n_bad=3, clips_per_video=2, seed=3)
+    return out, info
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A randomly initialised model (no training needed to test the plumbing)."""
+    torch.manual_seed(0)
+    m = QualityNet(frames_per_clip=3).eval()
+    path = tmp_path_factory.mktemp("qmodel") / "model.pt"
+    save_quality_model(m, path, {"threshold": 0.5, "bf16": {"keeps_accuracy": False}})
+    return path
+
+
+def _store_clips(store):
+    with tarfile.open(store) as tar:
+        return {m.name[:-4]: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".mp4")}
+
+
+# ------------------------------------------------------------------------------ sampling
+def test_sample_indices_spread():
+    assert sample_indices(160, 4) == [20, 60, 100, 140]
+    assert sample_indices(10, 4) == [1, 3, 6, 8]
+    assert sample_indices(2, 4) == [0, 0, 1, 1]
+    with pytest.raises(QualityError):
+        sample_indices(0, 4)
+
+
+def test_sample_frames_keyframes_match_full_decode(fixture):
+    """The keyframe fast path returns exactly the frames a full decode has at those positions."""
+    from ingest.video import decode_clip
+
+    out, info = fixture
+    data = next(iter(_store_clips(info["videos"][0].store).values()))
+    frames = sample_frames(data, 4)
+    assert frames.shape == (4, 90, 160, 3) and frames.dtype == np.uint8
+    full = decode_clip(data)
+    assert full.shape[0] == 160
+    keyframes = list(range(0, 160, 16))  # the pipeline's keyframe interval
+    want = full[[keyframes[i] for i in sample_indices(len(keyframes), 4)]]
+    assert np.array_equal(frames, want)
+    # more frames than keyframes: the evenly spaced fallback
+    many = sample_frames(data, 12)
+    assert np.array_equal(many, full[sample_indices(160, 12)])
+
+
+def test_sample_frames_other_sizes_and_garbage(tmp_path):
+    from genie_pipeline.config import ClipsConfig
+    from ingest.video import encode_clip
+
+    frames = np.random.default_rng(0).integers(0, 255, (40, 64, 96, 3), dtype=np.uint8)
+    data = encode_clip(frames, ClipsConfig(width=96, height=64, keyframe_interval=40))
+    got = sample_frames(data, 3)
+    assert got.shape == (3, 90, 160, 3)
+    with pytest.raises(QualityError):
+        sample_frames(b"not a video at all" * 10, 4)
+
+
+# --------------------------------------------------------------------------------- model
+def test_model_file_round_trip_weights_only(model_file, fixture):
+    model, meta = load_quality_model(str(model_file), bf16="off")
+    assert meta["model_params"]["frames_per_clip"] == 3 and meta["threshold"] == 0.5
+    # the file itself loads with weights_only=True (no pickled code)
+    sd = torch.load(model_file, weights_only=True)
+    assert "backbone.conv1.weight" in sd
+    _, info = fixture
+    clips = [sample_frames(d, 3) for d in _store_clips(info["videos"][0].store).values()]
+    s = score_clips(model, clips)
+    assert s.shape == (len(clips),) and np.all((s >= 0) & (s <= 1))
+    # channels_last and the plain layout agree
+    plain, _ = load_quality_model(str(model_file), bf16="off", channels_last=False)
+    assert np.allclose(score_clips(plain, clips), s, atol=1e-4)
+
+
+def test_model_metadata_errors(tmp_path, model_file):
+    with pytest.raises(QualityError, match="does not exist"):
+        read_metadata(tmp_path / "nope.pt")
+    (tmp_path / "m.pt").write_bytes(b"x")
+    with pytest.raises(QualityError, match="metadata"):
+        read_metadata(tmp_path / "m.pt")
+    (tmp_path / "m.json").write_text("{broken")
+    with pytest.raises(QualityError, match="not valid JSON"):
+        read_metadata(tmp_path / "m.pt")
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_local_backbone_weights(tmp_path):
+    import torchvision
+
+    imagenet_like = torchvision.models.resnet18(weights=None)  # 1000-class head: fc is skipped
+    path = tmp_path / "r18.pth"
+    torch.save(imagenet_like.state_dict(), path)
+    m = QualityNet()
+    info = load_backbone_weights(m, str(path))
+    assert info["loaded"] == len(imagenet_like.state_dict()) - 2  # all but fc.weight / fc.bias
+    assert torch.equal(m.backbone.conv1.weight, imagenet_like.conv1.weight)
+    import argparse
+
+    pickled_code = tmp_path / "code.pt"  # needs arbitrary unpickling: refused
+    torch.save({"state_dict": imagenet_like.state_dict(), "args": argparse.Namespace(lr=1)}, pickled_code)
+    with pytest.raises(QualityError, match="weights_only"):
+        load_backbone_weights(m, str(pickled_code))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04garbage")
+    with pytest.raises(QualityError, match="cannot load"):
+        load_backbone_weights(m, str(garbage))
+
+
+# ----------------------------------------------------------------------------- the stage
+def _run_stages(branches, workers=1, mode="in_memory"):
+    """Run several ScoreQuality transforms in one pipeline: {name: (videos, cfg)} -> {name: {video_key: VideoResult}}."""
+    import tempfile
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from ingest.records import VideoResult
+
+    opts = PipelineOptions([f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"])
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        with beam.Pipeline(runner=FnApiRunner(), options=opts) as p:
+            for name, (videos, qcfg) in branches.items():
+                (p | f"Create{name}" >> beam.Create(videos) | f"Score{name}" >> ScoreQuality(qcfg, workers)
+                 | f"Json{name}" >> beam.Map(lambda v: json.dumps(v.to_json()))
+                 | f"Write{name}" >> beam.io.WriteToText(f"{tmp}/{name}"))
+        for name in branches:
+            got = [VideoResult.from_json(json.loads(line)) for f in sorted(os.listdir(tmp)) if f.startswith(name)
+                   for line in open(os.path.join(tmp, f)) if line.strip()]
+            out[name] = {v.video_key: v for v in got}
+    return out
+
+
+def test_score_quality_stage(fixture, model_file, tmp_path):
+    """score_only / filter against scores computed outside Beam; two worker processes (the
+    handler is pickled to them); bf16; a missing clip store (NaN, rejected); a failed video
+    passed through; heuristic reasons never overridden; inputs not mutated."""
+    import copy
+
+    out, info = fixture
+    videos = info["videos"]
+    model, meta = load_quality_model(str(model_file), bf16="off")
+    direct = {}
+    for v in videos:
+        for key, data in _store_clips(v.store).items():
+            direct[key] = float(score_clips(model, [sample_frames(data, 3)])[0])
+    threshold = float(np.median(list(direct.values())))
+    odd = [copy.deepcopy(v) for v in videos[:3]]
+    odd[1].store = str(tmp_path / "missing.tar")
+    odd[2].status, odd[2].clips = "failed", []
+
+    got = _run_stages({
+        "scoreonly": (videos, QualityConfig(mode="score_only", model=str(model_file), bf16="off")),
+        "filter": (videos, QualityConfig(mode="filter", model=str(model_file), threshold=threshold, bf16="off")),
+        "odd": (odd, QualityConfig(mode="filter", model=str(model_file), threshold=0.0, bf16="on")),
+    }, workers=2, mode="multi_processing")
+
+    scored, filtered = got["scoreonly"], got["filter"]
+    assert set(scored) == set(filtered) == {v.video_key for v in videos}
+    n_quality = 0
+    for v in videos:
+        assert math.isnan(v.clips[0].quality_score)  # the input elements were not mutated
+        for c0, c, f in zip(v.clips, scored[v.video_key].clips, filtered[v.video_key].clips):
+            assert c.key == c0.key == f.key
+            assert c.quality_score == pytest.approx(direct[c.key], abs=1e-4)
+            assert (c.kept, c.reason) == (c0.kept, c0.reason)  # score_only keeps everything
+            if c0.reason:  # an earlier heuristic verdict is never overridden
+                assert (f.kept, f.reason) == (False, c0.reason)
+            elif direct[c.key] >= threshold:
+                assert (f.kept, f.reason) == (True, "")
+            else:
+                assert (f.kept, f.reason) == (False, "quality")
+                n_quality += 1
+    assert n_quality > 0
+
+    o = got["odd"]
+    assert all(c.quality_score == pytest.approx(direct[c.key], abs=0.05) for c in o[odd[0].video_key].clips)  # bf16
+    broken = o[odd[1].video_key].clips
+    assert all(math.isnan(c.quality_score) for c in broken)
+    assert all(not c.kept and c.reason in ("quality", "black") for c in broken)
+    assert o[odd[2].video_key].status == "failed"
+
+
+def test_score_quality_off_and_config_errors(fixture, tmp_path):
+    from genie_pipeline.config import ConfigError
+
+    _, info = fixture
+    got = _run_stages({"off": (info["videos"][:2], QualityConfig(mode="off"))})["off"]
+    v0 = info["videos"][0]
+    assert [(c.key, c.kept, math.isnan(c.quality_score)) for c in got[v0.video_key].clips] == \
+        [(c.key, c.kept, True) for c in v0.clips]
+    with pytest.raises(ConfigError, match="filters.quality.model"):
+        ScoreQuality(QualityConfig(mode="filter"), 1)
+    with pytest.raises(ConfigError, match="does not exist"):
+        ScoreQuality(QualityConfig(mode="score_only", model=str(tmp_path / "none.pt")), 1)
+
+
+def test_config_defaults_and_extra_forbidden():
+    c = QualityConfig()
+    assert (c.mode, c.target_precision, c.frames_per_clip) == ("off", 0.9, 4)
+    with pytest.raises(Exception):
+        QualityConfig(modle="x")
+    from genie_pipeline.config import parse_config
+
+    cfg = parse_config({"sources": [{"type": "urls", "name": "a", "urls": ["http://x/a.mp4"]}],
+                        "filters": {"quality": {"mode": "filter", "model": "m.pt", "frames_per_clip": 6}}})
+    assert cfg.filters.quality.frames_per_clip == 6
+
+
+# ------------------------------------------------------------------------------ refilter
+def test_apply_threshold_rules():
+    rows = [{"kept": True, "reason": "", "quality_score": 0.2}, {"kept": False, "reason": "quality", "quality_score": 0.8},
+            {"kept": False, "reason": "black", "quality_score": 0.9}, {"kept": True, "reason": "", "quality_score": float("nan")}]
+    changed = apply_threshold(rows, 0.5)
+    assert [(r["kept"], r["reason"]) for r in rows] == [(False, "quality"), (True, ""), (False, "black"), (True, "")]
+    assert changed == {"kept": 1, "rejected": 1, "unscored": 1}
+
+
+def test_refilter_rewrites_shards_from_manifest(tmp_path):
+    out = tmp_path / "out"
+    make_fixture(out, n_good=2, n_bad=2, clips_per_video=2, seed=5)
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    for i, r in enumerate(rows):
+        r["quality_score"] = (i + 0.5) / len(rows)
+    import pyarrow as pa
+
+    from shards.finalize import SCHEMAS
+
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS["manifest"]), out / "manifest.parquet")
+    with pytest.raises(QualityError, match="no manifest"):
+        refilter(str(tmp_path / "nothing"), 0.5)
+    r = refilter(str(out), 0.5)
+    after = {x["key"]: x for x in pq.read_table(out / "manifest.parquet").to_pylist()}
+    for x in rows:
+        a = after[x["key"]]
+        if x["reason"] not in ("", "quality"):
+            assert (a["kept"], a["reason"]) == (False, x["reason"])
+        else:
+            assert a["kept"] == (x["quality_score"] >= 0.5)
+            assert a["reason"] == ("" if a["kept"] else "quality")
+    kept = {k for k, a in after.items() if a["kept"]}
+    in_shards = set()
+    for shard in (out / "shards").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            in_shards |= {n[:-4] for n in tar.getnames() if n.endswith(".mp4")}
+    assert in_shards == kept and r["kept_after"] == len(kept)
+    # lowering the threshold restores the quality rejects: nothing was decoded from sources
+    r2 = refilter(str(out), 0.0)
+    assert r2["kept_after"] == sum(x["reason"] in ("", "quality") for x in rows)
+
+
+# ---------------------------------------------------------------------- reference labels
+def test_reference_labels_label_every_clip_by_video(fixture, tmp_path):
+    out, info = fixture
+    labels = reference_labels(str(out), info["catalog"])
+    catalog = {json.loads(l)["id"]: json.loads(l)["quality_label"] for l in open(info["catalog"])}
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert len(labels) == len(manifest)
+    for lab in labels:
+        assert lab["label"] == catalog[lab["video_id"]]
+    assert {l["key"] for l in labels} <= set(ClipIndex.open(out).clips)
+    bad = tmp_path / "cat.jsonl"
+    bad.write_text('{"id": "x", "quality_label": "meh"}\n')
+    with pytest.raises(QualityError, match="good\\|bad"):
+        reference_labels(str(out), str(bad))

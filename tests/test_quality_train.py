@@ -1,0 +1,238 @@
+"""train-quality: threshold choice, video split, the whole training run, clear errors."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from filtering.label.store import LabelStore  # noqa: E402
+from filtering.quality_data import ClipIndex, QualityError  # noqa: E402
+from filtering.quality_fixture import make_fixture  # noqa: E402
+from filtering.quality_train import (add_train_quality_args, choose_threshold, clip_metrics,  # noqa: E402
+                                     run_train_quality, split_videos)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a 2-core machine shared with other work, two OpenMP threads
+    spin-wait on each other and run 5-10x slower. Restored afterwards."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tfx") / "out"
+    info = make_fixture(out, n_good=5, n_bad=5, clips_per_video=2, seed=11)
+    return out, info
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    add_train_quality_args(p)
+    return p.parse_args([str(a) for a in argv])
+
+
+def test_choose_threshold_for_target_precision():
+    y = np.array([1, 1, 1, 0, 1, 0, 0, 0])
+    s = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.1])
+    t, met = choose_threshold(y, s, 0.9)
+    assert met and t == pytest.approx(0.75)  # keeps 0.95..0.8 (all good); 0.6 would give 4/5; midpoint to 0.7
+    t, met = choose_threshold(y, s, 0.75)
+    assert met and t == pytest.approx(0.5)
+    m = clip_metrics(y, s, 0.75)
+    assert (m["precision"], m["recall"], m["roc_auc"]) == (1.0, 0.75, 0.9375)
+    t, met = choose_threshold(np.array([0, 1]), np.array([0.9, 0.1]), 0.9)  # unreachable
+    assert not met and 0 <= t <= 1
+
+
+def test_split_is_by_video_and_stratified():
+    vl = {f"g{i}": "good" for i in range(10)} | {f"b{i}": "bad" for i in range(5)}
+    sp = split_videos(vl, 0.2, 0.2, seed=0)
+    assert sorted(sum(sp.values(), [])) == sorted(vl)  # each video in exactly one part
+    for part in ("val", "test"):
+        assert {vl[v] for v in sp[part]} == {"good", "bad"}
+    assert split_videos(vl, 0.2, 0.2, seed=0) == sp
+    tiny = split_videos({"a": "good", "b": "bad"}, 0.2, 0.2, seed=0)
+    assert sorted(tiny["train"]) == ["a", "b"] and tiny["val"] == tiny["test"] == []
+
+
+TINY = dict(epochs=3, min_epochs=1, patience=3, frames_per_clip=2, train_batch_size=8, train_frame_pool=4,
+            steps_per_epoch=2)
+
+
+@pytest.fixture(scope="module")
+def trained(fixture, tmp_path_factory):
+    """One training run through the CLI (reference labels), shared by the tests below."""
+    from filtering.quality_config import QualityConfig
+
+    out, info = fixture
+    model = tmp_path_factory.mktemp("tq") / "q" / "model.pt"
+    rc = run_train_quality(_args(out, "--reference-catalog", info["catalog"], "--out", model, "--no-progress"),
+                           QualityConfig(**TINY))
+    assert rc == 0
+    return model
+
+
+def test_train_quality_cli_end_to_end(fixture, trained):
+    """Reference labels -> trained model, metadata and pictures; the model file loads with
+    weights_only and scores clips like the metadata says."""
+    from PIL import Image
+
+    from filtering.quality import load_quality_model, sample_frames, score_clips
+
+    out, info = fixture
+    model = trained
+    meta = json.loads(model.with_suffix(".json").read_text())
+    assert meta["input"]["frames_per_clip"] == 2 and (meta["input"]["height"], meta["input"]["width"]) == (90, 160)
+    assert 0 <= meta["threshold"] <= 1 and meta["target_precision"] == 0.9
+    assert len(meta["labels"]["hash"]) == 64 and meta["labels"]["n_clips"] == 20
+    assert meta["training"]["seconds"] > 0 and 1 <= meta["training"]["epochs_run"] <= 3
+    for part in ("train", "val", "test"):
+        assert {"roc_auc", "precision", "recall", "n"} <= set(meta["metrics"][part])
+    assert set(meta["metrics"]["pooling_roc_auc"]["test"]) == {"mean_prob", "mean_logit", "min_prob", "learned"}
+    assert meta["pooling"] in meta["metrics"]["pooling_roc_auc"]["val"] and meta["model_params"]["pooling"] == meta["pooling"]
+    assert "keeps_accuracy" in meta["bf16"]
+    split = meta["split"]
+    assert not (set(split["train"]) & set(split["val"])) and not (set(split["train"]) & set(split["test"]))
+    for pic in meta["pictures"].values():
+        with Image.open(model.parent / pic) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+    net, meta2 = load_quality_model(str(model), bf16="off")
+    assert meta2 == meta
+    index = ClipIndex.open(out)
+    test_keys = [k for k, c in index.clips.items() if c.video_id in split["test"]]
+    s = score_clips(net, [sample_frames(index.read(k), 2) for k in test_keys])
+    y = np.array([1 if "good" in index[k].title else 0 for k in test_keys])
+    again = clip_metrics(y, s, meta["threshold"])
+    assert again["roc_auc"] == pytest.approx(meta["metrics"]["test"]["roc_auc"], abs=1e-6)
+
+
+def test_train_quality_clear_errors(fixture, tmp_path):
+    out, info = fixture
+    keys = list(ClipIndex.open(out).clips)
+    cfg = None  # the CLI without --config: defaults
+
+    empty = tmp_path / "empty.sqlite"
+    LabelStore(empty).close()
+    with pytest.raises(QualityError, match="no labels"):
+        run_train_quality(_args(out, "--labels", empty), cfg)
+
+    one = tmp_path / "one.sqlite"
+    with LabelStore(one) as st:
+        for k in keys[:4]:
+            st.add(k, "good", "ann")
+        st.add(keys[4], "skip", "ann")
+    with pytest.raises(QualityError, match="all 4 labelled clips are 'good'"):
+        run_train_quality(_args(out, "--labels", one), cfg)
+
+    ghost = tmp_path / "ghost.sqlite"
+    with LabelStore(ghost) as st:
+        st.add(keys[0], "good", "ann")
+        st.add(keys[1], "bad", "ann")
+        st.add("yt_gone_000016000", "bad", "ann")
+    with pytest.raises(QualityError, match="don't exist.*yt_gone_000016000"):
+        run_train_quality(_args(out, "--labels", ghost), cfg)
+
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"SQLite format 3\x00" + b"\x00garbage" * 500)
+    with pytest.raises(QualityError, match="corrupted"):
+        run_train_quality(_args(out, "--labels", broken), cfg)
+    not_json = tmp_path / "labels.json"
+    not_json.write_text('[{"data": ')
+    with pytest.raises(QualityError, match="corrupted"):
+        run_train_quality(_args(out, "--labels", not_json), cfg)
+    with pytest.raises(QualityError, match="does not exist"):
+        run_train_quality(_args(out, "--labels", tmp_path / "missing.sqlite"), cfg)
+    with pytest.raises(QualityError, match="does not exist"):
+        run_train_quality(_args(tmp_path / "no-such-dir", "--labels", one), cfg)
+
+
+def test_refilter_rescore_cli(fixture, trained, tmp_path, capsys):
+    """`refilter OUT --rescore --model M`: every clip scored by the Beam stage, kept/reason from
+    the model's threshold, shards rewritten from the clip store."""
+    import math
+    import shutil
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    from filtering.quality import add_refilter_args, read_metadata, run_refilter
+
+    src, _ = fixture
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    p = argparse.ArgumentParser()
+    add_refilter_args(p)
+    assert run_refilter(p.parse_args([str(out), "--rescore", "--model", str(trained)]), None) == 0
+    assert "refilter" in capsys.readouterr().out
+    threshold = read_metadata(trained)["threshold"]
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert all(not math.isnan(r["quality_score"]) for r in rows)
+    for r in rows:
+        if r["reason"] not in ("", "quality"):
+            assert not r["kept"]
+        else:
+            assert r["kept"] == (r["quality_score"] >= threshold)
+    in_shards = set()
+    for shard in (out / "shards").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            in_shards |= {n[:-4] for n in tar.getnames() if n.endswith(".mp4")}
+    assert in_shards == {r["key"] for r in rows if r["kept"]}
+    with pytest.raises(Exception, match="threshold"):
+        run_refilter(p.parse_args([str(out)]), None)  # no threshold, no model: a clear error
+
+
+def test_demo_quality_from_reference_labels(fixture, tmp_path):
+    """`make demo`'s step: reference labels -> model -> every clip scored -> shards filtered."""
+    import shutil
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from filtering.quality_config import QualityConfig
+    from filtering.quality_demo import demo_quality
+    from genie_pipeline.config import ClipsConfig, FiltersConfig, OutputConfig, ShardsConfig
+
+    src, info = fixture
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    cfg = SimpleNamespace(output=OutputConfig(dir=str(out)), shards=ShardsConfig(), clips=ClipsConfig(),
+                          filters=FiltersConfig(quality=QualityConfig(**TINY)))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(info["catalog"], corpus / "catalog.jsonl")
+    summary = demo_quality(cfg, corpus, progress=False)
+    assert "ROC-AUC" in summary and (out / "quality" / "model.pt").exists()
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert all(r["quality_score"] == r["quality_score"] for r in rows)  # no NaN
+
+
+def test_mil_frame_loss_and_training_views():
+    import torch
+
+    from filtering.quality_train import _frame_loss, _pick
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [1.0, -3.0, 0.0]], requires_grad=True)
+    target = torch.tensor([1.0, 0.0])  # a good clip, a bad clip
+    _frame_loss(logits, target, "mil").backward()
+    g = logits.grad
+    assert (g[0] != 0).all()  # a good clip: every frame pushed up
+    assert g[1, 1] != 0 and g[1, 0] == 0 and g[1, 2] == 0  # a bad clip: only its least good frame
+    logits.grad = None
+    _frame_loss(logits, target, "frame").backward()
+    assert (logits.grad != 0).all()
+    pool = np.arange(2 * 10).reshape(2, 10)[..., None]  # (B, P, 1): frame index as value
+    views = _pick(pool, 4, np.random.default_rng(0))[..., 0]
+    base = np.array([1, 3, 6, 8])  # sample_indices(10, 4): where scoring looks
+    assert views.shape == (2, 4) and np.all(np.abs(views % 10 - base) <= 1)
+    assert np.all(np.diff(views, axis=1) >= 0)  # time order kept
