@@ -80,7 +80,10 @@ def _quality(cfg, corpus: Path):
     except ImportError:
         return None
     step("quality classifier from the corpus's reference labels")
-    return demo_quality(cfg, corpus)
+    # a short schedule: the demo shows the loop on ~30 labelled clips in a couple of minutes;
+    # real label sets train with the config's defaults
+    quick = cfg.filters.quality.model_copy(update={"epochs": 6, "min_epochs": 3, "steps_per_epoch": 8})
+    return demo_quality(cfg.model_copy(update={"filters": cfg.filters.model_copy(update={"quality": quick})}), corpus)
 
 
 def _train(cfg, out: Path):
