@@ -318,7 +318,7 @@ def run_ingest(cfg: PipelineConfig, extra_beam_args: list[str] | None = None,
         fs.makedirs(d)
 
     runner, options, workers = pipeline_options(cfg, extra_beam_args or [])
-    wall0, cpu0 = time.time(), _cpu_seconds()
+    wall0, cpu0 = time.time(), cpu_seconds()
     print(f"ingest: {len(cfg.sources)} source(s) → {out} ({len(skip)} video(s) already done or staged)",
           file=sys.stderr, flush=True)
     p = beam.Pipeline(runner=runner, options=options)
@@ -327,7 +327,7 @@ def run_ingest(cfg: PipelineConfig, extra_beam_args: list[str] | None = None,
     result.wait_until_finish()
     counters = {m.key.metric.name: m.committed for m in result.metrics().query()["counters"]
                 if m.key.metric.namespace == NS}
-    wall, cpu = time.time() - wall0, _cpu_seconds() - cpu0
+    wall, cpu = time.time() - wall0, cpu_seconds() - cpu0
 
     merged = commit_run(
         out,
@@ -351,7 +351,7 @@ def _pick(cls, row: dict) -> dict:
     return {k: row[k] for k in cls.__dataclass_fields__ if k in row}
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
