@@ -177,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"genie-pipeline: config error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # bad labels or model files: a clear message, not a traceback
+        if type(e).__name__ == "QualityError":
+            print(f"genie-pipeline: {e}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

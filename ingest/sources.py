@@ -54,7 +54,9 @@ def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
                     source=src.name, video_id=vid, title=str(entry.get("title") or ""),
                     description=str(entry.get("description") or ""),
                     url=entry.get("url") or entry.get("webpage_url"),
-                    duration_s=_float(entry.get("duration")), extra={"query": q},
+                    duration_s=_float(entry.get("duration")),
+                    # the labelling page stratifies its sample by channel and query
+                    extra={"query": q, "channel": entry.get("channel") or entry.get("uploader")},
                 )
 
 

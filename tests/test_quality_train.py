@@ -236,3 +236,16 @@ def test_mil_frame_loss_and_training_views():
     base = np.array([1, 3, 6, 8])  # sample_indices(10, 4): where scoring looks
     assert views.shape == (2, 4) and np.all(np.abs(views % 10 - base) <= 1)
     assert np.all(np.diff(views, axis=1) >= 0)  # time order kept
+
+
+def test_cli_reports_bad_labels_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    bad = tmp_path / "labels.parquet"
+    bad.write_bytes(b"not parquet")
+    r = subprocess.run([sys.executable, "-m", "genie_pipeline.cli", "train-quality", str(tmp_path),
+                        "--labels", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "labels" in r.stderr.lower(), r.stderr
