@@ -48,3 +48,15 @@ def corpus_server(small_corpus):
 
     with CorpusServer(small_corpus) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a 2-core machine shared with other work, two OpenMP threads
+    spin-wait on each other and run 5-10x slower. Restored afterwards."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -21,16 +21,7 @@ from filtering.quality_data import ClipIndex, QualityError  # noqa: E402
 from filtering.quality_fixture import make_fixture  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a 2-core machine shared with other work, two OpenMP threads
-    spin-wait on each other and run 5-10x slower. Restored afterwards."""
-    import torch
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
