@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import GenieConfig, resolved_decoder_st
 from .patches import PatchGrid
-from .pixels import PatchEmbed, PatchHead, reconstruction_loss
+from .pixels import PatchEmbed, PatchHead, reconstruction_output
 from .st_transformer import STTransformer
 from .vq import VectorQuantizer
 
@@ -74,19 +74,8 @@ class LatentActionModel(nn.Module):
         past_BTNC = self.decoder_embed(video_BTCHW[:, :-1])
         pred_BTCHW = self.head(self.decoder(past_BTNC + action_emb_BTC[:, :, None, :]))
 
-        recon_mse, psnr = reconstruction_loss(pred_BTCHW, self.grid.target(video_BTCHW[:, 1:]))
-        metrics = {
-            "recon_mse": recon_mse.detach(),
-            "vq_loss": vq_loss.detach(),
-            "psnr": psnr,
-            **vq_metrics,
-        }
-        return {
-            "recon": pred_BTCHW.clamp(0, 1),
-            "loss": recon_mse + vq_loss,
-            "actions_BT": actions_BT,
-            "metrics": metrics,
-        }
+        return reconstruction_output(pred_BTCHW, self.grid.target(video_BTCHW[:, 1:]), vq_loss, vq_metrics,
+                                     actions_BT=actions_BT)
 
     def infer_actions(self, video_BTCHW: torch.Tensor) -> torch.Tensor:
         """video_BTCHW -> actions (B, T-1) long; actions[:, t] is the step x_t -> x_{t+1}."""

@@ -47,3 +47,15 @@ def reconstruction_loss(pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor) ->
     shown_mse = F.mse_loss(pred_BTCHW.detach().clamp(0, 1), target_BTCHW)
     psnr = -10.0 * torch.log10(shown_mse.clamp(min=1e-10))
     return mse, psnr
+
+
+def reconstruction_output(pred_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, vq_loss: torch.Tensor,
+                          vq_metrics: dict, **extra) -> dict:
+    """The forward result shared by the VQ models that reconstruct pixels (tokenizer, LAM)."""
+    recon_mse, psnr = reconstruction_loss(pred_BTCHW, target_BTCHW)
+    return {
+        "recon": pred_BTCHW.clamp(0, 1),
+        "loss": recon_mse + vq_loss,
+        **extra,
+        "metrics": {"recon_mse": recon_mse.detach(), "vq_loss": vq_loss.detach(), "psnr": psnr, **vq_metrics},
+    }

@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import GenieConfig, resolved_decoder_st
 from .patches import PatchGrid
-from .pixels import PatchEmbed, PatchHead, reconstruction_loss
+from .pixels import PatchEmbed, PatchHead, reconstruction_output
 from .st_transformer import STTransformer
 from .vq import VectorQuantizer
 
@@ -54,19 +54,8 @@ class VideoTokenizer(nn.Module):
         quantized_BTNC, tokens_BTN, vq_loss, vq_metrics = self.vq(latents_BTNC)
         recon_BTCHW = self.head(self.decoder(quantized_BTNC))
 
-        recon_mse, psnr = reconstruction_loss(recon_BTCHW, self.grid.target(video_BTCHW))
-        metrics = {
-            "recon_mse": recon_mse.detach(),
-            "vq_loss": vq_loss.detach(),
-            "psnr": psnr,
-            **vq_metrics,
-        }
-        return {
-            "recon": recon_BTCHW.clamp(0, 1),
-            "loss": recon_mse + vq_loss,
-            "tokens": tokens_BTN,
-            "metrics": metrics,
-        }
+        return reconstruction_output(recon_BTCHW, self.grid.target(video_BTCHW), vq_loss, vq_metrics,
+                                     tokens=tokens_BTN)
 
     def encode(self, video_BTCHW: torch.Tensor) -> torch.Tensor:
         """video_BTCHW in [0, 1] -> tokens_BTN (long), N = rows * cols of `tokens_hw`."""
