@@ -59,6 +59,7 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str, cfg_json: str) -> No
         if rank == 0:
             same = all(torch.equal(gathered[0], g) for g in gathered[1:])
             (tmp / "phase2_replicas_equal.json").write_text(json.dumps(same))
+        del tr, tr2  # the DDP wrappers must go before the group (see dist_lib.teardown)
     finally:
         dist_lib.teardown(info)
 
