@@ -1,14 +1,18 @@
 """Quality classifier: accuracy on the sample corpus's held-out videos, and what scoring costs.
 
-    python benchmarks/quality.py [--size small|full] [--seeds 0,1,2,3] [--corpus-base DIR]
-                                 [--frames 4] [--epochs 30] [--out benchmarks/results/quality.json]
+    python benchmarks/quality.py [--size small|full] [--seeds 0,1,2,3] [--quality-seeds 0,1]
+                                 [--corpus-base DIR] [--frames 4] [--epochs 30] [--folds 4]
+                                 [--cv-group game|video] [--out benchmarks/results/quality.json]
 
-1. Ingest the sample corpus (one rendering per seed; each its own source, so renderings of
-   one catalog entry share a video id and land on the same side of the split) with the
-   keyword filter off, so every decodable video, good or bad, is cut; quality off.
-2. Train the classifier from the catalog's reference labels (`reference_labels`); the
+1. Ingest the sample corpus (one rendering per seed, each its own source) and the `quality`
+   corpora (30 games, a clean and a degraded video each) with the keyword filter off, so
+   every decodable video, good or bad, is cut; quality off.
+2. Train the classifier from the catalogs' reference labels (`reference_labels`); the
    split is by video, and held-out test videos are never seen in training, early stopping
    or threshold choice. Report ROC-AUC, precision and recall at the threshold on them.
+2b. Cross-validation holding out whole GAMES (every video of a game, clean or degraded, in
+   one fold): a classifier that learned which games look bad, not what bad looks like,
+   fails here. Per degradation kind: its ROC-AUC against all clean clips.
 3. Ingest the same files again with `filters.quality.mode: score_only` and the model, in
    one process (FnApiRunner in_memory, one torch thread), and compare in that run the CPU
    time of the whole ingest with the scoring stage's own CPU counters (frame sampling +
@@ -35,24 +39,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from ingest.pipeline import cpu_seconds as cpu  # noqa: E402
 
 
-def corpora(seeds: list[int], size: str, base: Path) -> list[Path]:
+def corpora(seeds: list[int], size: str, base: Path, quality_seeds: list[int] = ()) -> list[tuple[str, Path]]:
     from ingest.corpus.generate import cached_small_corpus, generate_corpus
 
     out = []
     for s in seeds:
         if size == "small":
-            out.append(Path(cached_small_corpus(base, seed=s)))
+            out.append(("small", Path(cached_small_corpus(base, seed=s))))
             continue
-        d = base / f"full-s{s}"
-        if not (d / "catalog.jsonl").exists():
-            print(f"rendering the full corpus, seed {s} -> {d}", file=sys.stderr, flush=True)
-            generate_corpus(d, seed=s, size="full", lerobot=False)
-        out.append(d)
+        out.append(("full", base / f"full-s{s}"))
+    out += [("quality", base / f"quality-s{s}") for s in quality_seeds]
+    for i, (kind, d) in enumerate(out):
+        if kind != "small" and not (d / "catalog.jsonl").exists():
+            print(f"rendering the {kind} corpus -> {d}", file=sys.stderr, flush=True)
+            generate_corpus(d, seed=(seeds + list(quality_seeds))[i], size=kind, lerobot=False)
     return out
 
 
-def catalogs(dirs: list[Path], work: Path, group: str) -> tuple[list[dict], Path]:
-    """One local-path catalog per corpus, and the reference labels.
+def catalogs(dirs: list[tuple[str, Path]], work: Path, group: str) -> tuple[list[dict], Path, dict[str, dict]]:
+    """One local-path catalog per corpus, the reference labels, and per video id its catalog row.
 
     group "render": each rendering is its own video (ids prefixed with the corpus index):
     the split keeps a video's clips together, as it would for any two uploads of one game.
@@ -61,10 +66,11 @@ def catalogs(dirs: list[Path], work: Path, group: str) -> tuple[list[dict], Path
     the classifier may never have seen labelled."""
     sources = []
     labels: dict[str, dict] = {}
-    for i, d in enumerate(dirs):
+    for i, (kind, d) in enumerate(dirs):
         rows = [json.loads(x) for x in (d / "catalog.jsonl").read_text().splitlines() if x.strip()]
+        tag = "q" if kind == "quality" else "s"
         for r in rows:
-            r["id"] = f"s{i}{r['id']}" if group == "render" else r["id"]
+            r["id"] = f"{tag}{i}{r['id']}" if group == "render" else f"{tag}{r['id']}"
         ok = [r for r in rows if r.get("file") and not r.get("expect_failure")]
         cat = work / f"catalog{i}.jsonl"
         cat.write_text("".join(json.dumps({"id": r["id"], "path": str(d / r["file"]), "title": r["title"]}) + "\n"
@@ -76,7 +82,12 @@ def catalogs(dirs: list[Path], work: Path, group: str) -> tuple[list[dict], Path
             labels[r["id"]] = r
     ref = work / "reference.jsonl"
     ref.write_text("".join(json.dumps(r) + "\n" for r in labels.values()))
-    return sources, ref
+    return sources, ref, labels
+
+
+def game_of(row: dict) -> str:
+    """The cross-validation unit: the game (montages of several games are their own unit)."""
+    return row["id"] if row.get("game") in (None, "mixed") else row["game"]
 
 
 def ingest(sources: list[dict], out: Path, quality: dict | None = None) -> tuple[float, dict]:
@@ -131,13 +142,16 @@ def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
     return rows
 
 
-def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path) -> dict:
-    """Every video held out once: K folds by video (stratified by class); per fold, training
-    on the rest (a quarter of it for validation: early stopping and threshold), scores and
-    keep/reject decisions on the held-out fold. Pooled out-of-fold ROC-AUC, precision, recall."""
+def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, rows: dict[str, dict],
+                   unit: str = "game") -> dict:
+    """Every game (`unit="game"`) or video held out once: K folds; per fold, training on the
+    rest (a quarter of its videos for validation: early stopping and threshold), scores and
+    keep/reject decisions on the held-out fold. Pooled out-of-fold ROC-AUC, precision,
+    recall, and per degradation kind its ROC-AUC against every clean clip."""
     import random
 
     import numpy as np
+    from sklearn.metrics import roc_auc_score
 
     from filtering.quality import load_quality_model, score_clips
     from filtering.quality_frames import sample_frames
@@ -147,14 +161,11 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path) 
     vlabel: dict[str, str] = {}
     for k, lab in labels.items():
         vlabel.setdefault(video_of[k], lab)
-    rng = random.Random(qcfg.seed)
-    fold_of = {}
-    for cls in ("good", "bad"):
-        vids = sorted(v for v, lab in vlabel.items() if lab == cls)
-        rng.shuffle(vids)
-        for i, v in enumerate(vids):
-            fold_of[v] = i % folds
-    ys, ss, keep, per_fold = [], [], [], []
+    group = {v: game_of(rows[v]) if unit == "game" else v for v in vlabel}
+    units = sorted(set(group.values()))
+    random.Random(qcfg.seed).shuffle(units)
+    fold_of = {v: units.index(group[v]) % folds for v in vlabel}
+    ys, ss, keep, kinds, per_fold = [], [], [], [], []
     for f in range(folds):
         test = sorted(v for v, g in fold_of.items() if g == f)
         rest = {v: lab for v, lab in vlabel.items() if fold_of[v] != f}
@@ -170,27 +181,37 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path) 
         ys.append(y)
         ss.append(s)
         keep.append(s >= meta["threshold"])
+        kinds += [rows[video_of[k]]["made_how"] for k in keys]
         m = clip_metrics(y, s, meta["threshold"])
-        per_fold.append({"fold": f, "videos": len(test), "clips": len(keys), "roc_auc": m["roc_auc"],
-                         "precision": m["precision"], "recall": m["recall"], "threshold": meta["threshold"],
-                         "pooling": meta["pooling"], "epochs": meta["training"]["epochs_run"],
-                         "seconds": round(time.time() - t0, 1)})
+        per_fold.append({"fold": f, "units": len({group[v] for v in test}), "videos": len(test), "clips": len(keys),
+                         "roc_auc": m["roc_auc"], "precision": m["precision"], "recall": m["recall"],
+                         "threshold": meta["threshold"], "pooling": meta["pooling"],
+                         "epochs": meta["training"]["epochs_run"], "seconds": round(time.time() - t0, 1)})
         print(f"  fold {f}: {per_fold[-1]}", file=sys.stderr, flush=True)
     y, s, kp = np.concatenate(ys), np.concatenate(ss), np.concatenate(keep)
-    from sklearn.metrics import roc_auc_score
-
+    kinds = np.array(kinds)
+    by_kind = {}
+    for kind in sorted(set(kinds)):
+        sel = kinds == kind
+        d = {"clips": int(sel.sum()), "mean_score": round(float(s[sel].mean()), 3),
+             "kept_fraction": round(float(kp[sel].mean()), 3)}
+        if kind != "clean":
+            both = sel | (y == 1)
+            d["roc_auc_vs_clean"] = round(float(roc_auc_score(y[both], s[both])), 3)
+        by_kind[kind] = d
     tp, fp, fn = int((kp & (y == 1)).sum()), int((kp & (y == 0)).sum()), int((~kp & (y == 1)).sum())
-    return {"folds": folds, "clips": int(len(y)), "videos": len(fold_of),
+    return {"folds": folds, "held_out_unit": unit, "units": len(units), "clips": int(len(y)), "videos": len(fold_of),
             "roc_auc_pooled": float(roc_auc_score(y, s)),
             "roc_auc_mean_of_folds": float(np.mean([p["roc_auc"] for p in per_fold if p["roc_auc"] is not None])),
             "precision_at_threshold": tp / (tp + fp) if tp + fp else None,
-            "recall_at_threshold": tp / (tp + fn) if tp + fn else None, "per_fold": per_fold}
+            "recall_at_threshold": tp / (tp + fn) if tp + fn else None, "by_kind": by_kind, "per_fold": per_fold}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="full", choices=["small", "full"])
     ap.add_argument("--seeds", default="0,1,2,3", help="corpus renderings (comma-separated seeds)")
+    ap.add_argument("--quality-seeds", default="0,1", help="renderings of the 30-game quality corpus ('' for none)")
     ap.add_argument("--corpus-base", default=str(ROOT / ".cache" / "corpus-bench"),
                     help="where corpora are rendered / found (full-s{seed} or the small cache)")
     ap.add_argument("--group", choices=["render", "plan"], default="render",
@@ -199,7 +220,8 @@ def main() -> int:
     ap.add_argument("--patience", type=int, default=30, help="default: no early stop (the one-cycle schedule runs out; the best validation-loss epoch is kept)")
     ap.add_argument("--steps-per-epoch", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--folds", type=int, default=3, help="cross-validation folds by video (0: skip)")
+    ap.add_argument("--folds", type=int, default=4, help="cross-validation folds (0: skip)")
+    ap.add_argument("--cv-group", choices=["game", "video"], default="game", help="what cross-validation holds out")
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     args = ap.parse_args()
@@ -214,8 +236,9 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-quality-"))
     work.mkdir(parents=True, exist_ok=True)
-    dirs = corpora(seeds, args.size, Path(args.corpus_base))
-    sources, ref = catalogs(dirs, work, args.group)
+    qseeds = [int(s) for s in args.quality_seeds.split(",") if s.strip()]
+    dirs = corpora(seeds, args.size, Path(args.corpus_base), qseeds)
+    sources, ref, rows = catalogs(dirs, work, args.group)
 
     print("1. ingest, quality off", file=sys.stderr, flush=True)
     off_cpu, off_stats = ingest(sources, work / "off")
@@ -231,7 +254,7 @@ def main() -> int:
     cv = None
     if args.folds > 1:
         print(f"2b. {args.folds}-fold cross-validation by video", file=sys.stderr, flush=True)
-        cv = cross_validate(ClipIndex.open(work / "off"), labels, args.folds, qcfg, work / "cv")
+        cv = cross_validate(ClipIndex.open(work / "off"), labels, args.folds, qcfg, work / "cv", rows, args.cv_group)
 
     print("3. ingest with score_only", file=sys.stderr, flush=True)
     on_cpu, on_stats = ingest(sources, work / "scored",
@@ -247,7 +270,7 @@ def main() -> int:
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "corpus": {"size": args.size, "seeds": seeds, "group": args.group, "clips": len(labels),
+        "corpus": {"size": args.size, "seeds": seeds, "quality_seeds": qseeds, "group": args.group, "clips": len(labels),
                    "good": sum(v == "good" for v in labels.values()), "bad": sum(v == "bad" for v in labels.values()),
                    "videos": meta["labels"]["n_videos"], "split_videos": {k: len(v) for k, v in meta["split"].items()}},
         "accuracy": {

@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-corpus", help="render the embedded sample corpus from simulators")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=["small", "full"], default="full")
+    p.add_argument("--size", choices=["small", "full", "quality"], default="full",
+                   help="quality: 30 games, one clean and one degraded video each (for measuring the classifier)")
     p.set_defaults(func=cmd_sample_corpus)
 
     p = sub.add_parser("serve-corpus", help="serve a sample corpus over HTTP with a search endpoint")

@@ -151,6 +151,23 @@ def test_full_plan_has_enough_labelled_videos():
         G.plan("huge")
 
 
+def test_quality_plan_pairs_a_clean_and_a_degraded_video_per_game():
+    q = G.plan("quality")
+    games = {s["game"] for s in q}
+    assert len(games) == len(G.QUALITY_GAMES) >= 30 and len(q) == 2 * len(games)
+    assert len({s["id"] for s in q}) == len(q)
+    for g in games:  # holding out a game holds out one good and one bad video
+        assert sorted(s["quality_label"] for s in q if s["game"] == g) == ["bad", "good"]
+    kinds = [s["made_how"] for s in q if s["quality_label"] == "bad"]
+    assert set(kinds) == BAD_KINDS and min(kinds.count(k) for k in BAD_KINDS) >= 4
+    assert all(s["duration"] >= G.CLIP_SECONDS and s["renderer"] == "ale" for s in q)
+    montages = [s for s in q if s["made_how"] in ("slideshow", "rapid_cuts")]
+    assert all(len(set(s["games"])) == 4 and s["game"] in s["games"] for s in montages)
+    from ale_py import roms
+
+    assert all(roms.get_rom_path(g) for g in games)
+
+
 # -------------------------------------------------------------------------------- videos
 def test_videos_probe_to_catalog(corpus, rows):
     checked = 0

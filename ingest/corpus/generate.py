@@ -1,6 +1,10 @@
 """Generate the embedded sample corpus: real simulator footage encoded like uploads.
 
-    python -m ingest.corpus.generate --out DIR [--seed N] [--size small|full]
+    python -m ingest.corpus.generate --out DIR [--seed N] [--size small|full|quality]
+
+`quality` is a corpus for measuring the quality classifier rather than the ingest: one clean
+and one degraded 17 s video for each of 30 Atari games, so a benchmark can hold out whole
+games (a classifier that learned which games look "bad" fails that test).
 
 Layout of the output directory::
 
@@ -114,10 +118,39 @@ PATH_TITLE = "../../etc/passwd Pitfall speedrun"
 VFR_PATTERN = [(15, 2.0), (20, 2.0), (30, 2.0)]
 
 
+SIZES = ("small", "full", "quality")
+
+# Games of the `quality` corpus: the nine of the sample corpus and 21 more, different in look
+# (very dark games such as Centipede and Gravitar left out: their clean footage reads as "black").
+QUALITY_GAMES = list(ATARI_TITLES) + [
+    "alien", "amidar", "asterix", "berzerk", "boxing", "breakout", "chopper_command", "demon_attack", "freeway",
+    "gopher", "jamesbond", "ms_pacman", "qbert", "riverraid", "road_runner", "seaquest", "space_invaders",
+    "venture", "krull", "tutankham", "kung_fu_master"]
+DEGRADATIONS = ("static_menu", "webcam_overlay", "slideshow", "blur", "black", "letterbox", "rapid_cuts")
+
+
+def quality_plan() -> list[dict]:
+    """Per game: one clean video and one degraded one, the degradations taken in turn (each
+    used 4-5 times, on different games). Montages (slideshow, rapid cuts) mix the game with
+    the next three in the list."""
+    S = []
+    n = len(QUALITY_GAMES)
+    for i, g in enumerate(QUALITY_GAMES):
+        name = ATARI_TITLES.get(g, g.replace("_", " ").title())
+        S.append(_spec("clean", f"{name} (Atari 2600) gameplay", 17, game=g))
+        how = DEGRADATIONS[i % len(DEGRADATIONS)]
+        extra = {"games": [QUALITY_GAMES[(i + j) % n] for j in range(4)]} if how in ("slideshow", "rapid_cuts") else {}
+        S.append(_spec(how, f"{name} (Atari 2600) gameplay - {how.replace('_', ' ')}", 17, game=g,
+                       quality="bad", **extra))
+    return S
+
+
 def plan(size: str = "full", procgen: bool = False) -> list[dict]:
     """The list of videos for `size`; ids follow the order (CoinRun last: it is optional)."""
-    if size not in ("small", "full"):
-        raise ValueError(f"size must be 'small' or 'full', not {size!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, not {size!r}")
+    if size == "quality":
+        return _finish_plan(quality_plan())
     small = size == "small"
     S = []
     # -- clean gameplay, several formats
@@ -218,6 +251,10 @@ def plan(size: str = "full", procgen: bool = False) -> list[dict]:
         if not small:
             S.append(_spec("clean", "CoinRun speedrun (procgen, easy mode)", 25, game="coinrun", renderer="procgen",
                            description="Procgen CoinRun, another level."))
+    return _finish_plan(S)
+
+
+def _finish_plan(S: list[dict]) -> list[dict]:
     for i, s in enumerate(S, 1):
         s["id"] = f"gc{i:04d}"
         if s["kind"] == "robot":
@@ -635,7 +672,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ingest.corpus.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", choices=["small", "full"], default="full")
+    ap.add_argument("--size", choices=SIZES, default="full")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--no-lerobot", action="store_true")
     a = ap.parse_args(argv)
