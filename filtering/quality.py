@@ -476,8 +476,10 @@ def refilter(out_dir: str, threshold: float, cfg=None, rows: list[dict] | None =
     before = sum(bool(r["kept"]) for r in rows)
     changed = apply_threshold(rows, threshold)
     from shards.finalize import rebuild_shards
+    from shards.fs import output_lock
 
-    stats = rebuild_shards(str(out_dir), rows, _pipeline_cfg(cfg))
+    with output_lock(str(out_dir), "refilter"):
+        stats = rebuild_shards(str(out_dir), rows, _pipeline_cfg(cfg))
     return {"threshold": threshold, "clips": len(rows), "kept_before": before,
             "kept_after": sum(bool(r["kept"]) for r in rows), **changed, "stats": stats}
 

@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:
         # bad labels or model files: a clear message, not a traceback
+        if type(e).__name__ == "OutputBusy":  # not the user's config: another run holds the output
+            print(f"genie-pipeline: {e}", file=sys.stderr)
+            return 1
         if type(e).__name__ == "QualityError":
             print(f"genie-pipeline: {e}", file=sys.stderr)
             return 2

@@ -305,6 +305,11 @@ def run_ingest(cfg: PipelineConfig, extra_beam_args: list[str] | None = None,
     out = cfg.output.dir
     if not fs.is_remote(out):
         out = os.path.abspath(out)
+    with fs.output_lock(out, "ingest"):
+        return _run_ingest(cfg, out, extra_beam_args, retry_failed)
+
+
+def _run_ingest(cfg: PipelineConfig, out: str, extra_beam_args: list[str] | None, retry_failed: bool) -> dict:
     fs.makedirs(out)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     paths = RunPaths(out=out, run_dir=fs.join(out, "_runs", run_id), tmp_shards=fs.join(out, "shards", "_tmp", run_id),

@@ -101,3 +101,38 @@ def atomic_output(dest: str) -> Iterator[str]:
 def write_bytes(dest: str, data: bytes) -> None:
     with atomic_output(dest) as tmp, open(tmp, "wb") as f:
         f.write(data)
+
+
+class OutputBusy(RuntimeError):
+    """Another run is writing the same output directory."""
+
+
+@contextlib.contextmanager
+def output_lock(out: str, what: str) -> Iterator[None]:
+    """Hold OUT/.lock (an exclusive `flock`) while a run rewrites OUT: a second ingest or
+    refilter on the same directory would otherwise delete the first one's staged files.
+    The kernel drops the lock when its holder dies, so a killed run never blocks the next.
+    Object stores have no such lock: there, one job per output is the user's rule."""
+    if is_remote(out):
+        yield
+        return
+    import fcntl
+    import json
+    import time
+
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise OutputBusy(f"{out} is in use by another run ({holder}); wait for it to finish "
+                             "or write to another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what,
+                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

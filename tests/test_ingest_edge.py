@@ -70,3 +70,40 @@ def test_retry_failed_replaces_the_failure(tmp_path):
     assert [r["status"] for r in pq.read_table(out / "videos.parquet").to_pylist()] == ["done"]
     assert pq.read_table(out / "manifest.parquet").num_rows == 1
     assert verify(str(out)) == []
+
+
+def test_a_second_run_on_a_busy_output_stops_and_touches_nothing(tmp_path, capsys):
+    """Another process holds the output (here: a real second process); an ingest on it exits 1
+    naming the holder and deletes nothing; once the holder is killed the ingest runs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from genie_pipeline.cli import main
+
+    out = tmp_path / "out"
+    staged = out / "_runs" / "other-run" / "videos-0.jsonl"
+    staged.parent.mkdir(parents=True)
+    staged.write_text("{}\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from shards.fs import output_lock\n"
+         "with output_lock(sys.argv[1], 'ingest'):\n    print('held', flush=True); time.sleep(600)", str(out)],
+        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cat = tmp_path / "c.jsonl"
+        cat.write_text(json.dumps({"id": "a", "path": str(make_video(tmp_path / "a.mp4", 17)), "title": "a"}) + "\n")
+        y = tmp_path / "p.yaml"
+        y.write_text(json.dumps({"sources": [{"type": "catalog", "name": "c", "path": str(cat), "keywords": "none"}],
+                                 "runner": {"running_mode": "in_memory", "direct_num_workers": 1}}))
+        capsys.readouterr()
+        assert main(["ingest", "--config", str(y), "--output", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "in use by another run" in err and f'"pid": {holder.pid}' in err and "ingest" in err
+        assert staged.exists() and not (out / "manifest.parquet").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(["ingest", "--config", str(y), "--output", str(out)]) == 0  # the kernel released the lock
+    assert len(pq.read_table(out / "manifest.parquet")) == 1
