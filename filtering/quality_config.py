@@ -48,6 +48,7 @@ class QualityConfig(BaseModel):
     learning_rate: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     head_learning_rate: float = Field(default=0.03, gt=0, description="the clip head (pooling: learned)")
+    head_weight_decay: float = Field(default=0.01, ge=0, description="the clip head's AdamW weight decay")
     # frame head loss: every frame takes its clip's label (frame), or multiple instance (mil: a bad
     # clip needs one bad frame, a good clip only good ones)
     frame_loss: Literal["frame", "mil"] = "mil"

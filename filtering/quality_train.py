@@ -330,8 +330,8 @@ def train_quality(index: ClipIndex, labels: dict[str, str], out_path: str | os.P
         log(f"backbone initialised from {weights}: {info}")
     head = list(model.clip_head.parameters())
     trunk = [p for p in model.parameters() if all(p is not h for h in head)]
-    # the clip head is a logistic regression on 7 detached statistics: a larger step, no decay
-    opt = torch.optim.AdamW([{"params": trunk}, {"params": head, "lr": cfg.head_learning_rate, "weight_decay": 0.0}],
+    # the clip head, a small MLP on 20 detached statistics: a larger step and its own decay
+    opt = torch.optim.AdamW([{"params": trunk}, {"params": head, "lr": cfg.head_learning_rate, "weight_decay": cfg.head_weight_decay}],
                             lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     tr = idx["train"]
@@ -368,7 +368,7 @@ def train_quality(index: ClipIndex, labels: dict[str, str], out_path: str | os.P
                 x = augment(x, k, gen)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-            frame_logits, clip_logits = model.heads(model.features(x), k, model.motion(x, k))
+            frame_logits, clip_logits = model.heads(model.features(x), k, model.motion(x, k), model.image_stats(clips))
             target = torch.from_numpy(y_all[b].astype(np.float32))
             loss = _frame_loss(frame_logits, target, cfg.frame_loss) \
                 + F.binary_cross_entropy_with_logits(clip_logits, target)
