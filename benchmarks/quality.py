@@ -253,7 +253,7 @@ def main() -> int:
 
     cv = None
     if args.folds > 1:
-        print(f"2b. {args.folds}-fold cross-validation by video", file=sys.stderr, flush=True)
+        print(f"2b. {args.folds}-fold cross-validation by {args.cv_group}", file=sys.stderr, flush=True)
         cv = cross_validate(ClipIndex.open(work / "off"), labels, args.folds, qcfg, work / "cv", rows, args.cv_group)
 
     print("3. ingest with score_only", file=sys.stderr, flush=True)

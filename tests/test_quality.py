@@ -73,6 +73,38 @@ def test_sample_frames_keyframes_match_full_decode(fixture):
     assert np.array_equal(many, full[sample_indices(160, 12)])
 
 
+def test_image_stats_tell_degradations_apart():
+    """Each statistic moves the way its docstring says, on made-up clips (B=1, K=4)."""
+
+    def game(seed):  # a coloured scene with sharp blocks, and a sprite that moves
+        r = np.random.default_rng(seed)
+        base = np.repeat(np.repeat(r.integers(0, 256, (9, 16, 3)), 10, 0), 10, 1).astype(np.uint8)
+        out = np.stack([base.copy() for _ in range(4)])
+        for i in range(4):
+            out[i, 40:50, 20 + 30 * i:30 + 30 * i] = 255
+        return out
+
+    clean = game(1)
+    black = (clean // 12).astype(np.uint8)
+    letterbox = np.zeros_like(clean)
+    letterbox[:, 20:70, 35:125] = clean[:, 20:70, 35:125]
+    static = np.stack([clean[0]] * 4)
+    montage = np.stack([game(s)[0] for s in (1, 2, 3, 4)])
+    blur = torch.nn.functional.avg_pool2d(torch.from_numpy(clean).permute(0, 3, 1, 2).float(), 9, 1, 4,
+                                          count_include_pad=False).permute(0, 2, 3, 1).round().byte().numpy()
+    st = {n: QualityNet.image_stats(torch.from_numpy(c)[None])[0].numpy()
+          for n, c in dict(clean=clean, black=black, letterbox=letterbox, static=static, montage=montage,
+                           blur=blur).items()}
+    lum, sharp, flat, changed, dist = 0, 2, 3, 4, 7
+    assert st["black"][lum] < st["clean"][lum] - 2
+    assert st["blur"][sharp] < st["clean"][sharp] - 1
+    assert st["letterbox"][flat] == 4 and st["clean"][flat] == 0
+    assert st["static"][changed] == pytest.approx(math.log(0.01))
+    assert st["clean"][changed] > st["static"][changed] + 0.5  # a 10x10 sprite moves: 1.4% of pixels
+    assert st["montage"][dist] > st["clean"][dist] + 0.2 and st["clean"][dist] < 0.05
+    assert QualityNet.image_stats(torch.from_numpy(clean[:1])[None]).shape == (1, 10)  # K=1 works
+
+
 def test_sample_frames_other_sizes_and_garbage(tmp_path):
     from genie_pipeline.config import ClipsConfig
     from ingest.video import encode_clip
