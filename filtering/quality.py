@@ -56,7 +56,7 @@ def build_backbone(arch: str) -> nn.Module:
 
 FRAME_POOLINGS = ("mean_prob", "mean_logit", "min_prob")
 N_MOTION = 3  # log mean / min / max difference between consecutive sampled frames
-N_IMAGE_STATS = 10  # see QualityNet.image_stats
+N_IMAGE_STATS = 11  # see QualityNet.image_stats
 N_CLIP_STATS = 3 + 2 * N_MOTION + 1 + N_IMAGE_STATS  # frame logits, motion and its square, spread, image stats
 CLIP_HEAD_WIDTH = 32
 POOLINGS = FRAME_POOLINGS + ("learned",)
@@ -84,12 +84,12 @@ class QualityNet(nn.Module):
       min and max mean absolute difference, and their squares: too little change and too
       much are both bad) and how much the frame embeddings spread (log mean std). So it also sees what no single frame shows: frames of one
       clip that do not belong together (rapid cuts between games, a slideshow) or that never
-      change (a paused menu). It also reads 10 image statistics (`image_stats`): brightness,
+      change (a paused menu). It also reads 11 image statistics (`image_stats`): brightness,
       sharpness, flat borders, how many pixels change, how far the colour histograms of the
-      sampled frames are apart. They say what a degradation looks like in any game, where a
+      sampled frames are apart, colour entropy. They say what a degradation looks like in any game, where a
       trunk trained on a few hundred clips partly learns which games were labelled bad: on
       30 games with each game held out in turn, they lift the clip ROC-AUC (numbers in
-      benchmarks/results/quality.json). The head is a two-layer MLP (32 wide) on the 20
+      benchmarks/results/quality.json). The head is a two-layer MLP (32 wide) on the 21
       statistics; its inputs are detached, so it cannot pull the frame trunk around.
     `pooling` picks the clip score. Normalisation is part of the model."""
 
@@ -148,14 +148,15 @@ class QualityNet(nn.Module):
 
     @staticmethod
     def image_stats(clips: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, K, H, W, 3) -> (B, 10), each cheap and game-agnostic:
+        """uint8 (B, K, H, W, 3) -> (B, 11), each cheap and game-agnostic:
         log mean and min frame brightness (black, faded); log sharpness, the 99th percentile of
         the gradient magnitude (blur); flat borders, how many of the 4 edge bands are one
         colour, averaged over frames (letterbox, small window); log mean/min/max share of
         pixels changing by more than 8 levels between consecutive sampled frames (static,
         paused: counts pixels, so encoder noise does not read as motion); mean/max/min
         distance between the colour histograms of two sampled frames (cuts between games,
-        slideshows)."""
+        slideshows); colour entropy, mean over frames (a camera picture inside the frame,
+        e.g. a webcam overlay, brings colours that game graphics lack)."""
         b, k, h, w, _ = clips.shape
         rgb = clips.float()
         gray = rgb.mean(-1)  # (B, K, H, W)
@@ -166,20 +167,24 @@ class QualityNet(nn.Module):
         bh, bw = max(1, h // 10), max(1, w // 10)
         bands = [gray[:, :, :bh], gray[:, :, -bh:], gray[:, :, :, :bw], gray[:, :, :, -bw:]]
         flat = sum((x.flatten(2).std(2) < 3).float() for x in bands).mean(1)
+        code = (clips.long() // 64).flatten(2, 3)  # (B, K, H*W, 3): 4 levels per channel
+        code = code[..., 0] * 16 + code[..., 1] * 4 + code[..., 2]
+        hist = torch.zeros(b, k, 64, device=clips.device).scatter_add_(2, code, torch.ones_like(code, dtype=torch.float))
+        hist = hist / (h * w)
         if k > 1:
             changed = ((gray[:, 1:] - gray[:, :-1]).abs() > 8).float().mean((2, 3))
-            code = (clips.long() // 64).flatten(2, 3)  # (B, K, H*W, 3): 4 levels per channel
-            code = code[..., 0] * 16 + code[..., 1] * 4 + code[..., 2]
-            hist = torch.zeros(b, k, 64, device=clips.device).scatter_add_(2, code, torch.ones_like(code, dtype=torch.float))
-            hist = hist / (h * w)
             i, j = torch.triu_indices(k, k, 1)
             dist = 0.5 * (hist[:, i] - hist[:, j]).abs().sum(-1)  # (B, pairs)
         else:
             changed = dist = torch.zeros(b, 1, device=clips.device)
+        entropy = -(hist * torch.log(hist.clamp_min(1e-12))).sum(-1).mean(1)
         log = lambda t: torch.log(t + 1e-2)  # noqa: E731
+        # a paused menu changes ~0.1% of pixels, quiet gameplay ~1%: a small floor keeps them apart
+        log_changed = lambda t: torch.log(t + 1e-4)  # noqa: E731
         return torch.stack([log(lum.mean(1)), log(lum.min(1).values), log(sharp), flat,
-                            log(changed.mean(1)), log(changed.min(1).values), log(changed.max(1).values),
-                            dist.mean(1), dist.max(1).values, dist.min(1).values], 1)
+                            log_changed(changed.mean(1)), log_changed(changed.min(1).values),
+                            log_changed(changed.max(1).values),
+                            dist.mean(1), dist.max(1).values, dist.min(1).values, entropy], 1)
 
     def heads(self, feats: torch.Tensor, k: int, motion: torch.Tensor,
               image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -330,7 +330,7 @@ def train_quality(index: ClipIndex, labels: dict[str, str], out_path: str | os.P
         log(f"backbone initialised from {weights}: {info}")
     head = list(model.clip_head.parameters())
     trunk = [p for p in model.parameters() if all(p is not h for h in head)]
-    # the clip head, a small MLP on 20 detached statistics: a larger step and its own decay
+    # the clip head, a small MLP on 21 detached statistics: a larger step and its own decay
     opt = torch.optim.AdamW([{"params": trunk}, {"params": head, "lr": cfg.head_learning_rate, "weight_decay": cfg.head_weight_decay}],
                             lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 

@@ -99,10 +99,12 @@ def test_image_stats_tell_degradations_apart():
     assert st["black"][lum] < st["clean"][lum] - 2
     assert st["blur"][sharp] < st["clean"][sharp] - 1
     assert st["letterbox"][flat] == 4 and st["clean"][flat] == 0
-    assert st["static"][changed] == pytest.approx(math.log(0.01))
+    assert st["static"][changed] == pytest.approx(math.log(1e-4))
     assert st["clean"][changed] > st["static"][changed] + 0.5  # a 10x10 sprite moves: 1.4% of pixels
     assert st["montage"][dist] > st["clean"][dist] + 0.2 and st["clean"][dist] < 0.05
-    assert QualityNet.image_stats(torch.from_numpy(clean[:1])[None]).shape == (1, 10)  # K=1 works
+    assert QualityNet.image_stats(torch.from_numpy(clean[:1])[None]).shape == (1, 11)  # K=1 works
+    entropy = 10
+    assert st["black"][entropy] < st["clean"][entropy]  # one colour vs many
 
 
 def test_sample_frames_other_sizes_and_garbage(tmp_path):
