@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-from ingest.pipeline import cpu_seconds as cpu  # noqa: E402
+from genie_pipeline.ingest.pipeline import cpu_seconds as cpu  # noqa: E402
 
 
 def bare_decode(paths: list[str]) -> float:
-    from ingest.download import ffmpeg_exe
+    from genie_pipeline.ingest.download import ffmpeg_exe
 
     c0 = cpu()
     for p in paths:
@@ -41,7 +41,7 @@ def bare_decode(paths: list[str]) -> float:
 
 def pipeline(catalog: Path, out: Path) -> tuple[float, dict]:
     from genie_pipeline.config import parse_config
-    from ingest.pipeline import run_ingest
+    from genie_pipeline.ingest.pipeline import run_ingest
 
     cfg = parse_config({
         "sources": [{"type": "catalog", "name": "bench", "path": str(catalog), "keywords": "none"}],
@@ -60,8 +60,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ingest.json"))
     args = ap.parse_args()
 
-    from ingest.corpus.generate import generate_corpus
-    from ingest.video import probe
+    from genie_pipeline.ingest.corpus.generate import generate_corpus
+    from genie_pipeline.ingest.video import probe
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     corpus = Path(args.corpus).resolve() if args.corpus else work / "corpus"

@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-from ingest.pipeline import cpu_seconds as cpu  # noqa: E402
+from genie_pipeline.ingest.pipeline import cpu_seconds as cpu  # noqa: E402
 
 
 def corpora(seeds: list[int], size: str, base: Path, quality_seeds: list[int] = ()) -> list[tuple[str, Path]]:
-    from ingest.corpus.generate import cached_small_corpus, generate_corpus
+    from genie_pipeline.ingest.corpus.generate import cached_small_corpus, generate_corpus
 
     out = []
     for s in seeds:
@@ -92,7 +92,7 @@ def game_of(row: dict) -> str:
 
 def ingest(sources: list[dict], out: Path, quality: dict | None = None) -> tuple[float, dict]:
     from genie_pipeline.config import parse_config
-    from ingest.pipeline import run_ingest
+    from genie_pipeline.ingest.pipeline import run_ingest
 
     cfg = parse_config({
         "sources": sources,
@@ -109,9 +109,9 @@ def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
     import numpy as np
     import torch
 
-    from filtering.quality import QualityNet, load_quality_model
-    from filtering.quality_data import ClipIndex
-    from filtering.quality_frames import sample_frames
+    from genie_pipeline.filtering.quality import QualityNet, load_quality_model
+    from genie_pipeline.filtering.quality_data import ClipIndex
+    from genie_pipeline.filtering.quality_frames import sample_frames
 
     torch.set_num_threads(1)
     index = ClipIndex.open(out)
@@ -153,9 +153,9 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from filtering.quality import load_quality_model, score_clips
-    from filtering.quality_frames import sample_frames
-    from filtering.quality_train import clip_metrics, split_videos, train_quality
+    from genie_pipeline.filtering.quality import load_quality_model, score_clips
+    from genie_pipeline.filtering.quality_frames import sample_frames
+    from genie_pipeline.filtering.quality_train import clip_metrics, split_videos, train_quality
 
     video_of = {k: index[k].video_id for k in labels}
     vlabel: dict[str, str] = {}
@@ -228,10 +228,10 @@ def main() -> int:
 
     import torch
 
-    from filtering.quality import reference_labels
-    from filtering.quality_config import QualityConfig
-    from filtering.quality_data import ClipIndex, resolve_labels
-    from filtering.quality_train import train_quality
+    from genie_pipeline.filtering.quality import reference_labels
+    from genie_pipeline.filtering.quality_config import QualityConfig
+    from genie_pipeline.filtering.quality_data import ClipIndex, resolve_labels
+    from genie_pipeline.filtering.quality_train import train_quality
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-quality-"))

@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from training import distributed as dist_lib  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import WindowDataset, WindowLoader, iter_tar_clips, make_decoder, resolve_inputs  # noqa: E402
-from training.synthetic import write_synthetic_shards  # noqa: E402
-from training.trainer import PhaseTrainer, _tokens_per_frame, build_model_config  # noqa: E402
+from genie_pipeline.training import distributed as dist_lib  # noqa: E402
+from genie_pipeline.training.config import TrainConfig  # noqa: E402
+from genie_pipeline.training.data import WindowDataset, WindowLoader, iter_tar_clips, make_decoder, resolve_inputs  # noqa: E402
+from genie_pipeline.training.synthetic import write_synthetic_shards  # noqa: E402
+from genie_pipeline.training.trainer import PhaseTrainer, _tokens_per_frame, build_model_config  # noqa: E402
 
 
 def bench_loader(shards: list[str], decoder: str, windows: int, windows_per_clip: int = 8) -> dict:

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from filtering.quality_config import QualityConfig
-from filtering.quality_data import LABELS, QualityError
-from filtering.quality_data import config_error as _config_error
-from filtering.quality_frames import FRAME_H, FRAME_W, sample_frames, sample_indices  # noqa: F401 (re-exported: one sampler)
+from genie_pipeline.filtering.quality_config import QualityConfig
+from genie_pipeline.filtering.quality_data import LABELS, QualityError
+from genie_pipeline.filtering.quality_data import config_error as _config_error
+from genie_pipeline.filtering.quality_frames import FRAME_H, FRAME_W, sample_frames, sample_indices  # noqa: F401 (re-exported: one sampler)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ MODEL_FORMAT = "genie-quality/2"  # 2: the clip head reads image statistics
 
 # ---------------------------------------------------------------------------------- model
 def build_backbone(arch: str) -> nn.Module:
-    """ResNet18 with one output logit, random init (no download): weights come from training
+    """ResNet18 with one output logit, random init (no download): weights come from genie_pipeline.training
     or from a local file (`load_backbone_weights`)."""
     if arch == "resnet18":
         from torchvision.models import resnet18
@@ -530,8 +530,8 @@ def refilter(out_dir: str, threshold: float, cfg=None, rows: list[dict] | None =
                            "shards.keep_clip_store: true at ingest")
     before = sum(bool(r["kept"]) for r in rows)
     changed = apply_threshold(rows, threshold)
-    from shards.finalize import rebuild_shards
-    from shards.fs import output_lock
+    from genie_pipeline.shards.finalize import rebuild_shards
+    from genie_pipeline.shards.fs import output_lock
 
     with output_lock(str(out_dir), "refilter"):
         stats = rebuild_shards(str(out_dir), rows, _pipeline_cfg(cfg))
@@ -559,7 +559,7 @@ def score_manifest(out_dir: str, quality_cfg: QualityConfig, workers: int = 1) -
     import pyarrow.parquet as pq
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from ingest.records import ClipRow, VideoResult
+    from genie_pipeline.ingest.records import ClipRow, VideoResult
 
     mp = Path(out_dir) / "manifest.parquet"
     if not mp.exists():
@@ -661,11 +661,11 @@ def reference_labels(ingest_out_dir: str, catalog_path: str) -> list[dict[str, A
 
 def __getattr__(name):  # the CLI entry points live beside this module; re-exported lazily
     if name in ("add_train_quality_args", "run_train_quality", "train_quality"):
-        from filtering import quality_train
+        from genie_pipeline.filtering import quality_train
 
         return getattr(quality_train, name)
     if name in ("add_label_args", "run_label"):
-        from filtering import label
+        from genie_pipeline.filtering import label
 
         return getattr(label, name)
     raise AttributeError(name)

@@ -278,7 +278,7 @@ def load_labels(path: str | Path) -> list[dict[str, Any]]:
         raise QualityError(f"label file {p} is a directory")
     head = p.read_bytes()[:16]
     if head.startswith(b"SQLite format 3"):
-        from filtering.label.store import LabelStore
+        from genie_pipeline.filtering.label.store import LabelStore
 
         try:
             with LabelStore(p, readonly=True) as st:
@@ -288,7 +288,7 @@ def load_labels(path: str | Path) -> list[dict[str, Any]]:
     if head.startswith(b"PAR1"):
         return _parquet_labels(p)
     if p.suffix.lower() == ".json" or head.lstrip()[:1] in (b"[", b"{"):
-        from filtering.label.labelstudio import parse_labelstudio
+        from genie_pipeline.filtering.label.labelstudio import parse_labelstudio
 
         try:
             data = json.loads(p.read_text())

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from filtering.quality import apply_threshold, reference_labels, refilter, score_manifest
-from filtering.quality_data import ClipIndex, resolve_labels
-from filtering.quality_train import train_quality
+from genie_pipeline.filtering.quality import apply_threshold, reference_labels, refilter, score_manifest
+from genie_pipeline.filtering.quality_data import ClipIndex, resolve_labels
+from genie_pipeline.filtering.quality_train import train_quality
 
 
 def demo_quality(cfg, corpus: Path, progress: bool = True) -> str:

@@ -9,7 +9,7 @@ import io
 import av
 import numpy as np
 
-from filtering.quality_data import QualityError
+from genie_pipeline.filtering.quality_data import QualityError
 
 FRAME_H, FRAME_W = 90, 160
 

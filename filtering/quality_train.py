@@ -37,10 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from filtering.quality import (FRAME_H, FRAME_W, POOLINGS, QualityNet, load_backbone_weights, pool_logits,
+from genie_pipeline.filtering.quality import (FRAME_H, FRAME_W, POOLINGS, QualityNet, load_backbone_weights, pool_logits,
                                read_metadata, sample_frames, save_quality_model)
-from filtering.quality_config import QualityConfig
-from filtering.quality_data import (LABELS, ClipIndex, QualityError, label_set_hash, load_labels,
+from genie_pipeline.filtering.quality_config import QualityConfig
+from genie_pipeline.filtering.quality_data import (LABELS, ClipIndex, QualityError, label_set_hash, load_labels,
                                     resolve_labels)
 
 
@@ -202,7 +202,7 @@ def _frame_loss(frame_logits: torch.Tensor, target: torch.Tensor, how: str) -> t
 def _pick(pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """(B, P, ...) -> (B, K, ...): per clip, the K evenly spread positions that scoring uses
     (sample_indices(P, K)), each moved by -1, 0 or +1 at random, kept in time order."""
-    from filtering.quality_frames import sample_indices
+    from genie_pipeline.filtering.quality_frames import sample_indices
 
     b, p = pool.shape[:2]
     base = np.array(sample_indices(p, k))
@@ -431,7 +431,7 @@ def train_quality(index: ClipIndex, labels: dict[str, str], out_path: str | os.P
     meta = {
         "input": {"frames_per_clip": k, "height": FRAME_H, "width": FRAME_W,
                   "array": "uint8 (clips, K, height, width, 3) RGB; normalisation is inside the model",
-                  "sampling": "filtering.quality.sample_frames: K keyframes spread evenly over the clip "
+                  "sampling": "genie_pipeline.filtering.quality.sample_frames: K keyframes spread evenly over the clip "
                               "(K evenly spaced frames when the clip has fewer keyframes)"},
         "pooling": pooling,
         "threshold": threshold,
@@ -555,7 +555,7 @@ def run_train_quality(args, cfg) -> int:
             raise QualityError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     index = ClipIndex.open(input_dir)
     if args.reference_catalog:
-        from filtering.quality import reference_labels
+        from genie_pipeline.filtering.quality import reference_labels
 
         events = reference_labels(input_dir, args.reference_catalog)
         source = f"reference labels from {args.reference_catalog}"

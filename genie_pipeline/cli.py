@@ -21,7 +21,7 @@ def _config(args) -> "object":
 
 # ------------------------------------------------------------------------------ commands
 def cmd_ingest(args, beam_args) -> int:
-    from ingest.pipeline import run_ingest, summary_table
+    from genie_pipeline.ingest.pipeline import run_ingest, summary_table
 
     cfg = _config(args)
     stats = run_ingest(cfg, beam_args, retry_failed=args.retry_failed)
@@ -33,7 +33,7 @@ def cmd_ingest(args, beam_args) -> int:
 
 
 def cmd_verify(args, _) -> int:
-    from shards.verify import verify
+    from genie_pipeline.shards.verify import verify
 
     kw = {}
     if args.config:
@@ -47,7 +47,7 @@ def cmd_verify(args, _) -> int:
 
 
 def cmd_sample_corpus(args, _) -> int:
-    from ingest.corpus.generate import generate_corpus
+    from genie_pipeline.ingest.corpus.generate import generate_corpus
 
     path = generate_corpus(args.out, seed=args.seed, size=args.size)
     print(f"sample corpus catalog: {path}")
@@ -55,14 +55,14 @@ def cmd_sample_corpus(args, _) -> int:
 
 
 def cmd_serve_corpus(args, _) -> int:
-    from ingest.corpus.serve import serve_forever
+    from genie_pipeline.ingest.corpus.serve import serve_forever
 
     serve_forever(args.dir, host=args.host, port=args.port)
     return 0
 
 
 def cmd_train(args, _) -> int:
-    from training.cli import run_train
+    from genie_pipeline.training.cli import run_train
 
     return run_train(args, _config(args))
 
@@ -72,7 +72,7 @@ def cmd_run(args, beam_args) -> int:
     rc = cmd_ingest(args, beam_args)
     if rc:
         return rc
-    from training.cli import run_train
+    from genie_pipeline.training.cli import run_train
 
     cfg = _config(args)
     if not getattr(args, "inputs", None):
@@ -81,19 +81,19 @@ def cmd_run(args, beam_args) -> int:
 
 
 def cmd_label(args, _) -> int:
-    from filtering.label import run_label
+    from genie_pipeline.filtering.label import run_label
 
     return run_label(args)
 
 
 def cmd_train_quality(args, _) -> int:
-    from filtering.quality_train import run_train_quality
+    from genie_pipeline.filtering.quality_train import run_train_quality
 
     return run_train_quality(args, _config(args) if args.config else None)
 
 
 def cmd_refilter(args, _) -> int:
-    from filtering.quality import run_refilter
+    from genie_pipeline.filtering.quality import run_refilter
 
     return run_refilter(args, _config(args) if args.config else None)
 
@@ -133,17 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.set_defaults(func=cmd_serve_corpus)
 
-    _optional(sub, "training.cli", "add_train_args", "train", "train the Genie model from shards", cmd_train, with_config)
-    p = _optional(sub, "training.cli", "add_train_args", "run", "ingest, then train", cmd_run, with_config)
+    _optional(sub, "genie_pipeline.training.cli", "add_train_args", "train", "train the Genie model from shards", cmd_train, with_config)
+    p = _optional(sub, "genie_pipeline.training.cli", "add_train_args", "run", "ingest, then train", cmd_run, with_config)
     if p is not None:
         p.add_argument("--output", "-o", help="overrides output.dir")
         p.add_argument("--retry-failed", action="store_true")
         p.set_defaults(beam_passthrough=True)
-    _optional(sub, "filtering.label", "add_label_args", "label", "web page for labelling clips", cmd_label, None)
-    _optional(sub, "filtering.quality_train", "add_train_quality_args", "train-quality",
+    _optional(sub, "genie_pipeline.filtering.label", "add_label_args", "label", "web page for labelling clips", cmd_label, None)
+    _optional(sub, "genie_pipeline.filtering.quality_train", "add_train_quality_args", "train-quality",
               "train the ResNet18 quality classifier from labels", cmd_train_quality,
               lambda p: with_config(p, required=False))
-    _optional(sub, "filtering.quality", "add_refilter_args", "refilter",
+    _optional(sub, "genie_pipeline.filtering.quality", "add_refilter_args", "refilter",
               "re-apply a quality threshold and rewrite shards", cmd_refilter, lambda p: with_config(p, required=False))
     return ap
 

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from filtering.quality_config import QualityConfig
-from training.config import TrainConfig
+from genie_pipeline.filtering.quality_config import QualityConfig
+from genie_pipeline.training.config import TrainConfig
 
 SOURCE_NAME_RE = re.compile(r"^[a-z0-9]{1,16}$")
 

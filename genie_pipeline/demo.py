@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     t0 = time.time()
 
-    from ingest.corpus.generate import generate_corpus
+    from genie_pipeline.ingest.corpus.generate import generate_corpus
 
     corpus = out / "corpus"
     step(f"sample corpus → {corpus}")
@@ -39,9 +39,9 @@ def main(argv=None) -> int:
     else:
         print("  (already rendered)")
 
-    from ingest.corpus.serve import CorpusServer
-    from ingest.pipeline import run_ingest, summary_table
-    from shards.verify import verify
+    from genie_pipeline.ingest.corpus.serve import CorpusServer
+    from genie_pipeline.ingest.pipeline import run_ingest, summary_table
+    from genie_pipeline.shards.verify import verify
 
     cfg = load_config(args.config, output_dir=str(out / "ingest"))
     if (corpus / "lerobot" / "meta" / "info.json").exists():
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
 def _quality(cfg, corpus: Path):
     """Train the quality classifier from the corpus's reference labels and filter with it."""
     try:
-        from filtering.quality_demo import demo_quality
+        from genie_pipeline.filtering.quality_demo import demo_quality
     except ImportError:
         return None
     step("quality classifier from the corpus's reference labels")
@@ -88,7 +88,7 @@ def _quality(cfg, corpus: Path):
 
 def _train(cfg, out: Path):
     try:
-        from training.demo import demo_train
+        from genie_pipeline.training.demo import demo_train
     except ImportError:
         return None
     step("train the Genie model (tiny config) on the demo shards")

@@ -24,16 +24,16 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from filtering.heuristics import score_clip, verdict
-from filtering.keywords import filter_for
+from genie_pipeline.filtering.heuristics import score_clip, verdict
+from genie_pipeline.filtering.keywords import filter_for
 from genie_pipeline.config import PipelineConfig
-from ingest.download import Downloader, DownloadFailed
-from ingest.records import Candidate, ClipRow, Failure, VideoResult, clip_key
-from ingest.sources import discover
-from ingest.video import VideoError, encode_clip, iter_clips, probe
-from shards import fs
-from shards.finalize import commit_run, read_rows, recover
-from shards.writer import ShardRecord, ShardRoller, read_store_result, store_path, write_shards_for, write_store
+from genie_pipeline.ingest.download import Downloader, DownloadFailed
+from genie_pipeline.ingest.records import Candidate, ClipRow, Failure, VideoResult, clip_key
+from genie_pipeline.ingest.sources import discover
+from genie_pipeline.ingest.video import VideoError, encode_clip, iter_clips, probe
+from genie_pipeline.shards import fs
+from genie_pipeline.shards.finalize import commit_run, read_rows, recover
+from genie_pipeline.shards.writer import ShardRecord, ShardRoller, read_store_result, store_path, write_shards_for, write_store
 
 log = logging.getLogger("genie_pipeline.ingest")
 NS = "ingest"
@@ -236,7 +236,7 @@ def build_pipeline(p: beam.Pipeline, cfg: PipelineConfig, paths: RunPaths, skip:
     videos = (cut.videos, resumed) | "AllVideos" >> beam.Flatten()
 
     if cfg.filters.quality.mode != "off":
-        from filtering.quality import ScoreQuality
+        from genie_pipeline.filtering.quality import ScoreQuality
 
         videos = videos | "ScoreQuality" >> ScoreQuality(cfg.filters.quality, workers)
     scored = videos

@@ -13,9 +13,9 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ingest.records import Candidate, ClipRow, Failure, VideoResult
-from shards import fs
-from shards.writer import ShardRecord, ShardRoller, existing_shards, shard_name, stats_name, write_shards_for
+from genie_pipeline.ingest.records import Candidate, ClipRow, Failure, VideoResult
+from genie_pipeline.shards import fs
+from genie_pipeline.shards.writer import ShardRecord, ShardRoller, existing_shards, shard_name, stats_name, write_shards_for
 
 JOURNAL = "_commit.json"
 

@@ -7,9 +7,9 @@ import os
 import tarfile
 from collections import Counter
 
-from shards import fs
-from shards.finalize import JOURNAL, read_rows
-from shards.writer import existing_shards, stats_name
+from genie_pipeline.shards import fs
+from genie_pipeline.shards.finalize import JOURNAL, read_rows
+from genie_pipeline.shards.writer import existing_shards, stats_name
 
 REQUIRED_JSON = {"key": str, "video_key": str, "video_id": str, "source": str, "start_s": (int, float),
                  "fps": int, "n_frames": int, "width": int, "height": int, "split": str, "scores": dict}
@@ -18,7 +18,7 @@ REQUIRED_JSON = {"key": str, "video_key": str, "video_id": str, "source": str, "
 def verify(out_dir: str, frames: int = 160, width: int = 160, height: int = 90, fps: int = 10,
            decode: bool = True) -> list[str]:
     """All problems found (empty: fine)."""
-    from ingest.video import clip_fps, decode_clip
+    from genie_pipeline.ingest.video import clip_fps, decode_clip
 
     problems: list[str] = []
     shard_dir = fs.join(out_dir, "shards")

@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ingest.records import ClipRow, VideoResult
-from shards import fs
+from genie_pipeline.ingest.records import ClipRow, VideoResult
+from genie_pipeline.shards import fs
 
 VIDEO_JSON = "_video.json"
 

@@ -22,8 +22,8 @@ av = pytest.importorskip("av")
 pytest.importorskip("ale_py")
 pytest.importorskip("pybullet")
 
-from ingest.corpus import generate as G  # noqa: E402
-from ingest.corpus.serve import CorpusServer, search_catalog  # noqa: E402
+from genie_pipeline.ingest.corpus import generate as G  # noqa: E402
+from genie_pipeline.ingest.corpus.serve import CorpusServer, search_catalog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BROKEN_KINDS = {"truncated", "zero_byte", "not_video", "no_moov", "random_bytes", "garbage_packets",
@@ -405,7 +405,7 @@ def _expected_ids(rows, query):
 def _ydl(opts):
     import yt_dlp
 
-    from ingest.corpus.search_ie import add_corpus_extractor
+    from genie_pipeline.ingest.corpus.search_ie import add_corpus_extractor
 
     ydl = yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True, "noprogress": True, **opts})
     add_corpus_extractor(ydl)

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from genie_pipeline.config import DownloadConfig
-from ingest.download import Downloader, DownloadFailed, HostGate
-from ingest.records import Candidate
+from genie_pipeline.ingest.download import Downloader, DownloadFailed, HostGate
+from genie_pipeline.ingest.records import Candidate
 
 
 def cand(url, vid="v1"):

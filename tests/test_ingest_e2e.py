@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from genie_pipeline.config import parse_config
-from ingest.pipeline import run_ingest
-from ingest.video import clip_fps, decode_clip
-from shards.verify import verify
+from genie_pipeline.ingest.pipeline import run_ingest
+from genie_pipeline.ingest.video import clip_fps, decode_clip
+from genie_pipeline.shards.verify import verify
 from tests.conftest import ROOT
 
 QUERIES = ["pitfall", "montezuma", "kangaroo", "mario", "kuka", "panda", "atari", "retro", "coinrun", "platformer"]

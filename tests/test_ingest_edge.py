@@ -5,8 +5,8 @@ import json
 import pyarrow.parquet as pq
 
 from genie_pipeline.config import parse_config
-from ingest.pipeline import run_ingest
-from shards.verify import verify
+from genie_pipeline.ingest.pipeline import run_ingest
+from genie_pipeline.shards.verify import verify
 from tests.conftest import make_video
 
 
@@ -87,7 +87,7 @@ def test_a_second_run_on_a_busy_output_stops_and_touches_nothing(tmp_path, capsy
     staged.parent.mkdir(parents=True)
     staged.write_text("{}\n")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from shards.fs import output_lock\n"
+        [sys.executable, "-c", "import sys, time; from genie_pipeline.shards.fs import output_lock\n"
          "with output_lock(sys.argv[1], 'ingest'):\n    print('held', flush=True); time.sleep(600)", str(out)],
         stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     try:

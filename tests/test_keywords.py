@@ -1,6 +1,6 @@
 import pytest
 
-from filtering.keywords import KeywordFilter, filter_for
+from genie_pipeline.filtering.keywords import KeywordFilter, filter_for
 from genie_pipeline.config import KeywordsConfig, KeywordSet
 
 DEFAULT = filter_for(KeywordsConfig(), "default")

@@ -18,13 +18,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from filtering.label import export_labels, import_labels  # noqa: E402
-from filtering.label.labelstudio import parse_labelstudio  # noqa: E402
-from filtering.label.sample import spread, stratified_sample  # noqa: E402
-from filtering.label.server import LabelApp, host_name, make_server  # noqa: E402
-from filtering.label.store import LabelStore  # noqa: E402
-from filtering.quality_data import ClipIndex, QualityError, load_labels, resolve_labels  # noqa: E402
-from filtering.quality_fixture import make_fixture  # noqa: E402
+from genie_pipeline.filtering.label import export_labels, import_labels  # noqa: E402
+from genie_pipeline.filtering.label.labelstudio import parse_labelstudio  # noqa: E402
+from genie_pipeline.filtering.label.sample import spread, stratified_sample  # noqa: E402
+from genie_pipeline.filtering.label.server import LabelApp, host_name, make_server  # noqa: E402
+from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
+from genie_pipeline.filtering.quality_data import ClipIndex, QualityError, load_labels, resolve_labels  # noqa: E402
+from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT_TITLE = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned=2\"> & \"quotes\""
@@ -297,7 +297,7 @@ def test_server_binding_rules(server):
 def test_label_cli_export_import(fixture, tmp_path, capsys):
     import argparse
 
-    from filtering.label import add_label_args, run_label
+    from genie_pipeline.filtering.label import add_label_args, run_label
 
     p = argparse.ArgumentParser()
     add_label_args(p)

@@ -18,9 +18,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from filtering.label.store import LabelStore  # noqa: E402
-from filtering.quality_data import ClipIndex  # noqa: E402
-from filtering.quality_fixture import make_fixture  # noqa: E402
+from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
+from genie_pipeline.filtering.quality_data import ClipIndex  # noqa: E402
+from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GENIE_CHROMIUM", "/usr/bin/chromium")  # Debian's chromium
@@ -58,7 +58,7 @@ class Server:
     def start(self):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "filtering.label", str(self.out), "--db", str(self.db), "--port", "0",
+            [sys.executable, "-m", "genie_pipeline.filtering.label", str(self.out), "--db", str(self.db), "--port", "0",
              "--target", "12", "--labeller", ""],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         deadline = time.time() + 60

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import (
+from genie_pipeline.models import (
     DynamicsModel,
     Genie,
     LatentActionModel,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models import NAMED_CONFIGS, ModelConfigError, PatchGrid, config_to_dict, count_params, get_config, validate
+from genie_pipeline.models import NAMED_CONFIGS, ModelConfigError, PatchGrid, config_to_dict, count_params, get_config, validate
 
 
 @pytest.mark.parametrize("name", sorted(NAMED_CONFIGS))

@@ -10,10 +10,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from filtering.label.store import LabelStore  # noqa: E402
-from filtering.quality_data import ClipIndex, QualityError  # noqa: E402
-from filtering.quality_fixture import make_fixture  # noqa: E402
-from filtering.quality_train import (add_train_quality_args, choose_threshold, clip_metrics,  # noqa: E402
+from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
+from genie_pipeline.filtering.quality_data import ClipIndex, QualityError  # noqa: E402
+from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
+from genie_pipeline.filtering.quality_train import (add_train_quality_args, choose_threshold, clip_metrics,  # noqa: E402
                                      run_train_quality, split_videos)
 
 
@@ -64,7 +64,7 @@ TINY = dict(epochs=3, min_epochs=1, patience=3, frames_per_clip=2, train_batch_s
 @pytest.fixture(scope="module")
 def trained(fixture, tmp_path_factory):
     """One training run through the CLI (reference labels), shared by the tests below."""
-    from filtering.quality_config import QualityConfig
+    from genie_pipeline.filtering.quality_config import QualityConfig
 
     out, info = fixture
     model = tmp_path_factory.mktemp("tq") / "q" / "model.pt"
@@ -79,7 +79,7 @@ def test_train_quality_cli_end_to_end(fixture, trained):
     weights_only and scores clips like the metadata says."""
     from PIL import Image
 
-    from filtering.quality import load_quality_model, sample_frames, score_clips
+    from genie_pipeline.filtering.quality import load_quality_model, sample_frames, score_clips
 
     out, info = fixture
     model = trained
@@ -157,7 +157,7 @@ def test_refilter_rescore_cli(fixture, trained, tmp_path, capsys):
 
     import pyarrow.parquet as pq
 
-    from filtering.quality import add_refilter_args, read_metadata, run_refilter
+    from genie_pipeline.filtering.quality import add_refilter_args, read_metadata, run_refilter
 
     src, _ = fixture
     out = tmp_path / "out"
@@ -190,8 +190,8 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from filtering.quality_config import QualityConfig
-    from filtering.quality_demo import demo_quality
+    from genie_pipeline.filtering.quality_config import QualityConfig
+    from genie_pipeline.filtering.quality_demo import demo_quality
     from genie_pipeline.config import ClipsConfig, FiltersConfig, OutputConfig, ShardsConfig
 
     src, info = fixture
@@ -211,7 +211,7 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
 def test_mil_frame_loss_and_training_views():
     import torch
 
-    from filtering.quality_train import _frame_loss, _pick
+    from genie_pipeline.filtering.quality_train import _frame_loss, _pick
 
     logits = torch.tensor([[2.0, -1.0, 0.5], [1.0, -3.0, 0.0]], requires_grad=True)
     target = torch.tensor([1.0, 0.0])  # a good clip, a bad clip

@@ -5,12 +5,12 @@ import tarfile
 import pytest
 
 from genie_pipeline.config import parse_config
-from ingest.records import ClipRow, VideoResult, clip_key, video_key
-from ingest.video import encode_clip, iter_clips
-from shards import finalize
-from shards.finalize import commit_run, read_rows, rebuild_shards, recover
-from shards.verify import verify
-from shards.writer import ShardRoller, read_store, store_path, write_shards_for, write_store
+from genie_pipeline.ingest.records import ClipRow, VideoResult, clip_key, video_key
+from genie_pipeline.ingest.video import encode_clip, iter_clips
+from genie_pipeline.shards import finalize
+from genie_pipeline.shards.finalize import commit_run, read_rows, rebuild_shards, recover
+from genie_pipeline.shards.verify import verify
+from genie_pipeline.shards.writer import ShardRoller, read_store, store_path, write_shards_for, write_store
 from tests.conftest import make_video
 
 CFG = parse_config({"sources": [{"type": "files", "name": "t", "glob": "x"}],

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from genie_pipeline.config import parse_config
-from ingest.pipeline import pipeline_options
-from ingest.records import Candidate, Failure
-from ingest.sources import discover
+from genie_pipeline.ingest.pipeline import pipeline_options
+from genie_pipeline.ingest.records import Candidate, Failure
+from genie_pipeline.ingest.sources import discover
 from tests.conftest import make_video
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from training.data import (
+from genie_pipeline.training.data import (
     DataError,
     DecordDecoder,
     PyAVDecoder,
@@ -17,7 +17,7 @@ from training.data import (
     make_decoder,
     resolve_inputs,
 )
-from training.synthetic import encode_mp4, synthetic_frames, write_synthetic_shards
+from genie_pipeline.training.synthetic import encode_mp4, synthetic_frames, write_synthetic_shards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -90,7 +90,7 @@ def test_decoders_agree(ingest_out):
 
 
 def test_auto_decoder_falls_back_to_the_other_backend(ingest_out):
-    from training.data import DecodeError, FallbackDecoder
+    from genie_pipeline.training.data import DecodeError, FallbackDecoder
 
     class Broken(PyAVDecoder):
         def decode(self, data, indices):

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from training import checkpoint as ckpt_lib
-from training import distributed as dist_lib
-from training.config import TrainConfig
-from training.data import WindowLoader, resolve_inputs
-from training.synthetic import write_synthetic_shards
-from training.trainer import PhaseTrainer, build_model_config
+from genie_pipeline.training import checkpoint as ckpt_lib
+from genie_pipeline.training import distributed as dist_lib
+from genie_pipeline.training.config import TrainConfig
+from genie_pipeline.training.data import WindowLoader, resolve_inputs
+from genie_pipeline.training.synthetic import write_synthetic_shards
+from genie_pipeline.training.trainer import PhaseTrainer, build_model_config
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +123,6 @@ def test_torchrun_two_processes_end_to_end(tmp_path, shards, strategy):
     meta = json.loads((run / "run.json").read_text())
     assert meta["world_size"] == 2 and (run / "genie.pt").exists()
     assert (run / "samples" / "dynamics-step00000002.gif").exists()
-    from training.play import load_genie
+    from genie_pipeline.training.play import load_genie
 
     assert load_genie(run / "genie.pt").cfg.frames == 8

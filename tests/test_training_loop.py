@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from genie_pipeline.config import ConfigError
-from training import checkpoint as ckpt_lib
-from training.cli import add_train_args, apply_sets, load_config_file, run_train
-from training.config import TrainConfig
-from training.metrics import read_metrics
-from training.schedule import lr_at
-from training.synthetic import write_synthetic_shards
-from training.trainer import build_model_config, check_train_config, train_main
+from genie_pipeline.training import checkpoint as ckpt_lib
+from genie_pipeline.training.cli import add_train_args, apply_sets, load_config_file, run_train
+from genie_pipeline.training.config import TrainConfig
+from genie_pipeline.training.metrics import read_metrics
+from genie_pipeline.training.schedule import lr_at
+from genie_pipeline.training.synthetic import write_synthetic_shards
+from genie_pipeline.training.trainer import build_model_config, check_train_config, train_main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -89,7 +89,7 @@ def test_run_outputs(trained):
 def test_play_gif_from_any_image(trained, tmp_path):
     from PIL import Image
 
-    from training.play import load_genie, play
+    from genie_pipeline.training.play import load_genie, play
 
     run, _ = trained
     img = tmp_path / "prompt.png"

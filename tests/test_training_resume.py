@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from training import checkpoint as ckpt_lib
-from training.metrics import read_metrics
-from training.synthetic import write_synthetic_shards
+from genie_pipeline.training import checkpoint as ckpt_lib
+from genie_pipeline.training.metrics import read_metrics
+from genie_pipeline.training.synthetic import write_synthetic_shards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]

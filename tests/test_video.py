@@ -6,9 +6,9 @@ import av
 import numpy as np
 import pytest
 
-from filtering.heuristics import score_clip, verdict
+from genie_pipeline.filtering.heuristics import score_clip, verdict
 from genie_pipeline.config import ClipsConfig, HeuristicsConfig
-from ingest.video import VideoError, decode_clip, encode_clip, iter_clips, iter_frames, probe
+from genie_pipeline.ingest.video import VideoError, decode_clip, encode_clip, iter_clips, iter_frames, probe
 from tests.conftest import ffmpeg, make_video
 
 CFG = ClipsConfig()

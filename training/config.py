@@ -17,7 +17,7 @@ class TrainConfig(BaseModel):
     # ------------------------------------------------------------------ model
     model: str = Field(
         default="tiny",
-        description="named model config from models.config.NAMED_CONFIGS: tiny, small, base, paper, paper-11b",
+        description="named model config from genie_pipeline.models.config.NAMED_CONFIGS: tiny, small, base, paper, paper-11b",
     )
     overrides: dict[str, Any] = Field(
         default_factory=dict,

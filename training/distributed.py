@@ -117,7 +117,7 @@ def wrap(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        from models.st_transformer import STBlock
+        from genie_pipeline.models.st_transformer import STBlock
 
         for m in model.modules():
             if isinstance(m, STBlock):

@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from models.config import get_config
-from models.genie import Genie
+from genie_pipeline.models.config import get_config
+from genie_pipeline.models.genie import Genie
 
 from . import checkpoint as ckpt_lib
 from .data import resize_video

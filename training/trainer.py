@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from genie_pipeline.config import ConfigError
-from models.config import GenieConfig, ModelConfigError, config_to_dict, get_config
-from models.dynamics import DynamicsModel
-from models.lam import LatentActionModel
-from models.tokenizer import VideoTokenizer
+from genie_pipeline.models.config import GenieConfig, ModelConfigError, config_to_dict, get_config
+from genie_pipeline.models.dynamics import DynamicsModel
+from genie_pipeline.models.lam import LatentActionModel
+from genie_pipeline.models.tokenizer import VideoTokenizer
 
 from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
@@ -123,7 +123,7 @@ class LamDynamics(nn.Module):
 
 
 def _tokens_per_frame(mcfg: GenieConfig) -> int:
-    from models.patches import PatchGrid
+    from genie_pipeline.models.patches import PatchGrid
 
     return PatchGrid(mcfg.image_height, mcfg.image_width, mcfg.tokenizer.patch, mcfg.pad_mode).num_tokens
 

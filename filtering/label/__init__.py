@@ -43,7 +43,7 @@ def _default_labeller() -> str:
 
 
 def open_store(input_dir: str, db: str | None):
-    from filtering.label.store import LabelStore
+    from genie_pipeline.filtering.label.store import LabelStore
 
     path = Path(db) if db else (Path(input_dir) / "labels.sqlite" if Path(input_dir).is_dir() else Path(input_dir).with_suffix(".labels.sqlite"))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def export_labels(store, out: str, clip_url: str = "/clip/{key}.mp4") -> int:
     dest = Path(out)
     tmp = dest.with_name(dest.name + ".tmp")
     if dest.suffix.lower() == ".json":
-        from filtering.label.labelstudio import export_tasks
+        from genie_pipeline.filtering.label.labelstudio import export_tasks
 
         tmp.write_text(json.dumps(export_tasks(rows, clip_url), indent=1))
     else:
@@ -78,12 +78,12 @@ def export_labels(store, out: str, clip_url: str = "/clip/{key}.mp4") -> int:
 
 
 def import_labels(store, index, path: str) -> int:
-    from filtering.quality_data import QualityError
-    from filtering.quality_data import load_labels
+    from genie_pipeline.filtering.quality_data import QualityError
+    from genie_pipeline.filtering.quality_data import load_labels
 
     p = Path(path)
     if p.suffix.lower() == ".json":
-        from filtering.label.labelstudio import parse_labelstudio
+        from genie_pipeline.filtering.label.labelstudio import parse_labelstudio
 
         try:
             data = json.loads(p.read_text())
@@ -109,8 +109,8 @@ def _epoch(v):
 
 
 def run_label(args) -> int:
-    from filtering.label.server import LabelApp, make_server
-    from filtering.quality_data import ClipIndex
+    from genie_pipeline.filtering.label.server import LabelApp, make_server
+    from genie_pipeline.filtering.quality_data import ClipIndex
 
     index = ClipIndex.open(args.input)
     store = open_store(args.input, args.db)
@@ -129,7 +129,7 @@ def run_label(args) -> int:
         try:
             srv = make_server(app, args.host, args.port)
         except PermissionError as e:
-            from filtering.quality_data import config_error
+            from genie_pipeline.filtering.quality_data import config_error
 
             raise config_error("--token", str(e)) from None
         host, port = srv.server_address[:2]
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
     try:
         return run_label(args)
     except Exception as e:  # noqa: BLE001
-        from filtering.quality_data import QualityError
+        from genie_pipeline.filtering.quality_data import QualityError
 
         try:
             from genie_pipeline.config import ConfigError

@@ -1,5 +1,5 @@
 import sys
 
-from filtering.label import main
+from genie_pipeline.filtering.label import main
 
 sys.exit(main())

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from filtering.label.sample import stratified_sample
-from filtering.label.store import VALID, LabelStore
-from filtering.quality_data import ClipIndex
+from genie_pipeline.filtering.label.sample import stratified_sample
+from genie_pipeline.filtering.label.store import VALID, LabelStore
+from genie_pipeline.filtering.quality_data import ClipIndex
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class LabelApp:
         import numpy as np
         from PIL import Image
 
-        from filtering.quality_frames import sample_frames
+        from genie_pipeline.filtering.quality_frames import sample_frames
 
         frames = sample_frames(self.index.read(key), self.strip_frames)
         buf = io.BytesIO()
@@ -192,7 +192,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if path in STATIC:
                 name, ctype = STATIC[path]
-                body = resources.files("filtering.label").joinpath(name).read_bytes()
+                body = resources.files("genie_pipeline.filtering.label").joinpath(name).read_bytes()
                 headers = {"Cache-Control": "no-cache"}
                 if set_cookie:
                     headers["Set-Cookie"] = f"{COOKIE}={self.app.token}; HttpOnly; SameSite=Strict; Path=/"

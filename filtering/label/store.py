@@ -190,7 +190,7 @@ class LabelStore:
     def counts(self, labeller: str | None = None) -> dict[str, Any]:
         """Clips with a good/bad label (any labeller; a clip labelled by two counts once, as the
         majority), and this labeller's own numbers."""
-        from filtering.quality_data import resolve_labels
+        from genie_pipeline.filtering.quality_data import resolve_labels
 
         allcur = self.current_labels()
         resolved = resolve_labels(allcur)
