@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ingest.json"))
     args = ap.parse_args()
 
-    from genie_pipeline.ingest.corpus.generate import generate_corpus
+    from genie_pipeline.corpus.generate import generate_corpus
     from genie_pipeline.ingest.video import probe
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))

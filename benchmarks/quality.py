@@ -40,7 +40,7 @@ from genie_pipeline.ingest.pipeline import cpu_seconds as cpu  # noqa: E402
 
 
 def corpora(seeds: list[int], size: str, base: Path, quality_seeds: list[int] = ()) -> list[tuple[str, Path]]:
-    from genie_pipeline.ingest.corpus.generate import cached_small_corpus, generate_corpus
+    from genie_pipeline.corpus.generate import cached_small_corpus, generate_corpus
 
     out = []
     for s in seeds:
@@ -110,7 +110,7 @@ def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
     import torch
 
     from genie_pipeline.filtering.quality import QualityNet, load_quality_model
-    from genie_pipeline.filtering.quality_data import ClipIndex
+    from genie_pipeline.shards.reader import ClipIndex
     from genie_pipeline.filtering.quality_frames import sample_frames
 
     torch.set_num_threads(1)
@@ -230,7 +230,8 @@ def main() -> int:
 
     from genie_pipeline.filtering.quality import reference_labels
     from genie_pipeline.filtering.quality_config import QualityConfig
-    from genie_pipeline.filtering.quality_data import ClipIndex, resolve_labels
+    from genie_pipeline.shards.reader import ClipIndex
+    from genie_pipeline.filtering.quality_data import resolve_labels
     from genie_pipeline.filtering.quality_train import train_quality
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

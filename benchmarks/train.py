@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from genie_pipeline.training import distributed as dist_lib  # noqa: E402
 from genie_pipeline.training.config import TrainConfig  # noqa: E402
-from genie_pipeline.training.data import WindowDataset, WindowLoader, iter_tar_clips, make_decoder, resolve_inputs  # noqa: E402
+from genie_pipeline.training.data import WindowDataset, WindowLoader, make_decoder  # noqa: E402
+from genie_pipeline.shards.reader import iter_tar_clips, resolve_inputs
 from genie_pipeline.training.synthetic import write_synthetic_shards  # noqa: E402
 from genie_pipeline.training.trainer import PhaseTrainer, _tokens_per_frame, build_model_config  # noqa: E402
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genie_pipeline.config import HeuristicsConfig
+from genie_pipeline.filtering.config import HeuristicsConfig
 
 # a pixel "changes" when its grey level moves by more than this (codec noise stays below);
 # game footage moves small sprites, so change is counted in pixels, not as a mean difference

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from genie_pipeline.config import KeywordSet, KeywordsConfig
+from genie_pipeline.filtering.config import KeywordSet, KeywordsConfig
 
 
 def _normalise(text: str) -> str:

@@ -511,7 +511,7 @@ def apply_threshold(rows: list[dict], threshold: float) -> dict[str, int]:
 def refilter(out_dir: str, threshold: float, cfg=None, rows: list[dict] | None = None) -> dict[str, Any]:
     """Re-apply a quality threshold to an ingest output: kept/reason from the stored
     quality_score (or from `rows`, the manifest with new scores), then shards and manifest
-    rewritten from the clip store by `shards.finalize.rebuild_shards` (no source video is
+    rewritten from the clip store by `shards.commit.rebuild_shards` (no source video is
     decoded again). `cfg`: the PipelineConfig (shards and clips sections); None: defaults."""
     import pyarrow.parquet as pq
 
@@ -530,11 +530,12 @@ def refilter(out_dir: str, threshold: float, cfg=None, rows: list[dict] | None =
                            "shards.keep_clip_store: true at ingest")
     before = sum(bool(r["kept"]) for r in rows)
     changed = apply_threshold(rows, threshold)
-    from genie_pipeline.shards.finalize import rebuild_shards
+    from genie_pipeline.shards.commit import rebuild_shards
     from genie_pipeline.shards.fs import output_lock
 
     with output_lock(str(out_dir), "refilter"):
-        stats = rebuild_shards(str(out_dir), rows, _pipeline_cfg(cfg))
+        pc = _pipeline_cfg(cfg)
+        stats = rebuild_shards(str(out_dir), rows, int(pc.shards.target_mb * 2**20), pc.shards.max_clips, pc.clips.spec)
     return {"threshold": threshold, "clips": len(rows), "kept_before": before,
             "kept_after": sum(bool(r["kept"]) for r in rows), **changed, "stats": stats}
 
@@ -545,7 +546,9 @@ def _pipeline_cfg(cfg):
         return cfg
     from types import SimpleNamespace
 
-    from genie_pipeline.config import ClipsConfig, FiltersConfig, OutputConfig, ShardsConfig
+    from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
+
+    from genie_pipeline.filtering.config import FiltersConfig
 
     filters = FiltersConfig(quality=cfg) if isinstance(cfg, QualityConfig) else FiltersConfig()
     return SimpleNamespace(shards=ShardsConfig(), clips=ClipsConfig(), filters=filters, output=OutputConfig())
@@ -559,7 +562,7 @@ def score_manifest(out_dir: str, quality_cfg: QualityConfig, workers: int = 1) -
     import pyarrow.parquet as pq
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from genie_pipeline.ingest.records import ClipRow, VideoResult
+    from genie_pipeline.shards.records import ClipRow, VideoResult
 
     mp = Path(out_dir) / "manifest.parquet"
     if not mp.exists():

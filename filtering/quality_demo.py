@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from genie_pipeline.filtering.quality import apply_threshold, reference_labels, refilter, score_manifest
-from genie_pipeline.filtering.quality_data import ClipIndex, resolve_labels
+from genie_pipeline.shards.reader import ClipIndex
+from genie_pipeline.filtering.quality_data import resolve_labels
 from genie_pipeline.filtering.quality_train import train_quality
 
 

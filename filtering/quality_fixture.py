@@ -133,10 +133,10 @@ GENERATORS = {"platformer": _platformer, "shooter": _shooter, "static": _static,
 
 
 def _encode(frames: np.ndarray) -> bytes:
-    from genie_pipeline.config import ClipsConfig
-    from genie_pipeline.ingest.video import encode_clip
+    from genie_pipeline.shards.config import ClipsConfig
+    from genie_pipeline.shards.clip import encode_clip
 
-    return encode_clip(frames, ClipsConfig())
+    return encode_clip(frames, ClipsConfig().spec)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -156,7 +156,7 @@ def make_fixture(out_dir: str | Path, n_good: int = 6, n_bad: int = 6, clips_per
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from genie_pipeline.ingest.records import ClipRow, VideoResult, clip_key, video_key
+    from genie_pipeline.shards.records import ClipRow, VideoResult, clip_key, video_key
 
     out = Path(out_dir)
     (out / "clips").mkdir(parents=True, exist_ok=True)
@@ -217,14 +217,14 @@ def make_fixture(out_dir: str | Path, n_good: int = 6, n_bad: int = 6, clips_per
     for v in videos:
         manifest += [c.row() for c in v.clips]
     try:
-        from genie_pipeline.shards.finalize import SCHEMAS
+        from genie_pipeline.shards.records import SCHEMAS
         schema = SCHEMAS["manifest"]
     except ImportError:  # pragma: no cover
         schema = None
     manifest.sort(key=lambda r: r["key"])
     pq.write_table(pa.Table.from_pylist(manifest, schema=schema), out / "manifest.parquet")
     try:
-        from genie_pipeline.shards.finalize import SCHEMAS as _S
+        from genie_pipeline.shards.records import SCHEMAS as _S
         cand_schema = _S["candidates"]
     except ImportError:  # pragma: no cover
         cand_schema = None

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from genie_pipeline.filtering.quality import (FRAME_H, FRAME_W, POOLINGS, QualityNet, load_backbone_weights, pool_logits,
                                read_metadata, sample_frames, save_quality_model)
 from genie_pipeline.filtering.quality_config import QualityConfig
-from genie_pipeline.filtering.quality_data import (LABELS, ClipIndex, QualityError, label_set_hash, load_labels,
-                                    resolve_labels)
+from genie_pipeline.filtering.quality_data import LABELS, QualityError, label_set_hash, load_labels, resolve_labels
+from genie_pipeline.shards.reader import ClipIndex
 
 
 MIN_STEPS_PER_EPOCH = 8  # small label sets: an "epoch" is still enough steps to move a network from scratch

@@ -35,11 +35,8 @@ def cmd_ingest(args, beam_args) -> int:
 def cmd_verify(args, _) -> int:
     from genie_pipeline.shards.verify import verify
 
-    kw = {}
-    if args.config:
-        c = load_config(args.config).clips
-        kw = dict(frames=c.frames, width=c.width, height=c.height, fps=c.fps)
-    problems = verify(args.out, decode=not args.no_decode, **kw)
+    spec = load_config(args.config).clips.spec if args.config else None
+    problems = verify(args.out, spec=spec, decode=not args.no_decode)
     for p in problems:
         print(f"PROBLEM {p}")
     print(f"verify {args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
@@ -47,7 +44,7 @@ def cmd_verify(args, _) -> int:
 
 
 def cmd_sample_corpus(args, _) -> int:
-    from genie_pipeline.ingest.corpus.generate import generate_corpus
+    from genie_pipeline.corpus.generate import generate_corpus
 
     path = generate_corpus(args.out, seed=args.seed, size=args.size)
     print(f"sample corpus catalog: {path}")
@@ -55,7 +52,7 @@ def cmd_sample_corpus(args, _) -> int:
 
 
 def cmd_serve_corpus(args, _) -> int:
-    from genie_pipeline.ingest.corpus.serve import serve_forever
+    from genie_pipeline.corpus.serve import serve_forever
 
     serve_forever(args.dir, host=args.host, port=args.port)
     return 0

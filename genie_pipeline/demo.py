@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from genie_pipeline.config import LeRobotSource, load_config
+from genie_pipeline.ingest.config import LeRobotSource
+
+from genie_pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +32,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     t0 = time.time()
 
-    from genie_pipeline.ingest.corpus.generate import generate_corpus
+    from genie_pipeline.corpus.generate import generate_corpus
 
     corpus = out / "corpus"
     step(f"sample corpus → {corpus}")
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     else:
         print("  (already rendered)")
 
-    from genie_pipeline.ingest.corpus.serve import CorpusServer
+    from genie_pipeline.corpus.serve import CorpusServer
     from genie_pipeline.ingest.pipeline import run_ingest, summary_table
     from genie_pipeline.shards.verify import verify
 

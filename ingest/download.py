@@ -17,8 +17,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from genie_pipeline.config import DownloadConfig
-from genie_pipeline.ingest.records import Candidate
+from genie_pipeline.ingest.config import DownloadConfig
+from genie_pipeline.shards.records import Candidate
 
 _RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|refused|aborted)|"
                         r"Temporary failure|Remote end closed|IncompleteRead", re.I)

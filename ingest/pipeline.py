@@ -5,7 +5,7 @@
 
 A whole source video never crosses a stage boundary: `DownloadAndCut` fetches, decodes, cuts
 and encodes in one step and persists the video's clips to the clip store (the unit of
-resume); only small records move on. The driver then commits the run (shards/finalize.py).
+resume); only small records move on. The driver then commits the run (shards/commit.py).
 """
 from __future__ import annotations
 
@@ -28,12 +28,15 @@ from genie_pipeline.filtering.heuristics import score_clip, verdict
 from genie_pipeline.filtering.keywords import filter_for
 from genie_pipeline.config import PipelineConfig
 from genie_pipeline.ingest.download import Downloader, DownloadFailed
-from genie_pipeline.ingest.records import Candidate, ClipRow, Failure, VideoResult, clip_key
 from genie_pipeline.ingest.sources import discover
-from genie_pipeline.ingest.video import VideoError, encode_clip, iter_clips, probe
+from genie_pipeline.ingest.video import VideoError, iter_clips, probe
 from genie_pipeline.shards import fs
-from genie_pipeline.shards.finalize import commit_run, read_rows, recover
-from genie_pipeline.shards.writer import ShardRecord, ShardRoller, read_store_result, store_path, write_shards_for, write_store
+from genie_pipeline.shards.clip import ClipFormatError, encode_clip
+from genie_pipeline.shards.commit import commit_run, recover
+from genie_pipeline.shards.reader import read_rows
+from genie_pipeline.shards.records import Candidate, ClipRow, Failure, ShardRecord, VideoResult, clip_key
+from genie_pipeline.shards.store import read_store_result, store_path, write_store
+from genie_pipeline.shards.writer import ShardRoller, write_shards_for
 
 log = logging.getLogger("genie_pipeline.ingest")
 NS = "ingest"
@@ -111,6 +114,8 @@ class DownloadAndCut(beam.DoFn):
             yield from self._cut(c, fetched.path, t0)
         except VideoError as e:
             yield self._fail(c, e.stage, "VideoError", str(e))
+        except ClipFormatError as e:
+            yield self._fail(c, "encode", "VideoError", str(e))
         except Exception as e:  # a bug or an exotic file must not kill the job
             yield self._fail(c, "cut", type(e).__name__, str(e))
         finally:
@@ -132,7 +137,7 @@ class DownloadAndCut(beam.DoFn):
             key = clip_key(c.video_key, int(round((offset + start_s) * 1000)))
             scores = score_clip(frames, ccfg.fps)
             reason = verdict(scores, hcfg)
-            mp4 = encode_clip(frames, ccfg)
+            mp4 = encode_clip(frames, ccfg.spec)
             clips.append(ClipRow(key=key, video_key=c.video_key, video_id=c.video_id, source=c.source,
                                  title=c.title, start_s=offset + start_s, duration_s=ccfg.seconds,
                                  n_frames=len(frames), bytes=len(mp4), kept=not reason, reason=reason,
@@ -187,7 +192,7 @@ class WriteShards(beam.DoFn):
         (split, bucket), videos = item
         s, c = self.cfg.shards, self.cfg.clips
         roller = ShardRoller(self.tmp_dir, f"{split}-b{bucket:03d}", split, int(s.target_mb * 2**20),
-                             s.max_clips, c.fps, c.width, c.height)
+                             s.max_clips, c.spec)
         for x in write_shards_for(iter(sorted(videos, key=lambda v: v.video_key)), roller):
             if isinstance(x, ShardRecord):
                 _count("shards_written")
@@ -342,6 +347,7 @@ def _run_ingest(cfg: PipelineConfig, out: str, extra_beam_args: list[str] | None
         shard_records=[ShardRecord(**r) for r in _read_jsonl(f"{paths.run_dir}/shards*")],
         stats={"run_id": run_id, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "counters": counters,
                "runner": cfg.runner.name, "workers": workers},
+        spec=cfg.clips.spec,
         sources=[s.name for s in cfg.sources],
         cleanup=[fs.join(out, "_runs"), fs.join(out, "shards", "_tmp"), fs.join(out, "_commit")],
     )

@@ -12,10 +12,10 @@ import posixpath
 import re
 from typing import Any, Iterator
 
-from genie_pipeline.config import (CatalogSource, FilesSource, LeRobotSource, SearchSource,
+from genie_pipeline.ingest.config import (CatalogSource, FilesSource, LeRobotSource, SearchSource,
                                    UrlsSource)
 from genie_pipeline.ingest.download import YtdlpLog
-from genie_pipeline.ingest.records import Candidate, Failure, video_key
+from genie_pipeline.shards.records import Candidate, Failure, video_key
 
 
 def _hash_id(text: str) -> str:
@@ -63,7 +63,7 @@ def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
 def _register_local_search(ydl) -> None:
     """Offline search backend over the sample corpus (`gcsearch`), same code path as YouTube."""
     try:
-        from genie_pipeline.ingest.corpus.search_ie import add_corpus_extractor
+        from genie_pipeline.corpus.search_ie import add_corpus_extractor
     except ImportError:
         return
     add_corpus_extractor(ydl)

@@ -7,7 +7,6 @@ whatever the length of the source.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterator
@@ -15,7 +14,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from genie_pipeline.config import ClipsConfig
+from genie_pipeline.shards.config import ClipsConfig
 
 
 class VideoError(Exception):
@@ -167,36 +166,3 @@ def iter_clips(path: str, cfg: ClipsConfig, start_s: float | None = None,
             index += 1
             if cfg.max_clips_per_video and index >= cfg.max_clips_per_video:
                 return
-
-
-def encode_clip(frames_THWC: np.ndarray, cfg: ClipsConfig) -> bytes:
-    """h264 mp4 in memory; a keyframe every `keyframe_interval` frames so a random training
-    window decodes without decoding the whole clip."""
-    buf = io.BytesIO()
-    try:
-        with av.open(buf, "w", format="mp4") as out:
-            s = out.add_stream("libx264", rate=cfg.fps)
-            s.width, s.height, s.pix_fmt = cfg.width, cfg.height, "yuv420p"
-            g = str(cfg.keyframe_interval)
-            s.options = {"crf": str(cfg.crf), "preset": "veryfast", "g": g, "keyint_min": g,
-                         "sc_threshold": "0", "bf": "0"}
-            s.codec_context.thread_count = 1
-            for img in frames_THWC:
-                for pkt in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                    out.mux(pkt)
-            for pkt in s.encode():
-                out.mux(pkt)
-    except av.FFmpegError as e:
-        raise VideoError("encode", f"{type(e).__name__}: {e}") from None
-    return buf.getvalue()
-
-
-def decode_clip(data: bytes) -> np.ndarray:
-    """All frames of an encoded clip, (T, H, W, 3) uint8 — for verify and tests."""
-    with av.open(io.BytesIO(data)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-def clip_fps(data: bytes) -> float:
-    with av.open(io.BytesIO(data)) as c:
-        return float(c.streams.video[0].average_rate or 0)

@@ -1,4 +1,6 @@
-"""File I/O for outputs that may live locally or on any Beam FileSystem (gs://, s3://).
+"""The one filesystem layer: local paths (plain or `file://`) and any Beam FileSystem
+(`gs://` with `apache-beam[gcp]`, `s3://` with `apache-beam[aws]`), for every reader and
+writer of the project, ingest and training alike.
 
 Writes go to a local file first and are moved into place whole: a reader never sees a
 partial file (local: `os.replace`; object stores: an object appears only when its upload
@@ -16,21 +18,36 @@ from typing import Iterator
 from apache_beam.io.filesystems import FileSystems
 
 
+GLOB_CHARS = frozenset("*?[")
+
+
 def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def local(path: str) -> str:
+    """A local path without its `file://` prefix."""
+    return path.removeprefix("file://")
+
+
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts) if is_remote(base) else os.path.join(base, *parts)
+    return FileSystems.join(base, *parts) if is_remote(base) else os.path.join(local(base), *parts)
 
 
 def makedirs(path: str) -> None:
     if not is_remote(path):
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(local(path), exist_ok=True)
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path) if is_remote(path) else os.path.exists(path)
+    return FileSystems.exists(path) if is_remote(path) else os.path.exists(local(path))
+
+
+def isdir(path: str) -> bool:
+    """Object stores have no directories: there, a prefix with objects under it is one."""
+    if not is_remote(path):
+        return os.path.isdir(local(path))
+    return bool(FileSystems.match([path.rstrip("/") + "/*"])[0].metadata_list)
 
 
 def glob(pattern: str) -> list[str]:
@@ -38,11 +55,11 @@ def glob(pattern: str) -> list[str]:
         return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     import glob as _glob
 
-    return sorted(_glob.glob(pattern))
+    return sorted(_glob.glob(local(pattern)))
 
 
 def open_read(path: str):
-    return FileSystems.open(path) if is_remote(path) else open(path, "rb")
+    return FileSystems.open(path) if is_remote(path) else open(local(path), "rb")
 
 
 def read_bytes(path: str) -> bytes:

@@ -8,23 +8,27 @@ import tarfile
 from collections import Counter
 
 from genie_pipeline.shards import fs
-from genie_pipeline.shards.finalize import JOURNAL, read_rows
-from genie_pipeline.shards.writer import existing_shards, stats_name
+from genie_pipeline.shards.clip import ClipSpec, check_clip
+from genie_pipeline.shards.commit import JOURNAL
+from genie_pipeline.shards.reader import SPLITS, existing_shards, read_rows, read_spec, stats_name
+from genie_pipeline.shards.records import TABLES
 
 REQUIRED_JSON = {"key": str, "video_key": str, "video_id": str, "source": str, "start_s": (int, float),
                  "fps": int, "n_frames": int, "width": int, "height": int, "split": str, "scores": dict}
 
 
-def verify(out_dir: str, frames: int = 160, width: int = 160, height: int = 90, fps: int = 10,
-           decode: bool = True) -> list[str]:
-    """All problems found (empty: fine)."""
-    from genie_pipeline.ingest.video import clip_fps, decode_clip
-
+def verify(out_dir: str, spec: ClipSpec | None = None, decode: bool = True) -> list[str]:
+    """All problems found (empty: fine). Clips are checked against the spec the output
+    recorded in stats.json; `spec` serves an output that recorded none."""
     problems: list[str] = []
+    spec = read_spec(out_dir) or spec
+    if spec is None and decode:
+        problems.append("stats.json records no clip_spec: clips cannot be checked (give the config)")
+        decode = False
     shard_dir = fs.join(out_dir, "shards")
     if fs.exists(fs.join(out_dir, JOURNAL)):
         problems.append(f"{JOURNAL}: an interrupted commit is pending (re-run ingest to finish it)")
-    for name in ("manifest", "videos", "failures", "candidates"):
+    for name in TABLES:
         if not fs.exists(fs.join(out_dir, f"{name}.parquet")):
             problems.append(f"{name}.parquet is missing")
     manifest = read_rows(out_dir, "manifest")
@@ -43,11 +47,11 @@ def verify(out_dir: str, frames: int = 160, width: int = 160, height: int = 90, 
 
     seen_keys: Counter = Counter()
     found_shards = set()
-    for split in ("train", "val"):
+    for split in SPLITS:
         for path in existing_shards(shard_dir, split):
             name = os.path.basename(path)
             found_shards.add(name)
-            keys = _check_shard(path, name, split, problems, frames, width, height, fps, decode, decode_clip, clip_fps)
+            keys = _check_shard(path, name, split, problems, spec if decode else None)
             seen_keys.update(keys)
             if set(keys) != expected.get(name, set()):
                 missing = expected.get(name, set()) - set(keys)
@@ -66,7 +70,9 @@ def verify(out_dir: str, frames: int = 160, width: int = 160, height: int = 90, 
     return problems
 
 
-def _check_shard(path, name, split, problems, frames, width, height, fps, decode, decode_clip, clip_fps) -> list[str]:
+def _check_shard(path: str, name: str, split: str, problems: list[str], spec: ClipSpec | None) -> list[str]:
+    """The keys in one shard; what is wrong is appended to `problems` (clips decoded and
+    checked against `spec` unless it is None)."""
     try:
         with tarfile.open(fileobj=io.BytesIO(fs.read_bytes(path)), mode="r") as tar:
             files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
@@ -92,13 +98,8 @@ def _check_shard(path, name, split, problems, frames, width, height, fps, decode
                 problems.append(f"{where}: json field {field!r} missing or not {typ}")
         if meta.get("key") != key or meta.get("split") != split:
             problems.append(f"{where}: json key/split disagree with the tar ({meta.get('key')}, {meta.get('split')})")
-        if decode:
-            try:
-                arr = decode_clip(parts["mp4"])
-                if arr.shape != (frames, height, width, 3):
-                    problems.append(f"{where}: decodes to {arr.shape}, expected {(frames, height, width, 3)}")
-                elif abs(clip_fps(parts["mp4"]) - fps) > 1e-3:
-                    problems.append(f"{where}: {clip_fps(parts['mp4'])} fps, expected {fps}")
-            except Exception as e:
-                problems.append(f"{where}: mp4 does not decode ({type(e).__name__}: {e})")
+        if spec is not None:
+            wrong = check_clip(parts["mp4"], spec)
+            if wrong:
+                problems.append(f"{where}: {wrong}")
     return list(samples)

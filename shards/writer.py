@@ -1,80 +1,15 @@
-"""The clip store (one tar per video, every clip kept or not) and rolling WebDataset shards."""
+"""Rolling WebDataset shards: kept clips copied from the clip store into tars of a target size."""
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
-import tarfile
 import time
-from dataclasses import dataclass, field
 from typing import Iterator
 
-from genie_pipeline.ingest.records import ClipRow, VideoResult
 from genie_pipeline.shards import fs
-
-VIDEO_JSON = "_video.json"
-
-
-# --------------------------------------------------------------------------- clip store
-def store_path(out_dir: str, vkey: str) -> str:
-    return fs.join(out_dir, "clips", f"{vkey}.tar")
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644  # mtime 0: re-runs write equal bytes
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_store(path: str, result: VideoResult, clips: list[tuple[str, bytes]]) -> None:
-    """All clips of one video plus its result, in one atomic file: the unit of resume."""
-    with fs.atomic_output(path) as tmp, tarfile.open(tmp, "w") as tar:
-        for key, data in clips:
-            _add(tar, f"{key}.mp4", data)
-        _add(tar, VIDEO_JSON, json.dumps(result.to_json(), sort_keys=True).encode())
-
-
-def read_store(path: str) -> tuple[VideoResult, dict[str, bytes]]:
-    with fs.open_read(path) as f, tarfile.open(fileobj=io.BytesIO(f.read()), mode="r") as tar:
-        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    result = VideoResult.from_json(json.loads(files.pop(VIDEO_JSON)))
-    return result, {name[: -len(".mp4")]: data for name, data in files.items() if name.endswith(".mp4")}
-
-
-def read_store_result(path: str) -> VideoResult:
-    """Only the result record, without holding every clip in memory."""
-    with fs.open_read(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for m in tar:
-            if m.name == VIDEO_JSON:
-                return VideoResult.from_json(json.loads(tar.extractfile(m).read()))
-    raise ValueError(f"{path}: no {VIDEO_JSON}")
-
-
-# ------------------------------------------------------------------------------- shards
-def sample_json(c: ClipRow, fps: int, width: int, height: int) -> dict:
-    return {
-        "key": c.key, "video_key": c.video_key, "video_id": c.video_id, "source": c.source,
-        "title": c.title, "start_s": c.start_s, "duration_s": c.duration_s, "fps": fps,
-        "n_frames": c.n_frames, "width": width, "height": height, "split": c.split,
-        "scores": {"motion": c.motion, "dark_fraction": c.dark_fraction,
-                   "unique_fraction": c.unique_fraction, "cuts_per_min": c.cuts_per_min,
-                   "quality_score": None if c.quality_score != c.quality_score else c.quality_score},
-    }
-
-
-@dataclass
-class ShardRecord:
-    """A finished shard under its temporary name, with the stats written beside it."""
-
-    path: str  # temporary location
-    split: str
-    order: str  # sort key for final numbering (deterministic across runs)
-    keys: list[str] = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"path": self.path, "split": self.split, "order": self.order, "keys": self.keys, "stats": self.stats}
+from genie_pipeline.shards.clip import ClipSpec
+from genie_pipeline.shards.records import ClipRow, ShardRecord, VideoResult, sample_json
+from genie_pipeline.shards.store import read_store
 
 
 class ShardRoller:
@@ -83,10 +18,10 @@ class ShardRoller:
     local file and only then moved to `tmp_dir` (which readers never list)."""
 
     def __init__(self, tmp_dir: str, prefix: str, split: str, target_bytes: int, max_clips: int,
-                 fps: int, width: int, height: int):
+                 spec: ClipSpec):
         self.tmp_dir, self.prefix, self.split = tmp_dir, prefix, split
         self.target_bytes, self.max_clips = target_bytes, max_clips
-        self.spec = (fps, width, height)
+        self.spec = spec
         self.n = 0
         self._open()
 
@@ -101,7 +36,7 @@ class ShardRoller:
         self.started = time.time()
 
     def add(self, clip: ClipRow, data: bytes) -> ShardRecord | None:
-        self.writer.write({"__key__": clip.key, "mp4": data, "json": sample_json(clip, *self.spec)})
+        self.writer.write({"__key__": clip.key, "mp4": data, "json": sample_json(clip, self.spec)})
         self.keys.append(clip.key)
         self.videos.add(clip.video_key)
         self.seconds += clip.duration_s
@@ -145,16 +80,3 @@ def write_shards_for(videos: Iterator[VideoResult], roller: ShardRoller,
     rec = roller.close()
     if rec is not None:
         yield rec
-
-
-def shard_name(split: str, n: int) -> str:
-    return f"{split}-{n:06d}.tar"
-
-
-def stats_name(tar_name: str) -> str:
-    return tar_name[: -len(".tar")] + ".stats.json"
-
-
-def existing_shards(shard_dir: str, split: str) -> list[str]:
-    return [p for p in fs.glob(fs.join(shard_dir, f"{split}-*.tar"))
-            if os.path.basename(p)[len(split) + 1: -4].isdigit()]

@@ -36,7 +36,7 @@ def make_video(path: Path, seconds: float, size: str = "640x360", fps: int = 30,
 def small_corpus() -> Path:
     """The embedded sample corpus (small size), rendered once and cached by seed and code
     version under .cache/ (or $GENIE_TEST_CACHE). Tests only read it."""
-    from genie_pipeline.ingest.corpus.generate import cached_small_corpus
+    from genie_pipeline.corpus.generate import cached_small_corpus
 
     cache = Path(os.environ.get("GENIE_TEST_CACHE", ROOT / ".cache" / "corpus"))
     return Path(cached_small_corpus(cache))
@@ -44,7 +44,7 @@ def small_corpus() -> Path:
 
 @pytest.fixture(scope="session")
 def corpus_server(small_corpus):
-    from genie_pipeline.ingest.corpus.serve import CorpusServer
+    from genie_pipeline.corpus.serve import CorpusServer
 
     with CorpusServer(small_corpus) as srv:
         yield srv

@@ -1,7 +1,7 @@
 """The embedded sample corpus: generation, files, server, yt-dlp search backend.
 
 The small corpus is generated once per code version into a cache (see
-`ingest.corpus.generate.cached_small_corpus`); the determinism test generates it again.
+`genie_pipeline.corpus.generate.cached_small_corpus`); the determinism test generates it again.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ av = pytest.importorskip("av")
 pytest.importorskip("ale_py")
 pytest.importorskip("pybullet")
 
-from genie_pipeline.ingest.corpus import generate as G  # noqa: E402
-from genie_pipeline.ingest.corpus.serve import CorpusServer, search_catalog  # noqa: E402
+from genie_pipeline.corpus import generate as G  # noqa: E402
+from genie_pipeline.corpus.serve import CorpusServer, search_catalog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BROKEN_KINDS = {"truncated", "zero_byte", "not_video", "no_moov", "random_bytes", "garbage_packets",
@@ -405,7 +405,7 @@ def _expected_ids(rows, query):
 def _ydl(opts):
     import yt_dlp
 
-    from genie_pipeline.ingest.corpus.search_ie import add_corpus_extractor
+    from genie_pipeline.corpus.search_ie import add_corpus_extractor
 
     ydl = yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True, "noprogress": True, **opts})
     add_corpus_extractor(ydl)

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from genie_pipeline.config import DownloadConfig
+from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.download import Downloader, DownloadFailed, HostGate
-from genie_pipeline.ingest.records import Candidate
+from genie_pipeline.shards.records import Candidate
 
 
 def cand(url, vid="v1"):

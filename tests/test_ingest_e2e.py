@@ -17,7 +17,7 @@ import yaml
 
 from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.pipeline import run_ingest
-from genie_pipeline.ingest.video import clip_fps, decode_clip
+from genie_pipeline.shards.clip import clip_fps, decode_clip
 from genie_pipeline.shards.verify import verify
 from tests.conftest import ROOT
 

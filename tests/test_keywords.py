@@ -1,7 +1,7 @@
 import pytest
 
 from genie_pipeline.filtering.keywords import KeywordFilter, filter_for
-from genie_pipeline.config import KeywordsConfig, KeywordSet
+from genie_pipeline.filtering.config import KeywordsConfig, KeywordSet
 
 DEFAULT = filter_for(KeywordsConfig(), "default")
 

@@ -23,7 +23,8 @@ from genie_pipeline.filtering.label.labelstudio import parse_labelstudio  # noqa
 from genie_pipeline.filtering.label.sample import spread, stratified_sample  # noqa: E402
 from genie_pipeline.filtering.label.server import LabelApp, host_name, make_server  # noqa: E402
 from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
-from genie_pipeline.filtering.quality_data import ClipIndex, QualityError, load_labels, resolve_labels  # noqa: E402
+from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
+from genie_pipeline.filtering.quality_data import QualityError, load_labels, resolve_labels
 from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

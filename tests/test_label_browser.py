@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
-from genie_pipeline.filtering.quality_data import ClipIndex  # noqa: E402
+from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
 from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

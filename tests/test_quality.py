@@ -17,7 +17,8 @@ from genie_pipeline.filtering.quality import (QualityNet, ScoreQuality, apply_th
                                load_quality_model, read_metadata, reference_labels, refilter,
                                sample_frames, sample_indices, save_quality_model, score_clips)
 from genie_pipeline.filtering.quality_config import QualityConfig  # noqa: E402
-from genie_pipeline.filtering.quality_data import ClipIndex, QualityError  # noqa: E402
+from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
+from genie_pipeline.filtering.quality_data import QualityError
 from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def test_sample_indices_spread():
 
 def test_sample_frames_keyframes_match_full_decode(fixture):
     """The keyframe fast path returns exactly the frames a full decode has at those positions."""
-    from genie_pipeline.ingest.video import decode_clip
+    from genie_pipeline.shards.clip import decode_clip
 
     out, info = fixture
     data = next(iter(_store_clips(info["videos"][0].store).values()))
@@ -108,11 +109,11 @@ def test_image_stats_tell_degradations_apart():
 
 
 def test_sample_frames_other_sizes_and_garbage(tmp_path):
-    from genie_pipeline.config import ClipsConfig
-    from genie_pipeline.ingest.video import encode_clip
+    from genie_pipeline.shards.config import ClipsConfig
+    from genie_pipeline.shards.clip import encode_clip
 
     frames = np.random.default_rng(0).integers(0, 255, (40, 64, 96, 3), dtype=np.uint8)
-    data = encode_clip(frames, ClipsConfig(width=96, height=64, keyframe_interval=40))
+    data = encode_clip(frames, ClipsConfig(width=96, height=64, keyframe_interval=40).spec)
     got = sample_frames(data, 3)
     assert got.shape == (3, 90, 160, 3)
     with pytest.raises(QualityError):
@@ -178,7 +179,7 @@ def _run_stages(branches, workers=1, mode="in_memory"):
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from genie_pipeline.ingest.records import VideoResult
+    from genie_pipeline.shards.records import VideoResult
 
     opts = PipelineOptions([f"--direct_num_workers={workers}", f"--direct_running_mode={mode}"])
     out = {}
@@ -288,7 +289,7 @@ def test_refilter_rewrites_shards_from_manifest(tmp_path):
         r["quality_score"] = (i + 0.5) / len(rows)
     import pyarrow as pa
 
-    from genie_pipeline.shards.finalize import SCHEMAS
+    from genie_pipeline.shards.records import SCHEMAS
 
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS["manifest"]), out / "manifest.parquet")
     with pytest.raises(QualityError, match="no manifest"):

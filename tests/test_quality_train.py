@@ -11,7 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
-from genie_pipeline.filtering.quality_data import ClipIndex, QualityError  # noqa: E402
+from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
+from genie_pipeline.filtering.quality_data import QualityError
 from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
 from genie_pipeline.filtering.quality_train import (add_train_quality_args, choose_threshold, clip_metrics,  # noqa: E402
                                      run_train_quality, split_videos)
@@ -192,7 +193,8 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
 
     from genie_pipeline.filtering.quality_config import QualityConfig
     from genie_pipeline.filtering.quality_demo import demo_quality
-    from genie_pipeline.config import ClipsConfig, FiltersConfig, OutputConfig, ShardsConfig
+    from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
+    from genie_pipeline.filtering.config import FiltersConfig
 
     src, info = fixture
     out = tmp_path / "out"

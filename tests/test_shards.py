@@ -5,12 +5,15 @@ import tarfile
 import pytest
 
 from genie_pipeline.config import parse_config
-from genie_pipeline.ingest.records import ClipRow, VideoResult, clip_key, video_key
-from genie_pipeline.ingest.video import encode_clip, iter_clips
-from genie_pipeline.shards import finalize
-from genie_pipeline.shards.finalize import commit_run, read_rows, rebuild_shards, recover
+from genie_pipeline.shards.records import ClipRow, VideoResult, clip_key, video_key
+from genie_pipeline.shards.clip import encode_clip
+from genie_pipeline.ingest.video import iter_clips
+from genie_pipeline.shards import commit
+from genie_pipeline.shards.commit import commit_run, rebuild_shards, recover
+from genie_pipeline.shards.reader import read_rows
 from genie_pipeline.shards.verify import verify
-from genie_pipeline.shards.writer import ShardRoller, read_store, store_path, write_shards_for, write_store
+from genie_pipeline.shards.writer import ShardRoller, write_shards_for
+from genie_pipeline.shards.store import read_store, store_path, write_store
 from tests.conftest import make_video
 
 CFG = parse_config({"sources": [{"type": "files", "name": "t", "glob": "x"}],
@@ -20,7 +23,7 @@ CFG = parse_config({"sources": [{"type": "files", "name": "t", "glob": "x"}],
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     p = make_video(tmp_path_factory.mktemp("v") / "v.mp4", 33)
-    return [encode_clip(f, CFG.clips) for _, f in iter_clips(str(p), CFG.clips)]
+    return [encode_clip(f, CFG.clips.spec) for _, f in iter_clips(str(p), CFG.clips)]
 
 
 def make_videos(out, clips, n_videos=3, split_of=lambda i: "train"):
@@ -41,7 +44,7 @@ def make_videos(out, clips, n_videos=3, split_of=lambda i: "train"):
 def shard_all(out, videos, run="r1"):
     recs, done = [], []
     for split in ("train", "val"):
-        roller = ShardRoller(str(out / "shards" / "_tmp" / run), f"{split}-b000", split, 1 << 30, 2, 10, 160, 90)
+        roller = ShardRoller(str(out / "shards" / "_tmp" / run), f"{split}-b000", split, 1 << 30, 2, CFG.clips.spec)
         for x in write_shards_for(iter([v for v in videos if v.split == split]), roller):
             (done if isinstance(x, VideoResult) else recs).append(x)
     return recs, done
@@ -59,12 +62,12 @@ def test_store_roundtrip(tmp_path, clips):
 def test_commit_then_verify_then_second_run_continues_numbering(tmp_path, clips):
     videos = make_videos(tmp_path, clips, 3, split_of=lambda i: "val" if i == 2 else "train")
     recs, done = shard_all(tmp_path, videos[:2])
-    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, cleanup=[])
+    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, spec=CFG.clips.spec, cleanup=[])
     assert verify(str(tmp_path)) == []
     names = sorted(p.name for p in (tmp_path / "shards").glob("*.tar"))
     assert names == ["train-000000.tar", "train-000001.tar"]  # 3 kept clips, 2 per shard
     recs, done = shard_all(tmp_path, videos[2:], run="r2")
-    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, cleanup=[])
+    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, spec=CFG.clips.spec, cleanup=[])
     assert verify(str(tmp_path)) == []
     assert len(read_rows(str(tmp_path), "manifest")) == 6
     assert (tmp_path / "shards" / "val-000000.tar").exists()
@@ -76,7 +79,7 @@ def test_commit_interrupted_after_journal_is_rolled_forward(tmp_path, clips, mon
     videos = make_videos(tmp_path, clips, 2)
     recs, done = shard_all(tmp_path, videos)
     calls = {"n": 0}
-    real_rename = finalize.fs.rename
+    real_rename = commit.fs.rename
 
     def dying_rename(src, dst):
         calls["n"] += 1
@@ -84,10 +87,10 @@ def test_commit_interrupted_after_journal_is_rolled_forward(tmp_path, clips, mon
             raise KeyboardInterrupt("killed mid-commit")
         real_rename(src, dst)
 
-    monkeypatch.setattr(finalize.fs, "rename", dying_rename)
+    monkeypatch.setattr(commit.fs, "rename", dying_rename)
     with pytest.raises(KeyboardInterrupt):
-        commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, cleanup=[])
-    monkeypatch.setattr(finalize.fs, "rename", real_rename)
+        commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, spec=CFG.clips.spec, cleanup=[])
+    monkeypatch.setattr(commit.fs, "rename", real_rename)
     assert verify(str(tmp_path))  # half-done: problems are reported
     assert recover(str(tmp_path)) is True
     assert verify(str(tmp_path)) == []
@@ -97,12 +100,12 @@ def test_commit_interrupted_after_journal_is_rolled_forward(tmp_path, clips, mon
 def test_rebuild_applies_new_kept_flags(tmp_path, clips):
     videos = make_videos(tmp_path, clips, 3)
     recs, done = shard_all(tmp_path, videos)
-    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, cleanup=[])
+    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, spec=CFG.clips.spec, cleanup=[])
     rows = read_rows(str(tmp_path), "manifest")
     for r in rows:  # reject everything of vid0, bring back the static clip of vid1
         r["kept"] = r["video_id"] != "vid0"
         r["reason"] = "" if r["kept"] else "quality"
-    rebuild_shards(str(tmp_path), rows, CFG)
+    rebuild_shards(str(tmp_path), rows, int(CFG.shards.target_mb * 2**20), CFG.shards.max_clips)
     assert verify(str(tmp_path)) == []
     after = read_rows(str(tmp_path), "manifest")
     assert sum(r["kept"] for r in after) == 4
@@ -112,7 +115,7 @@ def test_rebuild_applies_new_kept_flags(tmp_path, clips):
 def test_verify_catches_a_corrupt_shard(tmp_path, clips):
     videos = make_videos(tmp_path, clips, 1)
     recs, done = shard_all(tmp_path, videos)
-    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, cleanup=[])
+    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, spec=CFG.clips.spec, cleanup=[])
     shard = tmp_path / "shards" / "train-000000.tar"
     shard.write_bytes(shard.read_bytes()[:2000])
     problems = verify(str(tmp_path))

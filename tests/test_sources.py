@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.pipeline import pipeline_options
-from genie_pipeline.ingest.records import Candidate, Failure
+from genie_pipeline.shards.records import Candidate, Failure
 from genie_pipeline.ingest.sources import discover
 from tests.conftest import make_video
 

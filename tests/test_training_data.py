@@ -8,15 +8,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from genie_pipeline.training.data import (
-    DataError,
-    DecordDecoder,
-    PyAVDecoder,
-    WindowDataset,
-    WindowLoader,
-    make_decoder,
-    resolve_inputs,
-)
+from genie_pipeline.shards.reader import DataError, resolve_inputs
+from genie_pipeline.training.data import DecordDecoder, PyAVDecoder, WindowDataset, WindowLoader, make_decoder
 from genie_pipeline.training.synthetic import encode_mp4, synthetic_frames, write_synthetic_shards
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

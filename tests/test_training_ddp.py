@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 from genie_pipeline.training import checkpoint as ckpt_lib
 from genie_pipeline.training import distributed as dist_lib
 from genie_pipeline.training.config import TrainConfig
-from genie_pipeline.training.data import WindowLoader, resolve_inputs
+from genie_pipeline.training.data import WindowLoader
+from genie_pipeline.shards.reader import resolve_inputs
 from genie_pipeline.training.synthetic import write_synthetic_shards
 from genie_pipeline.training.trainer import PhaseTrainer, build_model_config
 

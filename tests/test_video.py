@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from genie_pipeline.filtering.heuristics import score_clip, verdict
-from genie_pipeline.config import ClipsConfig, HeuristicsConfig
-from genie_pipeline.ingest.video import VideoError, decode_clip, encode_clip, iter_clips, iter_frames, probe
+from genie_pipeline.shards.config import ClipsConfig
+from genie_pipeline.filtering.config import HeuristicsConfig
+from genie_pipeline.ingest.video import VideoError, iter_clips, iter_frames, probe
+from genie_pipeline.shards.clip import decode_clip, encode_clip
 from tests.conftest import ffmpeg, make_video
 
 CFG = ClipsConfig()
@@ -66,7 +68,7 @@ def test_lerobot_style_span(tmp_path):
 def test_encoded_clip_roundtrip_and_keyframes(tmp_path):
     p = make_video(tmp_path / "v.mp4", 17)
     _, frames = next(iter_clips(str(p), CFG))
-    data = encode_clip(frames, CFG)
+    data = encode_clip(frames, CFG.spec)
     back = decode_clip(data)
     assert back.shape == frames.shape
     assert np.abs(back.astype(int) - frames).mean() < 8

@@ -74,7 +74,7 @@ def validate_train(data: dict) -> TrainConfig:
 def run_train(args: argparse.Namespace, pipeline_cfg: Any = None) -> int:
     """Run training for parsed `args`; `pipeline_cfg` is the loaded PipelineConfig (or None).
     ConfigError propagates (the CLI maps it to exit 2); data errors print and return 1."""
-    from .data import DataError
+    from genie_pipeline.shards.reader import DataError
     from .trainer import train_main
 
     cfg = pipeline_cfg.train if pipeline_cfg is not None else TrainConfig()

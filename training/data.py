@@ -24,31 +24,23 @@ Missing or unreadable shards and undecodable samples are skipped and counted (`b
 """
 from __future__ import annotations
 
-import glob as _glob
 import io
 import logging
-import os
-import tarfile
 import zlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genie_pipeline.shards.reader import Clip, DataError, iter_tar_clips
+
 log = logging.getLogger(__name__)
 
-CLIP_EXTS = ("mp4",)
-GLOB_CHARS = set("*?[")
 # Measured by benchmarks/train.py (benchmarks/results/train.json): windows/s per worker.
 DEFAULT_DECODER = "pyav"
 WORKER_TIMEOUT_S = 1800
-
-
-class DataError(RuntimeError):
-    """The shards cannot feed training (none found, or too many missing/corrupt)."""
 
 
 class DecodeError(RuntimeError):
@@ -224,174 +216,6 @@ def make_decoder(name: str = "auto") -> ClipDecoder:
     if not made:
         raise ImportError("no clip decoder available: " + "; ".join(errors))
     return FallbackDecoder(made[0], made[1] if len(made) > 1 else None)
-
-
-# ====================================================================== shard listing
-def _is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def _fs(path: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(path)
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if _is_remote(base) else os.path.join(base, *parts)
-
-
-def _glob_paths(pattern: str) -> list[str]:
-    if not _is_remote(pattern):
-        return sorted(_glob.glob(pattern.removeprefix("file://")))
-    try:
-        fs, p = _fs(pattern)
-        proto = pattern.split("://", 1)[0]
-        return sorted(f"{proto}://{m}" if "://" not in m else m for m in fs.glob(p))
-    except ImportError:  # fsspec has no implementation for this protocol: try Beam's FileSystems
-        from apache_beam.io.filesystems import FileSystems
-
-        return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
-
-
-def _isdir(path: str) -> bool:
-    if not _is_remote(path):
-        return os.path.isdir(path.removeprefix("file://"))
-    fs, p = _fs(path)
-    return fs.isdir(p)
-
-
-def _exists(path: str) -> bool:
-    if not _is_remote(path):
-        return os.path.exists(path.removeprefix("file://"))
-    try:
-        fs, p = _fs(path)
-        return fs.exists(p)
-    except ImportError:
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.exists(path)
-
-
-def open_binary(path: str):
-    """A readable binary file object for a local path or any fsspec / Beam FileSystems URL."""
-    if not _is_remote(path):
-        return open(path.removeprefix("file://"), "rb")
-    try:
-        import fsspec
-
-        return fsspec.open(path, "rb").open()
-    except ImportError:
-        from apache_beam.io.filesystems import FileSystems
-
-        return FileSystems.open(path)
-
-
-@dataclass
-class ShardSet:
-    shards: list[str]
-    manifests: list[str] = field(default_factory=list)
-    inputs: list[str] = field(default_factory=list)
-
-
-def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
-    """Shards (and manifests) behind the inputs. Each input is an ingest output dir (reads
-    `shards/SPLIT-*.tar` and records `manifest.parquet`), a dir of shards, a tar or a glob."""
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    shards: list[str] = []
-    manifests: list[str] = []
-    for inp in inputs:
-        inp = str(inp)
-        if any(c in GLOB_CHARS for c in inp):
-            found = _glob_paths(inp)
-            if not found:
-                raise DataError(f"{inp}: the pattern matches no files")
-            shards += found
-        elif inp.endswith(".tar"):
-            shards.append(inp)
-        elif _isdir(inp):
-            base = inp
-            if _isdir(_join(inp, "shards")):
-                base = _join(inp, "shards")
-                if _exists(_join(inp, "manifest.parquet")):
-                    manifests.append(_join(inp, "manifest.parquet"))
-            elif _exists(_join(inp, "..", "manifest.parquet")) and not _is_remote(inp):
-                manifests.append(os.path.normpath(_join(inp, "..", "manifest.parquet")))
-            found = _glob_paths(_join(base, f"{split}-*.tar"))
-            if not found:
-                raise DataError(f"{inp}: no {split}-*.tar shards in {base}")
-            shards += found
-        else:
-            raise DataError(f"{inp}: no such directory or shard (give an ingest output dir, a .tar or a glob)")
-    seen = set()
-    uniq = [s for s in shards if not (s in seen or seen.add(s))]
-    if not uniq:
-        raise DataError("no shards given")
-    return ShardSet(shards=uniq, manifests=manifests, inputs=list(inputs))
-
-
-# ========================================================================= raw reading
-@dataclass
-class Clip:
-    key: str
-    data: bytes
-    meta: dict
-
-
-def _sample_key(name: str) -> tuple[str, str]:
-    base = os.path.basename(name)
-    prefix = os.path.dirname(name)
-    key, _, ext = base.partition(".")  # WebDataset cuts the key at the first dot
-    return (f"{prefix}/{key}" if prefix else key), ext
-
-
-def iter_tar_clips(path: str, stats: dict) -> Iterator[Clip]:
-    """Clips of one shard, in tar order. Unreadable shards and broken samples are counted in
-    `stats` (bad_shards / bad_samples) and skipped; never raises for bad data."""
-    import json
-
-    def finish(key, parts):
-        if key is None:
-            return None
-        ext = next((e for e in CLIP_EXTS if e in parts), None)
-        meta = {}
-        if "json" in parts:
-            try:
-                meta = json.loads(parts["json"])
-            except ValueError:
-                meta = None
-        if ext is None or meta is None:
-            stats["bad_samples"] += 1
-            return None
-        return Clip(key=key, data=parts[ext], meta=meta)
-
-    try:
-        fobj = open_binary(path)
-    except (OSError, ImportError, ValueError) as e:
-        log.warning("skipping missing/unopenable shard %s: %s", path, e)
-        stats["bad_shards"] += 1
-        return
-    cur, parts = None, {}
-    try:
-        with fobj, tarfile.open(fileobj=fobj, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _sample_key(member.name)
-                if key != cur:
-                    clip = finish(cur, parts)
-                    if clip is not None:
-                        yield clip
-                    cur, parts = key, {}
-                f = tar.extractfile(member)
-                parts[ext] = f.read() if f is not None else b""
-        clip = finish(cur, parts)
-        if clip is not None:
-            yield clip
-    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as e:
-        log.warning("skipping the rest of corrupt shard %s: %s", path, e)
-        stats["bad_shards"] += 1
 
 
 # ========================================================================= the dataset

@@ -30,11 +30,13 @@ from genie_pipeline.models.config import GenieConfig, ModelConfigError, config_t
 from genie_pipeline.models.dynamics import DynamicsModel
 from genie_pipeline.models.lam import LatentActionModel
 from genie_pipeline.models.tokenizer import VideoTokenizer
+from genie_pipeline.shards import fs
+from genie_pipeline.shards.reader import DataError, ShardSet, resolve_inputs
 
 from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
 from .config import TrainConfig
-from .data import DataError, ShardSet, WindowLoader, open_binary, resolve_inputs
+from .data import WindowLoader
 from .metrics import MetricsLogger, save_gif, save_png, video_rows_grid, video_side_by_side_frames
 from .schedule import lr_at, make_optimizer, set_lr
 
@@ -159,7 +161,7 @@ def _file_size(path: str) -> int | None:
 def describe_manifest(path: str) -> dict:
     info: dict[str, Any] = {"path": path}
     try:
-        with open_binary(path) as f:
+        with fs.open_read(path) as f:
             data = f.read()
         info["sha256"] = hashlib.sha256(data).hexdigest()
         import io

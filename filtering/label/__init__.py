@@ -110,7 +110,7 @@ def _epoch(v):
 
 def run_label(args) -> int:
     from genie_pipeline.filtering.label.server import LabelApp, make_server
-    from genie_pipeline.filtering.quality_data import ClipIndex
+    from genie_pipeline.shards.reader import ClipIndex
 
     index = ClipIndex.open(args.input)
     store = open_store(args.input, args.db)

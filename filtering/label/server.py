@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlparse
 
 from genie_pipeline.filtering.label.sample import stratified_sample
 from genie_pipeline.filtering.label.store import VALID, LabelStore
-from genie_pipeline.filtering.quality_data import ClipIndex
+from genie_pipeline.shards.reader import ClipIndex
 
 log = logging.getLogger(__name__)
 

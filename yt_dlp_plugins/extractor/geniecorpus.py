@@ -7,7 +7,7 @@ no __init__.py here). It only registers classes *defined* in this module whose n
     yt-dlp --extractor-args "geniecorpus:server=http://127.0.0.1:PORT" --flat-playlist -J "gcsearch5:pitfall speedrun"
 """
 try:
-    from genie_pipeline.ingest.corpus.search_ie import GenieCorpusSearchIE as _GenieCorpusSearchBase
+    from genie_pipeline.corpus.search_ie import GenieCorpusSearchIE as _GenieCorpusSearchBase
 except ImportError:  # the project is not importable here: register nothing
     __all__ = []
 else:

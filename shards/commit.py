@@ -13,42 +13,15 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genie_pipeline.ingest.records import Candidate, ClipRow, Failure, VideoResult
 from genie_pipeline.shards import fs
-from genie_pipeline.shards.writer import ShardRecord, ShardRoller, existing_shards, shard_name, stats_name, write_shards_for
+from genie_pipeline.shards.clip import ClipSpec
+from genie_pipeline.shards.reader import (SPLITS, DataError, existing_shards, read_rows, read_spec, read_stats, shard_name,
+                                          stats_name, table_path)
+from genie_pipeline.shards.records import SCHEMAS, Candidate, ClipRow, Failure, ShardRecord, VideoResult
+from genie_pipeline.shards.store import store_path
+from genie_pipeline.shards.writer import ShardRoller, write_shards_for
 
 JOURNAL = "_commit.json"
-
-_STR, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
-SCHEMAS = {
-    "manifest": pa.schema([("key", _STR), ("video_key", _STR), ("video_id", _STR), ("source", _STR),
-                           ("title", _STR), ("start_s", _F), ("duration_s", _F), ("n_frames", _I),
-                           ("bytes", _I), ("split", _STR), ("kept", _B), ("reason", _STR), ("shard", _STR),
-                           ("motion", _F), ("dark_fraction", _F), ("unique_fraction", _F),
-                           ("cuts_per_min", _F), ("quality_score", _F)]),
-    "videos": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("title", _STR),
-                         ("status", _STR), ("n_clips", _I), ("n_kept", _I), ("seconds_in", _F),
-                         ("seconds_out", _F), ("error", _STR), ("split", _STR)]),
-    "failures": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("stage", _STR),
-                           ("error_type", _STR), ("message", _STR), ("url", _STR)]),
-    "candidates": pa.schema([("video_key", _STR), ("source", _STR), ("video_id", _STR), ("title", _STR),
-                             ("description", _STR), ("url", _STR), ("path", _STR), ("duration_s", _F),
-                             ("start_s", _F), ("end_s", _F), ("extra", _STR), ("keyword_verdict", _STR),
-                             ("keyword_reason", _STR), ("matched_terms", pa.list_(_STR))]),
-}
-assert [f.name for f in SCHEMAS["manifest"]] == list(ClipRow.__dataclass_fields__)
-
-
-def table_path(out_dir: str, name: str) -> str:
-    return fs.join(out_dir, f"{name}.parquet")
-
-
-def read_rows(out_dir: str, name: str) -> list[dict[str, Any]]:
-    p = table_path(out_dir, name)
-    if not fs.exists(p):
-        return []
-    with fs.open_read(p) as f:
-        return pq.read_table(f).to_pylist()
 
 
 def _write_table(dest: str, name: str, rows: list[dict[str, Any]]) -> None:
@@ -120,10 +93,15 @@ def _number_shards(out_dir: str, records: list[ShardRecord], start: dict[str, in
 
 def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Failure],
                videos: list[VideoResult], shard_records: list[ShardRecord], stats: dict,
-               cleanup: list[str], sources: Iterable[str] = ()) -> dict:
-    """Merge one run's results into OUT; returns the merged stats."""
+               spec: ClipSpec, cleanup: list[str], sources: Iterable[str] = ()) -> dict:
+    """Merge one run's results into OUT; returns the merged stats (which record `spec`, the
+    clip format every reader checks the output against)."""
+    recorded = read_spec(out_dir)
+    if recorded is not None and recorded != spec:
+        raise DataError(f"{out_dir} holds clips of {recorded}; this run cuts {spec}: "
+                        "write to another output directory")
     shard_dir = fs.join(out_dir, "shards")
-    start = {s: _next_index(shard_dir, s) for s in ("train", "val")}
+    start = {s: _next_index(shard_dir, s) for s in SPLITS}
     renames, final_of = _number_shards(out_dir, shard_records, start)
 
     # discovery failures say nothing about a video's clips: they never replace its rows, and
@@ -153,7 +131,7 @@ def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Fail
         "failures": old_failures + [f.row() for f in failures],
         "candidates": sorted(old_cands + list(new_cands.values()), key=lambda r: r["video_key"]),
     }
-    merged = summarize(tables, stats)
+    merged = summarize(tables, stats, spec)
     _commit(out_dir, renames, tables, merged, cleanup=cleanup)
     return merged
 
@@ -178,7 +156,7 @@ def _failed_video_row(f: Failure) -> dict:
             "error": f"{f.stage}:{f.error_type}: {f.message}"[:500], "split": ""}
 
 
-def summarize(tables: dict[str, list[dict]], run_stats: dict) -> dict:
+def summarize(tables: dict[str, list[dict]], run_stats: dict, spec: ClipSpec) -> dict:
     m, v, c = tables["manifest"], tables["videos"], tables["candidates"]
     reasons: dict[str, int] = {}
     for r in m:
@@ -201,14 +179,20 @@ def summarize(tables: dict[str, list[dict]], run_stats: dict) -> dict:
         "hours_out": round(sum(r["duration_s"] for r in m if r["kept"]) / 3600, 4),
         "failures_by_type": fail_types,
         "last_run": run_stats,
+        "clip_spec": spec.to_json(),
     }
 
 
 # ------------------------------------------------------------------------------ rebuild
-def rebuild_shards(out_dir: str, manifest: list[dict[str, Any]], cfg) -> dict:
+def rebuild_shards(out_dir: str, manifest: list[dict[str, Any]], target_bytes: int, max_clips: int,
+                   spec: ClipSpec | None = None) -> dict:
     """Rewrite every shard from the clip store for the rows with kept=True (refilter),
-    then swap old shards for new ones in one journalled commit."""
+    then swap old shards for new ones in one journalled commit. The clip spec is the one
+    the output recorded; `spec` serves outputs written before it was recorded."""
     recover(out_dir)
+    spec = read_spec(out_dir) or spec
+    if spec is None:
+        raise DataError(f"{out_dir}/stats.json records no clip_spec: give the spec it was written with")
     shard_dir = fs.join(out_dir, "shards")
     tmp_dir = fs.join(shard_dir, "_tmp", "rebuild")
     fs.rmtree(tmp_dir)
@@ -217,19 +201,18 @@ def rebuild_shards(out_dir: str, manifest: list[dict[str, Any]], cfg) -> dict:
     for r in manifest:
         by_video.setdefault(r["video_key"], []).append(ClipRow(**{k: r[k] for k in ClipRow.__dataclass_fields__}))
     records: list[ShardRecord] = []
-    for split in ("train", "val"):
-        roller = ShardRoller(tmp_dir, split, split, int(cfg.shards.target_mb * 2**20), cfg.shards.max_clips,
-                             cfg.clips.fps, cfg.clips.width, cfg.clips.height)
+    for split in SPLITS:
+        roller = ShardRoller(tmp_dir, split, split, target_bytes, max_clips, spec)
         videos = [VideoResult(video_key=vk, video_id=cl[0].video_id, source=cl[0].source, title=cl[0].title,
                               status="done", clips=sorted(cl, key=lambda c: c.start_s),
-                              store=fs.join(out_dir, "clips", f"{vk}.tar"))
+                              store=store_path(out_dir, vk))
                   for vk, cl in sorted(by_video.items()) if cl[0].split == split]
         for c in (c for v in videos for c in v.clips):
             c.shard = None
         records += [x for x in write_shards_for(iter(videos), roller) if isinstance(x, ShardRecord)]
         for v in videos:
             by_video[v.video_key] = v.clips
-    old = [p for s in ("train", "val") for p in existing_shards(shard_dir, s)]
+    old = [p for s in SPLITS for p in existing_shards(shard_dir, s)]
     deletes = old + [fs.join(shard_dir, stats_name(os.path.basename(p))) for p in old]
     renames, final_of = _number_shards(out_dir, records, {"train": 0, "val": 0})
     rows = []
@@ -241,8 +224,8 @@ def rebuild_shards(out_dir: str, manifest: list[dict[str, Any]], cfg) -> dict:
     rows.sort(key=lambda r: r["key"])
     tables = {"manifest": rows, "videos": read_rows(out_dir, "videos"), "failures": read_rows(out_dir, "failures"),
               "candidates": read_rows(out_dir, "candidates")}
-    prev = json.loads(fs.read_bytes(fs.join(out_dir, "stats.json"))) if fs.exists(fs.join(out_dir, "stats.json")) else {}
-    merged = summarize(tables, {**prev.get("last_run", {}), "rebuilt": True})
+    prev = read_stats(out_dir)
+    merged = summarize(tables, {**prev.get("last_run", {}), "rebuilt": True}, spec)
     _commit(out_dir, renames, {"manifest": rows}, merged, deletes=deletes,
             cleanup=[tmp_dir, fs.join(out_dir, "_commit")])
     return merged

@@ -1,6 +1,6 @@
 """Generate the embedded sample corpus: real simulator footage encoded like uploads.
 
-    python -m ingest.corpus.generate --out DIR [--seed N] [--size small|full|quality]
+    python -m genie_pipeline.corpus.generate --out DIR [--seed N] [--size small|full|quality]
 
 `quality` is a corpus for measuring the quality classifier rather than the ingest: one clean
 and one degraded 17 s video for each of 30 Atari games, so a benchmark can hold out whole
@@ -78,7 +78,7 @@ ATARI_TITLES = {
 
 # The default keyword terms; the verdict below is an independent, simpler oracle for the
 # pipeline's filter (tests compare the two): an include term AND a require term, no exclude.
-from genie_pipeline.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DEFAULT_REQUIRE  # noqa: E402
+from genie_pipeline.filtering.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DEFAULT_REQUIRE  # noqa: E402
 
 
 def _has_term(text: str, term: str) -> bool:
@@ -669,7 +669,7 @@ def _prune_cache(base: Path, keep: Path, max_age_s: float = 86400.0) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ingest.corpus.generate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m genie_pipeline.corpus.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", choices=SIZES, default="full")

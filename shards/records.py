@@ -1,4 +1,5 @@
-"""Records passed between pipeline stages and written to the output Parquet files.
+"""Records passed between pipeline stages and written to the output: the Parquet tables'
+rows and schemas, and each WebDataset sample's json.
 
 Plain dataclasses (picklable, cheap for Beam to move): a whole source video never crosses a
 stage boundary, only these rows and small clip files.
@@ -10,6 +11,10 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import pyarrow as pa
+
+from genie_pipeline.shards.clip import ClipSpec
 
 SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -142,6 +147,54 @@ class VideoResult:
         d = dict(d)
         d["clips"] = [ClipRow(**c) for c in d.get("clips", [])]
         return cls(**d)
+
+
+@dataclass
+class ShardRecord:
+    """A finished shard under its temporary name, with the stats written beside it."""
+
+    path: str  # temporary location
+    split: str
+    order: str  # sort key for final numbering (deterministic across runs)
+    keys: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sample_json(c: ClipRow, spec: ClipSpec) -> dict:
+    """The `{key}.json` of a WebDataset sample."""
+    return {
+        "key": c.key, "video_key": c.video_key, "video_id": c.video_id, "source": c.source,
+        "title": c.title, "start_s": c.start_s, "duration_s": c.duration_s, "fps": spec.fps,
+        "n_frames": c.n_frames, "width": spec.width, "height": spec.height, "split": c.split,
+        "scores": {"motion": c.motion, "dark_fraction": c.dark_fraction,
+                   "unique_fraction": c.unique_fraction, "cuts_per_min": c.cuts_per_min,
+                   "quality_score": None if c.quality_score != c.quality_score else c.quality_score},
+    }
+
+
+# ---------------------------------------------------------------------- table schemas
+_STR, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+SCHEMAS = {
+    "manifest": pa.schema([("key", _STR), ("video_key", _STR), ("video_id", _STR), ("source", _STR),
+                           ("title", _STR), ("start_s", _F), ("duration_s", _F), ("n_frames", _I),
+                           ("bytes", _I), ("split", _STR), ("kept", _B), ("reason", _STR), ("shard", _STR),
+                           ("motion", _F), ("dark_fraction", _F), ("unique_fraction", _F),
+                           ("cuts_per_min", _F), ("quality_score", _F)]),
+    "videos": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("title", _STR),
+                         ("status", _STR), ("n_clips", _I), ("n_kept", _I), ("seconds_in", _F),
+                         ("seconds_out", _F), ("error", _STR), ("split", _STR)]),
+    "failures": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("stage", _STR),
+                           ("error_type", _STR), ("message", _STR), ("url", _STR)]),
+    "candidates": pa.schema([("video_key", _STR), ("source", _STR), ("video_id", _STR), ("title", _STR),
+                             ("description", _STR), ("url", _STR), ("path", _STR), ("duration_s", _F),
+                             ("start_s", _F), ("end_s", _F), ("extra", _STR), ("keyword_verdict", _STR),
+                             ("keyword_reason", _STR), ("matched_terms", pa.list_(_STR))]),
+}
+TABLES = tuple(SCHEMAS)
+assert [f.name for f in SCHEMAS["manifest"]] == list(ClipRow.__dataclass_fields__)
 
 
 def _json(v: Any) -> str:

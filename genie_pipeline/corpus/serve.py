@@ -315,7 +315,7 @@ def serve_forever(corpus_dir, host: str = "127.0.0.1", port: int = 8000) -> None
         srv.stop()
 
 
-if __name__ == "__main__":  # python -m ingest.corpus.serve DIR [PORT]
+if __name__ == "__main__":  # python -m genie_pipeline.corpus.serve DIR [PORT]
     import sys
 
     serve_forever(sys.argv[1], port=int(sys.argv[2]) if len(sys.argv) > 2 else 8000)

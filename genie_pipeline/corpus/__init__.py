@@ -16,7 +16,7 @@ __all__ = ["generate_corpus", "generate_lerobot", "cached_small_corpus", "Corpus
            "GenieCorpusSearchIE", "add_corpus_extractor"]
 
 
-def __getattr__(name):  # lazy: keep `import ingest.corpus.search_ie` light
+def __getattr__(name):  # lazy: keep `import genie_pipeline.corpus.search_ie` light
     if name in ("generate_corpus", "cached_small_corpus"):
         from . import generate
         return getattr(generate, name)

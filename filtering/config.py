@@ -1,0 +1,61 @@
+"""The `keywords` and `filters` sections of pipeline.yaml (the quality classifier's own
+settings: `filtering/quality_config.py`)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from genie_pipeline.filtering.quality_config import QualityConfig
+from genie_pipeline.shards.config import Section
+
+
+# ----------------------------------------------------------------------------- keywords
+class KeywordSet(Section):
+    """Terms matched case-insensitively as whole words (a term may be several words)."""
+
+    include: list[str] = Field(default_factory=list)
+    require: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+DEFAULT_INCLUDE = [
+    "platformer", "2d", "side-scroller", "side scroller", "mario", "super mario", "sonic",
+    "mega man", "megaman", "celeste", "hollow knight", "cuphead", "shovel knight", "rayman",
+    "donkey kong", "kirby", "castlevania", "metroid", "pitfall", "montezuma", "coinrun",
+    "kangaroo", "spelunky", "super meat boy", "ori", "terraria", "contra", "retro",
+]
+DEFAULT_REQUIRE = [
+    "speedrun", "speed run", "playthrough", "longplay", "gameplay", "walkthrough",
+    "let's play", "lets play", "no commentary", "full game", "any%", "100%", "world record",
+    "tas", "run",
+]
+DEFAULT_EXCLUDE = [
+    "movie", "film", "unboxing", "trailer", "reaction", "review", "reviews", "podcast",
+    "tutorial", "cosplay", "lego", "toy", "toys", "music video", "soundtrack", "ost",
+    "compilation", "memes", "animation", "cartoon", "news", "interview", "asmr",
+]
+
+
+class KeywordsConfig(KeywordSet):
+    include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    require: list[str] = Field(default_factory=lambda: list(DEFAULT_REQUIRE))
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    fields: list[Literal["title", "description"]] = Field(default_factory=lambda: ["title"])
+    # Named term sets that a source selects with `keywords: NAME` (robotics data has its own
+    # vocabulary, or none at all).
+    sets: dict[str, KeywordSet] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ filters
+class HeuristicsConfig(Section):
+    enabled: bool = True
+    min_motion: float = Field(default=0.1, ge=0, description="percent of pixels changing per frame below: static")
+    max_dark_fraction: float = Field(default=0.8, ge=0, le=1, description="share of near-black/blank frames above: black")
+    min_unique_fraction: float = Field(default=0.25, ge=0, le=1, description="share of frames that change below: slideshow")
+    max_cuts_per_min: float = Field(default=30.0, ge=0, description="scene cuts per minute above: rapid cuts")
+
+
+class FiltersConfig(Section):
+    heuristics: HeuristicsConfig = Field(default_factory=HeuristicsConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)

@@ -1,0 +1,418 @@
+"""The one reader of an ingest output `OUT/` and of WebDataset shards, for every consumer:
+quality training and scoring, refilter, verify, the training loader and the labelling page.
+
+    OUT/
+      manifest.parquet videos.parquet failures.parquet candidates.parquet   tables (`read_rows`)
+      stats.json                      counts and the clip spec the output was written with
+      clips/{video_key}.tar           the clip store (`shards.store`)
+      shards/{split}-NNNNNN.tar       WebDataset shards (+ .stats.json each)
+
+- `read_rows(out, table)`, `read_stats(out)`, `read_spec(out)`;
+- `existing_shards(shard_dir, split)`, `resolve_inputs(inputs, split)`: the shards behind
+  output dirs, shard dirs, tars and globs (local or remote);
+- `iter_tar_clips(path, stats)`: the clips of one shard as they stream by;
+- `ClipIndex.open(path)`: clips by key with their bytes on demand, from an ingest output (clip
+  store, else shards), a directory of stores or shards, or any folder of `.mp4` clips.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tarfile
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import pyarrow.parquet as pq
+
+from genie_pipeline.shards import fs
+from genie_pipeline.shards.clip import ClipSpec
+from genie_pipeline.shards.store import VIDEO_JSON
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+CLIP_EXTS = ("mp4",)
+
+
+class DataError(RuntimeError):
+    """Input that cannot be read as a dataset: nothing there, unreadable tables, or too many
+    missing or corrupt shards. The message names the path."""
+
+
+# ------------------------------------------------------------------------------ tables
+def table_path(out_dir: str, name: str) -> str:
+    return fs.join(out_dir, f"{name}.parquet")
+
+
+def read_rows(out_dir: str, name: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of one table; a table not written yet has none."""
+    p = table_path(out_dir, name)
+    if not fs.exists(p):
+        return []
+    try:
+        with fs.open_read(p) as f:
+            return pq.read_table(f, columns=columns).to_pylist()
+    except Exception as e:  # noqa: BLE001 — pyarrow raises many types for a damaged file
+        raise DataError(f"cannot read {p}: {e}") from None
+
+
+def read_stats(out_dir: str) -> dict[str, Any]:
+    p = fs.join(out_dir, "stats.json")
+    return json.loads(fs.read_bytes(p)) if fs.exists(p) else {}
+
+
+def read_spec(out_dir: str) -> ClipSpec | None:
+    """The clip spec the output was written with (None: an output that predates recording it)."""
+    spec = read_stats(out_dir).get("clip_spec")
+    return ClipSpec.from_json(spec) if spec else None
+
+
+# ------------------------------------------------------------------------------ shards
+def shard_name(split: str, n: int) -> str:
+    return f"{split}-{n:06d}.tar"
+
+
+def stats_name(tar_name: str) -> str:
+    return tar_name[: -len(".tar")] + ".stats.json"
+
+
+def existing_shards(shard_dir: str, split: str) -> list[str]:
+    return [p for p in fs.glob(fs.join(shard_dir, f"{split}-*.tar"))
+            if os.path.basename(p)[len(split) + 1: -4].isdigit()]
+
+
+@dataclass
+class ShardSet:
+    shards: list[str]
+    manifests: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+
+
+def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
+    """Shards (and manifests) behind the inputs. Each input is an ingest output dir (reads
+    `shards/SPLIT-*.tar` and records `manifest.parquet`), a dir of shards, a tar or a glob."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    shards: list[str] = []
+    manifests: list[str] = []
+    for inp in inputs:
+        inp = str(inp)
+        if any(c in fs.GLOB_CHARS for c in inp):
+            found = fs.glob(inp)
+            if not found:
+                raise DataError(f"{inp}: the pattern matches no files")
+            shards += found
+        elif inp.endswith(".tar"):
+            shards.append(inp)
+        elif fs.isdir(inp):
+            base = inp
+            if fs.isdir(fs.join(inp, "shards")):
+                base = fs.join(inp, "shards")
+                if fs.exists(fs.join(inp, "manifest.parquet")):
+                    manifests.append(fs.join(inp, "manifest.parquet"))
+            elif fs.exists(fs.join(inp, "..", "manifest.parquet")) and not fs.is_remote(inp):
+                manifests.append(os.path.normpath(fs.join(inp, "..", "manifest.parquet")))
+            found = fs.glob(fs.join(base, f"{split}-*.tar"))
+            if not found:
+                raise DataError(f"{inp}: no {split}-*.tar shards in {base}")
+            shards += found
+        else:
+            raise DataError(f"{inp}: no such directory or shard (give an ingest output dir, a .tar or a glob)")
+    seen = set()
+    uniq = [s for s in shards if not (s in seen or seen.add(s))]
+    if not uniq:
+        raise DataError("no shards given")
+    return ShardSet(shards=uniq, manifests=manifests, inputs=list(inputs))
+
+
+@dataclass
+class Clip:
+    key: str
+    data: bytes
+    meta: dict
+
+
+def _sample_key(name: str) -> tuple[str, str]:
+    base = os.path.basename(name)
+    prefix = os.path.dirname(name)
+    key, _, ext = base.partition(".")  # WebDataset cuts the key at the first dot
+    return (f"{prefix}/{key}" if prefix else key), ext
+
+
+def iter_tar_clips(path: str, stats: dict) -> Iterator[Clip]:
+    """Clips of one shard, in tar order. Unreadable shards and broken samples are counted in
+    `stats` (bad_shards / bad_samples) and skipped; never raises for bad data."""
+    def finish(key, parts):
+        if key is None:
+            return None
+        ext = next((e for e in CLIP_EXTS if e in parts), None)
+        meta = {}
+        if "json" in parts:
+            try:
+                meta = json.loads(parts["json"])
+            except ValueError:
+                meta = None
+        if ext is None or meta is None:
+            stats["bad_samples"] += 1
+            return None
+        return Clip(key=key, data=parts[ext], meta=meta)
+
+    try:
+        fobj = fs.open_read(path)
+    except (OSError, ImportError, ValueError) as e:
+        log.warning("skipping missing/unopenable shard %s: %s", path, e)
+        stats["bad_shards"] += 1
+        return
+    cur, parts = None, {}
+    try:
+        with fobj, tarfile.open(fileobj=fobj, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _sample_key(member.name)
+                if key != cur:
+                    clip = finish(cur, parts)
+                    if clip is not None:
+                        yield clip
+                    cur, parts = key, {}
+                f = tar.extractfile(member)
+                parts[ext] = f.read() if f is not None else b""
+        clip = finish(cur, parts)
+        if clip is not None:
+            yield clip
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as e:
+        log.warning("skipping the rest of corrupt shard %s: %s", path, e)
+        stats["bad_shards"] += 1
+
+
+
+# -------------------------------------------------------------------- clips by key
+_KEY_BAD = re.compile(r"[^a-z0-9_-]+")
+
+
+@dataclass
+class ClipInfo:
+    key: str
+    video_id: str
+    video_key: str
+    source: str
+    title: str = ""
+    channel: str = ""
+    game: str = ""
+    split: str = "train"
+    kept: bool = True
+    reason: str = ""
+    path: str = ""  # tar (clip store or shard) or the mp4 file
+    member: str | None = None  # name inside the tar; None: path is the mp4 itself
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def stratum(self) -> str:
+        return "/".join(x for x in (self.source, self.channel, self.game) if x) or "-"
+
+
+def _safe_key(s: str) -> str:
+    return _KEY_BAD.sub("-", s.lower()).strip("-") or "clip"
+
+
+class ClipIndex:
+    """Clips by key, in a stable order, with their bytes on demand."""
+
+    def __init__(self, root: str | Path, clips: Iterable[ClipInfo], kind: str):
+        self.root = str(root)
+        self.kind = kind  # ingest | store | shards | files
+        self.clips: dict[str, ClipInfo] = {}
+        for c in clips:
+            self.clips.setdefault(c.key, c)
+        self._tar_index: dict[str, dict[str, tuple[int, int]]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.clips
+
+    def __getitem__(self, key: str) -> ClipInfo:
+        return self.clips[key]
+
+    # ------------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | Path) -> "ClipIndex":
+        root = Path(path)
+        if not root.exists():
+            raise DataError(f"{root} does not exist")
+        if root.is_file():
+            if root.suffix == ".mp4":
+                return cls(root.parent, [_file_clip(root.parent, root)], "files")
+            raise DataError(f"{root} is a file: give an ingest output directory or a folder of mp4 clips")
+        if (root / "manifest.parquet").exists():
+            return cls(root, _ingest_clips(root), "ingest")
+        stores = sorted((root / "clips").glob("*.tar")) if (root / "clips").is_dir() else []
+        if stores:
+            return cls(root, _store_clips(stores), "store")
+        shards = sorted(root.glob("shards/*.tar")) or sorted(root.glob("*.tar"))
+        if shards:
+            return cls(root, _shard_clips(shards), "shards")
+        mp4s = sorted(p for p in root.rglob("*.mp4") if p.is_file())
+        if mp4s:
+            return cls(root, _file_clips(root, mp4s), "files")
+        raise DataError(f"{root} holds no clips: expected an ingest output (manifest.parquet, clips/, "
+                           "shards/) or a folder of .mp4 clips")
+
+    # ------------------------------------------------------------------------ reading
+    def read(self, key: str) -> bytes:
+        c = self.clips[key]
+        if c.member is None:
+            return Path(c.path).read_bytes()
+        idx = self._index(c.path)
+        if c.member not in idx:
+            raise DataError(f"{c.member} is not in {c.path}")
+        off, size = idx[c.member]
+        with open(c.path, "rb") as f:
+            f.seek(off)
+            return f.read(size)
+
+    def _index(self, tar_path: str) -> dict[str, tuple[int, int]]:
+        with self._lock:
+            idx = self._tar_index.get(tar_path)
+            if idx is None:
+                with tarfile.open(tar_path, "r") as tar:
+                    idx = {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
+                self._tar_index[tar_path] = idx
+            return idx
+
+    def readable(self, key: str) -> bool:
+        c = self.clips.get(key)
+        if c is None:
+            return False
+        if c.member is None:
+            return Path(c.path).is_file()
+        try:
+            return c.member in self._index(c.path)
+        except (OSError, tarfile.TarError):
+            return False
+
+
+def _ingest_clips(root: Path) -> list[ClipInfo]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(root / "manifest.parquet").to_pylist()
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"cannot read {root / 'manifest.parquet'}: {e}") from None
+    strata = _candidate_strata(root)
+    out = []
+    for r in rows:
+        channel, game = strata.get(r["video_key"], ("", ""))
+        store = root / "clips" / f"{r['video_key']}.tar"
+        if store.exists():
+            path, member = str(store), f"{r['key']}.mp4"
+        elif r.get("shard"):
+            shard = Path(r["shard"])
+            path = str(shard if shard.is_absolute() else root / "shards" / shard.name)
+            member = f"{r['key']}.mp4"
+        else:
+            path, member = str(store), f"{r['key']}.mp4"  # missing: reported when read
+        out.append(ClipInfo(key=r["key"], video_id=str(r["video_id"]), video_key=r["video_key"],
+                            source=r.get("source") or "", title=r.get("title") or "",
+                            channel=str(r.get("channel") or channel), game=str(r.get("game") or game),
+                            split=r.get("split") or "train", kept=bool(r.get("kept", True)),
+                            reason=r.get("reason") or "", path=path, member=member,
+                            extra={"quality_score": r.get("quality_score")}))
+    return out
+
+
+def _candidate_strata(root: Path) -> dict[str, tuple[str, str]]:
+    """video_key -> (channel, game) from candidates.parquet's `extra` where discovery recorded
+    them (a search result's channel/uploader; a catalog's game, else the search query)."""
+    import pyarrow.parquet as pq
+
+    path = root / "candidates.parquet"
+    if not path.exists():
+        return {}
+    try:
+        rows = pq.read_table(path, columns=["video_key", "extra"]).to_pylist()
+    except Exception:  # noqa: BLE001 — strata are a nicety; the sample works without them
+        return {}
+    out = {}
+    for r in rows:
+        try:
+            extra = json.loads(r["extra"] or "{}")
+        except (TypeError, json.JSONDecodeError):
+            continue
+        if isinstance(extra, dict):
+            channel = str(extra.get("channel") or extra.get("uploader") or "")
+            game = str(extra.get("game") or extra.get("query") or "")
+            out[r["video_key"]] = (channel, game)
+    return out
+
+
+def _store_clips(stores: list[Path]) -> list[ClipInfo]:
+    out = []
+    for store in stores:
+        with tarfile.open(store, "r") as tar:
+            m = tar.getmember(VIDEO_JSON) if VIDEO_JSON in tar.getnames() else None
+            if m is None:
+                continue
+            v = json.loads(tar.extractfile(m).read())
+        for c in v.get("clips", []):
+            out.append(ClipInfo(key=c["key"], video_id=str(c["video_id"]), video_key=c["video_key"],
+                                source=c.get("source", ""), title=c.get("title", ""), split=c.get("split", "train"),
+                                kept=bool(c.get("kept", True)), reason=c.get("reason", ""),
+                                path=str(store), member=f"{c['key']}.mp4"))
+    return out
+
+
+def _shard_clips(shards: list[Path]) -> list[ClipInfo]:
+    out = []
+    for shard in shards:
+        with tarfile.open(shard, "r") as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            for name in sorted(members):
+                if not name.endswith(".mp4"):
+                    continue
+                key = name[:-4]
+                meta = {}
+                if f"{key}.json" in members:
+                    try:
+                        meta = json.loads(tar.extractfile(members[f"{key}.json"]).read())
+                    except json.JSONDecodeError:
+                        meta = {}
+                vid = str(meta.get("video_id") or _video_of(key))
+                out.append(ClipInfo(key=key, video_id=vid, video_key=meta.get("video_key") or vid,
+                                    source=meta.get("source", ""), title=meta.get("title", ""),
+                                    split=meta.get("split", "train"), path=str(shard), member=name))
+    return out
+
+
+def _video_of(stem: str) -> str:
+    m = re.match(r"^(.*?)[_-]\d+$", stem)
+    return m.group(1) if m and m.group(1) else stem
+
+
+def _file_clip(root: Path, p: Path, seen: set | None = None) -> ClipInfo:
+    rel = p.relative_to(root)
+    parts = rel.parts[:-1]
+    video = "/".join(parts) if parts else _video_of(p.stem)
+    key = _safe_key("_".join(list(parts) + [p.stem]))
+    if seen is not None:
+        base, n = key, 1
+        while key in seen:
+            n += 1
+            key = f"{base}-{n}"
+        seen.add(key)
+    return ClipInfo(key=key, video_id=video, video_key=_safe_key(video), source=parts[0] if len(parts) > 1 else "files",
+                    title=p.stem, path=str(p), member=None)
+
+
+def _file_clips(root: Path, mp4s: list[Path]) -> list[ClipInfo]:
+    seen: set[str] = set()
+    return [_file_clip(root, p, seen) for p in mp4s]
+
+
