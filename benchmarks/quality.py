@@ -109,9 +109,10 @@ def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
     import numpy as np
     import torch
 
-    from genie_pipeline.filtering.quality import QualityNet, load_quality_model
+    from genie_pipeline.filtering.quality import load_quality_model
+    from genie_pipeline.filtering.quality.frames import sample_frames
+    from genie_pipeline.filtering.quality.model import QualityNet
     from genie_pipeline.shards.reader import ClipIndex
-    from genie_pipeline.filtering.quality_frames import sample_frames
 
     torch.set_num_threads(1)
     index = ClipIndex.open(out)
@@ -153,9 +154,11 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from genie_pipeline.filtering.quality import load_quality_model, score_clips
-    from genie_pipeline.filtering.quality_frames import sample_frames
-    from genie_pipeline.filtering.quality_train import clip_metrics, split_videos, train_quality
+    from genie_pipeline.filtering.quality import load_quality_model, train_quality
+    from genie_pipeline.filtering.quality.frames import sample_frames
+    from genie_pipeline.filtering.quality.metrics import clip_metrics
+    from genie_pipeline.filtering.quality.score import score_clips
+    from genie_pipeline.filtering.quality.train import split_videos
 
     video_of = {k: index[k].video_id for k in labels}
     vlabel: dict[str, str] = {}
@@ -171,8 +174,8 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
         rest = {v: lab for v, lab in vlabel.items() if fold_of[v] != f}
         sp = split_videos(rest, 0.25, 0.0, qcfg.seed + f)
         t0 = time.time()
-        meta = train_quality(index, labels, work / f"cv{f}" / "model.pt", qcfg, progress=False,
-                             split={"train": sp["train"], "val": sp["val"], "test": test})
+        meta = train_quality(index, labels, work / f"cv{f}" / "model.pt", qcfg, label_source="labels",
+                             progress=False, split={"train": sp["train"], "val": sp["val"], "test": test})
         model, _ = load_quality_model(str(work / f"cv{f}" / "model.pt"), bf16="off")
         keys = [k for k in labels if video_of[k] in test]
         k_frames = meta["model_params"]["frames_per_clip"]
@@ -228,11 +231,9 @@ def main() -> int:
 
     import torch
 
-    from genie_pipeline.filtering.quality import reference_labels
-    from genie_pipeline.filtering.quality_config import QualityConfig
+    from genie_pipeline.corpus.reference import reference_labels
+    from genie_pipeline.filtering.quality import QualityConfig, resolve_labels, train_quality
     from genie_pipeline.shards.reader import ClipIndex
-    from genie_pipeline.filtering.quality_data import resolve_labels
-    from genie_pipeline.filtering.quality_train import train_quality
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-quality-"))

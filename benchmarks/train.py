@@ -28,10 +28,13 @@ import torch  # noqa: E402
 
 from genie_pipeline.training import distributed as dist_lib  # noqa: E402
 from genie_pipeline.training.config import TrainConfig  # noqa: E402
-from genie_pipeline.training.data import WindowDataset, WindowLoader, make_decoder  # noqa: E402
+from genie_pipeline.training.decoders import make_decoder  # noqa: E402
+from genie_pipeline.training.loader import WindowDataset, WindowLoader  # noqa: E402
 from genie_pipeline.shards.reader import iter_tar_clips, resolve_inputs
-from genie_pipeline.training.synthetic import write_synthetic_shards  # noqa: E402
-from genie_pipeline.training.trainer import PhaseTrainer, _tokens_per_frame, build_model_config  # noqa: E402
+from genie_pipeline.shards.config import ClipsConfig  # noqa: E402
+from tests.fixtures.output import write_sprite_output  # noqa: E402
+from genie_pipeline.training.run import build_model_config  # noqa: E402
+from genie_pipeline.training.trainer import PhaseTrainer, tokens_per_frame  # noqa: E402
 
 
 def bench_loader(shards: list[str], decoder: str, windows: int, windows_per_clip: int = 8) -> dict:
@@ -85,7 +88,7 @@ def bench_training(model: str, batch: int, steps: int, threads: int, tmp: Path, 
                       warmup_steps=1, threads=threads, precision=precision, seed=0)
     mcfg = build_model_config(cfg)
     out = tmp / f"{model}-{precision}"
-    n_tok = _tokens_per_frame(mcfg)
+    n_tok = tokens_per_frame(mcfg)
     gen = torch.Generator().manual_seed(0)
     video = torch.randint(0, 256, (batch, cfg.frames, 3, mcfg.image_height, mcfg.image_width), dtype=torch.uint8,
                           generator=gen)
@@ -134,9 +137,11 @@ def main(argv=None) -> int:
     }
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        write_synthetic_shards(tmp / "ingest", n_train_shards=4, clips_per_shard=8, n_val_shards=0, seed=0)
+        write_sprite_output(tmp / "ingest", n_train_shards=4, clips_per_shard=8, n_val_shards=0, seed=0)
         sets = {"synthetic": resolve_inputs([str(tmp / "ingest")]).shards}
-        results["data"] = {"synthetic": "4 shards x 8 clips, 160 frames 160x90 h264 g=16 (training/synthetic.py)"}
+        spec = ClipsConfig().spec
+        results["data"] = {"synthetic": f"4 shards x 8 clips, {spec.frames} frames {spec.width}x{spec.height} h264 "
+                                         f"g={spec.keyframe_interval} (tests/fixtures)"}
         if args.shards:
             sets["given"] = resolve_inputs(args.shards).shards
             results["data"]["given"] = sets["given"]

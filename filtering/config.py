@@ -1,12 +1,12 @@
 """The `keywords` and `filters` sections of pipeline.yaml (the quality classifier's own
-settings: `filtering/quality_config.py`)."""
+settings: `filtering/quality/config.py`)."""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
-from genie_pipeline.filtering.quality_config import QualityConfig
+from genie_pipeline.filtering.quality.config import QualityConfig
 from genie_pipeline.shards.config import Section
 
 

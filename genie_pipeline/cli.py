@@ -1,12 +1,21 @@
-"""`genie-pipeline` command line. Exit status: 0 ok, 1 a check failed, 2 bad config or usage."""
+"""`genie-pipeline`: every subcommand. Argument parsing lives here and nowhere else.
+
+Every command reads `pipeline.yaml` (`-c`, optional except for ingest and run) and takes
+`--set section.key=VALUE` overrides (VALUE is YAML). Exit status: 0 ok, 1 a check or a run
+failed (or another run holds the output), 2 a bad config, flag or input (the message names it).
+
+    torchrun --nproc_per_node 2 -m genie_pipeline.cli train -c pipeline.yaml out/ingest
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
-from genie_pipeline.config import ConfigError, load_config
+from genie_pipeline.config import ConfigError, PipelineConfig, check_train, load_config
 
 # Beam warns at import that GCP client libraries are missing; they are only needed on Dataflow
 # (`pip install -e '.[dataflow]'`), where the warning does not appear
@@ -15,18 +24,19 @@ logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _config(args) -> "object":
-    return load_config(args.config, output_dir=getattr(args, "output", None))
+def _config(args, require_sources: bool = False) -> PipelineConfig:
+    return load_config(getattr(args, "config", None), sets=getattr(args, "set", None) or [],
+                       output_dir=getattr(args, "output", None), require_sources=require_sources)
 
 
-# ------------------------------------------------------------------------------ commands
+# ------------------------------------------------------------------ ingest and checks
 def cmd_ingest(args, beam_args) -> int:
     from genie_pipeline.ingest.pipeline import run_ingest, summary_table
 
-    cfg = _config(args)
+    cfg = _config(args, require_sources=True)
     stats = run_ingest(cfg, beam_args, retry_failed=args.retry_failed)
     print(summary_table(stats))
-    out = os.path.abspath(cfg.output.dir)
+    out = cfg.output.dir if "://" in cfg.output.dir else os.path.abspath(cfg.output.dir)
     print(f"\noutputs in {out}: shards/, manifest.parquet, videos.parquet, failures.parquet, "
           f"candidates.parquet, stats.json")
     return 0
@@ -35,14 +45,15 @@ def cmd_ingest(args, beam_args) -> int:
 def cmd_verify(args, _) -> int:
     from genie_pipeline.shards.verify import verify
 
-    spec = load_config(args.config).clips.spec if args.config else None
-    problems = verify(args.out, spec=spec, decode=not args.no_decode)
+    # the output records its own clip spec; the config's serves outputs that predate it
+    problems = verify(args.out, spec=_config(args).clips.spec, decode=not args.no_decode)
     for p in problems:
         print(f"PROBLEM {p}")
     print(f"verify {args.out}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
     return 1 if problems else 0
 
 
+# ------------------------------------------------------------------------ sample corpus
 def cmd_sample_corpus(args, _) -> int:
     from genie_pipeline.corpus.generate import generate_corpus
 
@@ -58,107 +69,255 @@ def cmd_serve_corpus(args, _) -> int:
     return 0
 
 
-def cmd_train(args, _) -> int:
-    from genie_pipeline.training.cli import run_train
-
-    return run_train(args, _config(args))
-
-
-def cmd_run(args, beam_args) -> int:
-    """Ingest, then train on what was ingested: the downstream job starts once data is ready."""
-    rc = cmd_ingest(args, beam_args)
-    if rc:
-        return rc
-    from genie_pipeline.training.cli import run_train
-
-    cfg = _config(args)
-    if not getattr(args, "inputs", None):
-        args.inputs = [cfg.output.dir]
-    return run_train(args, cfg)
+# ------------------------------------------------------------------------ quality loop
+def _labels_db(cfg: PipelineConfig, input_dir: str) -> str:
+    q = cfg.filters.quality
+    if q.labels_db:
+        return q.labels_db
+    p = Path(input_dir)
+    return str(p / "labels.sqlite" if p.is_dir() else p.with_suffix(".labels.sqlite"))
 
 
 def cmd_label(args, _) -> int:
-    from genie_pipeline.filtering.label import run_label
+    from genie_pipeline.filtering.quality import (default_labeller, export_labels, import_labels,
+                                                  open_label_store, serve_labels)
+    from genie_pipeline.shards.reader import ClipIndex
 
-    return run_label(args)
+    cfg = _config(args)
+    index = ClipIndex.open(args.input)
+    store = open_label_store(_labels_db(cfg, args.input))
+    try:
+        if args.export:
+            print(f"exported {export_labels(store, args.export)} labels to {args.export}")
+        elif args.import_:
+            n = import_labels(store, index, args.import_)
+            print(f"imported {n} new labels from {args.import_} into {store.path}")
+        else:
+            serve_labels(index, store, host=args.host, port=args.port, token=args.token, target=args.target,
+                         seed=args.seed, resample=args.resample,
+                         labeller=args.labeller if args.labeller is not None else default_labeller())
+        return 0
+    finally:
+        store.close()
 
 
 def cmd_train_quality(args, _) -> int:
-    from genie_pipeline.filtering.quality_train import run_train_quality
+    from genie_pipeline.filtering.quality import load_labels, resolve_labels, train_quality
+    from genie_pipeline.shards.reader import ClipIndex
 
-    return run_train_quality(args, _config(args) if args.config else None)
+    cfg = _config(args)
+    q = cfg.filters.quality
+    input_dir = args.input or cfg.output.dir
+    index = ClipIndex.open(input_dir)
+    if args.reference_catalog:
+        from genie_pipeline.corpus.reference import reference_labels
+
+        events, source = reference_labels(input_dir, args.reference_catalog), f"reference labels from {args.reference_catalog}"
+    else:
+        source = _labels_db(cfg, input_dir)
+        events = load_labels(source)
+    out = q.model or str(Path(input_dir) / "quality" / "model.pt")
+    meta = train_quality(index, resolve_labels(events), out, q, label_source=source,
+                         progress=not args.no_progress, ignore_missing=args.ignore_missing)
+    print(f"wrote {out} (+ {Path(out).with_suffix('.json').name}, {', '.join(meta['pictures'].values())})")
+    print(_quality_summary(meta))
+    return 0
+
+
+def _quality_summary(meta: dict) -> str:
+    which = "test" if "test" in meta["metrics"] else "val"
+    m = meta["metrics"][which]
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return (f"threshold {meta['threshold']:.4f} (target precision {meta['target_precision']}"
+            f"{'' if meta['target_met'] else ', NOT reached on validation'}); {which}: ROC-AUC {f(m['roc_auc'])}, "
+            f"precision {f(m['precision'])}, recall {f(m['recall'])} on {m['n']} clips; "
+            f"trained in {meta['training']['seconds']:.0f} s")
 
 
 def cmd_refilter(args, _) -> int:
-    from genie_pipeline.filtering.quality import run_refilter
+    from genie_pipeline.filtering.quality import read_metadata, refilter, score_manifest
 
-    return run_refilter(args, _config(args) if args.config else None)
+    cfg = _config(args)
+    q = cfg.filters.quality
+    out = args.out or cfg.output.dir
+    threshold = q.threshold
+    if threshold is None and q.model:
+        threshold = float(read_metadata(q.model)["threshold"])
+    if threshold is None:
+        raise ConfigError("filters.quality.threshold", "set it (--set filters.quality.threshold=X) or "
+                                                       "filters.quality.model, whose stored threshold is used")
+    if args.rescore and not q.model:
+        raise ConfigError("filters.quality.model", "--rescore needs a model (--set filters.quality.model=PATH)")
+    rows = score_manifest(out, q) if args.rescore else None
+    r = refilter(out, threshold, cfg.shards, cfg.clips.spec, rows=rows)
+    print(f"refilter {out}: threshold {threshold:.4f}: {r['kept_before']} -> {r['kept_after']} clips kept "
+          f"of {r['clips']} ({r['rejected']} newly rejected, {r['kept']} restored)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- training
+def _train(cfg: PipelineConfig, args) -> int:
+    from genie_pipeline.shards.reader import DataError
+    from genie_pipeline.training.run import train_main
+
+    check_train(cfg)
+    inputs = list(getattr(args, "inputs", None) or cfg.train.data or [cfg.output.dir])
+    try:
+        summary = train_main(cfg.train, stage=args.stage, inputs=inputs, resume=args.resume)
+    except DataError as e:  # shards went missing or corrupt past the threshold: the run failed
+        print(f"genie-pipeline: training data: {e}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args, _) -> int:
+    return _train(_config(args), args)
+
+
+def cmd_run(args, beam_args) -> int:
+    """Ingest, then train on what was ingested."""
+    cfg = _config(args, require_sources=True)
+    check_train(cfg)  # before hours of ingest, not after
+    rc = cmd_ingest(args, beam_args)
+    return rc or _train(cfg, args)
+
+
+def cmd_play(args, _) -> int:
+    from genie_pipeline.training.play import play
+
+    out = play(args.checkpoint, args.image, args.actions, args.out, args.steps, args.temperature, args.greedy,
+               args.seed, args.fps, device=args.device)
+    print(out)
+    return 0
 
 
 # -------------------------------------------------------------------------------- parser
+def _common(p: argparse.ArgumentParser, config_required: bool = False) -> argparse.ArgumentParser:
+    p.add_argument("--config", "-c", required=config_required, help="pipeline.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (VALUE is YAML), e.g. --set train.batch_size=16; repeatable")
+    return p
+
+
+def _ingest_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", help="the output directory (overrides output.dir)")
+    p.add_argument("--retry-failed", action="store_true", help="retry videos that failed in earlier runs")
+    p.set_defaults(beam_passthrough=True)
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", choices=("tokenizer", "dynamics", "all"), default="all",
+                   help="tokenizer (phase 1), dynamics (phase 2: LAM + dynamics on the frozen tokenizer) or all")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from the latest checkpoints in train.out_dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="genie-pipeline", description=__doc__)
+    ap = argparse.ArgumentParser(prog="genie-pipeline", description=__doc__.split("\n\n")[0])
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    def with_config(p, required=True):
-        p.add_argument("--config", "-c", required=required, help="pipeline.yaml")
+    def command(name, func, help_, config_required=False):
+        p = _common(sub.add_parser(name, help=help_), config_required)
+        p.set_defaults(func=func)
         return p
 
-    p = with_config(sub.add_parser("ingest", help="find, download, cut, filter and shard videos "
-                                                  "(extra --flags go to Beam, e.g. --runner DataflowRunner)"))
-    p.add_argument("--output", "-o", help="overrides output.dir")
-    p.add_argument("--retry-failed", action="store_true", help="retry videos that failed in earlier runs")
-    p.set_defaults(func=cmd_ingest, beam_passthrough=True)
+    p = command("ingest", cmd_ingest, "find, download, cut, filter and shard videos "
+                "(unknown --flags go to Beam, e.g. --runner DataflowRunner)", config_required=True)
+    _ingest_flags(p)
 
-    p = sub.add_parser("verify", help="check shards and manifest of an ingest output; exit 1 on any problem")
+    p = command("verify", cmd_verify, "check shards and manifest of an ingest output; exit 1 on any problem")
     p.add_argument("out")
-    p.add_argument("--config", "-c", help="clip spec to check against (default 160 frames 160x90 10 FPS)")
     p.add_argument("--no-decode", action="store_true", help="skip decoding every clip")
-    p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("sample-corpus", help="render the embedded sample corpus from simulators")
+    p = command("sample-corpus", cmd_sample_corpus, "render the embedded sample corpus from simulators")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=["small", "full", "quality"], default="full",
                    help="quality: 30 games, one clean and one degraded video each (for measuring the classifier)")
-    p.set_defaults(func=cmd_sample_corpus)
 
-    p = sub.add_parser("serve-corpus", help="serve a sample corpus over HTTP with a search endpoint")
+    p = command("serve-corpus", cmd_serve_corpus, "serve a sample corpus over HTTP with a search endpoint")
     p.add_argument("dir")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    p.set_defaults(func=cmd_serve_corpus)
 
-    _optional(sub, "genie_pipeline.training.cli", "add_train_args", "train", "train the Genie model from shards", cmd_train, with_config)
-    p = _optional(sub, "genie_pipeline.training.cli", "add_train_args", "run", "ingest, then train", cmd_run, with_config)
-    if p is not None:
-        p.add_argument("--output", "-o", help="overrides output.dir")
-        p.add_argument("--retry-failed", action="store_true")
-        p.set_defaults(beam_passthrough=True)
-    _optional(sub, "genie_pipeline.filtering.label", "add_label_args", "label", "web page for labelling clips", cmd_label, None)
-    _optional(sub, "genie_pipeline.filtering.quality_train", "add_train_quality_args", "train-quality",
-              "train the ResNet18 quality classifier from labels", cmd_train_quality,
-              lambda p: with_config(p, required=False))
-    _optional(sub, "genie_pipeline.filtering.quality", "add_refilter_args", "refilter",
-              "re-apply a quality threshold and rewrite shards", cmd_refilter, lambda p: with_config(p, required=False))
+    p = command("label", cmd_label, "web page for labelling clips (labels: filters.quality.labels_db, "
+                "default INPUT/labels.sqlite)")
+    p.add_argument("input", help="ingest output directory, or a folder of mp4 clips")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    p.add_argument("--token", default=os.environ.get("GENIE_LABEL_TOKEN"),
+                   help="access token, required for a non-loopback --host (env GENIE_LABEL_TOKEN)")
+    p.add_argument("--target", type=int, default=1000, help="clips in the labelling sample (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--resample", action="store_true", help="draw a new sample (labels are kept)")
+    p.add_argument("--labeller", default=None, help="default labeller name shown on the page (default: login name)")
+    p.add_argument("--export", metavar="FILE", default=None,
+                   help="write the labels to FILE (.parquet, or .json for Label Studio) and exit")
+    p.add_argument("--import", dest="import_", metavar="FILE", default=None,
+                   help="read labels from a Label Studio JSON export (or our Parquet export) and exit")
+
+    p = command("train-quality", cmd_train_quality, "train the ResNet18 quality classifier from labels "
+                "(filters.quality.labels_db → filters.quality.model)")
+    p.add_argument("input", nargs="?", default=None,
+                   help="ingest output directory or folder of mp4 clips (default: output.dir)")
+    p.add_argument("--reference-catalog", default=None, metavar="CATALOG",
+                   help="instead of labels: each clip gets its video's quality_label from a sample-corpus catalog")
+    p.add_argument("--ignore-missing", action="store_true", help="skip labels of clips that don't exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = command("refilter", cmd_refilter, "re-apply the quality threshold (filters.quality.threshold, else "
+                "the model's) and rewrite shards")
+    p.add_argument("out", nargs="?", default=None, help="ingest output directory (default: output.dir)")
+    p.add_argument("--rescore", action="store_true", help="score every clip again with filters.quality.model first")
+
+    p = command("train", cmd_train, "train the Genie model from shards (also under torchrun)")
+    p.add_argument("inputs", nargs="*", metavar="INPUTS",
+                   help="ingest output dirs, shard dirs, .tar files or globs (local or gs://, s3://); "
+                        "default: train.data, else output.dir")
+    _train_flags(p)
+
+    p = command("run", cmd_run, "ingest, then train on what was ingested", config_required=True)
+    _ingest_flags(p)
+    _train_flags(p)
+
+    p = command("play", cmd_play, "prompt a trained Genie with an image and step latent actions → GIF")
+    p.add_argument("--checkpoint", required=True, help="genie.pt of a run (or a phase-2 checkpoint)")
+    p.add_argument("--image", required=True, help="prompt image (png/jpg/...) or a video (its first frame)")
+    p.add_argument("--actions", default="random:16", help="comma-separated action ids, or random:N")
+    p.add_argument("--out", default="play.gif")
+    p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model config)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=int, default=5)
+    p.add_argument("--device", default="cpu")
     return ap
 
 
-def _optional(sub, module: str, adder: str, name: str, help_: str, func, with_config):
-    """Commands whose arguments live beside their implementation."""
-    import importlib
+# ---------------------------------------------------------------------------- errors
+def _exit_code(e: Exception) -> int | None:
+    """Exit status for the project's own error types (None: a bug, let it raise). The types
+    are imported here, when an error happened, so that `--help` loads no torch."""
+    from genie_pipeline.filtering.quality import QualityError
+    from genie_pipeline.ingest.errors import IngestError
+    from genie_pipeline.models.config import ModelConfigError
+    from genie_pipeline.shards.fs import OutputBusy
+    from genie_pipeline.shards.reader import DataError
+    from genie_pipeline.training.errors import TrainingError
 
-    try:
-        add = getattr(importlib.import_module(module), adder)
-    except (ImportError, AttributeError):
-        return None
-    p = sub.add_parser(name, help=help_)
-    if with_config:
-        with_config(p)
-    add(p)
-    p.set_defaults(func=func)
-    return p
+    if isinstance(e, OutputBusy):  # not the user's mistake: another run holds the output
+        return 1
+    if isinstance(e, (QualityError, DataError, ModelConfigError, TrainingError)):
+        return 2
+    if isinstance(e, IngestError):
+        return 1
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,14 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genie-pipeline: config error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        # bad labels or model files: a clear message, not a traceback
-        if type(e).__name__ == "OutputBusy":  # not the user's config: another run holds the output
-            print(f"genie-pipeline: {e}", file=sys.stderr)
-            return 1
-        if type(e).__name__ == "QualityError":
-            print(f"genie-pipeline: {e}", file=sys.stderr)
-            return 2
-        raise
+        code = _exit_code(e)
+        if code is None:
+            raise
+        print(f"genie-pipeline: {e}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 sample corpus → serve it on 127.0.0.1 → ingest through a yt-dlp search (same code path as
 YouTube) plus a LeRobot dataset → verify → quality classifier → training → rollout GIF.
+The demo's settings are pipeline.yaml with the overlay demo.yaml.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+from genie_pipeline.config import PipelineConfig, load_config
 from genie_pipeline.ingest.config import LeRobotSource
 
-from genie_pipeline.config import load_config
-
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
 def step(msg: str) -> None:
@@ -23,7 +24,7 @@ def step(msg: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--config", default=str(ROOT / "pipeline.yaml"))
     ap.add_argument("--size", choices=["small", "full"], default="full")
@@ -41,13 +42,34 @@ def main(argv=None) -> int:
     else:
         print("  (already rendered)")
 
+    cfg = load_config(args.config, sets=[f"train.out_dir={out / 'train'}"], output_dir=str(out / "ingest"),
+                      overlay=HERE / "demo.yaml")
+    if (corpus / "lerobot" / "meta" / "info.json").exists():
+        cfg.sources.append(LeRobotSource(type="lerobot", name="robot", root=str(corpus / "lerobot")))
+    if _ingest(cfg, corpus):
+        return 1
+
+    from genie_pipeline.corpus.reference import demo_quality
+
+    step("quality classifier from the corpus's reference labels")
+    quality = demo_quality(cfg, corpus)
+    trained = None if args.skip_train else _train(cfg)
+
+    step(f"done in {time.time() - t0:.0f} s")
+    print(f"  corpus:      {corpus}  (catalog.jsonl)")
+    print(f"  ingest:      {cfg.output.dir}  (shards/, manifest.parquet, videos.parquet, failures.parquet, stats.json)")
+    print(f"  quality:     {quality}")
+    if trained:
+        print(f"  training:    {trained}")
+    return 0
+
+
+def _ingest(cfg: PipelineConfig, corpus: Path) -> int:
+    """Ingest the served corpus, then verify; the number of problems found."""
     from genie_pipeline.corpus.serve import CorpusServer
     from genie_pipeline.ingest.pipeline import run_ingest, summary_table
     from genie_pipeline.shards.verify import verify
 
-    cfg = load_config(args.config, output_dir=str(out / "ingest"))
-    if (corpus / "lerobot" / "meta" / "info.json").exists():
-        cfg.sources.append(LeRobotSource(type="lerobot", name="robot", root=str(corpus / "lerobot")))
     with CorpusServer(corpus) as server:
         os.environ["GENIE_CORPUS_URL"] = server.url
         step(f"ingest: search {server.url} through yt-dlp → {cfg.output.dir}")
@@ -58,43 +80,42 @@ def main(argv=None) -> int:
     problems = verify(cfg.output.dir)
     for p in problems:
         print("  PROBLEM", p)
-    if problems:
-        return 1
-    print("  OK")
-
-    quality = _quality(cfg, corpus)
-    trained = None if args.skip_train else _train(cfg, out)
-
-    step(f"done in {time.time() - t0:.0f} s")
-    print(f"  corpus:      {corpus}  (catalog.jsonl)")
-    print(f"  ingest:      {cfg.output.dir}  (shards/, manifest.parquet, videos.parquet, failures.parquet, stats.json)")
-    if quality:
-        print(f"  quality:     {quality}")
-    if trained:
-        print(f"  training:    {trained}")
-    return 0
+    print("  OK" if not problems else f"  {len(problems)} problem(s)")
+    return len(problems)
 
 
-def _quality(cfg, corpus: Path):
-    """Train the quality classifier from the corpus's reference labels and filter with it."""
-    try:
-        from genie_pipeline.filtering.quality_demo import demo_quality
-    except ImportError:
-        return None
-    step("quality classifier from the corpus's reference labels")
-    # a short schedule: the demo shows the loop on ~30 labelled clips in a couple of minutes;
-    # real label sets train with the config's defaults
-    quick = cfg.filters.quality.model_copy(update={"epochs": 6, "min_epochs": 3, "steps_per_epoch": 8})
-    return demo_quality(cfg.model_copy(update={"filters": cfg.filters.model_copy(update={"quality": quick})}), corpus)
+def _train(cfg: PipelineConfig) -> str:
+    """A short tiny-config run on the demo shards, then a rollout from a held-out clip."""
+    from genie_pipeline.config import check_train
+    from genie_pipeline.training.play import play
+    from genie_pipeline.training.run import train_main
 
-
-def _train(cfg, out: Path):
-    try:
-        from genie_pipeline.training.demo import demo_train
-    except ImportError:
-        return None
     step("train the Genie model (tiny config) on the demo shards")
-    return demo_train(cfg, out / "train")
+    check_train(cfg)
+    run_dir = Path(cfg.train.out_dir)
+    summary = train_main(cfg.train, stage="all", inputs=[cfg.output.dir], resume=(run_dir / "run.json").exists())
+    # prompt with a frame the model was not trained on: the first val clip if any
+    prompt = run_dir / "prompt.mp4"
+    prompt.write_bytes(_first_clip(cfg.output.dir))
+    gif = play(summary["genie_checkpoint"], str(prompt), "random:24", run_dir / "rollout.gif")
+    for name, phase in summary["phases"].items():
+        m = phase.get("final_metrics", {})
+        print(f"  {name}: {phase.get('steps')} steps, loss {phase.get('first_loss', float('nan')):.4f} → "
+              f"{m.get('loss', float('nan')):.4f}")
+    return f"{run_dir} (metrics.csv, tensorboard/, samples/, genie.pt; rollout: {gif})"
+
+
+def _first_clip(out_dir: str) -> bytes:
+    from genie_pipeline.shards.reader import DataError, iter_tar_clips, resolve_inputs
+
+    for split in ("val", "train"):
+        try:
+            shards = resolve_inputs([out_dir], split).shards
+        except DataError:
+            continue
+        for clip in iter_tar_clips(shards[0], {"bad_shards": 0, "bad_samples": 0}):
+            return clip.data
+    raise DataError(f"no clip in {out_dir}/shards")
 
 
 if __name__ == "__main__":

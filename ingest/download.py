@@ -18,6 +18,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from genie_pipeline.ingest.config import DownloadConfig
+from genie_pipeline.ingest.errors import IngestError
+from genie_pipeline.shards import fs
 from genie_pipeline.shards.records import Candidate
 
 _RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|refused|aborted)|"
@@ -43,12 +45,6 @@ class YtdlpLog:
 
     def error(self, msg):
         self.log.info(msg)
-
-
-class DownloadFailed(Exception):
-    def __init__(self, error_type: str, message: str):
-        super().__init__(message)
-        self.error_type = error_type
 
 
 @dataclass
@@ -112,7 +108,7 @@ class HostGate:
 
 
 class Downloader:
-    """Created once per worker (Beam `setup()`); `fetch` per candidate."""
+    """Created once per worker (by the VideoProcessor); `fetch` per candidate."""
 
     def __init__(self, cfg: DownloadConfig, scratch_dir: str):
         self.cfg = cfg
@@ -121,16 +117,17 @@ class Downloader:
         self.gate = HostGate(os.path.join(scratch_dir, ".hosts"), cfg.per_host_concurrency, cfg.per_host_rate)
 
     def fetch(self, cand: Candidate) -> Fetched:
+        """The candidate's video as a local file; IngestError (stage "download") if there is none."""
         if cand.url:
             return self._fetch_url(cand)
-        path = cand.path.removeprefix("file://") if cand.path else None
-        if path and "://" in path:
+        if cand.path and fs.is_remote(cand.path):
             return self._copy_remote(cand)
-        if path:
-            if not os.path.isfile(path):
-                raise DownloadFailed("FileNotFound", f"no such file: {path}")
-            return Fetched(path, temporary=False)
-        raise DownloadFailed("NoLocation", "candidate has neither url nor path")
+        path = fs.local(cand.path or "")
+        if not path:
+            raise _failed("NoLocation", "candidate has neither url nor path")
+        if not os.path.isfile(path):
+            raise _failed("FileNotFound", f"no such file: {path}")
+        return Fetched(path, temporary=False)
 
     # ------------------------------------------------------------------ URLs via yt-dlp
     def _fetch_url(self, cand: Candidate) -> Fetched:
@@ -139,11 +136,11 @@ class Downloader:
             parts = urllib.parse.urlsplit(url)
             host = parts.hostname or ""
         except ValueError as e:
-            raise DownloadFailed("BadURL", f"cannot parse URL: {e}") from None
+            raise _failed("BadURL", f"cannot parse URL: {e}") from None
         scheme = parts.scheme.lower()
         if scheme not in self.cfg.allowed_schemes:
-            raise DownloadFailed("DisallowedScheme",
-                                 f"URL scheme {scheme or '(none)'!r} not in download.allowed_schemes {self.cfg.allowed_schemes}")
+            raise _failed("DisallowedScheme",
+                          f"URL scheme {scheme or '(none)'!r} not in download.allowed_schemes {self.cfg.allowed_schemes}")
         attempts = 0
         while True:
             attempts += 1
@@ -151,7 +148,7 @@ class Downloader:
                 with self.gate.slot(host):
                     path = self._ytdlp(url, cand.video_key)
                 return Fetched(path, temporary=not self.cfg.keep, attempts=attempts)
-            except DownloadFailed:
+            except IngestError:
                 raise
             except Exception as e:
                 msg = _clean(str(e))
@@ -160,7 +157,7 @@ class Downloader:
                     delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempts - 1))
                     time.sleep(delay * (0.5 + random.random()))  # jitter: workers don't retry in step
                     continue
-                raise DownloadFailed(_error_type(msg, code, e), f"after {attempts} attempt(s): {msg}") from None
+                raise _failed(_error_type(msg, code, e), f"after {attempts} attempt(s): {msg}") from None
 
     def _ytdlp(self, url: str, vkey: str) -> str:
         import yt_dlp
@@ -187,28 +184,30 @@ class Downloader:
         with yt_dlp.YoutubeDL(opts) as ydl:
             info = ydl.extract_info(url, download=True)
         if info is None:
-            raise DownloadFailed("Filtered", "yt-dlp skipped the video (match filter: too long, or a playlist)")
+            raise _failed("Filtered", "yt-dlp skipped the video (match filter: too long, or a playlist)")
         if info.get("_type") == "playlist":
-            raise DownloadFailed("Playlist", "URL is a playlist, not a video")
+            raise _failed("Playlist", "URL is a playlist, not a video")
         for d in info.get("requested_downloads") or []:
             if d.get("filepath") and os.path.exists(d["filepath"]):
                 return d["filepath"]
         if info.get("filesize") and info["filesize"] > opts["max_filesize"]:
-            raise DownloadFailed("TooLarge", f"{info['filesize']} bytes > download.max_filesize_mb")
-        raise DownloadFailed("NoFile", "yt-dlp finished without a file (over max_filesize_mb, or no format matched)")
+            raise _failed("TooLarge", f"{info['filesize']} bytes > download.max_filesize_mb")
+        raise _failed("NoFile", "yt-dlp finished without a file (over max_filesize_mb, or no format matched)")
 
     # ------------------------------------------------------------------ cloud paths
     def _copy_remote(self, cand: Candidate) -> Fetched:
-        from apache_beam.io.filesystems import FileSystems
-
         ext = os.path.splitext(cand.path)[1][:8] if re.match(r"^\.[A-Za-z0-9]{1,7}$", os.path.splitext(cand.path)[1]) else ""
         local = os.path.join(self.scratch, cand.video_key + ext)
         try:
-            with FileSystems.open(cand.path) as src, open(local, "wb") as dst:
+            with fs.open_read(cand.path) as src, open(local, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except Exception as e:
-            raise DownloadFailed(type(e).__name__, f"cannot copy {cand.path}: {e}") from None
+            raise _failed(type(e).__name__, f"cannot copy {cand.path}: {e}") from None
         return Fetched(local, temporary=not self.cfg.keep)
+
+
+def _failed(error_type: str, message: str) -> IngestError:
+    return IngestError("download", error_type, message)
 
 
 _KINDS = [(re.compile(r"timed? ?out", re.I), "Timeout"), (re.compile(r"Connection refused", re.I), "ConnectionRefused"),

@@ -1,7 +1,12 @@
 """Discovery: each source type turns its config into candidate videos, before any download.
 
 `discover(source)` yields `Candidate`s and `Failure`s (a query that fails or a catalog row
-that names no video is recorded, and discovery goes on).
+that names no video is recorded, and discovery goes on); `Discover` is the same as a stage
+of the Beam job, counting the candidates.
+
+Search runs through yt-dlp for every prefix: `ytsearchN:` reaches YouTube, and the sample
+corpus's `gcsearchN:` is a yt-dlp plugin (yt_dlp_plugins/extractor/geniecorpus.py) that
+yt-dlp loads from sys.path when a YoutubeDL is created.
 """
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ import re
 from typing import Any, Iterator
 
 from genie_pipeline.ingest.config import (CatalogSource, FilesSource, LeRobotSource, SearchSource,
-                                   UrlsSource)
+                                          UrlsSource)
 from genie_pipeline.ingest.download import YtdlpLog
+from genie_pipeline.ingest.errors import Count, no_count
+from genie_pipeline.shards import fs
 from genie_pipeline.shards.records import Candidate, Failure, video_key
 
 
@@ -35,7 +42,6 @@ def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
             "extractor_args": src.extractor_args, "noprogress": True, "logger": YtdlpLog()}
     seen: set[str] = set()
     with yt_dlp.YoutubeDL(opts) as ydl:
-        _register_local_search(ydl)
         for q in src.queries:
             query = f"{src.prefix}{src.max_results}:{q}"
             try:
@@ -60,27 +66,15 @@ def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
                 )
 
 
-def _register_local_search(ydl) -> None:
-    """Offline search backend over the sample corpus (`gcsearch`), same code path as YouTube."""
-    try:
-        from genie_pipeline.corpus.search_ie import add_corpus_extractor
-    except ImportError:
-        return
-    add_corpus_extractor(ydl)
-
-
 # ------------------------------------------------------------------------------ catalog
 def _read_table(path: str, fmt: str) -> list[dict[str, Any]]:
-    from apache_beam.io.filesystems import FileSystems
-
     if fmt == "auto":
         ext = posixpath.splitext(path.lower())[1]
         fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
                ".parquet": "parquet", ".pq": "parquet"}.get(ext, "")
         if not fmt:
             raise ValueError(f"cannot tell the format of {path!r} from its extension: set `format`")
-    with FileSystems.open(path) as f:
-        data = f.read()
+    data = fs.read_bytes(path)
     if fmt == "jsonl":
         rows = []
         for i, line in enumerate(data.decode("utf-8").splitlines(), 1):
@@ -131,11 +125,8 @@ def discover_urls(src: UrlsSource) -> Iterator[Candidate | Failure]:
     urls = list(src.urls)
     if src.path:
         try:
-            from apache_beam.io.filesystems import FileSystems
-
-            with FileSystems.open(src.path) as fh:
-                urls += [ln.strip() for ln in fh.read().decode("utf-8").splitlines()
-                         if ln.strip() and not ln.lstrip().startswith("#")]
+            urls += [ln.strip() for ln in fs.read_bytes(src.path).decode("utf-8").splitlines()
+                     if ln.strip() and not ln.lstrip().startswith("#")]
         except Exception as e:
             yield _fail(src.name, _hash_id(src.path), f"cannot read URL list {src.path}: {e}", type(e).__name__)
     seen = set()
@@ -151,32 +142,28 @@ _SEP_RE = re.compile(r"[_.\-]+")
 
 
 def discover_files(src: FilesSource) -> Iterator[Candidate | Failure]:
-    from apache_beam.io.filesystems import FileSystems
-
     pattern = src.glob if "://" in src.glob else os.path.abspath(src.glob)
     try:
-        matches = FileSystems.match([pattern])[0].metadata_list
+        matches = fs.list_files(pattern)
     except Exception as e:
         yield _fail(src.name, _hash_id(src.glob), f"cannot list {src.glob}: {e}", type(e).__name__)
         return
-    for m in sorted(matches, key=lambda m: m.path):
-        path = m.path
+    for path, size in matches:
         stem, ext = posixpath.splitext(posixpath.basename(path))
         if ext.lower() == ".json":
             continue  # sidecars
         title, desc = _SEP_RE.sub(" ", stem).strip(), ""
         for sidecar in (posixpath.splitext(path)[0] + ".json", posixpath.splitext(path)[0] + ".info.json"):
             try:
-                if FileSystems.exists(sidecar):
-                    with FileSystems.open(sidecar) as fh:
-                        meta = json.loads(fh.read())
+                if fs.exists(sidecar):
+                    meta = json.loads(fs.read_bytes(sidecar))
                     title = str(meta.get("title") or title)
                     desc = str(meta.get("description") or "")
                     break
             except Exception:
                 pass  # a bad sidecar only costs the nicer title
         yield Candidate(source=src.name, video_id=_hash_id(path), path=path, title=title,
-                        description=desc, extra={"size_bytes": m.size_in_bytes})
+                        description=desc, extra={"size_bytes": size})
 
 
 # ------------------------------------------------------------------------------ lerobot
@@ -256,11 +243,25 @@ DISCOVER = {"search": discover_search, "catalog": discover_catalog, "urls": disc
 
 
 def discover(src) -> Iterator[Candidate | Failure]:
+    """The candidates of one source config (any type), at most `src.limit` items."""
     items = DISCOVER[src.type](src)
     for n, item in enumerate(items):
         if src.limit is not None and n >= src.limit:
             return
         yield item
+
+
+class Discover:
+    """The discovery stage: a source config in, its candidates and failures out."""
+
+    def __init__(self, count: Count = no_count):
+        self.count = count
+
+    def __call__(self, src) -> Iterator[Candidate | Failure]:
+        for item in discover(src):
+            if isinstance(item, Candidate):
+                self.count("candidates")
+            yield item
 
 
 def _float(v: Any) -> float | None:

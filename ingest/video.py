@@ -1,9 +1,10 @@
-"""Probe, decode once to the clip format, cut into fixed windows, encode clips.
+"""Probe, decode once to the clip format, cut into fixed windows.
 
 One PyAV filter graph does everything after decoding (rotation, fps resampling by timestamp,
 scaling with one scaler, padding/cropping, RGB), so every clip in the project is resized by
 the same implementation. Decoding streams: at most one clip of frames is held at a time,
-whatever the length of the source.
+whatever the length of the source. A video that cannot be used raises IngestError (stage
+probe or decode, error type "VideoError").
 """
 from __future__ import annotations
 
@@ -14,15 +15,13 @@ from typing import Iterator
 import av
 import numpy as np
 
+from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.shards.config import ClipsConfig
 
 
-class VideoError(Exception):
-    """A video that cannot be used; `stage` says where it failed (probe, decode, encode)."""
-
-    def __init__(self, stage: str, message: str):
-        super().__init__(message)
-        self.stage = stage
+def _unusable(stage: str, message: str) -> IngestError:
+    """A video that cannot be used; `stage` says where it failed (probe, decode)."""
+    return IngestError(stage, "VideoError", message)
 
 
 @dataclass
@@ -40,7 +39,7 @@ def probe(path: str) -> ProbeInfo:
     try:
         with av.open(path) as c:
             if not c.streams.video:
-                raise VideoError("probe", "no video stream (audio-only or not a video)")
+                raise _unusable("probe", "no video stream (audio-only or not a video)")
             s = c.streams.video[0]
             if s.duration is not None and s.time_base is not None:
                 duration = float(s.duration * s.time_base)
@@ -53,16 +52,16 @@ def probe(path: str) -> ProbeInfo:
                 first = next(c.decode(s))
                 rotation = int(round(first.rotation or 0)) % 360
             except (StopIteration, av.FFmpegError):
-                raise VideoError("probe", "no decodable video frame") from None
+                raise _unusable("probe", "no decodable video frame") from None
             return ProbeInfo(
                 duration_s=duration, width=s.codec_context.width, height=s.codec_context.height,
                 fps=float(s.average_rate or s.guessed_rate or 0), rotation=rotation,
                 codec=s.codec_context.name, has_audio=bool(c.streams.audio),
             )
-    except VideoError:
+    except IngestError:
         raise
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise VideoError("probe", f"{type(e).__name__}: {e}") from None
+        raise _unusable("probe", f"{type(e).__name__}: {e}") from None
 
 
 def _filter_chain(cfg: ClipsConfig, rotation: int) -> list[tuple[str, str]]:
@@ -81,21 +80,19 @@ def _filter_chain(cfg: ClipsConfig, rotation: int) -> list[tuple[str, str]]:
 
 
 def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None,
-                end_s: float | None = None, threads: int = 1) -> Iterator[np.ndarray]:
+                end_s: float | None = None) -> Iterator[np.ndarray]:
     """Decoded frames at cfg.fps and cfg.height × cfg.width, RGB uint8 (H, W, 3)."""
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError) as e:
-        raise VideoError("decode", f"{type(e).__name__}: {e}") from None
+        raise _unusable("decode", f"{type(e).__name__}: {e}") from None
     with container:
         if not container.streams.video:
-            raise VideoError("probe", "no video stream (audio-only or not a video)")
+            raise _unusable("probe", "no video stream (audio-only or not a video)")
         stream = container.streams.video[0]
         # one thread per worker process: Beam runs one worker per core, and codec threads
         # cost CPU time in synchronisation that a throughput job does not want to pay
-        if threads != 1:
-            stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
+        stream.codec_context.thread_count = 1
         if start_s:
             container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
         graph = None
@@ -115,9 +112,9 @@ def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None,
                 graph.vpush(None)
                 yield from _drain(graph, sink, final=True)
         except av.FFmpegError as e:
-            raise VideoError("decode", f"{type(e).__name__}: {e}") from None
+            raise _unusable("decode", f"{type(e).__name__}: {e}") from None
     if graph is None:
-        raise VideoError("decode", "no decodable video frame")
+        raise _unusable("decode", "no decodable video frame")
 
 
 def _build_graph(stream, first_frame, cfg: ClipsConfig):

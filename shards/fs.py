@@ -58,6 +58,13 @@ def glob(pattern: str) -> list[str]:
     return sorted(_glob.glob(local(pattern)))
 
 
+def list_files(pattern: str) -> list[tuple[str, int]]:
+    """(path, size in bytes) of each file an absolute `pattern` matches, sorted by path, by
+    Beam's matching on every filesystem: `*` stays in one folder, `**` crosses folders,
+    folders themselves never match."""
+    return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def open_read(path: str):
     return FileSystems.open(path) if is_remote(path) else open(local(path), "rb")
 

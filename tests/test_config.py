@@ -3,33 +3,43 @@ import sys
 
 import pytest
 
-from genie_pipeline.config import ConfigError, load_config, parse_config
+from genie_pipeline.config import ConfigError, PipelineConfig, load_config, parse_config
 from tests.conftest import ROOT
 
 OK = {"sources": [{"type": "search", "name": "gc", "queries": ["pitfall"]}]}
 
 
-def test_shipped_pipeline_yaml_loads_with_documented_defaults():
+def test_shipped_pipeline_yaml_documents_every_default():
+    """The shipped file is the reference: every section's keys and values equal the schema's
+    defaults, lists and mappings included (only `sources` is an example of the user's own)."""
+    import yaml
+
     cfg = load_config(ROOT / "pipeline.yaml")
     assert cfg.clips.frames == 160 and (cfg.clips.width, cfg.clips.height, cfg.clips.fps) == (160, 90, 10)
-    assert cfg.runner.name == "FnApiRunner"
-    # every section of the schema appears in the shipped file, so every default is documented
+    shipped = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
+    assert set(shipped) == set(PipelineConfig.model_fields)
+    defaults = PipelineConfig().model_dump(mode="json")
+    for section in PipelineConfig.model_fields:
+        if section == "sources":
+            continue
+        assert shipped[section] == defaults[section], _diff(section, shipped[section], defaults[section])
+
+
+def _diff(path, shipped, default) -> str:
+    if isinstance(shipped, dict) and isinstance(default, dict):
+        for k in sorted(set(shipped) | set(default)):
+            if shipped.get(k, "<missing>") != default.get(k, "<missing>"):
+                return _diff(f"{path}.{k}", shipped.get(k, "<missing>"), default.get(k, "<missing>"))
+    return f"{path}: pipeline.yaml says {shipped!r}, the schema's default is {default!r}"
+
+
+def test_drift_check_sees_a_changed_list_value():
+    """The comparison above would fail on a list that differs in one element."""
     import yaml
 
     shipped = yaml.safe_load((ROOT / "pipeline.yaml").read_text())
-    assert set(type(cfg).model_fields) <= set(shipped)
-    sections = {"keywords": cfg.keywords, "download": cfg.download, "clips": cfg.clips, "shards": cfg.shards,
-                "runner": cfg.runner, "output": cfg.output, "train": cfg.train,
-                "filters.heuristics": cfg.filters.heuristics, "filters.quality": cfg.filters.quality}
-    for dotted, model in sections.items():
-        node = shipped
-        for part in dotted.split("."):
-            node = node[part]
-        assert set(node) == set(type(model).model_fields), f"{dotted}: documented keys differ from the schema"
-        # and the documented value is the default (the file is the reference)
-        fresh = type(model)()
-        for k in node:
-            assert node[k] == getattr(fresh, k) or isinstance(getattr(fresh, k), (dict, list)), (dotted, k)
+    shipped["keywords"]["exclude"] = shipped["keywords"]["exclude"][:-1] + ["zzz"]
+    assert shipped["keywords"] != PipelineConfig().model_dump(mode="json")["keywords"]
 
 
 @pytest.mark.parametrize("patch, key", [
@@ -68,6 +78,7 @@ def test_output_override(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("sources:\n  - {type: search, name: gc, queries: [a]}\n")
     assert load_config(p, output_dir=str(tmp_path / "o")).output.dir == str(tmp_path / "o")
+    assert load_config(p, ["output.dir=x"]).output.dir == "x"
 
 
 def test_train_sizes_that_dont_fit_exit_2_naming_the_key(tmp_path):
@@ -77,3 +88,49 @@ def test_train_sizes_that_dont_fit_exit_2_naming_the_key(tmp_path):
     r = subprocess.run([sys.executable, "-m", "genie_pipeline.cli", "train", "-c", str(p), str(tmp_path)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "tokenizer.st.heads" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("sets, key", [
+    (["clips.fps=0"], "clips.fps"),
+    (["clips.fsp=12"], "clips.fsp"),
+    (["nope.x=1"], "nope.x"),
+    (["clips"], "--set"),
+    (["sources.3.limit=1"], "sources.3"),
+    (["train.batch_size=[1"], "train.batch_size"),
+])
+def test_set_overrides_name_a_bad_key(sets, key):
+    with pytest.raises(ConfigError) as e:
+        parse_config(OK, sets)
+    assert e.value.key == key, str(e.value)
+
+
+def test_set_overrides_values_as_yaml():
+    cfg = parse_config(OK, ["clips.fps=5", "filters.quality.mode=score_only", "sources.0.limit=3",
+                            "train.overrides.tokenizer.patch=8", "keywords.exclude=[movie]"])
+    assert cfg.clips.fps == 5 and cfg.filters.quality.mode == "score_only" and cfg.sources[0].limit == 3
+    assert cfg.train.overrides == {"tokenizer": {"patch": 8}} and cfg.keywords.exclude == ["movie"]
+    assert OK["sources"][0].get("limit") is None  # the caller's mapping is untouched
+
+
+def test_commands_that_read_outputs_need_no_sources():
+    assert parse_config({"train": {"batch_size": 2}}, require_sources=False).train.batch_size == 2
+    assert load_config(None, ["clips.fps=5"], require_sources=False).clips.fps == 5
+    with pytest.raises(ConfigError) as e:
+        parse_config({"train": {"batch_size": 2}})
+    assert e.value.key == "sources"
+
+
+def test_cli_set_exits_2_naming_the_key(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "genie_pipeline.cli", "verify", str(tmp_path), "--set", "clips.fsp=3"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "clips.fsp" in r.stderr and "unknown key" in r.stderr, r.stderr
+
+
+def test_demo_overlay_merges_key_by_key():
+    base = load_config(ROOT / "pipeline.yaml")
+    demo = load_config(ROOT / "pipeline.yaml", ["train.batch_size=2"], overlay=ROOT / "genie_pipeline" / "demo.yaml")
+    assert (demo.filters.quality.epochs, demo.train.model, demo.train.tokenizer_steps) == (6, "tiny", 80)
+    assert demo.train.batch_size == 2  # --set comes after the overlay
+    # what the overlay does not name stays as pipeline.yaml says
+    assert demo.filters.quality.patience == base.filters.quality.patience and demo.sources == base.sources
+    assert demo.train.lr == base.train.lr

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from genie_pipeline.ingest.config import DownloadConfig
-from genie_pipeline.ingest.download import Downloader, DownloadFailed, HostGate
+from genie_pipeline.ingest.download import Downloader, HostGate
+from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.shards.records import Candidate
 
 
@@ -25,10 +26,10 @@ def test_flaky_429_is_retried_with_backoff(corpus_server, small_corpus, tmp_path
 
 def test_gives_up_after_retries_and_names_the_code(corpus_server, tmp_path):
     d = Downloader(DownloadConfig(retries=1, backoff_s=0.01, per_host_rate=100), str(tmp_path))
-    with pytest.raises(DownloadFailed) as e:
+    with pytest.raises(IngestError) as e:
         d.fetch(cand(f"{corpus_server.url}/status/500"))
     assert e.value.error_type == "HTTP500" and "after 2 attempt" in str(e.value)
-    with pytest.raises(DownloadFailed) as e:
+    with pytest.raises(IngestError) as e:
         d.fetch(cand(f"{corpus_server.url}/status/404"))
     assert e.value.error_type == "HTTP404" and "after 1 attempt" in str(e.value)  # 404 is not retried
 
@@ -36,12 +37,15 @@ def test_gives_up_after_retries_and_names_the_code(corpus_server, tmp_path):
 def test_size_cap_and_schemes(corpus_server, small_corpus, tmp_path):
     f = sorted((small_corpus / "videos").glob("*.mp4"))[0]
     d = Downloader(DownloadConfig(max_filesize_mb=0.001, per_host_rate=100), str(tmp_path))
-    with pytest.raises(DownloadFailed):
+    with pytest.raises(IngestError) as e:
         d.fetch(cand(f"{corpus_server.url}/videos/{f.name}"))
+    # a direct link has no size before the download: yt-dlp stops at Content-Length and
+    # leaves no file (TooLarge needs a size the extractor knew in advance)
+    assert (e.value.stage, e.value.error_type) == ("download", "NoFile")
     for url in ("file:///etc/passwd", "ftp://x/y.mp4", "javascript:alert(1)", "/relative.mp4"):
-        with pytest.raises(DownloadFailed) as e:
+        with pytest.raises(IngestError) as e:
             d.fetch(cand(url))
-        assert e.value.error_type == "DisallowedScheme"
+        assert (e.value.stage, e.value.error_type) == ("download", "DisallowedScheme")
     assert not list(tmp_path.glob("*.mp4"))
 
 

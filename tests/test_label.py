@@ -18,14 +18,15 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from genie_pipeline.filtering.label import export_labels, import_labels  # noqa: E402
-from genie_pipeline.filtering.label.labelstudio import parse_labelstudio  # noqa: E402
-from genie_pipeline.filtering.label.sample import spread, stratified_sample  # noqa: E402
-from genie_pipeline.filtering.label.server import LabelApp, host_name, make_server  # noqa: E402
-from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
-from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
-from genie_pipeline.filtering.quality_data import QualityError, load_labels, resolve_labels
-from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
+from genie_pipeline.filtering.quality import (QualityError, export_labels, import_labels, load_labels,  # noqa: E402
+                                              resolve_labels)
+from genie_pipeline.filtering.quality.label.labelstudio import parse_labelstudio  # noqa: E402
+from genie_pipeline.filtering.quality.label.sample import spread, stratified_sample  # noqa: E402
+from genie_pipeline.filtering.quality.label.server import LabelApp, host_name, make_server  # noqa: E402
+from genie_pipeline.filtering.quality.label.store import LabelStore  # noqa: E402
+from genie_pipeline.filtering.quality.labels import label_counts  # noqa: E402
+from genie_pipeline.shards.reader import ClipIndex, DataError  # noqa: E402
+from tests.fixtures.output import write_quality_output  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT_TITLE = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned=2\"> & \"quotes\""
@@ -34,7 +35,7 @@ SCRIPT_TITLE = "<script>window.__pwned = 1</script><img src=x onerror=\"window._
 @pytest.fixture(scope="module")
 def fixture(tmp_path_factory):
     out = tmp_path_factory.mktemp("lfx") / "out"
-    make_fixture(out, n_good=3, n_bad=3, clips_per_video=2, seed=4, titles={0: SCRIPT_TITLE})
+    write_quality_output(out, n_good=3, n_bad=3, clips_per_video=2, seed=4, titles={0: SCRIPT_TITLE})
     return out
 
 
@@ -65,7 +66,7 @@ def test_store_survives_a_killed_writer(tmp_path):
     """A process that labels and is then SIGKILLed mid-run loses nothing it was answered for."""
     db = tmp_path / "k.sqlite"
     code = (f"import sys, os, signal; sys.path.insert(0, {str(ROOT)!r})\n"
-            "from filtering.label.store import LabelStore\n"
+            "from genie_pipeline.filtering.quality.label.store import LabelStore\n"
             f"st = LabelStore({str(db)!r})\n"
             "for i in range(5): st.add(f'c{i}', 'good', 'k')\n"
             "print('saved', flush=True)\n"
@@ -93,7 +94,8 @@ def test_store_concurrent_labellers(tmp_path):
         t.join()
     assert not errors
     assert len(st.current_labels()) == 100
-    assert st.counts()["labelled"] == 25 and st.counts()["good"] == 12
+    counts = label_counts(st.current_labels())
+    assert counts["labelled"] == 25 and counts["good"] == 12
 
 
 # -------------------------------------------------------------------------------- sample
@@ -142,7 +144,7 @@ def test_clip_index_kinds(fixture, tmp_path):
     assert c.video_id == "game_a" and files.read(c.key) == ingest.read(key)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(QualityError, match="holds no clips"):
+    with pytest.raises(DataError, match="holds no clips"):
         ClipIndex.open(empty)
 
 
@@ -296,20 +298,27 @@ def test_server_binding_rules(server):
 
 
 def test_label_cli_export_import(fixture, tmp_path, capsys):
-    import argparse
+    from genie_pipeline.cli import main
 
-    from genie_pipeline.filtering.label import add_label_args, run_label
+    def label(db, *flags):
+        return main(["label", str(fixture), "--set", f"filters.quality.labels_db={db}", *map(str, flags)])
 
-    p = argparse.ArgumentParser()
-    add_label_args(p)
     db = tmp_path / "cli.sqlite"
     st = LabelStore(db)
     key = next(iter(ClipIndex.open(fixture).clips))
     st.add(key, "bad", "ann")
     st.close()
-    assert run_label(p.parse_args([str(fixture), "--db", str(db), "--export", str(tmp_path / "e.json")])) == 0
-    assert run_label(p.parse_args([str(fixture), "--db", str(tmp_path / "new.sqlite"), "--import", str(tmp_path / "e.json")])) == 0
+    assert label(db, "--export", tmp_path / "e.json") == 0
+    assert label(tmp_path / "new.sqlite", "--import", tmp_path / "e.json") == 0
     assert resolve_labels(load_labels(tmp_path / "new.sqlite")) == {key: "bad"}
-    args = p.parse_args([str(fixture), "--db", str(db), "--host", "0.0.0.0", "--token", ""])
-    with pytest.raises(Exception, match="--token"):  # ConfigError: the CLI prints it, exit 2
-        run_label(args)
+    capsys.readouterr()
+    assert label(db, "--host", "0.0.0.0", "--token", "") == 2  # a QualityError naming the flag: exit 2
+    assert "--token" in capsys.readouterr().err
+    # a port another server holds: exit 2 naming the flags, no traceback
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert label(db, "--port", busy.getsockname()[1]) == 2
+    assert "--host/--port" in capsys.readouterr().err

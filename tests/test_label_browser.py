@@ -18,9 +18,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
+from genie_pipeline.filtering.quality.label.store import LabelStore  # noqa: E402
 from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
-from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
+from tests.fixtures.output import write_quality_output  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("GENIE_CHROMIUM", "/usr/bin/chromium")  # Debian's chromium
@@ -58,7 +58,8 @@ class Server:
     def start(self):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "genie_pipeline.filtering.label", str(self.out), "--db", str(self.db), "--port", "0",
+            [sys.executable, "-m", "genie_pipeline.cli", "label", str(self.out),
+             "--set", f"filters.quality.labels_db={self.db}", "--port", "0",
              "--target", "12", "--labeller", ""],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         deadline = time.time() + 60
@@ -82,7 +83,7 @@ class Server:
 
 def test_label_page_in_chromium(tmp_path, playwright_browser):
     out = tmp_path / "out"
-    make_fixture(out, n_good=3, n_bad=3, clips_per_video=2, seed=7, titles={0: SCRIPT_TITLE})
+    write_quality_output(out, n_good=3, n_bad=3, clips_per_video=2, seed=7, titles={0: SCRIPT_TITLE})
     db = tmp_path / "labels.sqlite"
     srv = Server(out, db).start()
     page = playwright_browser.new_page()

@@ -13,13 +13,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from genie_pipeline.filtering.quality import (QualityNet, ScoreQuality, apply_threshold, load_backbone_weights,  # noqa: E402
-                               load_quality_model, read_metadata, reference_labels, refilter,
-                               sample_frames, sample_indices, save_quality_model, score_clips)
-from genie_pipeline.filtering.quality_config import QualityConfig  # noqa: E402
+from genie_pipeline.corpus.reference import reference_labels  # noqa: E402
+from genie_pipeline.filtering.quality import (QualityConfig, QualityError, ScoreQuality, apply_threshold,  # noqa: E402
+                                              load_quality_model, read_metadata, refilter, save_quality_model)
+from genie_pipeline.filtering.quality.frames import sample_frames, sample_indices  # noqa: E402
+from genie_pipeline.filtering.quality.model import QualityNet, load_backbone_weights  # noqa: E402
+from genie_pipeline.filtering.quality.score import score_clips  # noqa: E402
+from genie_pipeline.shards.config import ClipsConfig, ShardsConfig  # noqa: E402
 from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
-from genie_pipeline.filtering.quality_data import QualityError
-from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
+from tests.fixtures.output import write_quality_output  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def fixture(tmp_path_factory):
     out = tmp_path_factory.mktemp("qfx") / "out"
-    info = make_fixture(out, n_good=3, n_bad=3, clips_per_video=2, seed=3)
+    info = write_quality_output(out, n_good=3, n_bad=3, clips_per_video=2, seed=3)
     return out, info
 
 
@@ -109,7 +111,6 @@ def test_image_stats_tell_degradations_apart():
 
 
 def test_sample_frames_other_sizes_and_garbage(tmp_path):
-    from genie_pipeline.shards.config import ClipsConfig
     from genie_pipeline.shards.clip import encode_clip
 
     frames = np.random.default_rng(0).integers(0, 255, (40, 64, 96, 3), dtype=np.uint8)
@@ -247,16 +248,14 @@ def test_score_quality_stage(fixture, model_file, tmp_path):
 
 
 def test_score_quality_off_and_config_errors(fixture, tmp_path):
-    from genie_pipeline.config import ConfigError
-
     _, info = fixture
     got = _run_stages({"off": (info["videos"][:2], QualityConfig(mode="off"))})["off"]
     v0 = info["videos"][0]
     assert [(c.key, c.kept, math.isnan(c.quality_score)) for c in got[v0.video_key].clips] == \
         [(c.key, c.kept, True) for c in v0.clips]
-    with pytest.raises(ConfigError, match="filters.quality.model"):
+    with pytest.raises(QualityError, match="filters.quality.model"):
         ScoreQuality(QualityConfig(mode="filter"), 1)
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(QualityError, match="filters.quality.model: .*does not exist"):
         ScoreQuality(QualityConfig(mode="score_only", model=str(tmp_path / "none.pt")), 1)
 
 
@@ -283,7 +282,7 @@ def test_apply_threshold_rules():
 
 def test_refilter_rewrites_shards_from_manifest(tmp_path):
     out = tmp_path / "out"
-    make_fixture(out, n_good=2, n_bad=2, clips_per_video=2, seed=5)
+    write_quality_output(out, n_good=2, n_bad=2, clips_per_video=2, seed=5)
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     for i, r in enumerate(rows):
         r["quality_score"] = (i + 0.5) / len(rows)
@@ -293,8 +292,8 @@ def test_refilter_rewrites_shards_from_manifest(tmp_path):
 
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS["manifest"]), out / "manifest.parquet")
     with pytest.raises(QualityError, match="no manifest"):
-        refilter(str(tmp_path / "nothing"), 0.5)
-    r = refilter(str(out), 0.5)
+        refilter(str(tmp_path / "nothing"), 0.5, ShardsConfig(), ClipsConfig().spec)
+    r = refilter(str(out), 0.5, ShardsConfig(), ClipsConfig().spec)
     after = {x["key"]: x for x in pq.read_table(out / "manifest.parquet").to_pylist()}
     for x in rows:
         a = after[x["key"]]
@@ -310,7 +309,7 @@ def test_refilter_rewrites_shards_from_manifest(tmp_path):
             in_shards |= {n[:-4] for n in tar.getnames() if n.endswith(".mp4")}
     assert in_shards == kept and r["kept_after"] == len(kept)
     # lowering the threshold restores the quality rejects: nothing was decoded from sources
-    r2 = refilter(str(out), 0.0)
+    r2 = refilter(str(out), 0.0, ShardsConfig(), ClipsConfig().spec)
     assert r2["kept_after"] == sum(x["reason"] in ("", "quality") for x in rows)
 
 

@@ -1,21 +1,21 @@
 """train-quality: threshold choice, video split, the whole training run, clear errors."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from genie_pipeline.filtering.label.store import LabelStore  # noqa: E402
+from genie_pipeline.cli import main  # noqa: E402
+from genie_pipeline.filtering.quality.label.store import LabelStore  # noqa: E402
+from genie_pipeline.filtering.quality.metrics import choose_threshold, clip_metrics  # noqa: E402
+from genie_pipeline.filtering.quality.train import split_videos  # noqa: E402
 from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
-from genie_pipeline.filtering.quality_data import QualityError
-from genie_pipeline.filtering.quality_fixture import make_fixture  # noqa: E402
-from genie_pipeline.filtering.quality_train import (add_train_quality_args, choose_threshold, clip_metrics,  # noqa: E402
-                                     run_train_quality, split_videos)
+from tests.fixtures.output import write_quality_output  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,14 +24,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def fixture(tmp_path_factory):
     out = tmp_path_factory.mktemp("tfx") / "out"
-    info = make_fixture(out, n_good=5, n_bad=5, clips_per_video=2, seed=11)
+    info = write_quality_output(out, n_good=5, n_bad=5, clips_per_video=2, seed=11)
     return out, info
 
 
-def _args(*argv):
-    p = argparse.ArgumentParser()
-    add_train_quality_args(p)
-    return p.parse_args([str(a) for a in argv])
+def _sets(**values) -> list[str]:
+    return [a for k, v in values.items() for a in ("--set", f"filters.quality.{k}={v}")]
+
+
+def _fails(capsys, argv, pattern) -> None:
+    """The CLI exits 2 with a message matching `pattern` (no traceback)."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert re.search(pattern, err), err
 
 
 def test_choose_threshold_for_target_precision():
@@ -65,12 +70,10 @@ TINY = dict(epochs=3, min_epochs=1, patience=3, frames_per_clip=2, train_batch_s
 @pytest.fixture(scope="module")
 def trained(fixture, tmp_path_factory):
     """One training run through the CLI (reference labels), shared by the tests below."""
-    from genie_pipeline.filtering.quality_config import QualityConfig
-
     out, info = fixture
     model = tmp_path_factory.mktemp("tq") / "q" / "model.pt"
-    rc = run_train_quality(_args(out, "--reference-catalog", info["catalog"], "--out", model, "--no-progress"),
-                           QualityConfig(**TINY))
+    rc = main(["train-quality", str(out), "--reference-catalog", str(info["catalog"]), "--no-progress",
+               *_sets(model=model, **TINY)])
     assert rc == 0
     return model
 
@@ -80,7 +83,9 @@ def test_train_quality_cli_end_to_end(fixture, trained):
     weights_only and scores clips like the metadata says."""
     from PIL import Image
 
-    from genie_pipeline.filtering.quality import load_quality_model, sample_frames, score_clips
+    from genie_pipeline.filtering.quality import load_quality_model
+    from genie_pipeline.filtering.quality.frames import sample_frames
+    from genie_pipeline.filtering.quality.score import score_clips
 
     out, info = fixture
     model = trained
@@ -109,63 +114,56 @@ def test_train_quality_cli_end_to_end(fixture, trained):
     assert again["roc_auc"] == pytest.approx(meta["metrics"]["test"]["roc_auc"], abs=1e-6)
 
 
-def test_train_quality_clear_errors(fixture, tmp_path):
+def test_train_quality_clear_errors(fixture, tmp_path, capsys):
     out, info = fixture
     keys = list(ClipIndex.open(out).clips)
-    cfg = None  # the CLI without --config: defaults
+
+    def train(input_dir, labels_db):  # the CLI without --config: defaults
+        return ["train-quality", input_dir, *_sets(labels_db=labels_db)]
 
     empty = tmp_path / "empty.sqlite"
     LabelStore(empty).close()
-    with pytest.raises(QualityError, match="no labels"):
-        run_train_quality(_args(out, "--labels", empty), cfg)
+    _fails(capsys, train(out, empty), "no labels")
 
     one = tmp_path / "one.sqlite"
     with LabelStore(one) as st:
         for k in keys[:4]:
             st.add(k, "good", "ann")
         st.add(keys[4], "skip", "ann")
-    with pytest.raises(QualityError, match="all 4 labelled clips are 'good'"):
-        run_train_quality(_args(out, "--labels", one), cfg)
+    _fails(capsys, train(out, one), "all 4 labelled clips are 'good'")
 
     ghost = tmp_path / "ghost.sqlite"
     with LabelStore(ghost) as st:
         st.add(keys[0], "good", "ann")
         st.add(keys[1], "bad", "ann")
         st.add("yt_gone_000016000", "bad", "ann")
-    with pytest.raises(QualityError, match="don't exist.*yt_gone_000016000"):
-        run_train_quality(_args(out, "--labels", ghost), cfg)
+    _fails(capsys, train(out, ghost), "don't exist.*yt_gone_000016000")
 
     broken = tmp_path / "broken.sqlite"
     broken.write_bytes(b"SQLite format 3\x00" + b"\x00garbage" * 500)
-    with pytest.raises(QualityError, match="corrupted"):
-        run_train_quality(_args(out, "--labels", broken), cfg)
+    _fails(capsys, train(out, broken), "corrupted")
     not_json = tmp_path / "labels.json"
     not_json.write_text('[{"data": ')
-    with pytest.raises(QualityError, match="corrupted"):
-        run_train_quality(_args(out, "--labels", not_json), cfg)
-    with pytest.raises(QualityError, match="does not exist"):
-        run_train_quality(_args(out, "--labels", tmp_path / "missing.sqlite"), cfg)
-    with pytest.raises(QualityError, match="does not exist"):
-        run_train_quality(_args(tmp_path / "no-such-dir", "--labels", one), cfg)
+    _fails(capsys, train(out, not_json), "corrupted")
+    _fails(capsys, train(out, tmp_path / "missing.sqlite"), "does not exist")
+    _fails(capsys, train(tmp_path / "no-such-dir", one), "does not exist")
 
 
 def test_refilter_rescore_cli(fixture, trained, tmp_path, capsys):
-    """`refilter OUT --rescore --model M`: every clip scored by the Beam stage, kept/reason from
-    the model's threshold, shards rewritten from the clip store."""
+    """`refilter OUT --rescore --set filters.quality.model=M`: every clip scored by the Beam
+    stage, kept/reason from the model's threshold, shards rewritten from the clip store."""
     import math
     import shutil
     import tarfile
 
     import pyarrow.parquet as pq
 
-    from genie_pipeline.filtering.quality import add_refilter_args, read_metadata, run_refilter
+    from genie_pipeline.filtering.quality import read_metadata
 
     src, _ = fixture
     out = tmp_path / "out"
     shutil.copytree(src, out)
-    p = argparse.ArgumentParser()
-    add_refilter_args(p)
-    assert run_refilter(p.parse_args([str(out), "--rescore", "--model", str(trained)]), None) == 0
+    assert main(["refilter", str(out), "--rescore", *_sets(model=trained)]) == 0
     assert "refilter" in capsys.readouterr().out
     threshold = read_metadata(trained)["threshold"]
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
@@ -180,8 +178,7 @@ def test_refilter_rescore_cli(fixture, trained, tmp_path, capsys):
         with tarfile.open(shard) as tar:
             in_shards |= {n[:-4] for n in tar.getnames() if n.endswith(".mp4")}
     assert in_shards == {r["key"] for r in rows if r["kept"]}
-    with pytest.raises(Exception, match="threshold"):
-        run_refilter(p.parse_args([str(out)]), None)  # no threshold, no model: a clear error
+    _fails(capsys, ["refilter", out], "threshold")  # no threshold, no model: a clear error
 
 
 def test_demo_quality_from_reference_labels(fixture, tmp_path):
@@ -191,10 +188,10 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from genie_pipeline.filtering.quality_config import QualityConfig
-    from genie_pipeline.filtering.quality_demo import demo_quality
-    from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
+    from genie_pipeline.corpus.reference import demo_quality
     from genie_pipeline.filtering.config import FiltersConfig
+    from genie_pipeline.filtering.quality import QualityConfig
+    from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 
     src, info = fixture
     out = tmp_path / "out"
@@ -213,7 +210,7 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
 def test_mil_frame_loss_and_training_views():
     import torch
 
-    from genie_pipeline.filtering.quality_train import _frame_loss, _pick
+    from genie_pipeline.filtering.quality.train import _frame_loss, _pick
 
     logits = torch.tensor([[2.0, -1.0, 0.5], [1.0, -3.0, 0.0]], requires_grad=True)
     target = torch.tensor([1.0, 0.0])  # a good clip, a bad clip
@@ -240,5 +237,5 @@ def test_cli_reports_bad_labels_without_a_traceback(tmp_path):
     bad = tmp_path / "labels.parquet"
     bad.write_bytes(b"not parquet")
     r = subprocess.run([sys.executable, "-m", "genie_pipeline.cli", "train-quality", str(tmp_path),
-                        "--labels", str(bad)], capture_output=True, text=True, cwd=ROOT)
+                        "--set", f"filters.quality.labels_db={bad}"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "labels" in r.stderr.lower(), r.stderr

@@ -1,10 +1,14 @@
 """`genie-pipeline run`: ingest, then train on what was ingested (one command)."""
+import hashlib
 import json
+import os
 import subprocess
 import sys
 
 import yaml
 
+from genie_pipeline.shards.reader import read_rows
+from genie_pipeline.training import checkpoint as ckpt_lib
 from tests.conftest import ROOT, make_video
 
 
@@ -25,6 +29,26 @@ def test_run_ingests_then_trains(tmp_path):
     r = subprocess.run([sys.executable, "-m", "genie_pipeline.cli", "run", "-c", str(p)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    out, run_dir = tmp_path / "out", tmp_path / "run"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["inputs"] == [str(out)]  # train read what ingest wrote (output.dir)
     assert any("train-000000.tar" in str(s) for s in run["shards"])  # trained on the fresh shards
-    assert (tmp_path / "run" / "genie.pt").exists()
+    for shard in run["shards"]:
+        assert shard["bytes"] == os.path.getsize(shard["path"])
+    # the manifest ingest committed, as run.json records it
+    manifest = out / "manifest.parquet"
+    rows = read_rows(str(out), "manifest")
+    (m,) = run["manifests"]
+    assert m["path"] == str(manifest) and "error" not in m
+    assert m["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert m["rows"] == len(rows) > 0
+    assert m["kept"] == sum(bool(r["kept"]) for r in rows) > 0
+    assert m["splits"] == {"train": len(rows)}  # val_fraction 0
+    # both phases ran their configured steps, once
+    assert [i["stage"] for i in run["invocations"]] == ["all"]
+    phases = run["summary"]["phases"]
+    assert {p: phases[p]["steps"] for p in phases} == {"tokenizer": 2, "dynamics": 2}
+    for phase in ("tokenizer", "dynamics"):
+        assert ckpt_lib.load(ckpt_lib.latest_path(run_dir, phase))["step"] == 2
+    assert run["summary"]["genie_checkpoint"] == str(run_dir / "genie.pt")
+    assert (run_dir / "genie.pt").exists()

@@ -78,11 +78,11 @@ def test_runner_options_pass_through():
     # Dataflow itself cannot run here: this checks only that its options reach Beam intact
     cfg = parse_config({"sources": [{"type": "urls", "name": "u", "urls": ["https://a"]}],
                         "runner": {"options": ["--region=us-central1"]}})
-    runner, opts, workers = pipeline_options(cfg, ["--runner", "DataflowRunner", "--project", "p",
+    runner, opts, workers = pipeline_options(cfg.runner, ["--runner", "DataflowRunner", "--project", "p",
                                                    "--temp_location", "gs://b/tmp"])
     d = opts.get_all_options()
     assert runner == "DataflowRunner" and workers == 1
     assert (d["project"], d["region"], d["temp_location"]) == ("p", "us-central1", "gs://b/tmp")
-    runner, opts, workers = pipeline_options(cfg, [])
+    runner, opts, workers = pipeline_options(cfg.runner, [])
     assert type(runner).__name__ == "FnApiRunner" and workers == 2
     assert opts.get_all_options()["direct_running_mode"] == "multi_processing"

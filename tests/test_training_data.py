@@ -9,8 +9,12 @@ import torch
 import webdataset as wds
 
 from genie_pipeline.shards.reader import DataError, resolve_inputs
-from genie_pipeline.training.data import DecordDecoder, PyAVDecoder, WindowDataset, WindowLoader, make_decoder
-from genie_pipeline.training.synthetic import encode_mp4, synthetic_frames, write_synthetic_shards
+from genie_pipeline.training.decoders import DecordDecoder, PyAVDecoder, make_decoder
+from genie_pipeline.training.loader import WindowDataset, WindowLoader
+from genie_pipeline.shards.clip import encode_clip
+from genie_pipeline.shards.config import ClipsConfig
+from tests.fixtures.footage import sprite_frames
+from tests.fixtures.output import write_sprite_output
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -19,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def ingest_out(tmp_path_factory):
     """An ingest-like output dir: 4 train shards x 3 clips, 1 val shard, manifest.parquet."""
     out = tmp_path_factory.mktemp("ingest")
-    write_synthetic_shards(out, n_train_shards=4, clips_per_shard=3, n_val_shards=1, seed=1)
+    write_sprite_output(out, n_train_shards=4, clips_per_shard=3, n_val_shards=1, seed=1)
     return out
 
 
@@ -62,8 +66,9 @@ def test_windows_shape_dtype_and_content(ingest_out):
 
 def test_window_matches_source_frames(tmp_path):
     """A window holds frames start..start+T-1 of the clip (within h264 + colour conversion error)."""
-    frames = synthetic_frames(5)
-    mp4 = encode_mp4(frames)
+    spec = ClipsConfig().spec
+    frames = sprite_frames(5, spec)
+    mp4 = encode_clip(frames, spec)
     for dec in (PyAVDecoder(), DecordDecoder()):
         got = dec.decode(mp4, [37, 38, 39, 100]).permute(0, 2, 3, 1).float()
         want = torch.from_numpy(frames[[37, 38, 39, 100]]).float()
@@ -83,7 +88,7 @@ def test_decoders_agree(ingest_out):
 
 
 def test_auto_decoder_falls_back_to_the_other_backend(ingest_out):
-    from genie_pipeline.training.data import DecodeError, FallbackDecoder
+    from genie_pipeline.training.decoders import DecodeError, FallbackDecoder
 
     class Broken(PyAVDecoder):
         def decode(self, data, indices):

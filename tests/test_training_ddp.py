@@ -15,10 +15,11 @@ import torch.multiprocessing as mp
 from genie_pipeline.training import checkpoint as ckpt_lib
 from genie_pipeline.training import distributed as dist_lib
 from genie_pipeline.training.config import TrainConfig
-from genie_pipeline.training.data import WindowLoader
+from genie_pipeline.training.loader import WindowLoader
 from genie_pipeline.shards.reader import resolve_inputs
-from genie_pipeline.training.synthetic import write_synthetic_shards
-from genie_pipeline.training.trainer import PhaseTrainer, build_model_config
+from tests.fixtures.output import write_sprite_output
+from genie_pipeline.training.run import build_model_config
+from genie_pipeline.training.trainer import PhaseTrainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str, cfg_json: str) -> No
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("ingest")
-    write_synthetic_shards(out, n_train_shards=2, clips_per_shard=3, n_val_shards=0, seed=4)
+    write_sprite_output(out, n_train_shards=2, clips_per_shard=3, n_val_shards=0, seed=4)
     return out
 
 
@@ -111,8 +112,8 @@ def test_torchrun_two_processes_end_to_end(tmp_path, shards, strategy):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training",
-         "--config", str(y), "--run-dir", str(run), str(shards)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "genie_pipeline.cli", "train", "-c", str(y), "--set", f"train.out_dir={run}", str(shards)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for phase in ("tokenizer", "dynamics"):

@@ -1,7 +1,6 @@
 """Training loop: both phases learn on fixture shards (tiny config, CPU), run outputs, config errors, CLI."""
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -9,14 +8,17 @@ import os
 import pytest
 import torch
 
-from genie_pipeline.config import ConfigError
+from genie_pipeline import cli
+from genie_pipeline.config import ConfigError, load_config
 from genie_pipeline.training import checkpoint as ckpt_lib
-from genie_pipeline.training.cli import add_train_args, apply_sets, load_config_file, run_train
+from genie_pipeline.training import distributed as dist_lib
 from genie_pipeline.training.config import TrainConfig
+from genie_pipeline.training.errors import TrainingError
 from genie_pipeline.training.metrics import read_metrics
 from genie_pipeline.training.schedule import lr_at
-from genie_pipeline.training.synthetic import write_synthetic_shards
-from genie_pipeline.training.trainer import build_model_config, check_train_config, train_main
+from tests.fixtures.output import write_sprite_output
+from genie_pipeline.training.run import build_model_config, check_train_config, train_main
+from genie_pipeline.training.trainer import PhaseTrainer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,7 +30,7 @@ TINY = dict(model="tiny", frames=8, resolution=[48, 80], batch_size=4, num_worke
 @pytest.fixture(scope="module")
 def ingest_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("ingest")
-    write_synthetic_shards(out, n_train_shards=2, clips_per_shard=4, n_val_shards=1, seed=2)
+    write_sprite_output(out, n_train_shards=2, clips_per_shard=4, n_val_shards=1, seed=2)
     return out
 
 
@@ -104,7 +106,7 @@ def test_play_gif_from_any_image(trained, tmp_path):
 def test_existing_run_needs_resume_and_resume_of_finished_run_is_a_noop(trained, ingest_out):
     run, _ = trained
     cfg = TrainConfig(**TINY, tokenizer_steps=40, dynamics_steps=40)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(TrainingError) as e:
         train_main(cfg, stage="tokenizer", inputs=[str(ingest_out)], out_dir=run)
     assert e.value.key == "train.out_dir"
     summary = train_main(cfg, stage="all", inputs=[str(ingest_out)], out_dir=run, resume=True)
@@ -113,9 +115,22 @@ def test_existing_run_needs_resume_and_resume_of_finished_run_is_a_noop(trained,
 
 def test_dynamics_stage_needs_a_tokenizer(tmp_path, ingest_out):
     cfg = TrainConfig(**TINY, tokenizer_steps=2, dynamics_steps=2)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(TrainingError) as e:
         train_main(cfg, stage="dynamics", inputs=[str(ingest_out)], out_dir=tmp_path / "r")
     assert e.value.key == "train.tokenizer_checkpoint"
+
+
+def _linear_output_dtypes(trainer: PhaseTrainer, video: torch.Tensor) -> set[torch.dtype]:
+    """The dtypes the model's Linear layers produce during one training step."""
+    seen: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+             for m in trainer.model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        trainer.step_on(video)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def test_bf16_autocast_step_on_cpu(tmp_path, ingest_out):
@@ -123,6 +138,17 @@ def test_bf16_autocast_step_on_cpu(tmp_path, ingest_out):
     summary = train_main(cfg, stage="tokenizer", inputs=[str(ingest_out)], out_dir=tmp_path / "r")
     assert summary["phases"]["tokenizer"]["steps"] == 2
     assert torch.isfinite(torch.tensor(summary["phases"]["tokenizer"]["final_metrics"]["loss"]))
+    # the step really computes in bf16 (autocast), while the weights the optimizer updates stay fp32
+    video = torch.randint(0, 256, (4, 8, 3, 48, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mcfg = build_model_config(cfg)
+    bf16 = PhaseTrainer("tokenizer", cfg, mcfg, tmp_path / "bf16", dist_lib.DistInfo())
+    assert bf16.amp_dtype == torch.bfloat16
+    assert _linear_output_dtypes(bf16, video) == {torch.bfloat16}
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.float32}
+    fp32 = PhaseTrainer("tokenizer", cfg.model_copy(update={"precision": "fp32"}), mcfg, tmp_path / "fp32",
+                        dist_lib.DistInfo())
+    assert fp32.amp_dtype is None
+    assert _linear_output_dtypes(fp32, video) == {torch.float32}
 
 
 @pytest.mark.parametrize("overrides,resolution,key", [
@@ -135,7 +161,7 @@ def test_bf16_autocast_step_on_cpu(tmp_path, ingest_out):
 ])
 def test_bad_sizes_name_the_key(overrides, resolution, key):
     cfg = TrainConfig(model="tiny", frames=8, overrides=overrides, resolution=resolution)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(TrainingError) as e:
         build_model_config(cfg)
     assert e.value.key == key
 
@@ -145,14 +171,21 @@ def test_config_fields_have_defaults_and_descriptions():
     for name, field in TrainConfig.model_fields.items():
         assert field.description, name
     assert cfg.frames == 16 and cfg.decoder == "auto" and cfg.precision == "auto"
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(TrainingError) as e:
         build_model_config(TrainConfig(model="huge"))
     assert e.value.key == "train.model"
     mc = build_model_config(TrainConfig(model="tiny"))
     assert (mc.frames, mc.image_height, mc.image_width) == (16, 90, 160)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(TrainingError) as e:
         check_train_config(TrainConfig(batch_size=3), world_size=2)
     assert e.value.key == "train.batch_size"
+    assert str(e.value) == f"train.batch_size: {e.value.message}"
+    with pytest.raises(TrainingError) as e:  # the model checks run too
+        check_train_config(TrainConfig(model="tiny", overrides={"tokenizer.st.heads": 3}))
+    assert e.value.key == "train.overrides.tokenizer.st.heads"
+    with pytest.raises(TrainingError) as e:
+        check_train_config(TrainConfig(strategy="fsdp", compile=True))
+    assert e.value.key == "train.compile"
 
 
 def test_lr_schedule():
@@ -164,22 +197,30 @@ def test_lr_schedule():
     assert lr_at(100, **kw) == pytest.approx(0.1)
 
 
-def test_cli_sets_and_config_file(tmp_path, ingest_out):
-    cfg = apply_sets(TrainConfig(), ["batch_size=16", "overrides.tokenizer.patch=8", "resolution=[45, 80]"])
-    assert cfg.batch_size == 16 and cfg.overrides == {"tokenizer.patch": 8} and cfg.resolution == [45, 80]
+def test_nested_overrides_build():
+    nested = build_model_config(TrainConfig(model="tiny", overrides={"tokenizer": {"patch": 8}}))
+    assert nested.tokenizer.patch == 8
+    mixed = build_model_config(TrainConfig(model="tiny", overrides={"tokenizer.st.heads": 3,
+                                                                    "tokenizer": {"st": {"heads": 2}}}))
+    assert mixed.tokenizer.st.heads == 2  # the later (nested, as `--set` writes it) wins
+
+
+def test_cli_sets_and_config_file(tmp_path, ingest_out, capsys):
+    sets = ["train.batch_size=16", "train.overrides.tokenizer.patch=8", "train.resolution=[45, 80]"]
+    cfg = load_config(None, sets=sets, require_sources=False).train
+    assert cfg.batch_size == 16 and cfg.overrides == {"tokenizer": {"patch": 8}} and cfg.resolution == [45, 80]
     with pytest.raises(ConfigError) as e:
-        apply_sets(TrainConfig(), ["batchsize=16"])
+        load_config(None, sets=["train.batchsize=16"], require_sources=False)
     assert e.value.key == "train.batchsize"
-    y = tmp_path / "train.yaml"
+    y = tmp_path / "train.yaml"  # a train-only file (no sources) serves `train`
     y.write_text("train:\n  model: tiny\n  frames: 8\n  resolution: [48, 80]\n  batch_size: 2\n  num_workers: 0\n"
                  "  tokenizer_steps: 2\n  dynamics_steps: 2\n  log_every: 1\n  overrides: {tokenizer.st.heads: 3}\n")
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
-    args = parser.parse_args(["--run-dir", str(tmp_path / "r"), str(ingest_out)])
-    with pytest.raises(ConfigError) as e:
-        run_train(args, load_config_file(str(y)))
-    assert e.value.key == "train.overrides.tokenizer.st.heads"
-    args = parser.parse_args(["--run-dir", str(tmp_path / "r"), "--set", "overrides.tokenizer.st.heads=2",
-                              "--stage", "tokenizer", str(ingest_out)])
-    assert run_train(args, load_config_file(str(y))) == 0
+    argv = ["train", "-c", str(y), "--set", f"train.out_dir={tmp_path / 'r'}"]
+    assert cli.main(argv + [str(ingest_out)]) == 2
+    assert "train.overrides.tokenizer.st.heads" in capsys.readouterr().err
+    argv += ["--set", "train.overrides.tokenizer.st.heads=2", "--stage", "tokenizer", str(ingest_out)]
+    assert cli.main(argv) == 0
     assert ckpt_lib.load(ckpt_lib.latest_path(tmp_path / "r", "tokenizer"))["step"] == 2
+    capsys.readouterr()
+    assert cli.main(argv) == 2  # the run dir holds a checkpoint: TrainingError, without --resume
+    assert "train.out_dir" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 
 from genie_pipeline.training import checkpoint as ckpt_lib
 from genie_pipeline.training.metrics import read_metrics
-from genie_pipeline.training.synthetic import write_synthetic_shards
+from tests.fixtures.output import write_sprite_output
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,8 @@ TRAIN = {"model": "tiny", "frames": 8, "resolution": [48, 80], "batch_size": 3, 
 
 
 def _cmd(config: Path, run: Path, shards: Path, resume: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "training", "--config", str(config), "--run-dir", str(run), str(shards)]
+    cmd = [sys.executable, "-m", "genie_pipeline.cli", "train", "-c", str(config), "--set", f"train.out_dir={run}",
+           str(shards)]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -43,7 +44,7 @@ def _losses(run: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
-    write_synthetic_shards(tmp / "ingest", n_train_shards=4, clips_per_shard=2, n_val_shards=0, seed=6)
+    write_sprite_output(tmp / "ingest", n_train_shards=4, clips_per_shard=2, n_val_shards=0, seed=6)
     config = tmp / "train.yaml"
     config.write_text(json.dumps({"train": TRAIN}))
     return tmp, config

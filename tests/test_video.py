@@ -9,7 +9,8 @@ import pytest
 from genie_pipeline.filtering.heuristics import score_clip, verdict
 from genie_pipeline.shards.config import ClipsConfig
 from genie_pipeline.filtering.config import HeuristicsConfig
-from genie_pipeline.ingest.video import VideoError, iter_clips, iter_frames, probe
+from genie_pipeline.ingest.errors import IngestError
+from genie_pipeline.ingest.video import iter_clips, iter_frames, probe
 from genie_pipeline.shards.clip import decode_clip, encode_clip
 from tests.conftest import ffmpeg, make_video
 
@@ -81,22 +82,25 @@ def test_encoded_clip_roundtrip_and_keyframes(tmp_path):
 def test_broken_inputs_raise_video_error(tmp_path, content):
     p = tmp_path / "b.mp4"
     p.write_bytes(content)
-    with pytest.raises(VideoError):
+    with pytest.raises(IngestError) as e:
         probe(str(p))
-    with pytest.raises(VideoError):
+    assert (e.value.stage, e.value.error_type) == ("probe", "VideoError")
+    with pytest.raises(IngestError) as e:
         list(iter_clips(str(p), CFG))
+    assert e.value.stage in ("probe", "decode") and e.value.error_type == "VideoError"
 
 
 def test_truncated_and_audio_only(tmp_path):
     good = make_video(tmp_path / "g.mp4", 20)
     trunc = tmp_path / "t.mp4"
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 3])  # moov at the end: gone
-    with pytest.raises(VideoError):
+    with pytest.raises(IngestError):
         list(iter_clips(str(trunc), CFG))
     audio = tmp_path / "a.mp4"
     subprocess.run([ffmpeg(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "sine", "-t", "20", str(audio)], check=True)
-    with pytest.raises(VideoError, match="no video stream"):
+    with pytest.raises(IngestError, match="no video stream") as e:
         probe(str(audio))
+    assert (e.value.stage, e.value.error_type) == ("probe", "VideoError")
 
 
 # --------------------------------------------------------------------------- heuristics

@@ -1,18 +1,8 @@
-"""Genie training: data loader over ingest shards, tokenizer phase, LAM + dynamics phase.
+"""Genie training: window loader over ingest shards, tokenizer phase, LAM + dynamics phase.
 
-Light on purpose (genie_pipeline.config imports training.config): the heavy modules load on
-first use. Entry points: `training.trainer.train_main`, `training.cli.add_train_args` /
-`run_train`, `python -m training`, `python -m training.play`.
+Nothing is imported here: `genie_pipeline.config` imports `training.config`, which must stay
+free of torch. The public API lives in its modules: `training.run` (`train_main`,
+`check_train_config`, `build_model_config`), `training.trainer` (`PhaseTrainer`),
+`training.loader` (`WindowLoader`, `WindowDataset`), `training.decoders`, `training.play`
+(`play`), `training.errors` (`TrainingError`).
 """
-
-
-def __getattr__(name):
-    if name == "train_main":
-        from .trainer import train_main
-
-        return train_main
-    if name in ("add_train_args", "run_train"):
-        from . import cli
-
-        return getattr(cli, name)
-    raise AttributeError(name)

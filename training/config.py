@@ -1,14 +1,17 @@
 """`train` section of pipeline.yaml.
 
-This module must not import `genie_pipeline` (genie_pipeline.config imports it). Checks that
-need the model code (patch vs resolution, heads vs width) run in `training.trainer.build_model_config`,
-which raises `genie_pipeline.config.ConfigError` with a dotted `train.…` key.
+Kept free of torch and the model code: `genie_pipeline.config` imports it to validate the
+file. Checks that need the model code (patch vs resolution, heads vs width) or the number of
+processes run in `training.run.check_train_config`, which raises `TrainingError` with a
+dotted `train.…` key.
 """
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PHASES = ("tokenizer", "dynamics")  # phase 1 trains the tokenizer, phase 2 the LAM and dynamics model
 
 
 class TrainConfig(BaseModel):
@@ -28,7 +31,7 @@ class TrainConfig(BaseModel):
     data: list[str] = Field(
         default_factory=list,
         description="shard inputs: ingest output dirs (OUT, reads OUT/shards/SPLIT-*.tar), shard dirs, "
-        "tar files or globs; local or any fsspec URL (gs://, s3://). Empty: the pipeline's output.dir. "
+        "tar files or globs; local or remote (gs://, s3://). Empty: the pipeline's output.dir. "
         "Inputs given on the command line replace this list.",
     )
     split: str = Field(default="train", description="which shards to train on: SPLIT-NNNNNN.tar")

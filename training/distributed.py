@@ -86,14 +86,6 @@ def all_gather_objects(obj):
     return out
 
 
-def broadcast_object(obj, src: int = 0):
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def mean_scalars(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar metrics over ranks (one all_reduce)."""
     if not (dist.is_available() and dist.is_initialized()) or not values:
@@ -143,7 +135,3 @@ def full_params(model: nn.Module):
     finally:
         for m in sharded:
             m.reshard()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)

@@ -18,8 +18,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .config import PHASES
+
 CSV_FIELDS = ["wall_time", "phase", "step", "name", "value"]
-PHASES = ("tokenizer", "dynamics")
 
 
 def truncate_metrics(path: str | os.PathLike, phase: str, step: int) -> None:

@@ -1,7 +1,7 @@
 """Prompt a trained Genie with any image and step latent actions: a GIF of the rollout.
 
-    python -m training.play --checkpoint runs/genie/genie.pt --image start.png --actions 1,1,2,2,0,3 --out demo.gif
-    python -m training.play --checkpoint runs/genie/genie.pt --image clip.mp4 --actions random:16
+    genie-pipeline play --checkpoint runs/genie/genie.pt --image start.png --actions 1,1,2,2,0,3 --out demo.gif
+    genie-pipeline play --checkpoint runs/genie/genie.pt --image clip.mp4 --actions random:16
 
 The image is resized (antialiased bilinear, as the loader) to the model's frame size. The
 dynamics model generates one frame per action with MaskGIT (`models.dynamics.rollout`,
@@ -10,9 +10,7 @@ the last `frames` frames of tokens, the context length it was trained on.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +21,7 @@ from genie_pipeline.models.config import get_config
 from genie_pipeline.models.genie import Genie
 
 from . import checkpoint as ckpt_lib
-from .data import resize_video
+from .loader import resize_video
 from .metrics import save_gif, video_side_by_side_frames
 
 
@@ -113,25 +111,3 @@ def play(checkpoint: str | os.PathLike | Genie, image, actions: str | Sequence[i
     out = Path(out_gif)
     save_gif(video_side_by_side_frames([video], scale=scale), out, fps=fps)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.play", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="genie.pt of a run (or a phase-2 checkpoint)")
-    p.add_argument("--image", required=True, help="prompt image (png/jpg/...) or a video (its first frame)")
-    p.add_argument("--actions", default="random:16", help="comma-separated action ids, or random:N")
-    p.add_argument("--out", default="play.gif")
-    p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model config)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
-    out = play(a.checkpoint, a.image, a.actions, a.out, a.steps, a.temperature, a.greedy, a.seed, a.fps, device=a.device)
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

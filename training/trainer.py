@@ -1,104 +1,55 @@
-"""Genie training: phase 1 the video tokenizer, phase 2 the LAM and dynamics model together.
+"""Genie training, one phase on one rank: phase 1 the video tokenizer, phase 2 the LAM and
+dynamics model together.
 
 Phase 2 runs the frozen tokenizer (no grad, eval mode) to get tokens, trains the latent
 action model on pixels and the dynamics model on those tokens with the LAM's actions: the
 actions are discrete ids, so the dynamics loss never reaches the LAM (stop-gradient), as in
 the paper. One AdamW optimizer covers both.
 
-`train_main` is the entry point (`genie-pipeline train`, `python -m training`, torchrun).
 Exact resume: a checkpoint holds model, optimizer, step, every rank's RNG states and loader
 position; resuming replays nothing that has an effect and continues with the same batches,
 masks and losses as an uninterrupted run (same world size, workers, device and threads).
+The run driver (both phases, run.json, genie.pt) is `training.run.train_main`.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from genie_pipeline.config import ConfigError
-from genie_pipeline.models.config import GenieConfig, ModelConfigError, config_to_dict, get_config
+from genie_pipeline.models.config import GenieConfig, config_to_dict, get_config
 from genie_pipeline.models.dynamics import DynamicsModel
 from genie_pipeline.models.lam import LatentActionModel
+from genie_pipeline.models.patches import PatchGrid
 from genie_pipeline.models.tokenizer import VideoTokenizer
-from genie_pipeline.shards import fs
-from genie_pipeline.shards.reader import DataError, ShardSet, resolve_inputs
 
 from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
-from .config import TrainConfig
-from .data import WindowLoader
+from .config import PHASES, TrainConfig
+from .errors import TrainingError
+from .loader import WindowLoader
 from .metrics import MetricsLogger, save_gif, save_png, video_rows_grid, video_side_by_side_frames
 from .schedule import lr_at, make_optimizer, set_lr
 
-PHASES = ("tokenizer", "dynamics")
-STAGES = ("tokenizer", "dynamics", "all")
 
-
-# ============================================================================ configs
-def build_model_config(cfg: TrainConfig) -> GenieConfig:
-    """The model config a training config asks for; bad sizes raise `ConfigError("train.…")`."""
-    overrides = copy.deepcopy(cfg.overrides)
-    flat_keys = _flat_keys(overrides)
-    if "frames" in flat_keys and _flat_get(overrides, "frames") != cfg.frames:
-        raise ConfigError("train.overrides.frames", f"conflicts with train.frames={cfg.frames}; set train.frames only")
-    extra: dict[str, Any] = {"frames": cfg.frames}
-    if cfg.resolution:
-        for k in ("image_height", "image_width"):
-            if k in flat_keys:
-                raise ConfigError(f"train.overrides.{k}", "set the image size with train.resolution")
-        extra["image_height"], extra["image_width"] = int(cfg.resolution[0]), int(cfg.resolution[1])
-    try:
-        return get_config(cfg.model, {**overrides, **extra})
-    except ModelConfigError as e:
-        raise ConfigError(_train_key(e.key, cfg), e.message) from None
-
-
-def _train_key(key: str, cfg: TrainConfig) -> str:
-    if key == "name":
-        return "train.model"
-    if key == "frames":
-        return "train.frames"
-    if key in ("image_height", "image_width") and cfg.resolution:
-        return "train.resolution"
-    return f"train.overrides.{key}"
-
-
-def _flat_keys(d: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key != "stated_params":
-            out |= _flat_keys(v, key + ".")
-        else:
-            out.add(key)
-    return out
-
-
-def _flat_get(d: dict, key: str):
-    if key in d:
-        return d[key]
-    head, _, rest = key.partition(".")
-    return _flat_get(d[head], rest) if rest and isinstance(d.get(head), dict) else None
-
-
-def check_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
+# ============================================================================ settings
+def check_parallel(cfg: TrainConfig, world_size: int) -> None:
+    """The settings that depend on the number of processes."""
     if cfg.batch_size % world_size:
-        raise ConfigError("train.batch_size", f"global batch {cfg.batch_size} does not split over {world_size} processes")
+        raise TrainingError("train.batch_size",
+                            f"global batch {cfg.batch_size} does not split over {world_size} processes")
     if cfg.strategy == "fsdp" and cfg.compile:
-        raise ConfigError("train.compile", "torch.compile with fsdp is not supported here; use one of them")
+        raise TrainingError("train.compile", "torch.compile with fsdp is not supported here; use one of them")
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `train.precision` on `device` (None: fp32, no autocast)."""
     if cfg.precision == "fp32":
         return None
     if cfg.precision == "bf16":
@@ -124,13 +75,14 @@ class LamDynamics(nn.Module):
         return {"loss": lam_out["loss"] + dyn_out["loss"], "lam": lam_out, "dynamics": dyn_out, "actions_BT": actions_BT}
 
 
-def _tokens_per_frame(mcfg: GenieConfig) -> int:
-    from genie_pipeline.models.patches import PatchGrid
-
+def tokens_per_frame(mcfg: GenieConfig) -> int:
+    """Tokenizer tokens per frame (what tokens/s counts)."""
     return PatchGrid(mcfg.image_height, mcfg.image_width, mcfg.tokenizer.patch, mcfg.pad_mode).num_tokens
 
 
 def load_tokenizer_weights(path: str | os.PathLike, mcfg: GenieConfig, device: torch.device) -> VideoTokenizer:
+    """Phase 2's frozen tokenizer from a phase-1 checkpoint (or genie.pt) made for the same
+    tokenizer config and image size."""
     ck = ckpt_lib.load(path)
     sd = ck["model"]["tokenizer"] if "model" in ck else ck["tokenizer"]
     saved_cfg = ck.get("model_config")
@@ -138,91 +90,11 @@ def load_tokenizer_weights(path: str | os.PathLike, mcfg: GenieConfig, device: t
         saved = get_config(dict(saved_cfg))
         if config_to_dict(saved)["tokenizer"] != config_to_dict(mcfg)["tokenizer"] or \
                 (saved.image_height, saved.image_width) != (mcfg.image_height, mcfg.image_width):
-            raise ConfigError("train.tokenizer_checkpoint",
-                              f"{path} holds a tokenizer of a different config (model/overrides/resolution differ)")
+            raise TrainingError("train.tokenizer_checkpoint",
+                                f"{path} holds a tokenizer of a different config (model/overrides/resolution differ)")
     tok = VideoTokenizer(mcfg)
     tok.load_state_dict(sd)
     return tok.to(device)
-
-
-# ============================================================================ run files
-def _file_size(path: str) -> int | None:
-    try:
-        if "://" not in path:
-            return os.path.getsize(path)
-        import fsspec
-
-        fs, p = fsspec.core.url_to_fs(path)
-        return int(fs.size(p))
-    except Exception:
-        return None
-
-
-def describe_manifest(path: str) -> dict:
-    info: dict[str, Any] = {"path": path}
-    try:
-        with fs.open_read(path) as f:
-            data = f.read()
-        info["sha256"] = hashlib.sha256(data).hexdigest()
-        import io
-
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(io.BytesIO(data))
-        info["rows"] = table.num_rows
-        if "kept" in table.column_names:
-            info["kept"] = int(sum(bool(x) for x in table.column("kept").to_pylist()))
-        if "split" in table.column_names:
-            splits: dict[str, int] = {}
-            for s in table.column("split").to_pylist():
-                splits[str(s)] = splits.get(str(s), 0) + 1
-            info["splits"] = splits
-    except Exception as e:
-        info["error"] = f"{type(e).__name__}: {e}"
-    return info
-
-
-def write_run_json(out_dir: Path, cfg: TrainConfig, mcfg: GenieConfig, shardset: ShardSet, stage: str,
-                   info: dist_lib.DistInfo, resume: bool, extra: dict | None = None) -> Path:
-    path = out_dir / "run.json"
-    old: dict = {}
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    invocations = list(old.get("invocations", []))
-    invocations.append({"time": now, "stage": stage, "resume": resume, "world_size": info.world_size,
-                        "device": str(info.device), "argv": sys.argv})
-    data = {
-        **old,
-        "created": old.get("created", now),
-        "updated": now,
-        "train_config": cfg.model_dump(mode="json"),
-        "model_config": config_to_dict(mcfg),
-        "inputs": shardset.inputs,
-        "split": cfg.split,
-        "manifests": [describe_manifest(m) for m in shardset.manifests],
-        "shards": [{"path": s, "bytes": _file_size(s)} for s in shardset.shards],
-        "world_size": info.world_size,
-        "torch": torch.__version__,
-        "invocations": invocations,
-        **(extra or {}),
-    }
-    tmp = path.with_name("run.json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
-
-
-def _update_run_json(out_dir: Path, **fields) -> None:
-    path = out_dir / "run.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(fields)
-    tmp = path.with_name("run.json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 # ============================================================================ one phase
@@ -231,8 +103,7 @@ class PhaseTrainer:
     given batch (used by the loop and by tests); `run()` trains to the phase's step count."""
 
     def __init__(self, phase: str, cfg: TrainConfig, mcfg: GenieConfig, out_dir: str | os.PathLike,
-                 info: dist_lib.DistInfo | None = None, shards: list[str] | None = None, resume: bool = False,
-                 log_stream=None):
+                 info: dist_lib.DistInfo | None = None, shards: list[str] | None = None, resume: bool = False):
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}")
         self.phase, self.cfg, self.mcfg = phase, cfg, mcfg
@@ -242,42 +113,19 @@ class PhaseTrainer:
         self.shards = shards or []
         self.total_steps = cfg.tokenizer_steps if phase == "tokenizer" else cfg.dynamics_steps
         self.amp_dtype = autocast_dtype(cfg, self.device)
-        self.log_stream = log_stream
         self.step = 0
         self.first_loss: float | None = None
         self.last_metrics: dict[str, float] = {}
-        self.tokens_per_frame = _tokens_per_frame(mcfg)
-        check_train_config(cfg, self.info.world_size)
+        self.tokens_per_frame = tokens_per_frame(mcfg)
+        check_parallel(cfg, self.info.world_size)
         self.per_rank_batch = cfg.batch_size // self.info.world_size
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-
-        ckpt_path = ckpt_lib.latest_path(self.out_dir, phase)
-        self.resume_ckpt = None
-        if ckpt_path.exists():
-            if not resume:
-                raise ConfigError("train.out_dir", f"{self.out_dir} already has a {phase} checkpoint ({ckpt_path}); "
-                                  "pass --resume to continue it, or choose another out_dir")
-            self.resume_ckpt = ckpt_lib.load(ckpt_path, map_location="cpu")
+        self.resume_ckpt = self._resume_checkpoint(resume)
 
         # identical initialisation on every rank
         torch.manual_seed(cfg.seed * 1009 + PHASES.index(phase))
-        self.tokenizer: VideoTokenizer | None = None
-        if phase == "tokenizer":
-            self.model: nn.Module = VideoTokenizer(mcfg).to(self.device)
-        else:
-            tok_path = cfg.tokenizer_checkpoint or ckpt_lib.latest_path(self.out_dir, "tokenizer")
-            if self.resume_ckpt is not None:
-                self.tokenizer = VideoTokenizer(mcfg)
-                self.tokenizer.load_state_dict(self.resume_ckpt["model"]["tokenizer"])
-                self.tokenizer.to(self.device)
-            else:
-                if not Path(tok_path).exists() and "://" not in str(tok_path):
-                    raise ConfigError("train.tokenizer_checkpoint",
-                                      f"no tokenizer checkpoint at {tok_path}; train the tokenizer first (--stage tokenizer)")
-                self.tokenizer = load_tokenizer_weights(tok_path, mcfg, self.device)
-            self.tokenizer.eval().requires_grad_(False)
-            self.model = LamDynamics(mcfg).to(self.device)
+        self._build_models()
         self.loader_state = None
         self._rng_state = None
         if self.resume_ckpt is not None:
@@ -291,6 +139,37 @@ class PhaseTrainer:
             self._load_resume(self.resume_ckpt)
         if cfg.compile:
             self.wrapped.compile()
+
+    def _resume_checkpoint(self, resume: bool) -> dict | None:
+        """This phase's latest checkpoint in out_dir when resuming; none there when not."""
+        ckpt_path = ckpt_lib.latest_path(self.out_dir, self.phase)
+        if not ckpt_path.exists():
+            return None
+        if not resume:
+            raise TrainingError("train.out_dir", f"{self.out_dir} already has a {self.phase} checkpoint ({ckpt_path}); "
+                                "pass --resume to continue it, or choose another out_dir")
+        return ckpt_lib.load(ckpt_path, map_location="cpu")
+
+    def _build_models(self) -> None:
+        """`self.model`, the trained module; in phase 2 also `self.tokenizer`, frozen: the one in
+        the checkpoint being resumed, else `train.tokenizer_checkpoint` (default: phase 1's)."""
+        mcfg = self.mcfg
+        self.tokenizer: VideoTokenizer | None = None
+        if self.phase == "tokenizer":
+            self.model: nn.Module = VideoTokenizer(mcfg).to(self.device)
+            return
+        tok_path = self.cfg.tokenizer_checkpoint or ckpt_lib.latest_path(self.out_dir, "tokenizer")
+        if self.resume_ckpt is not None:
+            self.tokenizer = VideoTokenizer(mcfg)
+            self.tokenizer.load_state_dict(self.resume_ckpt["model"]["tokenizer"])
+            self.tokenizer.to(self.device)
+        else:
+            if not Path(tok_path).exists() and "://" not in str(tok_path):
+                raise TrainingError("train.tokenizer_checkpoint",
+                                    f"no tokenizer checkpoint at {tok_path}; train the tokenizer first (--stage tokenizer)")
+            self.tokenizer = load_tokenizer_weights(tok_path, mcfg, self.device)
+        self.tokenizer.eval().requires_grad_(False)
+        self.model = LamDynamics(mcfg).to(self.device)
 
     # -- state
     @property
@@ -324,7 +203,8 @@ class PhaseTrainer:
     def _load_resume(self, ck: dict) -> None:
         fmt = ck.get("optimizer_format", "torch")
         if fmt != ("fqn" if self.fsdp else "torch"):
-            raise ConfigError("train.strategy", "cannot resume a checkpoint written with another strategy (fsdp vs ddp/none)")
+            raise TrainingError("train.strategy",
+                                "cannot resume a checkpoint written with another strategy (fsdp vs ddp/none)")
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -480,145 +360,102 @@ class PhaseTrainer:
             decoder=cfg.decoder, max_bad_shard_fraction=cfg.max_bad_shard_fraction,
         )
 
-    def run(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
-        cfg, info = self.cfg, self.info
+    def run(self) -> dict:
+        """Train to the phase's step count (a phase finished earlier is left alone); the phase's
+        summary: steps, losses, last metrics, throughput, checkpoint and loader counts."""
         resumed_from = self.step if self.resume_ckpt is not None else None
-        t_start = time.time()
         summary: dict[str, Any] = {"phase": self.phase, "resumed_from": resumed_from}
         if self.step >= self.total_steps:  # finished earlier: leave its metrics alone
             summary.update(steps=self.step, skipped=True, checkpoint=str(ckpt_lib.latest_path(self.out_dir, self.phase)),
                            final_metrics=self.resume_ckpt.get("metrics", {}) if self.resume_ckpt else {},
                            first_loss=self.first_loss)
             return summary
-        logger = MetricsLogger(self.out_dir, self.phase, self.total_steps, enabled=info.is_main,
-                               resume_step=resumed_from, stream=self.log_stream)
+        t_start = time.time()
+        logger = MetricsLogger(self.out_dir, self.phase, self.total_steps, enabled=self.info.is_main,
+                               resume_step=resumed_from)
         loader = self.make_loader()
-        it = iter(loader)
-        if self._rng_state is not None:
-            ckpt_lib.set_rng_state(self._rng_state)
-        window_t0, window_steps, window_wait, window_compute = time.time(), 0, 0.0, 0.0
-        step_times: list[float] = []
-        last_ckpt = None
         try:
-            while self.step < self.total_steps:
-                t0 = time.time()
-                batch = next(it)
-                t1 = time.time()
-                metrics_t = self.step_on(batch["video"])
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t2 = time.time()
-                window_wait += t1 - t0
-                window_compute += t2 - t1
-                window_steps += 1
-                step_times.append(t2 - t0)
-                step = self.step
-                if step % cfg.log_every == 0 or step == self.total_steps:
-                    values = {k: float(v) for k, v in metrics_t.items()}
-                    values = dist_lib.mean_scalars(values, self.device)
-                    if self.first_loss is None:
-                        self.first_loss = values["loss"]
-                    elapsed = max(time.time() - window_t0, 1e-9)
-                    windows = window_steps * cfg.batch_size
-                    values["windows_per_s"] = windows / elapsed
-                    values["tokens_per_s"] = windows * cfg.frames * self.tokens_per_frame / elapsed
-                    values["data_wait_frac"] = window_wait / elapsed
-                    counts = loader.counts()
-                    values["bad_shards"] = counts["bad_shards"]
-                    values["bad_samples"] = counts["bad_samples"]
-                    self.last_metrics = values
-                    logger.log(step, values)
-                    window_t0, window_steps, window_wait, window_compute = time.time(), 0, 0.0, 0.0
-                if step % cfg.sample_every == 0 or step == self.total_steps:
-                    extra = self.samples(batch["video"], logger)
-                    if extra:
-                        logger.log(step, extra, console=False)
-                        self.last_metrics.update(extra)
-                if step % cfg.checkpoint_every == 0 or step == self.total_steps:
-                    last_ckpt = self.save_checkpoint(loader)
-                    window_t0 = time.time()  # checkpoint time is not throughput
-                if on_step is not None:
-                    on_step(step, metrics_t)
+            step_times, last_ckpt = self._loop(loader, logger)
         finally:
             loader.close()
             logger.close()
-        seconds = time.time() - t_start
+        summary.update(steps=self.step, seconds=time.time() - t_start, first_loss=self.first_loss,
+                       final_metrics=self.last_metrics,
+                       checkpoint=(str(ckpt_lib.latest_path(self.out_dir, self.phase))
+                                   if last_ckpt or self.info.is_main else None),
+                       **self._throughput(step_times), loader=loader.counts())
+        return summary
+
+    def _loop(self, loader: WindowLoader, logger: MetricsLogger) -> tuple[list[float], Path | None]:
+        """The optimizer steps with their logging, samples and checkpoints; (seconds of each
+        step, the last checkpoint written)."""
+        cfg = self.cfg
+        it = iter(loader)
+        if self._rng_state is not None:
+            ckpt_lib.set_rng_state(self._rng_state)
+        window = _Window()
+        step_times: list[float] = []
+        last_ckpt = None
+        while self.step < self.total_steps:
+            t0 = time.time()
+            batch = next(it)
+            t1 = time.time()
+            metrics_t = self.step_on(batch["video"])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            window.steps += 1
+            window.wait += t1 - t0
+            step_times.append(time.time() - t0)
+            step = self.step
+            if self._due(step, cfg.log_every):
+                self._log(step, metrics_t, window, loader, logger)
+                window.reset()
+            if self._due(step, cfg.sample_every):
+                extra = self.samples(batch["video"], logger)
+                if extra:
+                    logger.log(step, extra, console=False)
+                    self.last_metrics.update(extra)
+            if self._due(step, cfg.checkpoint_every):
+                last_ckpt = self.save_checkpoint(loader)
+                window.t0 = time.time()  # checkpoint time is not throughput
+        return step_times, last_ckpt
+
+    def _due(self, step: int, every: int) -> bool:
+        return step % every == 0 or step == self.total_steps
+
+    def _log(self, step: int, metrics_t: dict[str, torch.Tensor], window: _Window, loader: WindowLoader,
+             logger: MetricsLogger) -> None:
+        """One log line: the step's metrics averaged over ranks, throughput since the last line."""
+        cfg = self.cfg
+        values = dist_lib.mean_scalars({k: float(v) for k, v in metrics_t.items()}, self.device)
+        if self.first_loss is None:
+            self.first_loss = values["loss"]
+        elapsed = max(time.time() - window.t0, 1e-9)
+        windows = window.steps * cfg.batch_size
+        values["windows_per_s"] = windows / elapsed
+        values["tokens_per_s"] = windows * cfg.frames * self.tokens_per_frame / elapsed
+        values["data_wait_frac"] = window.wait / elapsed
+        counts = loader.counts()
+        values["bad_shards"] = counts["bad_shards"]
+        values["bad_samples"] = counts["bad_samples"]
+        self.last_metrics = values
+        logger.log(step, values)
+
+    def _throughput(self, step_times: list[float]) -> dict:
+        """Mean seconds per step past the first two (warm-up), windows/s and tokens/s."""
+        cfg = self.cfg
         steady = step_times[min(len(step_times) - 1, 2):] if step_times else []
         mean_step = sum(steady) / max(1, len(steady)) if steady else float("nan")
-        counts = loader.counts()
-        summary.update(
-            steps=self.step,
-            seconds=seconds,
-            first_loss=self.first_loss,
-            final_metrics=self.last_metrics,
-            checkpoint=str(ckpt_lib.latest_path(self.out_dir, self.phase)) if last_ckpt or info.is_main else None,
-            sec_per_step=mean_step,
-            windows_per_s=cfg.batch_size / mean_step if steady else None,
-            tokens_per_s=cfg.batch_size * cfg.frames * self.tokens_per_frame / mean_step if steady else None,
-            loader=counts,
-        )
-        return summary
+        return {"sec_per_step": mean_step,
+                "windows_per_s": cfg.batch_size / mean_step if steady else None,
+                "tokens_per_s": cfg.batch_size * cfg.frames * self.tokens_per_frame / mean_step if steady else None}
 
 
-# ============================================================================ entry point
-def export_genie(out_dir: Path, mcfg: GenieConfig) -> Path:
-    """`OUT_DIR/genie.pt`: tokenizer + LAM + dynamics weights and the model config (for play/eval)."""
-    ck = ckpt_lib.load(ckpt_lib.latest_path(out_dir, "dynamics"))
-    bundle = {"format": ckpt_lib.FORMAT, "kind": "genie", "model_config": config_to_dict(mcfg),
-              "tokenizer": ck["model"]["tokenizer"], "lam": ck["model"]["lam"], "dynamics": ck["model"]["dynamics"],
-              "steps": {"dynamics": ck["step"]}}
-    path = out_dir / "genie.pt"
-    ckpt_lib.save_atomic(bundle, path)
-    return path
+class _Window:
+    """Steps and data-wait seconds since the last log line (throughput is logged per window)."""
 
+    def __init__(self):
+        self.reset()
 
-def train_main(cfg_train: TrainConfig, stage: str = "all", inputs: list[str] | None = None,
-               out_dir: str | os.PathLike | None = None, resume: bool = False, *, log_stream=None) -> dict:
-    """Train `stage` ("tokenizer", "dynamics" or "all") on the shards behind `inputs` (default
-    `cfg_train.data`) into `out_dir` (default `cfg_train.out_dir`). Returns a summary dict.
-
-    Raises `genie_pipeline.config.ConfigError` (dotted `train.…` key) for a config that cannot
-    work and `training.data.DataError` for missing/corrupt data past the threshold."""
-    if stage not in STAGES:
-        raise ConfigError("stage", f"must be one of {STAGES}, got {stage!r}")
-    cfg = cfg_train
-    out = Path(out_dir or cfg.out_dir)
-    inputs = list(inputs or cfg.data)
-    if not inputs:
-        raise ConfigError("train.data", "no training inputs: give INPUTS or set train.data")
-    mcfg = build_model_config(cfg)
-    info = dist_lib.setup(cfg.device)
-    try:
-        check_train_config(cfg, info.world_size)
-        shardset = resolve_inputs(inputs, cfg.split)
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_run_json(out, cfg, mcfg, shardset, stage, info, resume)
-        dist_lib.barrier()
-        phases = list(PHASES) if stage == "all" else [stage]
-        summary: dict[str, Any] = {"out_dir": str(out), "stage": stage, "world_size": info.world_size,
-                                   "device": str(info.device), "shards": len(shardset.shards), "phases": {}}
-        for phase in phases:
-            steps = cfg.tokenizer_steps if phase == "tokenizer" else cfg.dynamics_steps
-            if steps == 0:
-                continue
-            trainer = PhaseTrainer(phase, cfg, mcfg, out, info, shardset.shards, resume=resume, log_stream=log_stream)
-            summary["phases"][phase] = trainer.run()
-            del trainer
-            if (phase == "tokenizer" and info.is_main and not summary["phases"][phase].get("skipped")
-                    and ckpt_lib.latest_path(out, "dynamics").exists()):
-                print(f"[train] warning: {out} holds a phase-2 checkpoint made with an earlier tokenizer; resuming "
-                      "phase 2 keeps that tokenizer (start phase 2 in a new run dir to use this one)",
-                      file=sys.stderr)
-        if info.is_main and ckpt_lib.latest_path(out, "dynamics").exists() and "dynamics" in summary["phases"]:
-            summary["genie_checkpoint"] = str(export_genie(out, mcfg))
-        if info.is_main:
-            _update_run_json(out, summary=summary)
-        summary["run_json"] = str(out / "run.json")
-        dist_lib.barrier()
-        return summary
-    finally:
-        dist_lib.teardown(info)
-
-
-__all__ = ["train_main", "build_model_config", "PhaseTrainer", "LamDynamics", "DataError", "export_genie"]
+    def reset(self) -> None:
+        self.t0, self.steps, self.wait = time.time(), 0, 0.0

@@ -2,7 +2,7 @@
 
 Covers the whole quality loop: the labelling page (`genie-pipeline label`), training
 (`genie-pipeline train-quality`), the scoring stage of the ingest pipeline and `refilter`.
-Kept free of imports from genie_pipeline (genie_pipeline.config imports this module).
+Pydantic only: `genie_pipeline.filtering.config` assembles it into the `filters` section.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class QualityConfig(BaseModel):
     pooling: Literal["auto", "mean_prob", "mean_logit", "min_prob", "learned"] = "auto"
 
     # ----------------------------------------------------------------------- labelling
-    labels_db: str | None = None  # what train-quality reads by default; `label --db` writes it (default OUT/labels.sqlite)
+    labels_db: str | None = None  # what `label` writes and train-quality reads (default OUT/labels.sqlite)
 
     # ------------------------------------------------------------------------ training
     arch: Literal["resnet18", "timm-resnet18"] = "resnet18"

@@ -17,12 +17,14 @@ the page only as JSON and are put in the DOM with textContent.
 """
 from __future__ import annotations
 
+import getpass
 import hmac
 import io
 import ipaddress
 import json
 import logging
 import re
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,8 +33,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from genie_pipeline.filtering.label.sample import stratified_sample
-from genie_pipeline.filtering.label.store import VALID, LabelStore
+from genie_pipeline.filtering.quality.errors import QualityError
+from genie_pipeline.filtering.quality.label.sample import stratified_sample
+from genie_pipeline.filtering.quality.label.store import VALID, LabelStore
+from genie_pipeline.filtering.quality.labels import label_counts
 from genie_pipeline.shards.reader import ClipIndex
 
 log = logging.getLogger(__name__)
@@ -85,8 +89,7 @@ class LabelApp:
                 self.sample_keys = keys
                 return keys
         picked = stratified_sample(list(self.index.clips.values()), self.target, seed)
-        self.store.upsert_clips({"key": c.key, "video_id": c.video_id, "video_key": c.video_key,
-                                 "source": c.source, "title": c.title, "stratum": c.stratum} for c in picked)
+        self.store.upsert_clips(picked)
         self.store.set_sample([c.key for c in picked])
         self.store.set_meta("sample_spec", spec)
         self.sample_keys = [c.key for c in picked]
@@ -99,7 +102,10 @@ class LabelApp:
         others = sorted({e["key"] for e in cur if e["labeller"] != labeller and e["label"] != "skip"})
         return {"target": self.target, "labeller_default": self.labeller_default,
                 "clips": [{k: r[k] for k in ("key", "title", "source", "video_id", "stratum")} for r in sample],
-                "mine": mine, "others": others, "counts": self.store.counts(labeller)}
+                "mine": mine, "others": others, "counts": self.counts(labeller)}
+
+    def counts(self, labeller: str) -> dict[str, Any]:
+        return label_counts(self.store.current_labels(), labeller)
 
     def strip(self, key: str) -> bytes:
         with self._lock:
@@ -108,7 +114,7 @@ class LabelApp:
         import numpy as np
         from PIL import Image
 
-        from genie_pipeline.filtering.quality_frames import sample_frames
+        from genie_pipeline.filtering.quality.frames import sample_frames
 
         frames = sample_frames(self.index.read(key), self.strip_frames)
         buf = io.BytesIO()
@@ -192,7 +198,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if path in STATIC:
                 name, ctype = STATIC[path]
-                body = resources.files("genie_pipeline.filtering.label").joinpath(name).read_bytes()
+                body = resources.files("genie_pipeline.filtering.quality.label").joinpath(name).read_bytes()
                 headers = {"Cache-Control": "no-cache"}
                 if set_cookie:
                     headers["Set-Cookie"] = f"{COOKIE}={self.app.token}; HttpOnly; SameSite=Strict; Path=/"
@@ -267,7 +273,7 @@ class Handler(BaseHTTPRequestHandler):
                     return self._error(400, f"label must be one of {', '.join(VALID)}")
                 eid = self.app.store.add(key, label, labeller)
                 self._json({"ok": True, "id": eid, "key": key, "label": label,
-                            "counts": self.app.store.counts(labeller)})
+                            "counts": self.app.counts(labeller)})
             elif url.path == "/api/undo":
                 undone = self.app.store.undo(labeller)
                 current = None
@@ -275,7 +281,7 @@ class Handler(BaseHTTPRequestHandler):
                     mine = [e for e in self.app.store.current_labels(labeller) if e["key"] == undone["key"]]
                     current = mine[0]["label"] if mine else None
                 self._json({"ok": True, "undone": undone, "current": current,
-                            "counts": self.app.store.counts(labeller)})
+                            "counts": self.app.counts(labeller)})
             else:
                 self._error(404, "not found")
         except (BrokenPipeError, ConnectionResetError):
@@ -293,3 +299,37 @@ def make_server(app: LabelApp, host: str = "127.0.0.1", port: int = 8765) -> Thr
     srv = ThreadingHTTPServer((host, port), handler)
     srv.daemon_threads = True
     return srv
+
+
+def default_labeller() -> str:
+    """The login name, shown on the page as the labeller until someone types another."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 — no login name (a container without a passwd entry)
+        return ""
+
+
+def serve_labels(index: ClipIndex, store: LabelStore, *, host: str, port: int, token: str | None, target: int,
+                 seed: int, resample: bool, labeller: str) -> None:
+    """Serve the labelling page for a sample of `index`'s clips until Ctrl-C. A host other
+    than the loopback needs a token (QualityError naming --token otherwise); an address that
+    cannot be bound is a QualityError naming --host/--port."""
+    app = LabelApp(index, store, target=target, token=token, labeller_default=labeller)
+    keys = app.prepare_sample(seed=seed, resample=resample)
+    try:
+        srv = make_server(app, host, port)
+    except PermissionError as e:
+        raise QualityError(f"--token: {e}") from None
+    except OSError as e:  # address in use, or not an address of this machine
+        raise QualityError(f"--host/--port: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    bound, bound_port = srv.server_address[:2]
+    shown = f"[{bound}]" if ":" in bound else bound
+    url = f"http://{shown}:{bound_port}/" + (f"?token={token}" if token else "")
+    print(f"labelling {len(keys)} clips of {len(index)} from {index.root}; labels in {store.path}")
+    print(f"open {url}  (Ctrl-C to stop)", flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        srv.server_close()

@@ -9,9 +9,11 @@ import io
 import av
 import numpy as np
 
-from genie_pipeline.filtering.quality_data import QualityError
+from genie_pipeline.filtering.quality.errors import QualityError
+from genie_pipeline.shards.config import ClipsConfig
 
-FRAME_H, FRAME_W = 90, 160
+# the classifier's input size: the default clip size (clips of another size are resized to it)
+FRAME_H, FRAME_W = ClipsConfig().height, ClipsConfig().width
 
 
 # ------------------------------------------------------------------------ frame sampling
@@ -26,8 +28,9 @@ def sample_frames(data: bytes, k: int, height: int = FRAME_H, width: int = FRAME
     """K frames of an mp4 clip as uint8 (K, height, width, 3) RGB — used by training AND scoring.
 
     The clip's keyframes are listed without decoding (demux only); when there are at least K
-    of them, K keyframes spread evenly over the clip are decoded, each on its own (pipeline
-    clips have a keyframe every 16 frames, so this decodes 4 of 160 frames). Otherwise
+    of them, K keyframes spread evenly over the clip are decoded, each on its own (a pipeline
+    clip has a keyframe every `clips.keyframe_interval` frames, so this decodes K frames of the
+    clip, not all of them). Otherwise
     (few keyframes, B-frames reordering) the clip is decoded and K evenly spaced frames
     are taken. Frames of another size are resized with ffmpeg's area scaler.
     """

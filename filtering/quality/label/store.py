@@ -16,7 +16,10 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from genie_pipeline.shards.reader import ClipInfo
 
 VALID = ("good", "bad", "skip")
 
@@ -44,6 +47,12 @@ SELECT e.id, e.key, e.labeller, e.label, e.ts, e.origin FROM events e
 JOIN (SELECT key, labeller, MAX(id) AS id FROM events WHERE undone = 0 GROUP BY key, labeller) m
   ON e.id = m.id
 """
+
+
+def open_label_store(path: str | Path) -> LabelStore:
+    """The label database at `path`, created (with its folder) when missing."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return LabelStore(path)
 
 
 class LabelStore:
@@ -113,9 +122,8 @@ class LabelStore:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (k, v)))
 
     # ---------------------------------------------------------------- clips / sample
-    def upsert_clips(self, clips: Iterable[dict[str, Any]]) -> None:
-        rows = [(c["key"], str(c.get("video_id", "")), c.get("video_key", ""), c.get("source", ""),
-                 c.get("title", ""), c.get("stratum", "")) for c in clips]
+    def upsert_clips(self, clips: Iterable[ClipInfo]) -> None:
+        rows = [(c.key, str(c.video_id), c.video_key, c.source, c.title, c.stratum) for c in clips]
         self._write(lambda con: con.executemany(
             "INSERT INTO clips (key, video_id, video_key, source, title, stratum) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET video_id=excluded.video_id, video_key=excluded.video_key, "
@@ -185,21 +193,4 @@ class LabelStore:
             d = dict(r)
             d["labelled_at"] = d["ts"]
             out.append(d)
-        return out
-
-    def counts(self, labeller: str | None = None) -> dict[str, Any]:
-        """Clips with a good/bad label (any labeller; a clip labelled by two counts once, as the
-        majority), and this labeller's own numbers."""
-        from genie_pipeline.filtering.quality_data import resolve_labels
-
-        allcur = self.current_labels()
-        resolved = resolve_labels(allcur)
-        labelled_keys = {e["key"] for e in allcur if e["label"] != "skip"}
-        out = {"labelled": len(labelled_keys), "good": sum(v == "good" for v in resolved.values()),
-               "bad": sum(v == "bad" for v in resolved.values()),
-               "skipped": len({e["key"] for e in allcur if e["label"] == "skip"} - labelled_keys),
-               "labellers": sorted({e["labeller"] for e in allcur})}
-        if labeller is not None:
-            mine = [e for e in allcur if e["labeller"] == labeller]
-            out["mine"] = {lab: sum(e["label"] == lab for e in mine) for lab in VALID}
         return out

@@ -1,12 +1,15 @@
-"""Training data: random 16-frame windows from the 160-frame clips of ingest's WebDataset shards.
+"""Training data: random windows of `frames` frames from the clips of ingest's WebDataset shards.
 
-Reading plan (see GUIDE §3: opening a clip per window is far too slow):
+Reading plan (opening and decoding a clip for every window gives about 2.5 times fewer
+windows per second than taking all of a clip's windows from one decode: `open_per_window`
+vs `clip_once` in benchmarks/results/train.json):
 
     shards ──(split by rank × worker)──► tar members ──► clip shuffle buffer (compressed clips)
        ──► groups of `clips_per_group` clips ──► each clip decoded ONCE (only the frames its
        `windows_per_clip` random windows need; YUV→RGB in one batch) ──► windows of the group
        shuffled ──► batches (B, T, 3, H, W) uint8
 
+Shards are read through `genie_pipeline.shards.reader.iter_tar_clips` (local or remote).
 Every random choice comes from a generator seeded by (seed, epoch, stream) or (seed, epoch,
 clip key), so the order is a pure function of the seed and the shard list. A stream is one
 (rank, worker) pair; the streams of all ranks and workers partition the data (by shard when
@@ -24,201 +27,26 @@ Missing or unreadable shards and undecodable samples are skipped and counted (`b
 """
 from __future__ import annotations
 
-import io
 import logging
 import zlib
-from abc import ABC, abstractmethod
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genie_pipeline.shards.config import ClipsConfig
 from genie_pipeline.shards.reader import Clip, DataError, iter_tar_clips
+
+from .decoders import ClipDecoder, DecodeError, make_decoder
 
 log = logging.getLogger(__name__)
 
-# Measured by benchmarks/train.py (benchmarks/results/train.json): windows/s per worker.
-DEFAULT_DECODER = "pyav"
 WORKER_TIMEOUT_S = 1800
+# a sample's json records its length (`n_frames`); one that does not has the default clip length
+DEFAULT_CLIP_FRAMES = ClipsConfig().spec.frames
 
 
-class DecodeError(RuntimeError):
-    """One clip could not be decoded (or is shorter than the frames asked for)."""
-
-
-# ============================================================================ decoders
-class ClipDecoder(ABC):
-    """Decodes frames of one compressed clip held in memory. One interface, several backends."""
-
-    name = "base"
-
-    @abstractmethod
-    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
-        """Frames `indices` (any order, repeats allowed) of the clip as uint8 (N, 3, H, W) RGB."""
-
-    @staticmethod
-    def _gather(frames: np.ndarray, frame_ids: Sequence[int], indices: Sequence[int]) -> torch.Tensor:
-        """Rows of `frames` (holding frames `frame_ids`, sorted) in the order of `indices`."""
-        pos = np.searchsorted(frame_ids, indices)
-        if np.any(pos >= len(frame_ids)) or np.any(np.asarray(frame_ids)[np.minimum(pos, len(frame_ids) - 1)] != indices):
-            raise DecodeError(f"clip lacks some of the frames asked for (has {len(frame_ids)})")
-        return torch.from_numpy(np.ascontiguousarray(frames[pos]))
-
-
-def _yuv_luts(full_range: bool) -> tuple[np.ndarray, ...]:
-    """int16 lookup tables with 5 fractional bits: Y, and the R/G/B contributions of U and V."""
-    ys, cs = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
-    y = (np.arange(256) - (0 if full_range else 16)) * ys
-    c = (np.arange(256) - 128) * cs
-    return tuple(np.round(t * 32).astype(np.int16) for t in (y, 1.402 * c, -0.344136 * c, -0.714136 * c, 1.772 * c))
-
-
-_LUTS = {False: _yuv_luts(False), True: _yuv_luts(True)}
-
-
-def yuv420_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, full_range: bool = False) -> np.ndarray:
-    """Batched BT.601 YUV 4:2:0 → RGB: y (N,H,W), u/v (N,ceil(H/2),ceil(W/2)) uint8 → (N,3,H,W) uint8.
-
-    Fixed-point int16 lookup tables; the chroma terms are computed at chroma resolution and
-    upsampled nearest. Matches swscale's rgb24 output (PyAV/decord) within ~1 grey level.
-    NumPy, single-threaded on purpose: loader workers share the cores with training.
-    """
-    ly, lrv, lgu, lgv, lbu = _LUTS[bool(full_range)]
-    h, w = y.shape[-2:]
-    chroma = np.stack([lrv[v], lgu[u] + lgv[v], lbu[u]], 1)  # (N, 3, h/2, w/2) int16
-    chroma += 16  # rounding before the >> 5
-    out = np.repeat(np.repeat(chroma, 2, -2), 2, -1)[..., :h, :w]
-    out += ly[y][:, None]
-    out >>= 5
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)
-
-
-class PyAVDecoder(ClipDecoder):
-    """PyAV (FFmpeg) decoder. Decodes sequentially up to the last frame asked for, keeps the
-    YUV planes of the frames asked for and converts them to RGB in one batch (the per-frame
-    `to_ndarray("rgb24")` conversion costs more than decoding). `batch_yuv=False` uses swscale."""
-
-    name = "pyav"
-
-    def __init__(self, batch_yuv: bool = True):
-        import av  # noqa: F401  (fail early when missing)
-
-        self.batch_yuv = batch_yuv
-
-    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
-        import av
-
-        want = set(int(i) for i in indices)
-        if not want:
-            raise DecodeError("no frames asked for")
-        last = max(want)
-        planes: dict[int, Any] = {}
-        full_range = False
-        try:
-            with av.open(io.BytesIO(data), mode="r") as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "SLICE"
-                stream.codec_context.thread_count = 1
-                for i, frame in enumerate(container.decode(stream)):
-                    if i in want:
-                        fmt = frame.format.name
-                        if self.batch_yuv and fmt in ("yuv420p", "yuvj420p"):
-                            full_range = fmt == "yuvj420p"
-                            planes[i] = tuple(_plane(p) for p in frame.planes[:3])
-                        else:
-                            planes[i] = frame.to_ndarray(format="rgb24").transpose(2, 0, 1)
-                    if i >= last:
-                        break
-        except DecodeError:
-            raise
-        except Exception as e:  # av.error.*, struct errors on truncated data ...
-            raise DecodeError(f"{type(e).__name__}: {e}") from None
-        if len(planes) < len(want):
-            raise DecodeError(f"clip has fewer frames than {last + 1}")
-        keys = sorted(planes)
-        if isinstance(planes[keys[0]], tuple):
-            y, u, v = (np.stack([planes[k][c] for k in keys]) for c in range(3))
-            rgb = yuv420_to_rgb(y, u, v, full_range)
-        else:
-            rgb = np.stack([planes[k] for k in keys])
-        return self._gather(rgb, keys, list(indices))
-
-
-def _plane(p) -> np.ndarray:
-    return np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: p.height, : p.width]
-
-
-class DecordDecoder(ClipDecoder):
-    """decord decoder (RGB from swscale; `get_batch` on the sorted unique frames, one thread)."""
-
-    name = "decord"
-
-    def __init__(self):
-        import decord  # noqa: F401
-
-    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
-        import decord
-
-        uniq = sorted(set(int(i) for i in indices))
-        if not uniq:
-            raise DecodeError("no frames asked for")
-        try:
-            vr = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
-            n = len(vr)
-            if uniq[-1] >= n:
-                raise DecodeError(f"clip has {n} frames, frame {uniq[-1]} asked for")
-            arr = vr.get_batch(uniq).asnumpy()
-            del vr
-        except DecodeError:
-            raise
-        except Exception as e:  # decord.DECORDError, RuntimeError
-            raise DecodeError(f"{type(e).__name__}: {e}") from None
-        return self._gather(arr.transpose(0, 3, 1, 2), uniq, list(indices))
-
-
-class FallbackDecoder(ClipDecoder):
-    """Decode with `primary`; a clip it fails on gets a second try with `secondary`."""
-
-    def __init__(self, primary: ClipDecoder, secondary: ClipDecoder | None):
-        self.primary, self.secondary = primary, secondary
-        self.name = primary.name
-        self.fallbacks = 0
-
-    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
-        try:
-            return self.primary.decode(data, indices)
-        except DecodeError:
-            if self.secondary is None:
-                raise
-            self.fallbacks += 1
-            return self.secondary.decode(data, indices)
-
-
-DECODERS = {"pyav": PyAVDecoder, "decord": DecordDecoder}
-
-
-def make_decoder(name: str = "auto") -> ClipDecoder:
-    """`auto`: DEFAULT_DECODER (the benchmark's winner) with the other backend as fallback for
-    clips it cannot decode; else whichever backend imports."""
-    if name != "auto":
-        if name not in DECODERS:
-            raise ValueError(f"unknown decoder {name!r}; known: {sorted(DECODERS)} or 'auto'")
-        return DECODERS[name]()
-    order = [DEFAULT_DECODER] + [n for n in DECODERS if n != DEFAULT_DECODER]
-    made, errors = [], []
-    for n in order:
-        try:
-            made.append(DECODERS[n]())
-        except ImportError as e:
-            errors.append(f"{n}: {e}")
-    if not made:
-        raise ImportError("no clip decoder available: " + "; ".join(errors))
-    return FallbackDecoder(made[0], made[1] if len(made) > 1 else None)
-
-
-# ========================================================================= the dataset
 def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]))
 
@@ -346,7 +174,7 @@ class WindowDataset(torch.utils.data.IterableDataset):
 
     # -- decoding
     def window_starts(self, clip: Clip, epoch: int) -> list[int]:
-        n = int(clip.meta.get("n_frames") or 160)
+        n = int(clip.meta.get("n_frames") or DEFAULT_CLIP_FRAMES)
         if n < self.frames:
             raise DecodeError(f"clip has {n} frames, fewer than a window ({self.frames})")
         starts = _rng(self.seed, epoch, _key_hash(clip.key), 13).integers(0, n - self.frames + 1, self.windows_per_clip)
@@ -381,15 +209,6 @@ class WindowDataset(torch.utils.data.IterableDataset):
         pos.setdefault("epoch_base", {k: pos[k] for k in self.COUNTERS})
         pos.setdefault("epoch_bad_decodes", 0)
         batch: list = []
-
-        def sync(stats):
-            base = pos["epoch_base"]
-            pos["bad_shards"] = base["bad_shards"] + stats["bad_shards"]
-            pos["bad_samples"] = base["bad_samples"] + stats["bad_samples"] + stats["bad_decodes"]
-            pos["shards_read"] = base["shards_read"] + stats["shards_read"]
-            pos["samples_read"] = base["samples_read"] + stats["samples_read"]
-            pos["epoch_bad_decodes"] = stats["bad_decodes"]
-
         while True:
             epoch = pos["epoch"]
             skip_groups, skip_windows = pos["group"], pos["offset"]
@@ -411,26 +230,30 @@ class WindowDataset(torch.utils.data.IterableDataset):
                     produced += 1
                     batch.append((video, key, start))
                     if len(batch) == self.batch_size:
-                        sync(stats)
+                        _sync(pos, stats)
                         yield self._collate(batch, pos, worker, stream)
                         batch = []
                 if not items:
                     pos["group"], pos["offset"] = g + 1, 0
-            sync(stats)
-            seen = stats["samples_read"]
-            bad = stats["bad_samples"] + stats["bad_decodes"]
-            if seen and bad > self.max_bad_fraction * seen:
-                raise DataError(f"{bad} of {seen} samples read by loader stream {stream} in epoch {epoch} are "
-                                f"corrupt (max_bad_shard_fraction={self.max_bad_fraction})")
-            if produced == 0 and not resumed:
-                raise DataError(f"loader stream {stream} got no usable window in a whole pass over its shards "
-                                f"({stats['bad_shards']} bad shards, {bad} bad samples)")
+            _sync(pos, stats)
+            self._check_epoch(stream, epoch, stats, produced, resumed)
             pos.update(epoch=epoch + 1, group=0, offset=0, epoch_bad_decodes=0,
                        epoch_base={k: pos[k] for k in self.COUNTERS})
             if not self.infinite:
                 break
         if batch:
             yield self._collate(batch, pos, worker, stream)
+
+    def _check_epoch(self, stream: int, epoch: int, stats: dict, produced: int, resumed: bool) -> None:
+        """After a pass over the stream's shards: too many corrupt samples, or no window at all."""
+        seen = stats["samples_read"]
+        bad = stats["bad_samples"] + stats["bad_decodes"]
+        if seen and bad > self.max_bad_fraction * seen:
+            raise DataError(f"{bad} of {seen} samples read by loader stream {stream} in epoch {epoch} are "
+                            f"corrupt (max_bad_shard_fraction={self.max_bad_fraction})")
+        if produced == 0 and not resumed:
+            raise DataError(f"loader stream {stream} got no usable window in a whole pass over its shards "
+                            f"({stats['bad_shards']} bad shards, {bad} bad samples)")
 
     @staticmethod
     def _collate(batch, pos, worker, stream) -> dict:
@@ -449,6 +272,16 @@ class WindowDataset(torch.utils.data.IterableDataset):
         if info is not None and info.num_workers != self.workers_per_rank:
             raise DataError(f"dataset built for {self.num_workers} workers runs in {info.num_workers}")
         return self.iter_stream(self.stream_id(worker), worker)
+
+
+def _sync(pos: dict, stats: dict) -> None:
+    """A stream position's running counts: the epoch's start counts plus this epoch's."""
+    base = pos["epoch_base"]
+    pos["bad_shards"] = base["bad_shards"] + stats["bad_shards"]
+    pos["bad_samples"] = base["bad_samples"] + stats["bad_samples"] + stats["bad_decodes"]
+    pos["shards_read"] = base["shards_read"] + stats["shards_read"]
+    pos["samples_read"] = base["samples_read"] + stats["samples_read"]
+    pos["epoch_bad_decodes"] = stats["bad_decodes"]
 
 
 def resize_video(video: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

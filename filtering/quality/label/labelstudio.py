@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 from typing import Any, Iterable
 from urllib.parse import unquote, urlparse
 
-from genie_pipeline.filtering.quality_data import QualityError
+from genie_pipeline.filtering.quality.errors import QualityError
 
 LABEL_CONFIG = """<View>
   <Video name="video" value="$video" muted="true"/>

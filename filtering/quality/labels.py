@@ -1,45 +1,27 @@
-"""Where labelled clips come from: an ingest output or a folder of mp4 clips; label files.
-
-`ClipIndex.open(path)` accepts
-- an ingest output directory: `manifest.parquet` rows, each clip read from its video's clip
-  store `clips/{video_key}.tar` (every clip, kept or not) or else from its shard;
-- a directory of clip store tars or WebDataset shards without a manifest;
-- any folder of `.mp4` clips (searched recursively): the key is made from the file name,
-  the video is the sub-folder, or the file name without a trailing `_NNN` start index.
-
-Clip bytes are read with one seek into the tar (member offsets are indexed once per tar).
+"""Labels: what a label file holds, and one label per clip from many labellers.
 
 `load_labels(path)` reads a label database (SQLite, written by the labelling page), a
 Parquet export or a Label Studio JSON export, and says clearly what is wrong with a file
-that is none of these.
+that is none of these. `resolve_labels` takes the majority per clip; `label_counts` is the
+labelling page's progress; `label_set_hash` names a label set in a model's metadata.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from genie_pipeline.filtering.quality.errors import QualityError
+from genie_pipeline.filtering.quality.label.labelstudio import parse_labelstudio
+from genie_pipeline.filtering.quality.label.store import VALID, LabelStore
+
 LABELS = ("good", "bad")
 
 
-class QualityError(Exception):
-    """A problem with labels, clips or a model file, with a message meant for the user."""
-
-
-def config_error(key: str, msg: str) -> Exception:
-    """genie_pipeline.config.ConfigError(key, msg) (the CLI prints it and exits 2); imported
-    late: genie_pipeline.config imports filtering.quality_config."""
-    try:
-        from genie_pipeline.config import ConfigError
-    except ImportError:  # pragma: no cover
-        return QualityError(f"{key}: {msg}")
-    return ConfigError(key, msg)
-
-
-# -------------------------------------------------------------------------------- labels
+# -------------------------------------------------------------------------------- files
 def load_labels(path: str | Path) -> list[dict[str, Any]]:
     """Label events from a label database (.sqlite/.db), a Parquet export or a Label Studio
     JSON export: dicts with key, label (good|bad|skip), labeller, labelled_at."""
@@ -50,8 +32,6 @@ def load_labels(path: str | Path) -> list[dict[str, Any]]:
         raise QualityError(f"label file {p} is a directory")
     head = p.read_bytes()[:16]
     if head.startswith(b"SQLite format 3"):
-        from genie_pipeline.filtering.label.store import LabelStore
-
         try:
             with LabelStore(p, readonly=True) as st:
                 return st.current_labels()
@@ -60,8 +40,6 @@ def load_labels(path: str | Path) -> list[dict[str, Any]]:
     if head.startswith(b"PAR1"):
         return _parquet_labels(p)
     if p.suffix.lower() == ".json" or head.lstrip()[:1] in (b"[", b"{"):
-        from genie_pipeline.filtering.label.labelstudio import parse_labelstudio
-
         try:
             data = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -87,6 +65,7 @@ def _parquet_labels(p: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------------------------------------------- voting
 def resolve_labels(events: list[dict[str, Any]]) -> dict[str, str]:
     """One label per clip: the majority of its labellers' good/bad labels; ties and skips
     give none."""
@@ -101,14 +80,24 @@ def resolve_labels(events: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def label_set_hash(labels: dict[str, str]) -> str:
-    import hashlib
+def label_counts(current: list[dict[str, Any]], labeller: str | None = None) -> dict[str, Any]:
+    """Progress from the current labels (`LabelStore.current_labels()`): clips with a
+    good/bad label (any labeller; a clip labelled by two counts once, as the majority),
+    and this labeller's own numbers."""
+    resolved = resolve_labels(current)
+    labelled_keys = {e["key"] for e in current if e["label"] != "skip"}
+    out = {"labelled": len(labelled_keys), "good": sum(v == "good" for v in resolved.values()),
+           "bad": sum(v == "bad" for v in resolved.values()),
+           "skipped": len({e["key"] for e in current if e["label"] == "skip"} - labelled_keys),
+           "labellers": sorted({e["labeller"] for e in current})}
+    if labeller is not None:
+        mine = [e for e in current if e["labeller"] == labeller]
+        out["mine"] = {lab: sum(e["label"] == lab for e in mine) for lab in VALID}
+    return out
 
+
+def label_set_hash(labels: dict[str, str]) -> str:
     h = hashlib.sha256()
     for k in sorted(labels):
         h.update(f"{k}\t{labels[k]}\n".encode())
     return h.hexdigest()
-
-
-def is_nan(x) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))

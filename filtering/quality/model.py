@@ -1,0 +1,286 @@
+"""`QualityNet` and its model file: the state dict (loadable with torch.load(weights_only=True))
+and the JSON metadata beside it (input spec, threshold, metrics; `read_metadata`).
+
+Normalisation lives inside the model, so a clip's uint8 frames (`frames.sample_frames`, the
+sampling training and scoring share) are the whole input spec.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from genie_pipeline.filtering.quality.errors import QualityError
+from genie_pipeline.filtering.quality.frames import FRAME_H, FRAME_W
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODEL_FORMAT = "genie-quality/2"  # 2: the clip head reads image statistics
+
+
+# ---------------------------------------------------------------------------------- model
+def build_backbone(arch: str) -> nn.Module:
+    """ResNet18 with one output logit, random init (no download): weights come from training
+    or from a local file (`load_backbone_weights`)."""
+    if arch == "resnet18":
+        from torchvision.models import resnet18
+
+        return resnet18(weights=None, num_classes=1)
+    if arch == "timm-resnet18":
+        import timm
+
+        return timm.create_model("resnet18", pretrained=False, num_classes=1)
+    raise QualityError(f"unknown arch {arch!r} (resnet18 | timm-resnet18)")
+
+
+FRAME_POOLINGS = ("mean_prob", "mean_logit", "min_prob")
+N_MOTION = 3  # log mean / min / max difference between consecutive sampled frames
+N_IMAGE_STATS = 11  # see QualityNet.image_stats
+N_CLIP_STATS = 3 + 2 * N_MOTION + 1 + N_IMAGE_STATS  # frame logits, motion and its square, spread, image stats
+CLIP_HEAD_WIDTH = 32
+POOLINGS = FRAME_POOLINGS + ("learned",)
+
+
+def pool_logits(logits: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, K) frame logits -> (B,) clip probabilities."""
+    if how == "mean_prob":
+        return torch.sigmoid(logits).mean(1)
+    if how == "mean_logit":
+        return torch.sigmoid(logits.mean(1))
+    if how == "min_prob":
+        return torch.sigmoid(logits.min(1).values)
+    raise QualityError(f"unknown pooling {how!r}")
+
+
+class QualityNet(nn.Module):
+    """Clip quality: uint8 (B, K, H, W, 3) frames -> (B,) probability that the clip is good.
+
+    A ResNet18 trunk embeds each frame (512-d). Two heads share it:
+    - the frame head (the ResNet's own fc) gives one logit per frame; pooled over the K
+      frames (`mean_prob`: the mean frame probability, `mean_logit`, `min_prob`);
+    - the clip head (`learned`), a two-layer MLP (32 wide) on 21 clip statistics: the mean,
+      min and max frame logit; how much consecutive sampled frames differ (log of the mean,
+      min and max mean absolute difference, and their squares: too little change and too
+      much are both bad); how much the frame embeddings spread (log mean std); and 11 image
+      statistics (`image_stats`: brightness, sharpness, flat borders, how many pixels
+      change, how far the colour histograms of the sampled frames are apart, colour
+      entropy). So it sees what no single frame shows: frames of one clip that do not belong
+      together (rapid cuts between games, a slideshow) or that never change (a paused
+      menu). The image statistics say what a degradation looks like in any game, where a
+      trunk trained on a few hundred clips partly learns which games were labelled bad.
+      Its inputs are detached, so it cannot pull the frame trunk around.
+    `pooling` picks the clip score. Normalisation is part of the model."""
+
+    def __init__(self, arch: str = "resnet18", frames_per_clip: int = 4, pooling: str = "mean_prob",
+                 height: int = FRAME_H, width: int = FRAME_W, channels_last: bool = True, bf16: bool = False):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise QualityError(f"unknown pooling {pooling!r} ({' | '.join(POOLINGS)})")
+        self.arch, self.frames_per_clip, self.pooling = arch, frames_per_clip, pooling
+        self.height, self.width = height, width
+        self.channels_last, self.bf16 = channels_last, bf16
+        self.backbone = build_backbone(arch)
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        # a small MLP, not a logistic regression: the statistics are not monotone in quality
+        # (too little change is a paused menu, too much a montage); the input BatchNorm puts
+        # log-brightness and a 0-1 histogram distance on one scale
+        self.clip_head = nn.Sequential(nn.BatchNorm1d(N_CLIP_STATS, affine=False),
+                                       nn.Linear(N_CLIP_STATS, CLIP_HEAD_WIDTH), nn.ReLU(),
+                                       nn.Linear(CLIP_HEAD_WIDTH, CLIP_HEAD_WIDTH), nn.ReLU(),
+                                       nn.Linear(CLIP_HEAD_WIDTH, 1))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def params(self) -> dict[str, Any]:
+        return {"arch": self.arch, "frames_per_clip": self.frames_per_clip, "pooling": self.pooling,
+                "height": self.height, "width": self.width}
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> normalised float (N, 3, H, W) (channels_last memory: a free view)."""
+        x = frames.permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """normalised (N, 3, H, W) -> (N, 512) frame embeddings (the trunk runs in bf16 if asked)."""
+        b = self.backbone
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and x.device.type == "cpu"):
+            if hasattr(b, "forward_features"):  # timm
+                f = b.forward_head(b.forward_features(x), pre_logits=True)
+            else:  # torchvision
+                x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+                x = b.layer4(b.layer3(b.layer2(b.layer1(x))))
+                f = torch.flatten(b.avgpool(x), 1)
+        return f.float()
+
+    @staticmethod
+    def motion(x: torch.Tensor, k: int) -> torch.Tensor:
+        """normalised (B*K, 3, H, W) -> (B, 3): log of the mean, min and max over consecutive
+        sampled frames of their mean absolute difference."""
+        x = x.reshape(-1, k, *x.shape[1:]).float()
+        if k < 2:
+            return torch.zeros(x.shape[0], N_MOTION, device=x.device)
+        d = (x[:, 1:] - x[:, :-1]).abs().mean(dim=(2, 3, 4))
+        return torch.log(torch.stack([d.mean(1), d.min(1).values, d.max(1).values], 1) + 1e-3)
+
+    @staticmethod
+    def image_stats(clips: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, K, H, W, 3) -> (B, 11), each cheap and game-agnostic:
+        log mean and min frame brightness (black, faded); log sharpness, the 99th percentile of
+        the gradient magnitude (blur); flat borders, how many of the 4 edge bands are one
+        colour, averaged over frames (letterbox, small window); log mean/min/max share of
+        pixels changing by more than 8 levels between consecutive sampled frames (static,
+        paused: counts pixels, so encoder noise does not read as motion); mean/max/min
+        distance between the colour histograms of two sampled frames (cuts between games,
+        slideshows); colour entropy, mean over frames (a camera picture inside the frame,
+        e.g. a webcam overlay, brings colours that game graphics lack)."""
+        b, k, h, w, _ = clips.shape
+        rgb = clips.float()
+        gray = rgb.mean(-1)  # (B, K, H, W)
+        lum = gray.mean((2, 3))
+        gy = (gray[:, :, 1:] - gray[:, :, :-1]).abs().flatten(2)
+        gx = (gray[:, :, :, 1:] - gray[:, :, :, :-1]).abs().flatten(2)
+        sharp = torch.quantile(torch.cat([gy, gx], 2), 0.99, dim=2).mean(1)
+        bh, bw = max(1, h // 10), max(1, w // 10)
+        bands = [gray[:, :, :bh], gray[:, :, -bh:], gray[:, :, :, :bw], gray[:, :, :, -bw:]]
+        flat = sum((x.flatten(2).std(2) < 3).float() for x in bands).mean(1)
+        code = (clips.long() // 64).flatten(2, 3)  # (B, K, H*W, 3): 4 levels per channel
+        code = code[..., 0] * 16 + code[..., 1] * 4 + code[..., 2]
+        hist = torch.zeros(b, k, 64, device=clips.device).scatter_add_(2, code, torch.ones_like(code, dtype=torch.float))
+        hist = hist / (h * w)
+        if k > 1:
+            changed = ((gray[:, 1:] - gray[:, :-1]).abs() > 8).float().mean((2, 3))
+            i, j = torch.triu_indices(k, k, 1)
+            dist = 0.5 * (hist[:, i] - hist[:, j]).abs().sum(-1)  # (B, pairs)
+        else:
+            changed = dist = torch.zeros(b, 1, device=clips.device)
+        entropy = -(hist * torch.log(hist.clamp_min(1e-12))).sum(-1).mean(1)
+        log = lambda t: torch.log(t + 1e-2)  # noqa: E731
+        # a paused menu changes ~0.1% of pixels, quiet gameplay ~1%: a small floor keeps them apart
+        log_changed = lambda t: torch.log(t + 1e-4)  # noqa: E731
+        return torch.stack([log(lum.mean(1)), log(lum.min(1).values), log(sharp), flat,
+                            log_changed(changed.mean(1)), log_changed(changed.min(1).values),
+                            log_changed(changed.max(1).values),
+                            dist.mean(1), dist.max(1).values, dist.min(1).values, entropy], 1)
+
+    def heads(self, feats: torch.Tensor, k: int, motion: torch.Tensor,
+              image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B*K, F) embeddings, (B, 3) motion, (B, 11) image stats -> frame logits (B, K) and
+        clip logits (B,)."""
+        frame = self.backbone.fc(feats).squeeze(1).view(-1, k)
+        fl = frame.detach()
+        spread = feats.detach().view(-1, k, feats.shape[1]).std(1, unbiased=False).mean(1, keepdim=True) \
+            if k > 1 else torch.zeros(fl.shape[0], 1, device=fl.device)
+        mo = motion.detach()
+        # squares: both too little change (paused, black) and too much (cuts, slideshow) are bad
+        stats = torch.cat([fl.mean(1, keepdim=True), fl.min(1, keepdim=True).values, fl.max(1, keepdim=True).values,
+                           mo, mo * mo / 4, torch.log(spread + 1e-3), image], 1)
+        return frame, self.clip_head(stats).squeeze(1)
+
+    def outputs(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, k = clips.shape[:2]
+        x = self.normalize(clips.reshape(b * k, *clips.shape[2:]))
+        return self.heads(self.features(x), k, self.motion(x, k), self.image_stats(clips))
+
+    def frame_logits(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.outputs(clips)[0]
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        frame, clip = self.outputs(clips)
+        return torch.sigmoid(clip) if self.pooling == "learned" else pool_logits(frame, self.pooling)
+
+
+def load_backbone_weights(model: QualityNet, path: str) -> dict[str, int]:
+    """Initialise the backbone from a local weights file (an ImageNet ResNet18 state dict, say).
+
+    Loaded with torch.load(weights_only=True): a file that needs arbitrary unpickling is
+    refused. Tensors whose name and shape match are copied; the classifier head (fc) of
+    another task is skipped."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise QualityError(f"weights file {path} does not exist") from None
+    except Exception as e:  # noqa: BLE001 — torch raises many types for a bad file
+        raise QualityError(f"cannot load weights file {path} (weights_only=True): {type(e).__name__}: {e}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
+    if not isinstance(sd, dict):
+        raise QualityError(f"weights file {path} holds no state dict")
+    own = model.backbone.state_dict()
+    take = {}
+    for name, t in sd.items():
+        for prefix in ("module.", "backbone.", "model."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        if name in own and isinstance(t, torch.Tensor) and own[name].shape == t.shape:
+            take[name] = t
+    if not take:
+        raise QualityError(f"weights file {path} has no tensor matching {model.arch}")
+    model.backbone.load_state_dict(take, strict=False)
+    return {"loaded": len(take), "skipped": len(sd) - len(take), "missing": len(own) - len(take)}
+
+
+def metadata_path(model_path: str | os.PathLike) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def read_metadata(model_path: str | os.PathLike) -> dict[str, Any]:
+    mp = metadata_path(model_path)
+    if not Path(model_path).exists():
+        raise QualityError(f"model file {model_path} does not exist (train one with `genie-pipeline train-quality`)")
+    try:
+        meta = json.loads(mp.read_text())
+    except FileNotFoundError:
+        raise QualityError(f"model metadata {mp} is missing (it is written beside the model by train-quality)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise QualityError(f"model metadata {mp} is not valid JSON: {e}") from None
+    if meta.get("format") != MODEL_FORMAT:
+        raise QualityError(f"{mp} is not a quality model description (format {meta.get('format')!r})")
+    return meta
+
+
+def use_bf16(setting: str, meta: dict) -> bool:
+    return setting == "on" or (setting == "auto" and bool(meta.get("bf16", {}).get("keeps_accuracy")))
+
+
+def load_quality_model(model_path: str, bf16: str = "auto", channels_last: bool = True) -> tuple[QualityNet, dict]:
+    meta = read_metadata(model_path)
+    model = QualityNet(**meta["model_params"], channels_last=channels_last, bf16=use_bf16(bf16, meta))
+    try:
+        sd = torch.load(model_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(sd)
+    except Exception as e:  # noqa: BLE001
+        raise QualityError(f"cannot load model {model_path}: {type(e).__name__}: {e}") from None
+    return model.eval().requires_grad_(False), meta
+
+
+def save_quality_model(model: QualityNet, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write the state dict (torch.save; loadable with weights_only=True) and the metadata
+    JSON beside it, each atomically. `meta` needs at least `threshold`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": MODEL_FORMAT, "model_file": path.name, "model_params": model.params(), **meta}
+    if not 0 <= float(meta["threshold"]) <= 1:
+        raise QualityError(f"threshold {meta['threshold']} is not in [0, 1]")
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    mp = metadata_path(path)
+    tmpj = mp.with_name(mp.name + ".tmp")
+    tmpj.write_text(json.dumps(meta, indent=1, default=_json_default))
+    os.replace(tmpj, mp)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+

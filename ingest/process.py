@@ -1,0 +1,121 @@
+"""The stages a candidate goes through after discovery, Beam-free: each is built once per
+worker from its config sections (and explicit paths) and called per candidate.
+
+    KeywordVerdict   Candidate → the same Candidate, its keyword verdict recorded
+    VideoProcessor   Candidate → VideoResult (clips in the clip store) or Failure
+
+A whole source video never leaves `VideoProcessor`: it fetches, decodes once, cuts, scores
+and encodes in one call and persists the video's clips to the clip store (the unit of
+resume); only the small VideoResult moves on.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from genie_pipeline.filtering.config import HeuristicsConfig, KeywordsConfig
+from genie_pipeline.filtering.heuristics import score_clip, verdict
+from genie_pipeline.filtering.keywords import filter_for
+from genie_pipeline.ingest.config import DownloadConfig
+from genie_pipeline.ingest.download import Downloader
+from genie_pipeline.ingest.errors import Count, IngestError, failure, no_count
+from genie_pipeline.ingest.video import iter_clips, probe
+from genie_pipeline.shards import fs
+from genie_pipeline.shards.clip import ClipFormatError, encode_clip
+from genie_pipeline.shards.config import ClipsConfig
+from genie_pipeline.shards.records import Candidate, ClipRow, Failure, VideoResult, clip_key
+from genie_pipeline.shards.store import store_path, write_store
+
+
+class KeywordVerdict:
+    """Records the verdict and matched terms on every candidate, kept or not (the candidates
+    table shows why each was rejected). `selectors` maps a source name to its keyword set
+    ("default", "none" or a name in keywords.sets); filters are compiled once."""
+
+    def __init__(self, keywords: KeywordsConfig, selectors: dict[str, str], count: Count = no_count):
+        self.filters = {name: filter_for(keywords, sel) for name, sel in selectors.items()}
+        self.count = count
+
+    def __call__(self, c: Candidate) -> Candidate:
+        v = self.filters[c.source](c.title, c.description)
+        c.keyword_verdict = "keep" if v.keep else "reject"
+        c.keyword_reason, c.matched_terms = v.reason, list(v.matched)
+        self.count("keyword_kept" if v.keep else "keyword_rejected")
+        return c
+
+
+class VideoProcessor:
+    """Candidate → VideoResult with its clips written to the clip store under `out`, or a
+    Failure naming the stage (download, probe, decode, cut, encode) and the error type.
+    Never raises for a bad video: a surprise from yt-dlp, a filesystem or a codec becomes a
+    failure row too. Downloads go to `scratch` and are deleted after cutting unless
+    download.keep."""
+
+    def __init__(self, download: DownloadConfig, clips: ClipsConfig, heuristics: HeuristicsConfig,
+                 out: str, scratch: str, count: Count = no_count):
+        self.download, self.clips, self.heuristics, self.out = download, clips, heuristics, out
+        self.downloader = Downloader(download, scratch)
+        self.count = count
+
+    def __call__(self, c: Candidate) -> VideoResult | Failure:
+        t0 = time.time()
+        try:
+            fetched = self.downloader.fetch(c)
+        except IngestError as e:
+            return e.failure(c)
+        except Exception as e:  # a yt-dlp or filesystem surprise must not kill the job
+            return failure(c, "download", type(e).__name__, str(e))
+        self.count("downloaded")
+        try:
+            result = self._cut(c, fetched.path)
+        except IngestError as e:
+            return e.failure(c)
+        except ClipFormatError as e:
+            return failure(c, "encode", "VideoError", str(e))
+        except Exception as e:  # a bug or an exotic file must not kill the job
+            return failure(c, "cut", type(e).__name__, str(e))
+        finally:
+            if fetched.temporary:
+                fs.remove(fetched.path)
+        self.count("videos_done")
+        print(f"  done {c.video_key}: {len(result.clips)} clips ({sum(x.kept for x in result.clips)} kept) "
+              f"in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+        return result
+
+    def _cut(self, c: Candidate, path: str) -> VideoResult:
+        """Probe, cut, score and encode the fetched file; store the clips. Raises IngestError."""
+        info = probe(path)
+        span = (c.end_s - c.start_s) if c.start_s is not None and c.end_s is not None else info.duration_s
+        # NaN (a duration nobody knows) passes: the cut finds out
+        if span == span and span > self.download.max_duration_s:
+            raise IngestError("probe", "TooLong", f"{span:.0f} s > download.max_duration_s")
+        seconds = self.clips.seconds
+        clips: list[ClipRow] = []
+        data: list[tuple[str, bytes]] = []
+        offset = c.start_s or 0.0
+        for index, frames in iter_clips(path, self.clips, c.start_s, c.end_s):
+            row, mp4 = self._clip(c, offset + index * seconds, frames)
+            clips.append(row)
+            data.append((row.key, mp4))
+        if not clips:
+            raise IngestError("cut", "TooShort", f"{span:.1f} s of video gives no full {seconds:g} s clip")
+        result = VideoResult(video_key=c.video_key, video_id=c.video_id, source=c.source, title=c.title,
+                             status="done", clips=clips, seconds_in=float(span if span == span else 0),
+                             seconds_out=len(clips) * seconds, store=store_path(self.out, c.video_key))
+        write_store(result.store, result, data)
+        return result
+
+    def _clip(self, c: Candidate, start_s: float, frames: np.ndarray) -> tuple[ClipRow, bytes]:
+        """One clip's row (heuristic scores and verdict) and its encoded mp4."""
+        scores = score_clip(frames, self.clips.fps)
+        reason = verdict(scores, self.heuristics)
+        mp4 = encode_clip(frames, self.clips.spec)
+        row = ClipRow(key=clip_key(c.video_key, int(round(start_s * 1000))), video_key=c.video_key,
+                      video_id=c.video_id, source=c.source, title=c.title, start_s=start_s,
+                      duration_s=self.clips.seconds, n_frames=len(frames), bytes=len(mp4),
+                      kept=not reason, reason=reason, **scores.as_dict())
+        self.count("clips_cut")
+        self.count("clips_kept_heuristics" if not reason else f"clips_rejected_{reason}")
+        return row, mp4

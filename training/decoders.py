@@ -1,0 +1,192 @@
+"""Clip decoders: frames of one compressed clip held in memory, as uint8 (N, 3, H, W) RGB.
+
+One interface (`ClipDecoder.decode(data, indices)`), two backends (PyAV, decord), and
+`make_decoder(name)`, which for "auto" puts the faster backend first and the other behind it
+for the clips the first cannot decode.
+"""
+from __future__ import annotations
+
+import importlib
+import io
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+# PyAV decodes more windows per second per loader worker than decord (benchmarks/train.py,
+# results in benchmarks/results/train.json), so "auto" tries it first.
+DEFAULT_DECODER = "pyav"
+
+
+class DecodeError(RuntimeError):
+    """One clip could not be decoded (or is shorter than the frames asked for)."""
+
+
+class ClipDecoder(ABC):
+    """Decodes frames of one compressed clip held in memory. One interface, several backends."""
+
+    name = "base"
+
+    @abstractmethod
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        """Frames `indices` (any order, repeats allowed) of the clip as uint8 (N, 3, H, W) RGB."""
+
+    @staticmethod
+    def _gather(frames: np.ndarray, frame_ids: Sequence[int], indices: Sequence[int]) -> torch.Tensor:
+        """Rows of `frames` (holding frames `frame_ids`, sorted) in the order of `indices`."""
+        pos = np.searchsorted(frame_ids, indices)
+        if np.any(pos >= len(frame_ids)) or np.any(np.asarray(frame_ids)[np.minimum(pos, len(frame_ids) - 1)] != indices):
+            raise DecodeError(f"clip lacks some of the frames asked for (has {len(frame_ids)})")
+        return torch.from_numpy(np.ascontiguousarray(frames[pos]))
+
+
+def _yuv_luts(full_range: bool) -> tuple[np.ndarray, ...]:
+    """int16 lookup tables with 5 fractional bits: Y, and the R/G/B contributions of U and V."""
+    ys, cs = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
+    y = (np.arange(256) - (0 if full_range else 16)) * ys
+    c = (np.arange(256) - 128) * cs
+    return tuple(np.round(t * 32).astype(np.int16) for t in (y, 1.402 * c, -0.344136 * c, -0.714136 * c, 1.772 * c))
+
+
+_LUTS = {False: _yuv_luts(False), True: _yuv_luts(True)}
+
+
+def yuv420_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, full_range: bool = False) -> np.ndarray:
+    """Batched BT.601 YUV 4:2:0 → RGB: y (N,H,W), u/v (N,ceil(H/2),ceil(W/2)) uint8 → (N,3,H,W) uint8.
+
+    Fixed-point int16 lookup tables; the chroma terms are computed at chroma resolution and
+    upsampled nearest. Matches swscale's rgb24 output (PyAV/decord) within ~1 grey level.
+    NumPy, single-threaded on purpose: loader workers share the cores with training.
+    """
+    ly, lrv, lgu, lgv, lbu = _LUTS[bool(full_range)]
+    h, w = y.shape[-2:]
+    chroma = np.stack([lrv[v], lgu[u] + lgv[v], lbu[u]], 1)  # (N, 3, h/2, w/2) int16
+    chroma += 16  # rounding before the >> 5
+    out = np.repeat(np.repeat(chroma, 2, -2), 2, -1)[..., :h, :w]
+    out += ly[y][:, None]
+    out >>= 5
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+class PyAVDecoder(ClipDecoder):
+    """PyAV (FFmpeg) decoder. Decodes sequentially up to the last frame asked for, keeps the
+    YUV planes of the frames asked for and converts them to RGB in one batch (the per-frame
+    `to_ndarray("rgb24")` conversion costs more than decoding); frames in other pixel formats
+    go through swscale."""
+
+    name = "pyav"
+
+    def __init__(self):
+        importlib.import_module("av")  # fail here, when the backend is missing, not at the first clip
+
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        import av
+
+        want = set(int(i) for i in indices)
+        if not want:
+            raise DecodeError("no frames asked for")
+        last = max(want)
+        planes: dict[int, Any] = {}
+        full_range = False
+        try:
+            with av.open(io.BytesIO(data), mode="r") as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "SLICE"
+                stream.codec_context.thread_count = 1
+                for i, frame in enumerate(container.decode(stream)):
+                    if i in want:
+                        fmt = frame.format.name
+                        if fmt in ("yuv420p", "yuvj420p"):
+                            full_range = fmt == "yuvj420p"
+                            planes[i] = tuple(_plane(p) for p in frame.planes[:3])
+                        else:
+                            planes[i] = frame.to_ndarray(format="rgb24").transpose(2, 0, 1)
+                    if i >= last:
+                        break
+        except DecodeError:
+            raise
+        except Exception as e:  # av.error.*, struct errors on truncated data ...
+            raise DecodeError(f"{type(e).__name__}: {e}") from None
+        if len(planes) < len(want):
+            raise DecodeError(f"clip has fewer frames than {last + 1}")
+        keys = sorted(planes)
+        if isinstance(planes[keys[0]], tuple):
+            y, u, v = (np.stack([planes[k][c] for k in keys]) for c in range(3))
+            rgb = yuv420_to_rgb(y, u, v, full_range)
+        else:
+            rgb = np.stack([planes[k] for k in keys])
+        return self._gather(rgb, keys, list(indices))
+
+
+def _plane(p) -> np.ndarray:
+    return np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[: p.height, : p.width]
+
+
+class DecordDecoder(ClipDecoder):
+    """decord decoder (RGB from swscale; `get_batch` on the sorted unique frames, one thread)."""
+
+    name = "decord"
+
+    def __init__(self):
+        importlib.import_module("decord")
+
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        import decord
+
+        uniq = sorted(set(int(i) for i in indices))
+        if not uniq:
+            raise DecodeError("no frames asked for")
+        try:
+            vr = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+            n = len(vr)
+            if uniq[-1] >= n:
+                raise DecodeError(f"clip has {n} frames, frame {uniq[-1]} asked for")
+            arr = vr.get_batch(uniq).asnumpy()
+            del vr
+        except DecodeError:
+            raise
+        except Exception as e:  # decord.DECORDError, RuntimeError
+            raise DecodeError(f"{type(e).__name__}: {e}") from None
+        return self._gather(arr.transpose(0, 3, 1, 2), uniq, list(indices))
+
+
+class FallbackDecoder(ClipDecoder):
+    """Decode with `primary`; a clip it fails on gets a second try with `secondary`."""
+
+    def __init__(self, primary: ClipDecoder, secondary: ClipDecoder | None):
+        self.primary, self.secondary = primary, secondary
+        self.name = primary.name
+        self.fallbacks = 0
+
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        try:
+            return self.primary.decode(data, indices)
+        except DecodeError:
+            if self.secondary is None:
+                raise
+            self.fallbacks += 1
+            return self.secondary.decode(data, indices)
+
+
+DECODERS = {"pyav": PyAVDecoder, "decord": DecordDecoder}
+
+
+def make_decoder(name: str = "auto") -> ClipDecoder:
+    """`auto`: DEFAULT_DECODER (the benchmark's winner) with the other backend as fallback for
+    clips it cannot decode; else whichever backend imports."""
+    if name != "auto":
+        if name not in DECODERS:
+            raise ValueError(f"unknown decoder {name!r}; known: {sorted(DECODERS)} or 'auto'")
+        return DECODERS[name]()
+    order = [DEFAULT_DECODER] + [n for n in DECODERS if n != DEFAULT_DECODER]
+    made, errors = [], []
+    for n in order:
+        try:
+            made.append(DECODERS[n]())
+        except ImportError as e:
+            errors.append(f"{n}: {e}")
+    if not made:
+        raise ImportError("no clip decoder available: " + "; ".join(errors))
+    return FallbackDecoder(made[0], made[1] if len(made) > 1 else None)

@@ -1,0 +1,15 @@
+"""The training package's one error type: a setting that cannot work.
+
+The CLI maps it to exit status 2 and prints `key: message`; `genie_pipeline.config.check_train`
+turns it into a `ConfigError` before a command trains.
+"""
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    """`key` is the dotted pipeline.yaml key of the offending setting (e.g. `train.batch_size`)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message

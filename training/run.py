@@ -1,0 +1,231 @@
+"""The training run: both phases over the shards behind the inputs, into one run directory.
+
+    train_main(cfg, stage="all", inputs=["out/ingest"])   # what `genie-pipeline train` calls
+
+The run directory holds `run.json` (configs, inputs, shard list with sizes, the manifests'
+row counts and checksums, every invocation, the last summary), `metrics.csv`, TensorBoard
+logs, samples, the phases' checkpoints and, after phase 2, `genie.pt` for play and eval.
+Settings that cannot work raise `TrainingError` (dotted `train.…` key);
+`check_train_config` runs every check that needs only the config, before any data is read.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genie_pipeline.models.config import GenieConfig, ModelConfigError, config_to_dict, get_config
+from genie_pipeline.shards import fs
+from genie_pipeline.shards.reader import ShardSet, resolve_inputs
+
+from . import checkpoint as ckpt_lib
+from . import distributed as dist_lib
+from .config import PHASES, TrainConfig
+from .errors import TrainingError
+from .trainer import PhaseTrainer, check_parallel
+
+STAGES = (*PHASES, "all")
+
+
+# ============================================================================ configs
+def build_model_config(cfg: TrainConfig) -> GenieConfig:
+    """The model config a training config asks for: the named config, `train.overrides` (dotted
+    keys or nested mappings), `train.frames` and `train.resolution`. Bad sizes raise
+    `TrainingError` with the `train.…` key to change."""
+    overrides = copy.deepcopy(cfg.overrides)
+    flat_keys = _flat_keys(overrides)
+    if "frames" in flat_keys and _flat_get(overrides, "frames") != cfg.frames:
+        raise TrainingError("train.overrides.frames", f"conflicts with train.frames={cfg.frames}; set train.frames only")
+    extra: dict[str, Any] = {"frames": cfg.frames}
+    if cfg.resolution:
+        for k in ("image_height", "image_width"):
+            if k in flat_keys:
+                raise TrainingError(f"train.overrides.{k}", "set the image size with train.resolution")
+        extra["image_height"], extra["image_width"] = int(cfg.resolution[0]), int(cfg.resolution[1])
+    try:
+        return get_config(cfg.model, {**overrides, **extra})
+    except ModelConfigError as e:
+        raise TrainingError(_train_key(e.key, cfg), e.message) from None
+
+
+def _train_key(key: str, cfg: TrainConfig) -> str:
+    """The train.… key behind a model config key."""
+    if key == "name":
+        return "train.model"
+    if key == "frames":
+        return "train.frames"
+    if key in ("image_height", "image_width") and cfg.resolution:
+        return "train.resolution"
+    return f"train.overrides.{key}"
+
+
+def _flat_keys(d: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of a nested override mapping (`stated_params` is a value, not a section)."""
+    out = set()
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key != "stated_params":
+            out |= _flat_keys(v, key + ".")
+        else:
+            out.add(key)
+    return out
+
+
+def _flat_get(d: dict, key: str):
+    if key in d:
+        return d[key]
+    head, _, rest = key.partition(".")
+    return _flat_get(d[head], rest) if rest and isinstance(d.get(head), dict) else None
+
+
+def check_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Every check that needs only the config and the number of processes: the model config
+    builds, the batch splits over the processes, the strategy allows the options."""
+    build_model_config(cfg)
+    check_parallel(cfg, world_size)
+
+
+# ============================================================================ run files
+def _file_size(path: str) -> int | None:
+    try:
+        with fs.open_read(path) as f:
+            f.seek(0, io.SEEK_END)
+            return f.tell()
+    except Exception:  # noqa: BLE001 — a size is only recorded; a shard that cannot be read is the loader's to count
+        return None
+
+
+def describe_manifest(path: str) -> dict:
+    """What run.json records of a manifest: path, sha256, rows, kept rows, rows per split."""
+    info: dict[str, Any] = {"path": path}
+    try:
+        data = fs.read_bytes(path)
+        info["sha256"] = hashlib.sha256(data).hexdigest()
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        info["rows"] = table.num_rows
+        if "kept" in table.column_names:
+            info["kept"] = int(sum(bool(x) for x in table.column("kept").to_pylist()))
+        if "split" in table.column_names:
+            splits: dict[str, int] = {}
+            for s in table.column("split").to_pylist():
+                splits[str(s)] = splits.get(str(s), 0) + 1
+            info["splits"] = splits
+    except Exception as e:  # noqa: BLE001 — recorded, not fatal: training reads the shards, not the manifest
+        info["error"] = f"{type(e).__name__}: {e}"
+    return info
+
+
+def _read_run_json(out_dir: Path) -> dict:
+    path = out_dir / "run.json"
+    try:
+        return json.loads(fs.read_bytes(str(path))) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def _write_run_json(out_dir: Path, data: dict) -> Path:
+    path = out_dir / "run.json"
+    fs.write_bytes(str(path), json.dumps(data, indent=2, default=str).encode())
+    return path
+
+
+def write_run_json(out_dir: Path, cfg: TrainConfig, mcfg: GenieConfig, shardset: ShardSet, stage: str,
+                   info: dist_lib.DistInfo, resume: bool) -> Path:
+    """run.json at the start of an invocation: this invocation appended to the earlier ones."""
+    old = _read_run_json(out_dir)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    invocations = list(old.get("invocations", []))
+    invocations.append({"time": now, "stage": stage, "resume": resume, "world_size": info.world_size,
+                        "device": str(info.device), "argv": sys.argv})
+    return _write_run_json(out_dir, {
+        **old,
+        "created": old.get("created", now),
+        "updated": now,
+        "train_config": cfg.model_dump(mode="json"),
+        "model_config": config_to_dict(mcfg),
+        "inputs": shardset.inputs,
+        "split": cfg.split,
+        "manifests": [describe_manifest(m) for m in shardset.manifests],
+        "shards": [{"path": s, "bytes": _file_size(s)} for s in shardset.shards],
+        "world_size": info.world_size,
+        "torch": torch.__version__,
+        "invocations": invocations,
+    })
+
+
+def export_genie(out_dir: Path, mcfg: GenieConfig) -> Path:
+    """`OUT_DIR/genie.pt`: tokenizer + LAM + dynamics weights and the model config (for play/eval)."""
+    ck = ckpt_lib.load(ckpt_lib.latest_path(out_dir, "dynamics"))
+    bundle = {"format": ckpt_lib.FORMAT, "kind": "genie", "model_config": config_to_dict(mcfg),
+              "tokenizer": ck["model"]["tokenizer"], "lam": ck["model"]["lam"], "dynamics": ck["model"]["dynamics"],
+              "steps": {"dynamics": ck["step"]}}
+    path = out_dir / "genie.pt"
+    ckpt_lib.save_atomic(bundle, path)
+    return path
+
+
+# ============================================================================ the run
+def train_main(cfg: TrainConfig, stage: str = "all", inputs: list[str] | None = None,
+               out_dir: str | os.PathLike | None = None, resume: bool = False) -> dict:
+    """Train `stage` ("tokenizer", "dynamics" or "all") on the shards behind `inputs` (default
+    `cfg.data`) into `out_dir` (default `cfg.out_dir`); under torchrun every rank calls it.
+    Returns the run's summary (also stored in run.json).
+
+    Raises `TrainingError` (dotted `train.…` key) for settings that cannot work, among them an
+    out_dir that already holds a checkpoint without `resume`, and `shards.reader.DataError`
+    for missing inputs or corrupt data past `train.max_bad_shard_fraction`."""
+    if stage not in STAGES:
+        raise TrainingError("stage", f"must be one of {STAGES}, got {stage!r}")
+    out = Path(out_dir or cfg.out_dir)
+    inputs = list(inputs or cfg.data)
+    if not inputs:
+        raise TrainingError("train.data", "no training inputs: give INPUTS or set train.data")
+    mcfg = build_model_config(cfg)
+    info = dist_lib.setup(cfg.device)
+    try:
+        check_parallel(cfg, info.world_size)
+        shardset = resolve_inputs(inputs, cfg.split)
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_run_json(out, cfg, mcfg, shardset, stage, info, resume)
+        dist_lib.barrier()
+        summary: dict[str, Any] = {"out_dir": str(out), "stage": stage, "world_size": info.world_size,
+                                   "device": str(info.device), "shards": len(shardset.shards),
+                                   "phases": _train_phases(cfg, mcfg, out, info, shardset.shards, stage, resume)}
+        if info.is_main and ckpt_lib.latest_path(out, "dynamics").exists() and "dynamics" in summary["phases"]:
+            summary["genie_checkpoint"] = str(export_genie(out, mcfg))
+        if info.is_main:
+            _write_run_json(out, {**_read_run_json(out), "summary": summary})
+        summary["run_json"] = str(out / "run.json")
+        dist_lib.barrier()
+        return summary
+    finally:
+        dist_lib.teardown(info)
+
+
+def _train_phases(cfg: TrainConfig, mcfg: GenieConfig, out: Path, info: dist_lib.DistInfo, shards: list[str],
+                  stage: str, resume: bool) -> dict[str, dict]:
+    """Each phase of `stage` that has steps, in order: {phase: its summary}."""
+    results: dict[str, dict] = {}
+    for phase in PHASES if stage == "all" else (stage,):
+        if (cfg.tokenizer_steps if phase == "tokenizer" else cfg.dynamics_steps) == 0:
+            continue
+        trainer = PhaseTrainer(phase, cfg, mcfg, out, info, shards, resume=resume)
+        results[phase] = trainer.run()
+        del trainer  # free this phase's models (and DDP reducers) before the next phase builds its own
+        if (phase == "tokenizer" and info.is_main and not results[phase].get("skipped")
+                and ckpt_lib.latest_path(out, "dynamics").exists()):
+            print(f"[train] warning: {out} holds a phase-2 checkpoint made with an earlier tokenizer; resuming "
+                  "phase 2 keeps that tokenizer (start phase 2 in a new run dir to use this one)",
+                  file=sys.stderr)
+    return results
