@@ -61,7 +61,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from genie_pipeline.corpus.generate import generate_corpus
-    from genie_pipeline.ingest.video import probe
+    from genie_pipeline.ingest.decode import probe
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     corpus = Path(args.corpus).resolve() if args.corpus else work / "corpus"

@@ -21,7 +21,7 @@ from genie_pipeline.filtering.keywords import filter_for
 from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.download import Downloader
 from genie_pipeline.ingest.errors import Count, IngestError, failure, no_count
-from genie_pipeline.ingest.video import iter_clips, probe
+from genie_pipeline.ingest.decode import iter_clips, probe
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipFormatError, encode_clip
 from genie_pipeline.shards.config import ClipsConfig

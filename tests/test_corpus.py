@@ -403,13 +403,10 @@ def _expected_ids(rows, query):
 
 
 def _ydl(opts):
+    """A plain YoutubeDL: the search extractor comes from the project's yt-dlp plugin."""
     import yt_dlp
 
-    from genie_pipeline.corpus.search_ie import add_corpus_extractor
-
-    ydl = yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True, "noprogress": True, **opts})
-    add_corpus_extractor(ydl)
-    return ydl
+    return yt_dlp.YoutubeDL({"quiet": True, "no_warnings": True, "noprogress": True, **opts})
 
 
 def test_ytdlp_search(server, rows):

@@ -7,7 +7,7 @@ import pytest
 from genie_pipeline.config import parse_config
 from genie_pipeline.shards.records import ClipRow, VideoResult, clip_key, video_key
 from genie_pipeline.shards.clip import encode_clip
-from genie_pipeline.ingest.video import iter_clips
+from genie_pipeline.ingest.decode import iter_clips
 from genie_pipeline.shards import commit
 from genie_pipeline.shards.commit import commit_run, rebuild_shards, recover
 from genie_pipeline.shards.reader import read_rows

@@ -10,7 +10,7 @@ from genie_pipeline.filtering.heuristics import score_clip, verdict
 from genie_pipeline.shards.config import ClipsConfig
 from genie_pipeline.filtering.config import HeuristicsConfig
 from genie_pipeline.ingest.errors import IngestError
-from genie_pipeline.ingest.video import iter_clips, iter_frames, probe
+from genie_pipeline.ingest.decode import iter_clips, iter_frames, probe
 from genie_pipeline.shards.clip import decode_clip, encode_clip
 from tests.conftest import ffmpeg, make_video
 

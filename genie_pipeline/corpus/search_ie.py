@@ -11,8 +11,9 @@ Server base URL, first found wins:
 Entries are flat url results for the Generic extractor (a direct mp4 link):
 `{"_type": "url", "url", "id", "title", "description", "duration", "ie_key": "Generic"}`.
 
-Register on a YoutubeDL with `add_corpus_extractor(ydl)`; when the project is installed, the
-plugin `yt_dlp_plugins/extractor/geniecorpus.py` makes the yt-dlp CLI find it too.
+yt-dlp registers it through the plugin `yt_dlp_plugins/extractor/geniecorpus.py` wherever the
+project is importable (the CLI and `yt_dlp.YoutubeDL` alike), so the pipeline's search source
+needs no code of its own for it.
 """
 from __future__ import annotations
 
@@ -56,18 +57,3 @@ class GenieCorpusSearchIE(SearchInfoExtractor):
                             "title": r.get("title"), "description": r.get("description"),
                             "duration": r.get("duration")})
         return self.playlist_result(entries, query, query)
-
-
-def add_corpus_extractor(ydl, ie_cls: type = GenieCorpusSearchIE):
-    """Register the extractor on a `yt_dlp.YoutubeDL` *first* in its list.
-
-    YoutubeDL.extract_info tries `ydl._ies` in insertion order and GenericIE matches any
-    string (`.*`), so an extractor appended at the end (`add_info_extractor`) would never see
-    "gcsearch5:…". Returns the registered instance.
-    """
-    key = ie_cls.ie_key()
-    ydl._ies = {key: ie_cls, **{k: v for k, v in ydl._ies.items() if k != key}}
-    ydl._ies_instances.pop(key, None)
-    ie = ie_cls()
-    ydl.add_info_extractor(ie)  # keeps the (front) position, stores the instance, sets the downloader
-    return ie

@@ -234,11 +234,6 @@ class CorpusServer:
         with self._lock:
             return self.targets[path] if "?" in path else self.requests[path]
 
-    def reset_counts(self) -> None:
-        with self._lock:
-            self.requests.clear()
-            self.targets.clear()
-
     def resolve(self, rel: str) -> Path | None:
         """The file under the corpus dir that `rel` (a URL path) names, or None."""
         rel = unquote(rel)
