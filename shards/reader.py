@@ -144,51 +144,47 @@ def _sample_key(name: str) -> tuple[str, str]:
     return (f"{prefix}/{key}" if prefix else key), ext
 
 
+# what a damaged or truncated tar raises while it is read
+TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+
+
+def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in tar order
+    and grouped as WebDataset groups them (consecutive members; the key ends at the first
+    dot of the file name). Raises one of TAR_ERRORS for a file that is not a readable tar."""
+    cur, parts = None, {}
+    with fs.open_read(path) as fobj, tarfile.open(fileobj=fobj, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = _sample_key(member.name)
+            if key != cur:
+                if cur is not None:
+                    yield cur, parts
+                cur, parts = key, {}
+            f = tar.extractfile(member)
+            parts[ext] = f.read() if f is not None else b""
+    if cur is not None:
+        yield cur, parts
+
+
 def iter_tar_clips(path: str, stats: dict) -> Iterator[Clip]:
     """Clips of one shard, in tar order. Unreadable shards and broken samples are counted in
     `stats` (bad_shards / bad_samples) and skipped; never raises for bad data."""
-    def finish(key, parts):
-        if key is None:
-            return None
-        ext = next((e for e in CLIP_EXTS if e in parts), None)
-        meta = {}
-        if "json" in parts:
+    try:
+        for key, parts in iter_tar_samples(path):
+            ext = next((e for e in CLIP_EXTS if e in parts), None)
             try:
-                meta = json.loads(parts["json"])
+                meta = json.loads(parts["json"]) if "json" in parts else {}
             except ValueError:
                 meta = None
-        if ext is None or meta is None:
-            stats["bad_samples"] += 1
-            return None
-        return Clip(key=key, data=parts[ext], meta=meta)
-
-    try:
-        fobj = fs.open_read(path)
-    except (OSError, ImportError, ValueError) as e:
-        log.warning("skipping missing/unopenable shard %s: %s", path, e)
+            if ext is None or meta is None:
+                stats["bad_samples"] += 1
+                continue
+            yield Clip(key=key, data=parts[ext], meta=meta)
+    except TAR_ERRORS as e:
+        log.warning("skipping the rest of missing or corrupt shard %s: %s", path, e)
         stats["bad_shards"] += 1
-        return
-    cur, parts = None, {}
-    try:
-        with fobj, tarfile.open(fileobj=fobj, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _sample_key(member.name)
-                if key != cur:
-                    clip = finish(cur, parts)
-                    if clip is not None:
-                        yield clip
-                    cur, parts = key, {}
-                f = tar.extractfile(member)
-                parts[ext] = f.read() if f is not None else b""
-        clip = finish(cur, parts)
-        if clip is not None:
-            yield clip
-    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as e:
-        log.warning("skipping the rest of corrupt shard %s: %s", path, e)
-        stats["bad_shards"] += 1
-
 
 
 # -------------------------------------------------------------------- clips by key

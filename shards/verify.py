@@ -1,16 +1,15 @@
 """`genie-pipeline verify OUT`: every shard readable and every clip to spec; manifest ↔ shards agree."""
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from collections import Counter
 
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec, check_clip
 from genie_pipeline.shards.commit import JOURNAL
-from genie_pipeline.shards.reader import SPLITS, existing_shards, read_rows, read_spec, stats_name
+from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, existing_shards, iter_tar_samples, read_rows, read_spec,
+                                          stats_name)
 from genie_pipeline.shards.records import TABLES
 
 REQUIRED_JSON = {"key": str, "video_key": str, "video_id": str, "source": str, "start_s": (int, float),
@@ -74,16 +73,11 @@ def _check_shard(path: str, name: str, split: str, problems: list[str], spec: Cl
     """The keys in one shard; what is wrong is appended to `problems` (clips decoded and
     checked against `spec` unless it is None)."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(fs.read_bytes(path)), mode="r") as tar:
-            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    except (tarfile.TarError, OSError, EOFError) as e:
+        samples = list(iter_tar_samples(path))
+    except TAR_ERRORS as e:
         problems.append(f"{name}: not a readable tar ({e})")
         return []
-    samples: dict[str, dict[str, bytes]] = {}
-    for member, data in files.items():
-        key, _, ext = member.partition(".")
-        samples.setdefault(key, {})[ext] = data
-    for key, parts in samples.items():
+    for key, parts in samples:
         where = f"{name}:{key}"
         if set(parts) != {"mp4", "json"}:
             problems.append(f"{where}: has {sorted(parts)}, expected mp4 and json")
@@ -102,4 +96,4 @@ def _check_shard(path: str, name: str, split: str, problems: list[str], spec: Cl
             wrong = check_clip(parts["mp4"], spec)
             if wrong:
                 problems.append(f"{where}: {wrong}")
-    return list(samples)
+    return [key for key, _ in samples]

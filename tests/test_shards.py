@@ -120,3 +120,36 @@ def test_verify_catches_a_corrupt_shard(tmp_path, clips):
     shard.write_bytes(shard.read_bytes()[:2000])
     problems = verify(str(tmp_path))
     assert problems and any("train-000000" in p for p in problems)
+
+
+def test_verify_and_the_loader_read_damaged_shards_the_same_way(tmp_path, clips):
+    """One reader of tars: verify names what is wrong; the training reader skips and counts it."""
+    import io
+
+    from genie_pipeline.shards.reader import iter_tar_clips
+
+    videos = make_videos(tmp_path, clips, 2)
+    recs, done = shard_all(tmp_path, videos)
+    commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={},
+               spec=CFG.clips.spec, cleanup=[])
+    first, second = sorted((tmp_path / "shards").glob("train-*.tar"))[:2]
+    # a sample that lost its json
+    with tarfile.open(first) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    lost = next(m.name for m, _ in members if m.name.endswith(".json"))
+    with tarfile.open(first, "w") as t:
+        for m, data in members:
+            if m.name != lost:
+                t.addfile(m, io.BytesIO(data))
+    # a truncated tar
+    second.write_bytes(second.read_bytes()[:1500])
+    problems = verify(str(tmp_path))
+    assert any("expected mp4 and json" in p for p in problems), problems
+    assert any(second.name in p and "not a readable tar" in p for p in problems), problems
+    stats = {"bad_shards": 0, "bad_samples": 0}
+    keys = [c.key for path in (first, second) for c in iter_tar_clips(str(path), stats)]
+    assert stats == {"bad_shards": 1, "bad_samples": 0} and len(keys) >= 2  # a json-less mp4 is still a clip
+    stats = {"bad_shards": 0, "bad_samples": 0}
+    assert list(iter_tar_clips(str(tmp_path / "shards" / "train-999999.tar"), stats)) == []
+    assert stats["bad_shards"] == 1
+    assert verify(str(tmp_path), decode=False) != []
