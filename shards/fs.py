@@ -66,7 +66,9 @@ def list_files(pattern: str) -> list[tuple[str, int]]:
 
 
 def open_read(path: str):
-    return FileSystems.open(path) if is_remote(path) else open(local(path), "rb")
+    """A binary reader; a `.gz`, `.bz2`, `.zst` … file is decompressed as it is read (Beam's
+    rule, the same locally and on object stores: catalogs and URL lists may be compressed)."""
+    return FileSystems.open(path if is_remote(path) else local(path))
 
 
 def read_bytes(path: str) -> bytes:

@@ -86,3 +86,16 @@ def test_runner_options_pass_through():
     runner, opts, workers = pipeline_options(cfg.runner, [])
     assert type(runner).__name__ == "FnApiRunner" and workers == 2
     assert opts.get_all_options()["direct_running_mode"] == "multi_processing"
+
+
+def test_compressed_catalog_and_url_list(tmp_path):
+    """A .gz catalog or URL list is read decompressed, as Beam reads it (locally too)."""
+    import gzip
+
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"id": "a1", "url": "https://x/a.mp4", "title": "Pitfall speedrun"}) + "\n")
+    with gzip.open(tmp_path / "u.txt.gz", "wt") as f:
+        f.write("https://a/1.mp4\n")
+    cands = list(discover(src({"type": "catalog", "name": "c", "path": str(tmp_path / "c.jsonl.gz"), "format": "jsonl"})))
+    assert [(c.video_id, c.title) for c in cands] == [("a1", "Pitfall speedrun")]
+    assert [c.url for c in discover(src({"type": "urls", "name": "u", "path": str(tmp_path / "u.txt.gz")}))] == ["https://a/1.mp4"]
