@@ -17,11 +17,21 @@ from pathlib import Path
 
 from genie_pipeline.config import ConfigError, PipelineConfig, check_train, load_config
 
-# Beam warns at import that GCP client libraries are missing; they are only needed on Dataflow
-# (`pip install -e '.[dataflow]'`), where the warning does not appear
-logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
-# timm and huggingface_hub retry network calls for ~46 s when offline; nothing here needs a hub
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _no_gcp_warning(record: logging.LogRecord) -> bool:
+    # Beam warns at import that GCP client libraries are missing; they are only needed on
+    # Dataflow (`pip install -e '.[dataflow]'`), where the warning does not appear
+    return "apitools not found" not in record.getMessage()
+
+
+def quiet_start() -> None:
+    """What every entry point sets before Beam or torch load (idempotent)."""
+    root = logging.getLogger()
+    if _no_gcp_warning not in root.filters:
+        root.addFilter(_no_gcp_warning)
+    # timm and huggingface_hub retry network calls for ~46 s when offline; nothing here needs a hub
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _config(args, require_sources: bool = False) -> PipelineConfig:
@@ -218,7 +228,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="genie-pipeline", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="genie-pipeline", description="Curate gameplay and robot video and train a Genie-style world model.",
+        epilog="Every command takes -c pipeline.yaml and --set section.key=VALUE. Exit status: 0 ok, 1 a check "
+               "or run failed, 2 a bad config, flag or input.")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -321,6 +334,7 @@ def _exit_code(e: Exception) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_start()
     ap = build_parser()
     args, rest = ap.parse_known_args(argv)
     if rest and not getattr(args, "beam_passthrough", False):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from genie_pipeline.cli import quiet_start
 from genie_pipeline.config import PipelineConfig, load_config
 from genie_pipeline.ingest.config import LeRobotSource
 
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=["small", "full"], default="full")
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args(argv)
+    quiet_start()
     out = Path(args.out).resolve()
     t0 = time.time()
 
