@@ -34,7 +34,7 @@ from genie_pipeline.ingest.process import KeywordVerdict, VideoProcessor
 from genie_pipeline.ingest.sources import Discover
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
-from genie_pipeline.shards.commit import commit_run, recover
+from genie_pipeline.shards.commit import check_spec, commit_run, recover
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 from genie_pipeline.shards.reader import read_rows
 from genie_pipeline.shards.records import Candidate, Failure, ShardRecord, VideoResult
@@ -244,10 +244,12 @@ def run_ingest(cfg: IngestConfig, extra_beam_args: list[str] | None = None,
     """Run the ingest into cfg.output.dir and commit it; returns the output's stats.json.
 
     Videos already done (or failed, unless `retry_failed`) are skipped; `extra_beam_args` are
-    Beam pipeline flags. Raises shards.fs.OutputBusy if another run holds the output."""
+    Beam pipeline flags. Raises shards.fs.OutputBusy if another run holds the output, and
+    shards.reader.DataError if it holds clips of another spec than cfg.clips."""
     out = cfg.output.dir
     if not fs.is_remote(out):
         out = os.path.abspath(out)
+    check_spec(out, cfg.clips.spec)
     with fs.output_lock(out, "ingest"):
         return _run_ingest(cfg, out, extra_beam_args, retry_failed)
 

@@ -91,15 +91,21 @@ def _number_shards(out_dir: str, records: list[ShardRecord], start: dict[str, in
     return renames, final_of
 
 
+def check_spec(out_dir: str, spec: ClipSpec) -> None:
+    """One output holds clips of one spec: DataError if OUT recorded another. A run checks
+    before it cuts anything (its clip stores would otherwise be staged for the next run)."""
+    recorded = read_spec(out_dir)
+    if recorded is not None and recorded != spec:
+        raise DataError(f"{out_dir} holds clips of {recorded}; this run would cut {spec}: "
+                        "write to another output directory, or set clips back")
+
+
 def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Failure],
                videos: list[VideoResult], shard_records: list[ShardRecord], stats: dict,
                spec: ClipSpec, cleanup: list[str], sources: Iterable[str] = ()) -> dict:
     """Merge one run's results into OUT; returns the merged stats (which record `spec`, the
     clip format every reader checks the output against)."""
-    recorded = read_spec(out_dir)
-    if recorded is not None and recorded != spec:
-        raise DataError(f"{out_dir} holds clips of {recorded}; this run cuts {spec}: "
-                        "write to another output directory")
+    check_spec(out_dir, spec)
     shard_dir = fs.join(out_dir, "shards")
     start = {s: _next_index(shard_dir, s) for s in SPLITS}
     renames, final_of = _number_shards(out_dir, shard_records, start)

@@ -107,3 +107,23 @@ def test_a_second_run_on_a_busy_output_stops_and_touches_nothing(tmp_path, capsy
         holder.wait()
     assert main(["ingest", "--config", str(y), "--output", str(out)]) == 0  # the kernel released the lock
     assert len(pq.read_table(out / "manifest.parquet")) == 1
+
+
+def test_an_output_keeps_one_clip_spec(tmp_path, capsys):
+    """An ingest into an output written at another clip spec stops before cutting anything
+    (exit 2 naming the output), so no clip of the wrong size is staged for a later run."""
+    import json
+
+    from genie_pipeline.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = parse_config({"sources": [{"type": "urls", "name": "u", "urls": ["http://127.0.0.1:9/x.mp4"]}]}).clips.spec
+    (out / "stats.json").write_text(json.dumps({"clip_spec": spec.to_json()}))
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("sources:\n  - {type: urls, name: u, urls: ['http://127.0.0.1:9/x.mp4']}\n"
+                   "runner: {running_mode: in_memory, direct_num_workers: 1}\n")
+    assert main(["ingest", "-c", str(cfg), "--output", str(out), "--set", "clips.fps=5"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "fps=5" in err and "fps=10" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["stats.json"]
