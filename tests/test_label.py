@@ -251,8 +251,12 @@ def test_server_api_ranges_and_escaping(server):
     status, headers, body = _req(url + "/")
     assert status == 200 and "script-src 'self'" in headers["Content-Security-Policy"]
     assert b"<script src=\"/page.js\"" in body and b"__pwned" not in body  # no data in the HTML
-    st = json.loads(_req(url + "/api/state?labeller=ann")[2])
+    _, headers, body = _req(url + "/api/state?labeller=ann")
+    st = json.loads(body)
     assert len(st["clips"]) == 8 and st["target"] == 8
+    # the page's session: labels and undos name it (a POST without one is refused)
+    assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+    session = {"Cookie": headers["Set-Cookie"].split(";")[0]}
     assert all(a["video_id"] != b["video_id"] for a, b in zip(st["clips"], st["clips"][1:]))
     key = st["clips"][0]["key"]
     # clips: whole and by range (the video element seeks with ranges)
@@ -263,12 +267,13 @@ def test_server_api_ranges_and_escaping(server):
     assert _req(f"{url}/clip/..%2F..%2Fetc%2Fpasswd.mp4")[0] == 404
     assert _req(f"{url}/strip/{key}.png")[2][:8] == b"\x89PNG\r\n\x1a\n"
     # labelling
-    status, _, body = _req(url + "/api/label", {"key": key, "label": "good", "labeller": "ann"})
+    assert _req(url + "/api/label", {"key": key, "label": "good", "labeller": "ann"})[0] == 403
+    status, _, body = _req(url + "/api/label", {"key": key, "label": "good", "labeller": "ann"}, session)
     assert status == 200 and json.loads(body)["counts"]["labelled"] == 1
-    assert _req(url + "/api/label", {"key": "nope", "label": "good", "labeller": "ann"})[0] == 404
-    assert _req(url + "/api/label", {"key": key, "label": "great", "labeller": "ann"})[0] == 400
-    assert _req(url + "/api/label", {"key": key, "label": "good", "labeller": ""})[0] == 400
-    undo = json.loads(_req(url + "/api/undo", {"labeller": "ann"})[2])
+    assert _req(url + "/api/label", {"key": "nope", "label": "good", "labeller": "ann"}, session)[0] == 404
+    assert _req(url + "/api/label", {"key": key, "label": "great", "labeller": "ann"}, session)[0] == 400
+    assert _req(url + "/api/label", {"key": key, "label": "good", "labeller": ""}, session)[0] == 400
+    undo = json.loads(_req(url + "/api/undo", {"labeller": "ann"}, session)[2])
     assert undo["undone"] == {"key": key, "label": "good"} and undo["counts"]["labelled"] == 0
     # cross-site requests: a plain form post has neither the JSON type nor the header
     req = urllib.request.Request(url + "/api/label", data=b"key=x&label=good", method="POST",

@@ -1,6 +1,7 @@
 // Labelling page. Every text from the server (titles above all) goes into the DOM through
 // textContent, never innerHTML. Saves run one after another (a promise chain) so an undo
-// always applies to the label given just before it.
+// always applies to the label given just before it. The session cookie the server sets on
+// the first load goes with every request: an undo reaches only this browser's labels.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -31,11 +32,11 @@ async function api(path, body) {
   return data;
 }
 
-function send(path, body, onOk) {
+function send(path, body, onOk, failed) {
   setPending(1);
   chain = chain.then(() => api(path, body)).then(
     (d) => { if (d.counts) renderCounts(d.counts); onOk(d); },
-    (e) => setStatus("NOT SAVED: " + e.message + " — check the server and try again", true),
+    (e) => setStatus(failed + ": " + e.message, true),
   ).finally(() => setPending(-1));
   return chain;
 }
@@ -113,7 +114,7 @@ function label(value) {
   const c = S.clips[S.pos];
   S.mine[c.key] = value;
   send("/api/label", { key: c.key, label: value, labeller: S.labeller },
-       () => setStatus(`saved: ${value} — ${c.key}`));
+       () => setStatus(`saved: ${value} — ${c.key}`), "NOT SAVED (check the server and try again)");
   const nxt = nextOpen(S.pos);
   if (nxt < 0) {
     setStatus("All clips of the sample are labelled. Thank you!");
@@ -132,7 +133,7 @@ function undo() {
     const i = S.clips.findIndex((c) => c.key === key);
     if (i >= 0) show(i);
     setStatus(`undone: ${d.undone.label} — ${key}`);
-  });
+  }, "NOT UNDONE");
 }
 
 function onKey(e) {

@@ -1,0 +1,328 @@
+"""An HTTP/1.1 server whose threads only ever run complete requests.
+
+ThreadingHTTPServer gives each connection a thread that blocks reading it, so a thousand
+clients that send half a request, or just hold a keep-alive connection open, hold a thousand
+threads. Here one thread (the gate, in `serve_forever`) watches every open connection with a
+selector and buffers what arrives; a connection goes to the pool of `workers` threads only
+once its request head and its body (per Content-Length, up to `max_body`) are in, and comes
+back to the gate after the response if it is kept alive. So, whatever clients do:
+
+- there are `workers` threads plus the gate;
+- a connection that has not delivered a whole request `timeout` seconds after it started
+  waiting for one (an idle keep-alive connection, a head or body sent a byte at a time) is
+  closed: the deadline is for the whole request, not for each read;
+- at most `max_connections` are open: a new one closes the one that has waited longest;
+- a request head over 64 KiB is answered 431 and closed. A request whose Content-Length is
+  over `max_body`, or that has no usable one, goes to a worker at once: its handler must
+  refuse it without reading the body (the label server's does), or it would wait for bytes
+  the gate did not. A client that sends `Expect: 100-continue` gets its 100 once the body
+  is in: it may send the body unasked (RFC 9110 10.1.1), and no worker waits for it;
+- TCP_NODELAY is set and a response leaves in one send, so keep-alive requests do not wait
+  out Nagle's algorithm against the client's delayed ACK.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import selectors
+import socket
+import threading
+import time
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 65536
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([0-9]{1,12})[ \t]*\r?$", re.I | re.M)
+_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.I | re.M)
+_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def _head_end(buf: bytearray, start: int = 0) -> int:
+    """Index just past the blank line ending the request head, or -1 (CRLF or bare LF);
+    `start`: where the last search stopped (a head trickled in byte by byte is scanned once)."""
+    start = max(0, start - 3)
+    ends = [i + n for i, n in ((buf.find(b"\r\n\r\n", start), 4), (buf.find(b"\n\n", start), 2)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+class Connection:
+    """A client connection: what it sent and nobody has read yet (the handler's rfile), and
+    the response being written (its wfile, sent on flush)."""
+
+    def __init__(self, sock: socket.socket, addr):
+        self.sock, self.addr = sock, addr
+        self.buf = bytearray()
+        self.out = bytearray()
+        self.since = time.monotonic()  # when it started waiting for its current request
+        self.deadline = 0.0  # reads in a worker must finish by then
+        self.keep = False
+        self._scanned = 0  # how far buf was searched for the end of the head
+        self._need: int | None = None  # bytes of buf the request takes, once its head is in
+
+    def ready(self, max_body: int) -> bool | None:
+        """Whether `buf` holds a request a worker can answer without waiting for the client
+        (its head, and its body when the Content-Length is one to wait for): None when the
+        head is over MAX_HEAD (it never will)."""
+        if self._need is None:
+            end = _head_end(self.buf, self._scanned)
+            if end < 0:
+                self._scanned = len(self.buf)
+                return None if len(self.buf) > MAX_HEAD else False
+            head = bytes(self.buf[:end])
+            m = _CONTENT_LENGTH.search(head)
+            n = int(m.group(1)) if m and not _TRANSFER_ENCODING.search(head) else 0
+            self._need = end + (n if n <= max_body else 0)
+        return len(self.buf) >= self._need
+
+    # ------------------------------------------------------------------------ rfile
+    def readline(self, limit: int = -1) -> bytes:
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0 and (limit < 0 or i < limit):
+                return self._take(i + 1)
+            if 0 <= limit <= len(self.buf) or not self._receive():
+                return self._take(len(self.buf) if limit < 0 else min(limit, len(self.buf)))
+
+    def read(self, n: int) -> bytes:
+        if n < 0:
+            raise ValueError("read() needs a length: bodies are read by their Content-Length")
+        while len(self.buf) < n and self._receive():
+            pass
+        return self._take(min(n, len(self.buf)))
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        self._scanned, self._need = 0, None
+        return out
+
+    def _receive(self) -> bool:
+        """More bytes from the client before the deadline (TimeoutError after it); False at EOF."""
+        self.flush()  # whatever the handler wrote before asking for more (a "100 Continue")
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the client did not send the whole request in time")
+        self.sock.settimeout(left)
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    # ------------------------------------------------------------------------ wfile
+    def write(self, data: bytes) -> int:
+        self.out += data
+        return len(data)
+
+    def flush(self) -> None:
+        if self.out:
+            data, self.out = bytes(self.out), bytearray()
+            self.sock.sendall(data)
+
+    def close(self) -> None:
+        """Close after sending what was written: FIN first, so the client reads the answer
+        even when it sent more than was read (closing with unread input sends a reset)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.setblocking(False)
+            while self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    """Answers the one request a `GatedHTTPServer` hands it (`request` is a Connection)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        self.connection = self.request.sock
+        self.rfile = self.wfile = self.request
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+
+    def finish(self) -> None:
+        try:
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+
+
+class GatedHTTPServer(HTTPServer):
+    """HTTPServer with the gate described above; `serve_forever`, `shutdown` and
+    `server_close` as in socketserver."""
+
+    request_queue_size = 128  # the listen backlog (socketserver's default is 5)
+
+    def __init__(self, address: tuple[str, int], handler: type[RequestHandler], *, timeout: float = 30.0,
+                 workers: int = 16, max_connections: int = 512, max_body: int = 65536):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.request_timeout, self.workers = timeout, workers
+        self.max_connections, self.max_body = max_connections, max_body
+        self._waiting: OrderedDict[socket.socket, Connection] = OrderedDict()  # oldest first
+        self._busy = 0  # connections a worker holds
+        self._jobs: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stop, self._stopped = threading.Event(), threading.Event()
+        self._stopped.set()
+        super().__init__(address, handler)  # binds: the attributes above exist if it fails
+
+    # ----------------------------------------------------------------------- the gate
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._stopped.clear()
+        threads = [threading.Thread(target=self._worker, name=f"label-worker-{i}", daemon=True)
+                   for i in range(self.workers)]
+        for t in threads:
+            t.start()
+        sel = selectors.DefaultSelector()
+        self.socket.setblocking(False)
+        sel.register(self.socket, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(self._wait(poll_interval)):
+                    if key.fileobj is self.socket:
+                        self._accept(sel)
+                    elif key.fileobj is self._wake_r:
+                        self._wake_r.recv(4096)
+                    else:
+                        self._receive(sel, key.data)
+                self._take_back(sel)
+                self._expire(sel)
+        finally:
+            for _ in threads:
+                self._jobs.put(None)
+            for conn in list(self._waiting.values()):
+                self._drop(sel, conn)
+            sel.close()
+            self._stop.clear()
+            self._stopped.set()
+
+    def _wait(self, poll_interval: float) -> float:
+        if not self._waiting:
+            return poll_interval
+        oldest = next(iter(self._waiting.values()))
+        return max(0.0, min(poll_interval, oldest.since + self.request_timeout - time.monotonic()))
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        while True:
+            try:
+                sock, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # out of file descriptors, a client gone before accept
+                log.warning("accept failed: %s", e)
+                return
+            if len(self._waiting) + self._busy >= self.max_connections:
+                if not self._waiting:  # every connection is in a worker: refuse this one
+                    sock.close()
+                    continue
+                self._drop(sel, next(iter(self._waiting.values())))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._park(sel, Connection(sock, addr))
+
+    def _park(self, sel: selectors.BaseSelector, conn: Connection) -> None:
+        """Wait for `conn`'s next request (or hand it over at once if it is already in)."""
+        conn.sock.setblocking(False)
+        conn.since = time.monotonic()
+        if conn.ready(self.max_body):
+            self._dispatch(conn)
+            return
+        self._waiting[conn.sock] = conn
+        sel.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def _receive(self, sel: selectors.BaseSelector, conn: Connection) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self._drop(sel, conn)
+        conn.buf += data
+        ready = conn.ready(self.max_body)
+        if ready is None:
+            conn.out += _TOO_LARGE
+            self._drop(sel, conn)
+        elif ready:
+            sel.unregister(conn.sock)
+            del self._waiting[conn.sock]
+            self._dispatch(conn)
+
+    def _dispatch(self, conn: Connection) -> None:
+        self._busy += 1
+        self._jobs.put(conn)
+
+    def _take_back(self, sel: selectors.BaseSelector) -> None:
+        while True:
+            try:
+                conn = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._busy -= 1
+            if conn.keep:
+                self._park(sel, conn)
+            else:
+                conn.close()
+
+    def _expire(self, sel: selectors.BaseSelector) -> None:
+        limit = time.monotonic() - self.request_timeout
+        while self._waiting:
+            oldest = next(iter(self._waiting.values()))
+            if oldest.since > limit:
+                return
+            self._drop(sel, oldest)
+
+    def _drop(self, sel: selectors.BaseSelector, conn: Connection) -> None:
+        if self._waiting.pop(conn.sock, None) is not None:
+            sel.unregister(conn.sock)
+        try:
+            conn.sock.setblocking(True)
+            conn.sock.settimeout(0.1)
+            conn.flush()
+        except OSError:
+            pass
+        conn.close()
+
+    # ---------------------------------------------------------------------- workers
+    def _worker(self) -> None:
+        while (conn := self._jobs.get()) is not None:
+            conn.deadline = conn.since + self.request_timeout
+            conn.sock.setblocking(True)
+            conn.sock.settimeout(self.request_timeout)  # bounds sending the response too
+            conn.keep = False
+            try:
+                conn.keep = not self.RequestHandlerClass(conn, conn.addr, self).close_connection
+            except OSError:  # the client went away mid-answer
+                pass
+            except Exception:  # noqa: BLE001 — one broken request must not take a worker down
+                log.exception("request from %s failed", conn.addr)
+            self._done.put(conn)
+            try:
+                self._wake_w.send(b"\0")
+            except OSError:  # the server is closed: nobody will take it back
+                conn.close()
+
+    # --------------------------------------------------------------------- lifecycle
+    def shutdown(self) -> None:
+        if not self._stopped.is_set():
+            self._stop.set()
+            self._wake_w.send(b"\0")
+            self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_r.close()
+        self._wake_w.close()
+        while True:
+            try:
+                self._done.get_nowait().close()
+            except queue.Empty:
+                return
