@@ -2,12 +2,17 @@
 
 Politeness and robustness: per-host concurrency and start rate shared by every worker process
 on the machine (lock files in the scratch dir), exponential backoff with jitter on 429, 5xx
-and timeouts, size/duration caps, and only the URL schemes the config allows.
+and timeouts, size/duration caps, and only the schemes the config allows (for URLs and remote
+paths alike). Safety: every request runs under a `NetGuard` (ingest/netguard.py: no internal
+addresses, a deadline per video, a minimum rate), and a video's scratch files are cleared before
+each attempt and after a failure, so a killed run's `.part` files neither pile up nor pass for
+a download.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import os
 import random
@@ -19,12 +24,14 @@ from dataclasses import dataclass
 
 from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.errors import IngestError
+from genie_pipeline.ingest.netguard import AddressPolicy, NetGuard, guarded_ydl
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.records import Candidate
 
 _RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|refused|aborted)|"
                         r"Temporary failure|Remote end closed|IncompleteRead", re.I)
 _HTTP_CODE = re.compile(r"HTTP Error (\d{3})")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 class YtdlpLog:
@@ -115,12 +122,18 @@ class Downloader:
         self.scratch = scratch_dir
         os.makedirs(scratch_dir, exist_ok=True)
         self.gate = HostGate(os.path.join(scratch_dir, ".hosts"), cfg.per_host_concurrency, cfg.per_host_rate)
+        self.policy = AddressPolicy(cfg.allow_private_networks, cfg.allowed_networks)
 
     def fetch(self, cand: Candidate) -> Fetched:
-        """The candidate's video as a local file; IngestError (stage "download") if there is none."""
+        """The candidate's video as a local file; IngestError (stage "download") if there is none.
+        What an earlier, killed or failed download of the video left in the scratch dir is
+        deleted first, and a failed download leaves nothing behind."""
         if cand.url:
-            return self._fetch_url(cand)
+            return self._fetch_url(cand.url, cand.video_key)
         if cand.path and fs.is_remote(cand.path):
+            # an http(s) path is a URL: it goes through yt-dlp and the guard, not fsspec
+            if self._scheme(cand.path) in ("http", "https"):
+                return self._fetch_url(cand.path, cand.video_key)
             return self._copy_remote(cand)
         path = fs.local(cand.path or "")
         if not path:
@@ -129,38 +142,66 @@ class Downloader:
             raise _failed("FileNotFound", f"no such file: {path}")
         return Fetched(path, temporary=False)
 
-    # ------------------------------------------------------------------ URLs via yt-dlp
-    def _fetch_url(self, cand: Candidate) -> Fetched:
-        url = cand.url or ""
-        try:
-            parts = urllib.parse.urlsplit(url)
-            host = parts.hostname or ""
-        except ValueError as e:
-            raise _failed("BadURL", f"cannot parse URL: {e}") from None
-        scheme = parts.scheme.lower()
+    def _scheme(self, location: str) -> str:
+        """`location`'s scheme; DisallowedScheme unless download.allowed_schemes lists it."""
+        scheme = location.partition(":")[0].lower() if _SCHEME.match(location) else ""
         if scheme not in self.cfg.allowed_schemes:
             raise _failed("DisallowedScheme",
-                          f"URL scheme {scheme or '(none)'!r} not in download.allowed_schemes {self.cfg.allowed_schemes}")
+                          f"scheme {scheme or '(none)'!r} of {location[:200]!r} not in download.allowed_schemes "
+                          f"{self.cfg.allowed_schemes}")
+        return scheme
+
+    def _clear(self, vkey: str) -> None:
+        """Delete the scratch files of video `vkey`: a finished file never cut, `.part`, `.ytdl`
+        and fragment files. Keys hold no dot, so `vkey.` names this video's files only."""
+        for p in glob.glob(os.path.join(glob.escape(self.scratch), glob.escape(vkey) + ".*")) + [
+                os.path.join(self.scratch, vkey)]:
+            if os.path.isdir(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                fs.remove(p)
+
+    # ------------------------------------------------------------------ URLs via yt-dlp
+    def _fetch_url(self, url: str, vkey: str) -> Fetched:
+        try:
+            host = urllib.parse.urlsplit(url).hostname or ""
+        except ValueError as e:
+            raise _failed("BadURL", f"cannot parse URL: {e}") from None
+        self._scheme(url)
+        guard = None
         attempts = 0
         while True:
             attempts += 1
+            self._clear(vkey)
             try:
                 with self.gate.slot(host):
-                    path = self._ytdlp(url, cand.video_key)
+                    # the deadline runs from the first attempt's start, not from the wait for a slot
+                    guard = guard or NetGuard(self.policy, self.cfg.deadline_s, self.cfg.min_rate_bytes_s,
+                                              self.cfg.rate_window_s)
+                    path = self._ytdlp(url, vkey, guard)
+                if guard.refusal:  # yt-dlp carried on without it (a skipped fragment): not a whole video
+                    raise guard.refusal
                 return Fetched(path, temporary=not self.cfg.keep, attempts=attempts)
             except IngestError:
+                self._clear(vkey)
                 raise
             except Exception as e:
+                self._clear(vkey)
+                # the guard's verdict, whatever yt-dlp made of it (a TLS handshake cut short by
+                # the deadline surfaces as a plain timeout)
+                refusal = guard and (guard.refusal or guard.overdue())
+                if refusal:
+                    raise _failed(refusal.error_type, str(refusal)) from None
                 msg = _clean(str(e))
                 code = _HTTP_CODE.search(msg)
                 if attempts <= self.cfg.retries and _RETRYABLE.search(msg):
                     delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempts - 1))
-                    time.sleep(delay * (0.5 + random.random()))  # jitter: workers don't retry in step
+                    delay *= 0.5 + random.random()  # jitter: workers don't retry in step
+                    time.sleep(max(0.0, min(delay, guard.remaining() if guard else delay)))
                     continue
                 raise _failed(_error_type(msg, code, e), f"after {attempts} attempt(s): {msg}") from None
 
-    def _ytdlp(self, url: str, vkey: str) -> str:
-        import yt_dlp
+    def _ytdlp(self, url: str, vkey: str, guard: NetGuard) -> str:
         from yt_dlp.utils import match_filter_func
 
         c = self.cfg
@@ -181,7 +222,7 @@ class Downloader:
         if c.proxy:
             opts["proxy"] = c.proxy
         opts.update(c.ytdlp_options)
-        with yt_dlp.YoutubeDL(opts) as ydl:
+        with guarded_ydl(opts, guard) as ydl:
             info = ydl.extract_info(url, download=True)
         if info is None:
             raise _failed("Filtered", "yt-dlp skipped the video (match filter: too long, or a playlist)")
@@ -198,10 +239,12 @@ class Downloader:
     def _copy_remote(self, cand: Candidate) -> Fetched:
         ext = os.path.splitext(cand.path)[1][:8] if re.match(r"^\.[A-Za-z0-9]{1,7}$", os.path.splitext(cand.path)[1]) else ""
         local = os.path.join(self.scratch, cand.video_key + ext)
+        self._clear(cand.video_key)
         try:
             with fs.open_read(cand.path) as src, open(local, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except Exception as e:
+            self._clear(cand.video_key)
             raise _failed(type(e).__name__, f"cannot copy {cand.path}: {e}") from None
         return Fetched(local, temporary=not self.cfg.keep)
 

@@ -14,10 +14,15 @@ def cand(url, vid="v1"):
     return Candidate(source="t", video_id=vid, url=url, title="x")
 
 
+def local(**kw) -> DownloadConfig:
+    """The corpus server listens on 127.0.0.1, which the download guard blocks by default."""
+    return DownloadConfig(allow_private_networks=True, per_host_rate=100, **kw)
+
+
 def test_flaky_429_is_retried_with_backoff(corpus_server, small_corpus, tmp_path):
     f = sorted((small_corpus / "videos").glob("*.mp4"))[0]
     url = f"{corpus_server.url}/flaky/2/videos/{f.name}?fresh={time.time()}"
-    d = Downloader(DownloadConfig(retries=3, backoff_s=0.01, per_host_rate=100), str(tmp_path))
+    d = Downloader(local(retries=3, backoff_s=0.01), str(tmp_path))
     got = d.fetch(cand(url))
     assert got.attempts == 3 and got.temporary
     assert open(got.path, "rb").read() == f.read_bytes()  # byte-identical
@@ -25,7 +30,7 @@ def test_flaky_429_is_retried_with_backoff(corpus_server, small_corpus, tmp_path
 
 
 def test_gives_up_after_retries_and_names_the_code(corpus_server, tmp_path):
-    d = Downloader(DownloadConfig(retries=1, backoff_s=0.01, per_host_rate=100), str(tmp_path))
+    d = Downloader(local(retries=1, backoff_s=0.01), str(tmp_path))
     with pytest.raises(IngestError) as e:
         d.fetch(cand(f"{corpus_server.url}/status/500"))
     assert e.value.error_type == "HTTP500" and "after 2 attempt" in str(e.value)
@@ -36,7 +41,7 @@ def test_gives_up_after_retries_and_names_the_code(corpus_server, tmp_path):
 
 def test_size_cap_and_schemes(corpus_server, small_corpus, tmp_path):
     f = sorted((small_corpus / "videos").glob("*.mp4"))[0]
-    d = Downloader(DownloadConfig(max_filesize_mb=0.001, per_host_rate=100), str(tmp_path))
+    d = Downloader(local(max_filesize_mb=0.001), str(tmp_path))
     with pytest.raises(IngestError) as e:
         d.fetch(cand(f"{corpus_server.url}/videos/{f.name}"))
     # a direct link has no size before the download: yt-dlp stops at Content-Length and

@@ -37,7 +37,8 @@ def config_dict(corpus: Path, server_url: str, out: Path, extra_rows: Path) -> d
             {"type": "lerobot", "name": "robot", "root": str(corpus / "lerobot")},
             {"type": "catalog", "name": "cat", "path": str(extra_rows), "keywords": "none"},
         ],
-        "download": {"retries": 2, "backoff_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 2, "per_host_rate": 50},
+        "download": {"retries": 2, "backoff_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 2, "per_host_rate": 50,
+                     "allow_private_networks": True},
         "shards": {"val_fraction": 0.3, "max_clips": 4, "parallelism": 2},
         "output": {"dir": str(out)},
     }
