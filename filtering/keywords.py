@@ -29,7 +29,7 @@ def _term_pattern(term: str) -> str:
 @dataclass(frozen=True)
 class Verdict:
     keep: bool
-    reason: str  # "" when kept; "excluded:<term>" | "no_include_term" | "no_action_term"
+    reason: str  # "" when kept; "excluded:<term>" | "no_include_term" | "no_action_term" | "no_text"
     matched: tuple[str, ...]
 
 
@@ -59,7 +59,8 @@ class KeywordFilter:
         if hits["exclude"]:
             return Verdict(False, f"excluded:{hits['exclude'][0]}", matched)
         if self.groups["include"] and not hits["include"]:
-            return Verdict(False, "no_include_term", matched)
+            # say so when there was nothing to match: a URL list filtered by keywords
+            return Verdict(False, "no_include_term" if text.strip() else "no_text", matched)
         if self.groups["require"] and not hits["require"]:
             return Verdict(False, "no_action_term", matched)
         return Verdict(True, "", matched)

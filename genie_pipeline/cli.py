@@ -75,7 +75,11 @@ def cmd_sample_corpus(args, _) -> int:
 def cmd_serve_corpus(args, _) -> int:
     from genie_pipeline.corpus.serve import serve_forever
 
-    serve_forever(args.dir, host=args.host, port=args.port)
+    try:
+        serve_forever(args.dir, host=args.host, port=args.port, token=args.token)
+    except ValueError as e:
+        print(f"genie-pipeline serve-corpus: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -258,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default=os.environ.get("GENIE_CORPUS_TOKEN"),
+                   help="required for a non-loopback --host: every URL then starts with /TOKEN "
+                        "(env GENIE_CORPUS_TOKEN)")
 
     p = command("label", cmd_label, "web page for labelling clips (labels: filters.quality.labels_db, "
                 "default INPUT/labels.sqlite)")
@@ -320,7 +327,7 @@ def _exit_code(e: Exception) -> int | None:
     from genie_pipeline.filtering.quality import QualityError
     from genie_pipeline.ingest.errors import IngestError
     from genie_pipeline.models.config import ModelConfigError
-    from genie_pipeline.shards.fs import OutputBusy
+    from genie_pipeline.shards.fs import OutputBusy, environment_error
     from genie_pipeline.shards.reader import DataError
     from genie_pipeline.training.errors import TrainingError
 
@@ -329,6 +336,8 @@ def _exit_code(e: Exception) -> int | None:
     if isinstance(e, (QualityError, DataError, ModelConfigError, TrainingError)):
         return 2
     if isinstance(e, IngestError):
+        return 1
+    if environment_error(e):  # disk full, read-only, no permission
         return 1
     return None
 
@@ -339,10 +348,19 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = ap.parse_known_args(argv)
     if rest and not getattr(args, "beam_passthrough", False):
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        from genie_pipeline.ingest.config import unknown_beam_flags
+
+        bad = unknown_beam_flags(rest)
+        if bad:  # Beam would only log these and run anyway
+            ap.error(f"unrecognized arguments (neither ours nor Beam pipeline options): {' '.join(bad)}")
     if args.verbose:
         os.environ["GENIE_VERBOSE"] = "1"  # worker processes inherit it
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # a worker's error reaches main() anyway, with its traceback if it is a bug
+        for name in ("apache_beam.runners.common", "apache_beam.runners.portability.local_job_service"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         return args.func(args, rest)
     except ConfigError as e:
@@ -352,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         code = _exit_code(e)
         if code is None:
             raise
-        print(f"genie-pipeline: {e}", file=sys.stderr)
+        if isinstance(e, OSError) and e.strerror:
+            print(f"genie-pipeline: {e.strerror.lower()}" + (f": {e.filename}" if e.filename else "")
+                  + "; nothing was committed, the next run resumes", file=sys.stderr)
+        else:
+            print(f"genie-pipeline: {e}", file=sys.stderr)
         return code
 
 

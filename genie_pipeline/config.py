@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from genie_pipeline.filtering.config import FiltersConfig, KeywordsConfig
 from genie_pipeline.ingest.config import DownloadConfig, RunnerConfig, Source
-from genie_pipeline.shards.config import ClipsConfig, OutputConfig, Section, ShardsConfig
+from genie_pipeline.shards.config import ClipsConfig, KeyedError, OutputConfig, Section, ShardsConfig
 from genie_pipeline.training.config import TrainConfig
 
 
@@ -44,17 +44,18 @@ class PipelineConfig(Section):
         names = [s.name for s in self.sources]
         for i, n in enumerate(names):
             if names.index(n) != i:
-                raise _KeyedError(f"sources.{i}.name", f"duplicate source name {n!r}")
+                raise KeyedError(f"sources.{i}.name", f"duplicate source name {n!r}")
         for i, s in enumerate(self.sources):
             if s.keywords not in ("default", "none") and s.keywords not in self.keywords.sets:
-                raise _KeyedError(f"sources.{i}.keywords", f"no keyword set {s.keywords!r} in keywords.sets")
+                raise KeyedError(f"sources.{i}.keywords", f"no keyword set {s.keywords!r} in keywords.sets")
+            # the videos of a source in a bucket are fetched from it: its scheme must be allowed
+            for key in ("glob", "path", "root"):
+                where = getattr(s, key, None)
+                scheme = where.split("://", 1)[0].lower() if isinstance(where, str) and "://" in where else None
+                if scheme and scheme != "file" and scheme not in self.download.allowed_schemes:
+                    raise KeyedError(f"sources.{i}.{key}", f"scheme {scheme!r} is not in download.allowed_schemes "
+                                     f"{self.download.allowed_schemes}: add it there to read videos from {where}")
         return self
-
-
-class _KeyedError(ValueError):
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
 
 
 # the discriminator tags pydantic puts into a source's error path ("sources.0.search.queries")
@@ -68,8 +69,8 @@ def format_validation_error(e: ValidationError, prefix: str = "") -> ConfigError
     if len(loc) >= 3 and loc[0] == "sources" and loc[2] in SOURCE_TYPES:
         loc.pop(2)
     ctx_err = (err.get("ctx") or {}).get("error")
-    if isinstance(ctx_err, _KeyedError):
-        return ConfigError(ctx_err.key, str(ctx_err))
+    if isinstance(ctx_err, KeyedError):
+        return ConfigError(".".join(([prefix] if prefix else []) + loc + [ctx_err.key]), str(ctx_err))
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling against pipeline.yaml)"

@@ -1,6 +1,7 @@
 """The `sources`, `download` and `runner` sections of pipeline.yaml."""
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -53,6 +54,7 @@ class CatalogSource(SourceBase):
 
 class UrlsSource(SourceBase):
     type: Literal["urls"]
+    keywords: str = "none"  # a bare URL has no title to match before it is downloaded
     urls: list[str] = Field(default_factory=list)
     path: str | None = None  # a text file, one URL a line
 
@@ -89,22 +91,88 @@ class DownloadConfig(Section):
     format: str = "b[height<=360]/bv*[height<=360]+ba/b/bv*+ba"
     max_filesize_mb: float = Field(default=500, gt=0)
     max_duration_s: float = Field(default=4 * 3600, gt=0)
-    retries: int = Field(default=4, ge=0)
-    backoff_s: float = Field(default=1.0, ge=0)
-    backoff_max_s: float = Field(default=60.0, ge=0)
-    timeout_s: float = Field(default=30.0, gt=0)
-    per_host_concurrency: int = Field(default=2, ge=1)
+    # width × height a source may claim before anything is decoded (8K UHD by default)
+    max_pixels: int = Field(default=7680 * 4320, ge=1)
+    retries: int = Field(default=4, ge=0, le=100)
+    backoff_s: float = Field(default=1.0, ge=0, le=3600)
+    backoff_max_s: float = Field(default=60.0, ge=0, le=86400)
+    # sockets take at most a day; a larger value overflows the OS timer
+    timeout_s: float = Field(default=30.0, gt=0, le=86400)
+    per_host_concurrency: int = Field(default=2, ge=1, le=1024)
     per_host_rate: float = Field(default=2.0, gt=0, description="downloads started per second per host")
     cookiefile: str | None = None
     proxy: str | None = None
     allowed_schemes: list[str] = Field(default_factory=lambda: ["http", "https"])
     ytdlp_options: dict[str, Any] = Field(default_factory=dict)
+    # the download guard (ingest/netguard.py): where a download may connect, how long, how slow
+    allow_private_networks: bool = False  # loopback, link-local (cloud metadata), private, reserved
+    allowed_networks: list[str] = Field(default_factory=list, description="CIDRs allowed although private")
+    deadline_s: float = Field(default=3600.0, gt=0, description="per video, every attempt included")
+    min_rate_bytes_s: float = Field(default=4096.0, ge=0, description="0: no minimum")
+    rate_window_s: float = Field(default=30.0, gt=0, description="seconds of waiting the rate is averaged over")
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network (CIDR such as 10.0.0.0/8 or fd00::/8)") from None
+        return v
 
 
 # ------------------------------------------------------------------------------- runner
 class RunnerConfig(Section):
     name: str = "FnApiRunner"
-    direct_num_workers: int = Field(default=2, ge=1)
+    direct_num_workers: int = Field(default=2, ge=1, le=1024)
     running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "multi_processing"
     # any Beam pipeline options, e.g. ["--project=p", "--region=us-central1", "--temp_location=gs://b/tmp"]
     options: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _runner_known(cls, v: str) -> str:
+        check_runner(v)
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options_known(cls, v: list[str]) -> list[str]:
+        bad = unknown_beam_flags(v)
+        if bad:
+            raise ValueError(f"not Beam pipeline options: {' '.join(bad)}")
+        return v
+
+
+def check_runner(name: str) -> None:
+    """ValueError unless `name` is a runner Beam knows (or a dotted path to a runner class)."""
+    if "." in name:
+        return
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    known = StandardOptions.KNOWN_RUNNER_NAMES
+    if name not in known and f"{name}Runner" not in known:
+        raise ValueError(f"unknown Beam runner {name!r}; known: {', '.join(sorted(known))}")
+
+
+def unknown_beam_flags(args: list[str]) -> list[str]:
+    """The arguments no Beam pipeline option accepts (misspelt flags, stray words), in order.
+
+    Beam itself only logs such arguments and drops them, so a typo such as `--retry-faild`
+    would otherwise run a job the user did not ask for. A `--runner` value is checked too."""
+    if not args:
+        return []
+    # Beam's own parser knows every option class's flags (value-provider ones included)
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for option_class in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        option_class._add_argparse_args(parser)
+    known, unknown = parser.parse_known_args(args)
+    if known.runner:
+        try:
+            check_runner(known.runner)
+        except ValueError as e:
+            unknown.append(f"--runner {known.runner} ({e})")
+    return unknown

@@ -15,8 +15,12 @@ from typing import Iterator
 import av
 import numpy as np
 
+from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.shards.config import ClipsConfig
+
+
+MAX_PIXELS = DownloadConfig.model_fields["max_pixels"].default
 
 
 def _unusable(stage: str, message: str) -> IngestError:
@@ -35,12 +39,23 @@ class ProbeInfo:
     has_audio: bool
 
 
-def probe(path: str) -> ProbeInfo:
+def _limit_pixels(stream, max_pixels: int) -> None:
+    """Refuse a stream whose header claims more than `max_pixels` (a tiny GIF can claim
+    16000×16000 and cost gigabytes to decode), and make the decoder refuse larger frames too,
+    for streams whose header lies."""
+    w, h = stream.codec_context.width, stream.codec_context.height
+    if w * h > max_pixels:
+        raise IngestError("probe", "TooManyPixels", f"{w}x{h} = {w * h} pixels > download.max_pixels ({max_pixels})")
+    stream.codec_context.options = {"max_pixels": str(max_pixels)}
+
+
+def probe(path: str, max_pixels: int = MAX_PIXELS) -> ProbeInfo:
     try:
         with av.open(path) as c:
             if not c.streams.video:
                 raise _unusable("probe", "no video stream (audio-only or not a video)")
             s = c.streams.video[0]
+            _limit_pixels(s, max_pixels)
             if s.duration is not None and s.time_base is not None:
                 duration = float(s.duration * s.time_base)
             elif c.duration is not None:
@@ -79,9 +94,10 @@ def _filter_chain(cfg: ClipsConfig, rotation: int) -> list[tuple[str, str]]:
     return rotate + [("fps", f"fps={cfg.fps}:round=near")] + fit + [("setsar", "1"), ("format", "rgb24")]
 
 
-def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None,
-                end_s: float | None = None) -> Iterator[np.ndarray]:
-    """Decoded frames at cfg.fps and cfg.height × cfg.width, RGB uint8 (H, W, 3)."""
+def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None, end_s: float | None = None,
+                max_pixels: int = MAX_PIXELS) -> Iterator[np.ndarray]:
+    """Decoded frames at cfg.fps and cfg.height × cfg.width, RGB uint8 (H, W, 3); a source
+    over `max_pixels` is refused before decoding."""
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError) as e:
@@ -90,6 +106,7 @@ def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None,
         if not container.streams.video:
             raise _unusable("probe", "no video stream (audio-only or not a video)")
         stream = container.streams.video[0]
+        _limit_pixels(stream, max_pixels)
         # one thread per worker process: Beam runs one worker per core, and codec threads
         # cost CPU time in synchronisation that a throughput job does not want to pay
         stream.codec_context.thread_count = 1
@@ -97,8 +114,14 @@ def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None,
             container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
         graph = None
         sink = None
+        # raw elementary streams (.h264) carry no timestamps: number frames at the guessed rate
+        rate = stream.guessed_rate or stream.average_rate or 25
+        time_base = stream.time_base or Fraction(1, 1000)
         try:
-            for frame in container.decode(stream):
+            for n, frame in enumerate(container.decode(stream)):
+                if frame.pts is None:
+                    frame.pts = int(n / (rate * time_base))
+                    frame.time_base = time_base
                 t = frame.time
                 if t is not None and start_s is not None and t < start_s - 1e-6:
                     continue
@@ -149,13 +172,13 @@ def _drain(graph, sink, final: bool = False) -> Iterator[np.ndarray]:
         yield out.to_ndarray()
 
 
-def iter_clips(path: str, cfg: ClipsConfig, start_s: float | None = None,
-               end_s: float | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_clips(path: str, cfg: ClipsConfig, start_s: float | None = None, end_s: float | None = None,
+               max_pixels: int = MAX_PIXELS) -> Iterator[tuple[int, np.ndarray]]:
     """(index, frames_THWC) for each full window; the remainder shorter than a clip is dropped."""
     n = cfg.frames
     buf: list[np.ndarray] = []
     index = 0
-    for frame in iter_frames(path, cfg, start_s, end_s):
+    for frame in iter_frames(path, cfg, start_s, end_s, max_pixels):
         buf.append(frame)
         if len(buf) == n:
             yield index, np.stack(buf)

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import re
 import resource
 import sys
 import time
@@ -273,8 +274,15 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
           file=sys.stderr, flush=True)
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, cfg, paths, skip, staged, workers)
-    result = p.run()
-    result.wait_until_finish()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:
+        env = fs.environment_error(e) or _worker_environment_error(e)
+        if env is None:
+            raise
+        # nothing is committed; the clip stores already written are picked up by the next run
+        raise env from None
     counters = {m.key.metric.name: m.committed for m in result.metrics().query()["counters"]
                 if m.key.metric.namespace == NS}
     stats = {"run_id": run_id, "wall_s": round(time.time() - wall0, 2), "cpu_s": round(cpu_seconds() - cpu0, 2),
@@ -285,6 +293,18 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
     if not cfg.shards.keep_clip_store and cfg.filters.quality.mode == "off":
         fs.rmtree(fs.join(out, "clips"))
     return merged
+
+
+_WORKER_OSERROR = re.compile(r"(?:OSError|PermissionError): \[Errno (\d+)\] ([^\[\]:]+)(?::\s*'([^']*)')?")
+
+
+def _worker_environment_error(e: Exception) -> OSError | None:
+    """A worker's disk-full (or read-only, …) error, which Beam hands back only as the text of
+    a RuntimeError, as the OSError it was."""
+    m = _WORKER_OSERROR.search(str(e))
+    if m and int(m.group(1)) in fs.ENVIRONMENT_ERRNOS:
+        return OSError(int(m.group(1)), m.group(2).strip(), m.group(3))
+    return None
 
 
 def _commit(cfg: IngestConfig, paths: RunPaths, stats: dict) -> dict:
@@ -319,6 +339,7 @@ def summary_table(stats: dict) -> str:
         ("candidates found", c.get("candidates", 0)),
         ("kept by keywords", c.get("keyword_kept", 0)),
         ("rejected by keywords", c.get("keyword_rejected", 0)),
+        *((f"  {k[17:]}", v) for k, v in sorted(c.items()) if k.startswith("keyword_rejected_") and v),
         ("downloaded", c.get("downloaded", 0)),
         ("videos cut", c.get("videos_done", 0)),
         ("clips cut", c.get("clips_cut", 0)),

@@ -43,6 +43,8 @@ class KeywordVerdict:
         c.keyword_verdict = "keep" if v.keep else "reject"
         c.keyword_reason, c.matched_terms = v.reason, list(v.matched)
         self.count("keyword_kept" if v.keep else "keyword_rejected")
+        if not v.keep:
+            self.count(f"keyword_rejected_{v.reason.split(':')[0]}")
         return c
 
 
@@ -75,6 +77,8 @@ class VideoProcessor:
         except ClipFormatError as e:
             return failure(c, "encode", "VideoError", str(e))
         except Exception as e:  # a bug or an exotic file must not kill the job
+            if fs.environment_error(e):  # a full or unwritable disk: every next video would fail too
+                raise
             return failure(c, "cut", type(e).__name__, str(e))
         finally:
             if fetched.temporary:
@@ -86,16 +90,21 @@ class VideoProcessor:
 
     def _cut(self, c: Candidate, path: str) -> VideoResult:
         """Probe, cut, score and encode the fetched file; store the clips. Raises IngestError."""
-        info = probe(path)
+        limit = self.download.max_duration_s
+        info = probe(path, self.download.max_pixels)
         span = (c.end_s - c.start_s) if c.start_s is not None and c.end_s is not None else info.duration_s
         # NaN (a duration nobody knows) passes: the cut finds out
-        if span == span and span > self.download.max_duration_s:
+        if span == span and span > limit:
             raise IngestError("probe", "TooLong", f"{span:.0f} s > download.max_duration_s")
         seconds = self.clips.seconds
         clips: list[ClipRow] = []
         data: list[tuple[str, bytes]] = []
         offset = c.start_s or 0.0
-        for index, frames in iter_clips(path, self.clips, c.start_s, c.end_s):
+        for index, frames in iter_clips(path, self.clips, c.start_s, c.end_s, self.download.max_pixels):
+            # a header can understate the length: the time decoded is what counts
+            if (index + 1) * seconds > limit:
+                raise IngestError("decode", "TooLong", f"decoded more than download.max_duration_s ({limit:g} s) "
+                                  f"of a video whose header says {span:.0f} s")
             row, mp4 = self._clip(c, offset + index * seconds, frames)
             clips.append(row)
             data.append((row.key, mp4))

@@ -6,27 +6,58 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from genie_pipeline.shards.clip import ClipSpec
 
 
-class Section(BaseModel):
-    """A config section: unknown keys are errors, defaults are validated too."""
+MAX_CLIP_BYTES = 2 << 30
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+class KeyedError(ValueError):
+    """A check across a section's fields that blames one of them: `key` is its dotted path
+    inside the section being validated (the config loader prefixes the section's own)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, defaults are validated too, and no number
+    is infinite or NaN (`target_mb: .inf` would never close a shard)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class ClipsConfig(Section):
-    fps: int = Field(default=10, ge=1)
-    width: int = Field(default=160, ge=16)
-    height: int = Field(default=90, ge=16)
-    seconds: float = Field(default=16, gt=0)
+    fps: int = Field(default=10, ge=1, le=240)
+    width: int = Field(default=160, ge=16, le=7680)
+    height: int = Field(default=90, ge=16, le=4320)
+    seconds: float = Field(default=16, gt=0, le=3600)
     # pad: keep the whole frame, letterbox/pillarbox; crop: fill, cut edges; stretch: distort
     aspect: Literal["pad", "crop", "stretch"] = "pad"
     crf: int = Field(default=23, ge=0, le=51)
     keyframe_interval: int = Field(default=16, ge=1)
     max_clips_per_video: int | None = Field(default=None, ge=1)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"must be even (h264 with 4:2:0 chroma), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.frames < 1:
+            raise KeyedError("seconds", f"{self.seconds:g} s at {self.fps} FPS holds no frame")
+        if self.keyframe_interval > self.frames:
+            raise KeyedError("keyframe_interval", f"{self.keyframe_interval} > the {self.frames} frames of a clip")
+        if self.frames * self.height * self.width * 3 > MAX_CLIP_BYTES:
+            raise ValueError(f"one clip of {self.frames} frames at {self.width}x{self.height} is over "
+                             f"{MAX_CLIP_BYTES >> 30} GiB decoded (a worker holds one in memory)")
+        return self
 
     @property
     def frames(self) -> int:

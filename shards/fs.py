@@ -9,6 +9,7 @@ completes).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -19,6 +20,21 @@ from apache_beam.io.filesystems import FileSystems
 
 
 GLOB_CHARS = frozenset("*?[")
+# errors of the machine rather than of one input: disk full, quota, read-only or forbidden
+# output, no file handles left. A stage lets these stop the run (the next run retries the
+# videos) instead of recording every following video as broken.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.EMFILE, errno.ENFILE})
+
+
+def environment_error(e: BaseException) -> OSError | None:
+    """The machine's OSError (see ENVIRONMENT_ERRNOS) that `e` is or was caused by, else None."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
 
 
 def is_remote(path: str) -> bool:

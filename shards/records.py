@@ -31,6 +31,47 @@ def safe_id(raw: str) -> str:
     return "h" + hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+# lone surrogates (JSON "\ud800", undecodable file-name bytes) and control characters other
+# than tab/newline: Parquet, JSON consumers and terminals reject or misrender them
+_UNSAFE_TEXT = re.compile(r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SECRET_PARAM = re.compile(r"^(x-amz-.*|x-goog-.*|.*token.*|.*secret.*|.*passw.*|sig|signature|key|api_?key|auth.*|"
+                           r"credential.*|session.*)$", re.I)
+
+
+def clean_text(v: Any) -> Any:
+    """`v` with every character a table or terminal cannot hold replaced by U+FFFD; non-str
+    values are returned as they are. Idempotent."""
+    return _UNSAFE_TEXT.sub("\ufffd", v) if isinstance(v, str) else v
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL as a table may store it: no user:password@, and the values of query parameters
+    that carry credentials (tokens, signatures, keys) replaced by REDACTED."""
+    if not url:
+        return url
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return clean_text(url)
+    netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    params = [q.partition("=") for q in parts.query.split("&") if q]
+    query = "&".join(f"{k}=REDACTED" if _SECRET_PARAM.match(urllib.parse.unquote(k)) else k + sep + v
+                     for k, sep, v in params)
+    return clean_text(urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
+
+
+def printable_path(path: str | None) -> str | None:
+    """A path as a table stores it: undecodable file-name bytes shown as \\xNN escapes (the
+    candidate itself keeps the real path to open)."""
+    if path is None:
+        return None
+    import os
+
+    return clean_text(os.fsencode(path).decode("utf-8", "backslashreplace"))
+
+
 def video_key(source: str, video_id: str) -> str:
     return f"{source}_{safe_id(video_id)}"
 
@@ -59,6 +100,15 @@ class Candidate:
     keyword_reason: str = ""
     matched_terms: list[str] = field(default_factory=list)
 
+    def __post_init__(self):
+        # the one place discovered text is made safe: every title, id and extra value that
+        # reaches a stage, the clip store or a table went through here (the path stays exact:
+        # it must still open the file)
+        self.video_id, self.title, self.description, self.url = (
+            clean_text(self.video_id), clean_text(self.title), clean_text(self.description), clean_text(self.url))
+        if isinstance(self.extra, dict):
+            self.extra = {clean_text(k): clean_text(v) for k, v in self.extra.items()}
+
     @property
     def video_key(self) -> str:
         return video_key(self.source, self.video_id)
@@ -66,6 +116,7 @@ class Candidate:
     def row(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["video_key"] = self.video_key
+        d["url"], d["path"] = redact_url(self.url), printable_path(self.path)
         if not isinstance(d["extra"], str):  # already JSON when read back from a run's parts
             d["extra"] = _json(d["extra"])
         return d
@@ -95,6 +146,9 @@ class ClipRow:
     cuts_per_min: float = 0.0
     quality_score: float = float("nan")
 
+    def __post_init__(self):  # stores written before text was cleaned at discovery still commit
+        self.title = clean_text(self.title)
+
     def row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -111,8 +165,11 @@ class Failure:
     message: str
     url: str | None = None
 
+    def __post_init__(self):
+        self.video_id, self.message = clean_text(self.video_id), clean_text(self.message)
+
     def row(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "url": redact_url(self.url)}
 
 
 @dataclass
@@ -130,6 +187,9 @@ class VideoResult:
     error: str = ""
     store: str | None = None  # path of the clip store tar
     split: str = "train"
+
+    def __post_init__(self):
+        self.title, self.error = clean_text(self.title), clean_text(self.error)
 
     def row(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from genie_pipeline.training.errors import TrainingError
+
 FORMAT = 1
 STEP_RE = re.compile(r"^step-(\d+)\.pt$")
 
@@ -60,9 +62,19 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    """The checkpoint at `path`; TrainingError (key `checkpoint`) for a missing file, a file
+    that is not a checkpoint, or one that needs more than weights-only unpickling."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError("checkpoint", f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise TrainingError("checkpoint", f"{path} is a directory, not a checkpoint file") from None
+    except Exception as e:  # noqa: BLE001 — torch raises many types for a bad or hostile file
+        raise TrainingError("checkpoint", f"{path} is not a readable weights-only checkpoint "
+                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a genie-pipeline training checkpoint (format {FORMAT})")
+        raise TrainingError("checkpoint", f"{path} is not a genie-pipeline training checkpoint (format {FORMAT})")
     return ckpt
 
 

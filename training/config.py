@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from genie_pipeline.shards.config import Section
 
 PHASES = ("tokenizer", "dynamics")  # phase 1 trains the tokenizer, phase 2 the LAM and dynamics model
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+class TrainConfig(Section):
+    model_config = ConfigDict(protected_namespaces=())  # a `model` key is ours, not pydantic's
 
     # ------------------------------------------------------------------ model
     model: str = Field(
@@ -66,7 +68,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(default=8, ge=1, description="global batch size (windows per step over all ranks)")
     tokenizer_steps: int = Field(default=1000, ge=0, description="optimizer steps of phase 1 (tokenizer)")
     dynamics_steps: int = Field(default=1000, ge=0, description="optimizer steps of phase 2 (LAM + dynamics)")
-    lr: float = Field(default=3e-4, gt=0, description="peak learning rate (AdamW)")
+    lr: float = Field(default=3e-4, gt=0, le=10, description="peak learning rate (AdamW)")
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     warmup_steps: int = Field(default=100, ge=0, description="linear warmup steps of each phase")
     weight_decay: float = Field(default=0.05, ge=0, description="AdamW decoupled weight decay (matrices only)")

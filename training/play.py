@@ -21,6 +21,7 @@ from genie_pipeline.models.config import get_config
 from genie_pipeline.models.genie import Genie
 
 from . import checkpoint as ckpt_lib
+from .errors import TrainingError
 from .loader import resize_video
 from .metrics import save_gif, video_side_by_side_frames
 
@@ -30,7 +31,7 @@ def load_genie(path: str | os.PathLike, device: str | torch.device = "cpu") -> G
     ck = ckpt_lib.load(path)
     weights = ck["model"] if "model" in ck else ck
     if "dynamics" not in weights:
-        raise ValueError(f"{path} has no dynamics model (a tokenizer-only checkpoint?)")
+        raise TrainingError("checkpoint", f"{path} has no dynamics model (a tokenizer-only checkpoint?)")
     cfg = get_config(dict(ck["model_config"]))
     genie = Genie(cfg)
     genie.tokenizer.load_state_dict(weights["tokenizer"])
@@ -73,7 +74,7 @@ def parse_actions(spec: str | Sequence[int], num_actions: int, seed: int = 0) ->
     actions = [int(a) for a in spec]
     bad = [a for a in actions if not 0 <= a < num_actions]
     if bad or not actions:
-        raise ValueError(f"actions must be 1+ ids in [0, {num_actions}), got {actions}")
+        raise TrainingError("play.actions", f"must be 1+ ids in [0, {num_actions}), got {actions}")
     return actions
 
 

@@ -226,7 +226,24 @@ class PhaseTrainer:
             self.loader_state = mine["loader"]
             self._rng_state = mine["rng"]
 
+    def _diverged(self, what: str) -> TrainingError:
+        """The error of a run whose loss or weights stopped being finite: it names the last
+        checkpoint, which never holds non-finite weights (see save_checkpoint)."""
+        latest = ckpt_lib.latest_path(self.out_dir, self.phase)
+        kept = f"the last finite checkpoint is {latest}" if latest.exists() else "no checkpoint was kept"
+        return TrainingError("train.lr", f"training diverged: {what}; {kept}. Lower train.lr or set train.grad_clip, "
+                                         "then --resume")
+
+    def _weights_finite(self) -> bool:
+        local = all(bool(torch.isfinite(p.detach().to_local() if hasattr(p, "to_local") else p.detach()).all())
+                    for p in self.model.parameters())
+        return dist_lib.mean_scalars({"finite": float(local)}, self.device)["finite"] == 1.0
+
     def save_checkpoint(self, loader: WindowLoader | None) -> Path | None:
+        """Write this phase's checkpoint; a model whose weights are not finite is never saved
+        (TrainingError), so `latest.pt` is always one to roll back to."""
+        if not self._weights_finite():
+            raise self._diverged(f"the {self.phase} weights are not finite at step {self.step}")
         rank_state = {"rng": ckpt_lib.get_rng_state(), "loader": loader.state_dict() if loader else {}}
         ranks = dist_lib.all_gather_objects(rank_state)
         state = self._model_state()
@@ -285,7 +302,7 @@ class PhaseTrainer:
         self.model.train()
         loss, metrics, _ = self.forward(video)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.phase} loss is {loss.item()} at step {self.step + 1}")
+            raise self._diverged(f"the {self.phase} loss is {loss.item()} at step {self.step + 1}")
         loss.backward()
         if self.cfg.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from genie_pipeline.shards.config import Section
 
 
-class QualityConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
+class QualityConfig(Section):
     # ---------------------------------------------------------------- scoring (ingest stage)
     # off: no scoring; score_only: store quality_score, keep everything; filter: reject below threshold
     mode: Literal["off", "score_only", "filter"] = "off"

@@ -18,6 +18,7 @@ path+query; `hits(path)` reads either.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import mimetypes
 import re
@@ -28,6 +29,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from genie_pipeline.filtering.quality.label.server import is_loopback
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = {"the", "a", "an", "of", "and", "or", "in", "on", "to", "with", "for", "my", "is"}
@@ -91,6 +94,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, head: bool):
         parts = urlsplit(self.path)
         path = parts.path
+        token = self.corpus.token
+        if token:  # every URL the server hands out starts with /TOKEN, so yt-dlp needs nothing else
+            first, _, rest = path.lstrip("/").partition("/")
+            if not hmac.compare_digest(first.encode(), token.encode()):
+                return self._error(403, head)
+            path = "/" + rest
         target = path + ("?" + parts.query if parts.query else "")
         self.corpus._count(path, target)
         try:
@@ -197,10 +206,15 @@ class CorpusServer:
     """
 
     def __init__(self, corpus_dir, host: str = "127.0.0.1", port: int = 0, *, hang_s: float = 30.0,
-                 verbose: bool = False):
+                 verbose: bool = False, token: str | None = None):
         self.root = Path(corpus_dir).resolve()
         if not self.root.is_dir():
             raise FileNotFoundError(f"no corpus directory {corpus_dir}")
+        if not is_loopback(host) and not token:
+            raise ValueError(f"serving on {host!r} (beyond this machine) needs a token")
+        if token and not re.fullmatch(r"[A-Za-z0-9_-]{8,128}", token):
+            raise ValueError("the token must be 8-128 characters of [A-Za-z0-9_-] (it is part of every URL)")
+        self.token = token or None
         self.host, self.port = host, int(port)
         self.hang_s = hang_s
         self.verbose = verbose
@@ -257,11 +271,15 @@ class CorpusServer:
         host = self.host if self.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"http://{host}:{self.port}{self._prefix}"
+
+    @property
+    def _prefix(self) -> str:
+        return f"/{self.token}" if self.token else ""
 
     def base_url(self, host_header: str | None = None) -> str:
         if self.host in ("", "0.0.0.0", "::") and host_header and re.match(r"^[A-Za-z0-9.\-\[\]:]+$", host_header):
-            return f"http://{host_header}"
+            return f"http://{host_header}{self._prefix}"
         return self.url
 
     # ------------------------------------------------------------------ lifecycle
@@ -296,9 +314,10 @@ class CorpusServer:
         self.stop()
 
 
-def serve_forever(corpus_dir, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted (the CLI's `serve-corpus`)."""
-    srv = CorpusServer(corpus_dir, host, port, verbose=True).start()
+def serve_forever(corpus_dir, host: str = "127.0.0.1", port: int = 8000, token: str | None = None) -> None:
+    """Serve until interrupted (the CLI's `serve-corpus`); ValueError for a non-loopback
+    host without a token."""
+    srv = CorpusServer(corpus_dir, host, port, verbose=True, token=token).start()
     print(f"serving {srv.root} at {srv.url}  (search: {srv.url}/search?q=pitfall+speedrun)", flush=True)
     print(f"yt-dlp: --extractor-args \"geniecorpus:server={srv.url}\" \"gcsearch10:pitfall speedrun\"", flush=True)
     try:
