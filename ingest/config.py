@@ -43,6 +43,10 @@ class CatalogFields(Section):
     title: str = "title"
     description: str = "description"
     duration: str = "duration"
+    channel: str = "channel"
+    uploader: str = "uploader"
+    upload_date: str = "upload_date"
+    license: str = "license"
 
 
 class CatalogSource(SourceBase):

@@ -20,7 +20,7 @@ import re
 import shutil
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.errors import IngestError
@@ -59,6 +59,7 @@ class Fetched:
     path: str
     temporary: bool  # delete after cutting (unless download.keep)
     attempts: int = 1
+    meta: dict = field(default_factory=dict)  # what the site says: channel, uploader, upload_date, license
 
 
 def ffmpeg_exe() -> str:
@@ -178,10 +179,10 @@ class Downloader:
                     # the deadline runs from the first attempt's start, not from the wait for a slot
                     guard = guard or NetGuard(self.policy, self.cfg.deadline_s, self.cfg.min_rate_bytes_s,
                                               self.cfg.rate_window_s)
-                    path = self._ytdlp(url, vkey, guard)
+                    path, meta = self._ytdlp(url, vkey, guard)
                 if guard.refusal:  # yt-dlp carried on without it (a skipped fragment): not a whole video
                     raise guard.refusal
-                return Fetched(path, temporary=not self.cfg.keep, attempts=attempts)
+                return Fetched(path, temporary=not self.cfg.keep, attempts=attempts, meta=meta)
             except IngestError:
                 self._clear(vkey)
                 raise
@@ -201,7 +202,7 @@ class Downloader:
                     continue
                 raise _failed(_error_type(msg, code, e), f"after {attempts} attempt(s): {msg}") from None
 
-    def _ytdlp(self, url: str, vkey: str, guard: NetGuard) -> str:
+    def _ytdlp(self, url: str, vkey: str, guard: NetGuard) -> tuple[str, dict]:
         from yt_dlp.utils import match_filter_func
 
         c = self.cfg
@@ -230,7 +231,7 @@ class Downloader:
             raise _failed("Playlist", "URL is a playlist, not a video")
         for d in info.get("requested_downloads") or []:
             if d.get("filepath") and os.path.exists(d["filepath"]):
-                return d["filepath"]
+                return d["filepath"], site_provenance(info)
         if info.get("filesize") and info["filesize"] > opts["max_filesize"]:
             raise _failed("TooLarge", f"{info['filesize']} bytes > download.max_filesize_mb")
         raise _failed("NoFile", "yt-dlp finished without a file (over max_filesize_mb, or no format matched)")
@@ -247,6 +248,17 @@ class Downloader:
             self._clear(cand.video_key)
             raise _failed(type(e).__name__, f"cannot copy {cand.path}: {e}") from None
         return Fetched(local, temporary=not self.cfg.keep)
+
+
+def site_provenance(info) -> dict:
+    """The provenance a yt-dlp info dict (an entry, an .info.json) gives: channel, uploader,
+    license, upload_date as YYYY-MM-DD; None where it says nothing."""
+    if not isinstance(info, dict):
+        return {}
+    date = str(info.get("upload_date") or "")
+    return {"channel": info.get("channel") or info.get("uploader"), "uploader": info.get("uploader"),
+            "license": info.get("license"),
+            "upload_date": f"{date[:4]}-{date[4:6]}-{date[6:8]}" if re.fullmatch(r"\d{8}", date) else (date or None)}
 
 
 def _failed(error_type: str, message: str) -> IngestError:

@@ -71,7 +71,7 @@ class VideoProcessor:
             return failure(c, "download", type(e).__name__, str(e))
         self.count("downloaded")
         try:
-            result = self._cut(c, fetched.path)
+            result = self._cut(c, fetched.path, c.provenance(fetched.meta))
         except IngestError as e:
             return e.failure(c)
         except ClipFormatError as e:
@@ -88,7 +88,7 @@ class VideoProcessor:
               f"in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
         return result
 
-    def _cut(self, c: Candidate, path: str) -> VideoResult:
+    def _cut(self, c: Candidate, path: str, provenance: dict) -> VideoResult:
         """Probe, cut, score and encode the fetched file; store the clips. Raises IngestError."""
         limit = self.download.max_duration_s
         info = probe(path, self.download.max_pixels)
@@ -105,7 +105,7 @@ class VideoProcessor:
             if (index + 1) * seconds > limit:
                 raise IngestError("decode", "TooLong", f"decoded more than download.max_duration_s ({limit:g} s) "
                                   f"of a video whose header says {span:.0f} s")
-            row, mp4 = self._clip(c, offset + index * seconds, frames)
+            row, mp4 = self._clip(c, offset + index * seconds, frames, provenance)
             clips.append(row)
             data.append((row.key, mp4))
         if not clips:
@@ -116,7 +116,7 @@ class VideoProcessor:
         write_store(result.store, result, data)
         return result
 
-    def _clip(self, c: Candidate, start_s: float, frames: np.ndarray) -> tuple[ClipRow, bytes]:
+    def _clip(self, c: Candidate, start_s: float, frames: np.ndarray, provenance: dict) -> tuple[ClipRow, bytes]:
         """One clip's row (heuristic scores and verdict) and its encoded mp4."""
         scores = score_clip(frames, self.clips.fps)
         reason = verdict(scores, self.heuristics)
@@ -124,7 +124,7 @@ class VideoProcessor:
         row = ClipRow(key=clip_key(c.video_key, int(round(start_s * 1000))), video_key=c.video_key,
                       video_id=c.video_id, source=c.source, title=c.title, start_s=start_s,
                       duration_s=self.clips.seconds, n_frames=len(frames), bytes=len(mp4),
-                      kept=not reason, reason=reason, **scores.as_dict())
+                      kept=not reason, reason=reason, **scores.as_dict(), **provenance)
         self.count("clips_cut")
         self.count("clips_kept_heuristics" if not reason else f"clips_rejected_{reason}")
         return row, mp4

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from genie_pipeline.ingest.config import (CatalogSource, FilesSource, LeRobotSource, SearchSource,
                                           UrlsSource)
-from genie_pipeline.ingest.download import YtdlpLog
+from genie_pipeline.ingest.download import YtdlpLog, site_provenance
 from genie_pipeline.ingest.errors import Count, no_count
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.records import Candidate, Failure, video_key
@@ -62,7 +62,8 @@ def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
                     url=entry.get("url") or entry.get("webpage_url"),
                     duration_s=_float(entry.get("duration")),
                     # the labelling page stratifies its sample by channel and query
-                    extra={"query": q, "channel": entry.get("channel") or entry.get("uploader")},
+                    extra={"query": q, "channel": entry.get("channel") or entry.get("uploader"),
+                           **site_provenance(entry)},
                 )
 
 
@@ -117,6 +118,7 @@ def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
             source=src.name, video_id=vid, title=str(row.get(f.title) or ""),
             description=str(row.get(f.description) or ""), url=str(url) if url else None,
             path=str(path) if path else None, duration_s=_float(row.get(f.duration)),
+            extra={k: row.get(getattr(f, k)) for k in SITE_FIELDS if row.get(getattr(f, k)) not in (None, "")},
         )
 
 
@@ -152,18 +154,20 @@ def discover_files(src: FilesSource) -> Iterator[Candidate | Failure]:
         stem, ext = posixpath.splitext(posixpath.basename(path))
         if ext.lower() == ".json":
             continue  # sidecars
-        title, desc = _SEP_RE.sub(" ", stem).strip(), ""
+        title, desc, meta = _SEP_RE.sub(" ", stem).strip(), "", {}
         for sidecar in (posixpath.splitext(path)[0] + ".json", posixpath.splitext(path)[0] + ".info.json"):
             try:
                 if fs.exists(sidecar):
                     meta = json.loads(fs.read_bytes(sidecar))
                     title = str(meta.get("title") or title)
                     desc = str(meta.get("description") or "")
+                    # a yt-dlp .info.json says where the file came from
+                    meta = {**site_provenance(meta), "url": meta.get("webpage_url")}
                     break
             except Exception:
                 pass  # a bad sidecar only costs the nicer title
         yield Candidate(source=src.name, video_id=_hash_id(path), path=path, title=title,
-                        description=desc, extra={"size_bytes": size})
+                        description=desc, extra={"size_bytes": size, **meta})
 
 
 # ------------------------------------------------------------------------------ lerobot
@@ -262,6 +266,9 @@ class Discover:
             if isinstance(item, Candidate):
                 self.count("candidates")
             yield item
+
+
+SITE_FIELDS = ("channel", "uploader", "upload_date", "license")
 
 
 def _float(v: Any) -> float | None:

@@ -17,7 +17,7 @@ from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.reader import (SPLITS, DataError, existing_shards, read_rows, read_spec, read_stats, shard_name,
                                           stats_name, table_path)
-from genie_pipeline.shards.records import SCHEMAS, Candidate, ClipRow, Failure, ShardRecord, VideoResult
+from genie_pipeline.shards.records import SCHEMA_VERSION, SCHEMAS, Candidate, ClipRow, Failure, ShardRecord, VideoResult
 from genie_pipeline.shards.store import store_path
 from genie_pipeline.shards.writer import ShardRoller, write_shards_for
 
@@ -26,9 +26,14 @@ JOURNAL = "_commit.json"
 
 def _write_table(dest: str, name: str, rows: list[dict[str, Any]]) -> None:
     schema = SCHEMAS[name]
-    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+    schema = schema.with_metadata({b"genie_pipeline.schema_version": str(SCHEMA_VERSION).encode()})
+    table = pa.Table.from_pylist([{k: _null_nan(r.get(k)) for k in schema.names} for r in rows], schema=schema)
     with fs.atomic_output(dest) as tmp:
         pq.write_table(table, tmp)
+
+
+def _null_nan(v: Any) -> Any:
+    return None if isinstance(v, float) and v != v else v  # unknown is NULL, which SQL's avg skips
 
 
 # ------------------------------------------------------------------------------ journal

@@ -113,6 +113,14 @@ class Candidate:
     def video_key(self) -> str:
         return video_key(self.source, self.video_id)
 
+    def provenance(self, found: dict[str, Any] | None = None) -> dict[str, str | None]:
+        """The PROVENANCE columns of this video's clips: what discovery recorded in `extra`,
+        completed by what the download `found` (yt-dlp's metadata); None where nobody says."""
+        known = {**{k: v for k, v in (found or {}).items() if v not in (None, "")},
+                 **{k: v for k, v in self.extra.items() if k in PROVENANCE and v not in (None, "")}}
+        known["url"] = redact_url(self.url or known.get("url"))
+        return {k: None if known.get(k) is None else clean_text(str(known[k])) for k in PROVENANCE}
+
     def row(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["video_key"] = self.video_key
@@ -144,10 +152,25 @@ class ClipRow:
     dark_fraction: float = 0.0
     unique_fraction: float = 0.0
     cuts_per_min: float = 0.0
-    quality_score: float = float("nan")
+    quality_score: float | None = None  # None: not scored (NULL in the table)
+    # shots: the clip's shot index in its video and the hard cuts inside the clip
+    shot: int = 0
+    cuts: int = 0
+    # near duplicates: a perceptual hash (16 hex digits) and the clip this one duplicates
+    fingerprint: str | None = None
+    duplicate_of: str | None = None
+    # provenance, from the site or catalog where it says (None: unknown)
+    url: str | None = None
+    channel: str | None = None
+    uploader: str | None = None
+    upload_date: str | None = None  # YYYY-MM-DD
+    license: str | None = None
+    query: str | None = None  # the search query that found the video
 
     def __post_init__(self):  # stores written before text was cleaned at discovery still commit
         self.title = clean_text(self.title)
+        if self.quality_score is not None and self.quality_score != self.quality_score:
+            self.quality_score = None  # outputs written before NULL meant unscored held NaN
 
     def row(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,6 +246,11 @@ class ShardRecord:
         return dataclasses.asdict(self)
 
 
+PROVENANCE = ("url", "channel", "uploader", "upload_date", "license", "query")
+# written into every table's Parquet metadata; readers take older outputs without the newer columns
+SCHEMA_VERSION = 2
+
+
 def sample_json(c: ClipRow, spec: ClipSpec) -> dict:
     """The `{key}.json` of a WebDataset sample."""
     return {
@@ -231,7 +259,9 @@ def sample_json(c: ClipRow, spec: ClipSpec) -> dict:
         "n_frames": c.n_frames, "width": spec.width, "height": spec.height, "split": c.split,
         "scores": {"motion": c.motion, "dark_fraction": c.dark_fraction,
                    "unique_fraction": c.unique_fraction, "cuts_per_min": c.cuts_per_min,
-                   "quality_score": None if c.quality_score != c.quality_score else c.quality_score},
+                   "quality_score": c.quality_score},
+        "shot": c.shot, "fingerprint": c.fingerprint,
+        "provenance": {k: getattr(c, k) for k in PROVENANCE},
     }
 
 
@@ -242,7 +272,9 @@ SCHEMAS = {
                            ("title", _STR), ("start_s", _F), ("duration_s", _F), ("n_frames", _I),
                            ("bytes", _I), ("split", _STR), ("kept", _B), ("reason", _STR), ("shard", _STR),
                            ("motion", _F), ("dark_fraction", _F), ("unique_fraction", _F),
-                           ("cuts_per_min", _F), ("quality_score", _F)]),
+                           ("cuts_per_min", _F), ("quality_score", _F), ("shot", _I), ("cuts", _I),
+                           ("fingerprint", _STR), ("duplicate_of", _STR),
+                           *((k, _STR) for k in ("url", "channel", "uploader", "upload_date", "license", "query"))]),
     "videos": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("title", _STR),
                          ("status", _STR), ("n_clips", _I), ("n_kept", _I), ("seconds_in", _F),
                          ("seconds_out", _F), ("error", _STR), ("split", _STR)]),
