@@ -21,11 +21,12 @@ clip starts from, as at play time, where the model never has to invent frame 1.
 Sampling (`generate_next`, `rollout`): MaskGIT. The new frame starts fully masked; at each
 of `steps` iterations the model samples every masked token, keeps the most confident ones
 and re-masks the rest, following the cosine schedule (masked count N·cos(π/2 · s/steps)).
-`temperature` is MaskGIT's choice temperature: Gumbel noise of scale
-temperature·(1 - s/steps) is added to the log-confidence, so early steps commit tokens in
-a partly random order and the last steps are greedy. Token values are sampled from the
-model's distribution, or taken as the argmax with `greedy=True`. The paper's "25 steps,
-temperature 2" maps to `steps=25, temperature=2.0`.
+`temperature` scales the token distribution (values are sampled from softmax(logits / T);
+T = 0 is the argmax) and is also MaskGIT's choice temperature: Gumbel noise of scale
+T·(1 - s/steps) is added to the log-confidence, so early steps commit tokens in a partly
+random order and the last steps are by confidence alone. `greedy=True` takes the argmax
+with no noise at all: deterministic. The paper's "25 steps, temperature 2" maps to
+`steps=25, temperature=2.0`.
 
 Context frames are run once into a temporal KV cache (models/st_transformer.py); each
 MaskGIT step then runs only the new frame.
@@ -69,8 +70,9 @@ class DynamicsModel(nn.Module):
         """Transition actions -> the action leading into each of T frames, (B, T)."""
         if actions_BA.shape[1] not in (T - 1, T):
             raise ValueError(f"expected (B, {T - 1}) or (B, {T}) actions for {T} frames, got {tuple(actions_BA.shape)}")
-        first_B1 = torch.full_like(actions_BA[:, :1], self.no_action)
-        return torch.cat([first_B1, actions_BA[:, : T - 1]], dim=1)
+        # sized from B, not sliced from the actions: one context frame comes with zero actions
+        first_B1 = torch.full((actions_BA.shape[0], 1), self.no_action, dtype=torch.long, device=actions_BA.device)
+        return torch.cat([first_B1, actions_BA[:, : T - 1].long()], dim=1)
 
     def _embed(self, tokens_BTN: torch.Tensor, frame_actions_BT: torch.Tensor) -> torch.Tensor:
         """Token ids and per-frame action ids -> transformer input x_BTNC (N+1 tokens with prepend)."""
@@ -152,17 +154,18 @@ class DynamicsModel(nn.Module):
             x_B1NC = self._embed(tokens_BN[:, None], action_B[:, None])
             logits_BNK = self._logits(self.transformer(x_B1NC, cache))[:, 0].float()
             log_probs_BNK = logits_BNK.log_softmax(-1)
-            if greedy:
+            if greedy or temperature <= 0:
                 sampled_BN = log_probs_BNK.argmax(-1)
-            else:
-                sampled_BN = torch.distributions.Categorical(logits=log_probs_BNK).sample()
+            else:  # token values at the sampling temperature (sharper below 1, flatter above)
+                sampled_BN = torch.distributions.Categorical(logits=log_probs_BNK / temperature).sample()
             tokens_BN = torch.where(masked_BN, sampled_BN, tokens_BN)
 
             num_still_masked = math.floor(N * math.cos(math.pi / 2 * (step + 1) / steps))
             if num_still_masked == 0:
                 break
             confidence_BN = log_probs_BNK.gather(-1, tokens_BN[..., None])[..., 0]
-            noise_scale = temperature * (1 - (step + 1) / steps)
+            # greedy decoding is deterministic: no noise in the unmasking order either
+            noise_scale = 0.0 if greedy else temperature * (1 - (step + 1) / steps)
             if noise_scale > 0:
                 gumbel_BN = -torch.log(-torch.log(torch.rand_like(confidence_BN).clamp(1e-20, 1)))
                 confidence_BN = confidence_BN + noise_scale * gumbel_BN

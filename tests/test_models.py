@@ -359,3 +359,53 @@ def test_dynamics_overfits_a_fixed_batch():
     mask = model.draw_mask(tokens)
     losses = overfit(model, lambda: model(tokens, actions, mask_BTN=mask)["loss"])
     assert losses[-1] < 0.6 * losses[0]
+
+
+# ------------------------------------------------------------------ sampling defects (issue 8)
+
+
+@pytest.mark.parametrize("mode", ["add", "concat", "prepend"])
+def test_one_prompt_frame_conditions_the_next_frame(mode):
+    """A single context frame has no past action: it must still reach the model (it was
+    dropped by broadcasting against an empty action tensor, so two prompts gave one output)."""
+    cfg = tiny(64, 64, dynamics={"action_mode": mode})
+    torch.manual_seed(0)
+    model = DynamicsModel(cfg).eval()
+    a, b = (torch.randint(0, cfg.tokenizer.codebook_size, (1, 1, 16), generator=torch.Generator().manual_seed(s))
+            for s in (1, 2))
+    action = torch.tensor([[3]])
+    next_a = model.generate_next(a, action, steps=2, greedy=True)
+    next_b = model.generate_next(b, action, steps=2, greedy=True)
+    assert not torch.equal(next_a, next_b)
+    assert model.rollout(a, torch.tensor([[3, 1]]), steps=2, greedy=True).shape == (1, 2, 16)
+
+
+def test_play_step_from_one_image_depends_on_the_image():
+    cfg = tiny(64, 64)
+    torch.manual_seed(0)
+    genie = Genie(cfg).eval()
+    x, y = clip(cfg, batch=1, frames=1, seed=1), clip(cfg, batch=1, frames=1, seed=2)
+    assert not torch.equal(genie.play_step(x, 2, steps=2, greedy=True), genie.play_step(y, 2, steps=2, greedy=True))
+
+
+def test_greedy_is_deterministic_and_temperature_scales_token_sampling():
+    cfg = tiny(64, 64)
+    torch.manual_seed(0)
+    model = DynamicsModel(cfg).eval()
+    with torch.no_grad():  # a peaked but not one-hot distribution: temperature must matter
+        model.head.weight.mul_(40)
+    tokens = torch.randint(0, cfg.tokenizer.codebook_size, (4, 2, 16), generator=torch.Generator().manual_seed(3))
+    actions = torch.randint(0, cfg.lam.num_actions, (4, 2), generator=torch.Generator().manual_seed(4))
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        runs.append(model.generate_next(tokens, actions, steps=4, temperature=2.0, greedy=True))
+    assert torch.equal(*runs)
+    greedy = model.generate_next(tokens, actions, steps=1, greedy=True)
+
+    def disagreement(temperature):
+        torch.manual_seed(5)
+        return (model.generate_next(tokens, actions, steps=1, temperature=temperature) != greedy).float().mean()
+
+    assert disagreement(0.0) == 0
+    assert disagreement(1e-3) < disagreement(1.0) < disagreement(8.0)
