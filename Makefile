@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO   ?= out/demo
 
-.PHONY: setup demo test browser bench clean
+.PHONY: setup demo test test-all browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m genie_pipeline.demo --out $(DEMO)
 
 test: setup browser
+	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+# everything, the slow tests too
+test-all: setup browser
 	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: setup
