@@ -18,7 +18,8 @@ commitment loss beta·||z - sg(q)||².
 
 Under torch.distributed, usage counts are summed over ranks and restarted codes are
 broadcast from rank 0, so every replica keeps the same codebook (DDP). A restart writes
-the codebook in place, so keep the VQ unsharded if a model is wrapped with FSDP.
+the codebook in place, so FSDP must leave the codebook unsharded (training/distributed.py
+does: it is replicated, its gradients averaged).
 """
 
 from __future__ import annotations

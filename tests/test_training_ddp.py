@@ -128,3 +128,59 @@ def test_torchrun_two_processes_end_to_end(tmp_path, shards, strategy):
     from genie_pipeline.training.play import load_genie
 
     assert load_genie(run / "genie.pt").cfg.frames == 8
+
+
+class _Quantize(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        from genie_pipeline.models.vq import VectorQuantizer
+
+        self.inp = torch.nn.Linear(8, 8)
+        self.vq = VectorQuantizer(codebook_size=16, code_dim=4, input_dim=8, dead_code_threshold=1)
+
+    def forward(self, x):
+        quantized, _, loss, _ = self.vq(self.inp(x))
+        return quantized.square().mean() + loss
+
+
+def _fsdp_restart_worker(rank: int, world: int, port: int, tmp: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    info = dist_lib.setup("cpu")
+    try:
+        torch.manual_seed(0)  # same initial weights on both ranks, as a real run loads them
+        model = dist_lib.wrap(_Quantize(), "fsdp", info)
+        torch.manual_seed(1 + rank)  # different data per rank
+        model(torch.randn(6, 8)).backward()  # step 1: codes nobody chose become dead
+        before = model.vq.codebook.weight.detach().clone()
+        dead = model.vq.steps_unused >= 1
+        model.zero_grad()
+        model(torch.randn(6, 8)).backward()  # step 2 restarts them in place
+        after = model.vq.codebook.weight
+        after = (after.full_tensor() if hasattr(after, "full_tensor") else after).detach()
+        grads = dist_lib.all_gather_objects(model.vq.codebook.weight.grad.clone())
+        dist_lib.average_replicated_grads(model)
+        averaged = dist_lib.all_gather_objects(model.vq.codebook.weight.grad.clone())
+        codebooks = dist_lib.all_gather_objects(after)
+        if rank == 0:
+            result = {"dead": int(dead.sum()), "restarted_rows_changed": bool((after[dead] != before[dead]).any(-1).all()),
+                      "replicas_equal": torch.equal(codebooks[0], codebooks[1]),
+                      "grads_differed": not torch.equal(grads[0], grads[1]),
+                      "grads_averaged": torch.allclose(averaged[0], (grads[0] + grads[1]) / 2)
+                      and torch.equal(averaged[0], averaged[1])}
+            (Path(tmp) / "fsdp_restart.json").write_text(json.dumps(result))
+        del model
+    finally:
+        dist_lib.teardown(info)
+
+
+def test_fsdp_keeps_restarted_codes(tmp_path):
+    """Under FSDP a dead-code restart survives the forward pass (it used to be written into a
+    gathered copy of a sharded codebook and dropped), and the replicated codebook stays
+    identical on every rank with averaged gradients."""
+    mp.spawn(_fsdp_restart_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    result = json.loads((tmp_path / "fsdp_restart.json").read_text())
+    assert result["dead"] > 0
+    assert result == {**result, "restarted_rows_changed": True, "replicas_equal": True,
+                      "grads_differed": True, "grads_averaged": True}

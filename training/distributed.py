@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 from dataclasses import dataclass
 
@@ -110,13 +111,49 @@ def wrap(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
         from torch.distributed.fsdp import fully_shard
 
         from genie_pipeline.models.st_transformer import STBlock
+        from genie_pipeline.models.vq import VectorQuantizer
 
         for m in model.modules():
             if isinstance(m, STBlock):
                 fully_shard(m)
-        fully_shard(model)
+        # codebooks stay whole on every rank: a dead-code restart writes rows in place during
+        # forward, which a sharded parameter would drop with its gathered copy. They are
+        # small; their gradients are averaged by average_replicated_grads, like DDP would.
+        codebooks = {m.codebook.weight for m in model.modules() if isinstance(m, VectorQuantizer)}
+        fully_shard(model, ignored_params=codebooks)
+        model.replicated_params = sorted(codebooks, key=id)
         return model
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Total gradient norm over every parameter, sharded (DTensor) or not, and the gradients
+    scaled to at most `max_norm` (inf: measure only). torch's clip_grad_norm_ refuses a mix
+    of the two kinds, which FSDP with replicated codebooks has."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total_sq = torch.zeros((), dtype=torch.float64)
+    for kind in (True, False):
+        group = [g for g in grads if hasattr(g, "device_mesh") == kind]
+        if group:
+            norm = torch.nn.utils.get_total_norm(group)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            total_sq = total_sq + norm.double().cpu() ** 2
+    total = total_sq.sqrt().float()
+    if math.isfinite(max_norm) and float(total) > max_norm:
+        scale = max_norm / (float(total) + 1e-6)
+        for g in grads:
+            g.mul_(scale)
+    return total
+
+
+def average_replicated_grads(model: nn.Module) -> None:
+    """Average over ranks the gradients of the parameters FSDP leaves whole (see `wrap`)."""
+    for p in getattr(model, "replicated_params", ()):
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
 
 
 @contextlib.contextmanager

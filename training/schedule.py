@@ -33,11 +33,18 @@ def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict
                 else:
                     decay.append(p)
     groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+        # FSDP-sharded (DTensor) and replicated parameters in separate groups: the fused
+        # per-group update cannot mix the two kinds
+        for kind in (True, False):
+            same = [p for p in params if _sharded(p) == kind]
+            if same:
+                groups.append({"params": same, "weight_decay": wd})
     return groups
+
+
+def _sharded(p: torch.Tensor) -> bool:
+    return hasattr(p, "device_mesh")
 
 
 def make_optimizer(modules: Iterable[nn.Module], lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:

@@ -14,6 +14,7 @@ The run driver (both phases, run.json, genie.pt) is `training.run.train_main`.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -304,15 +305,13 @@ class PhaseTrainer:
         if not torch.isfinite(loss):
             raise self._diverged(f"the {self.phase} loss is {loss.item()} at step {self.step + 1}")
         loss.backward()
-        if self.cfg.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        else:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        dist_lib.average_replicated_grads(self.model)
+        gnorm = dist_lib.clip_grad_norm(self.model, self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         metrics["lr"] = torch.tensor(lr)
-        metrics["grad_norm"] = gnorm.detach().full_tensor() if hasattr(gnorm, "full_tensor") else gnorm.detach()
+        metrics["grad_norm"] = gnorm
         return metrics
 
     # -- samples
