@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO   ?= out/demo
 
-.PHONY: setup demo test test-all browser bench clean
+.PHONY: setup demo test test-all browser ffmpeg-libs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,14 +28,19 @@ setup: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "chromium missing: the browser test will fail (apt-get install chromium)"
 
+# FFmpeg's shared libraries for torchcodec, the optional training decoder (needs root; without
+# them torchcodec does not load, its tests skip and the loader uses PyAV)
+ffmpeg-libs:
+	@ldconfig -p | grep -q 'libavcodec\.so' || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; } || echo "FFmpeg libraries missing: torchcodec unusable, its tests skip (apt-get install ffmpeg)"
+
 demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m genie_pipeline.demo --out $(DEMO)
 
-test: setup browser
+test: setup browser ffmpeg-libs
 	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 # everything, the slow tests too
-test-all: setup browser
+test-all: setup browser ffmpeg-libs
 	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 bench: setup

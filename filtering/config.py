@@ -56,6 +56,12 @@ class HeuristicsConfig(Section):
     max_cuts_per_min: float = Field(default=30.0, ge=0, description="scene cuts per minute above: rapid cuts")
 
 
+class DedupeConfig(Section):
+    enabled: bool = True
+    max_distance: int = Field(default=10, ge=0, le=24, description="fingerprint bits two clips of one footage may differ in")
+
+
 class FiltersConfig(Section):
     heuristics: HeuristicsConfig = Field(default_factory=HeuristicsConfig)
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)

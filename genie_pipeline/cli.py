@@ -52,6 +52,14 @@ def cmd_ingest(args, beam_args) -> int:
     return 0
 
 
+def cmd_report(args, _) -> int:
+    from genie_pipeline.ingest.pipeline import report_thresholds
+    from genie_pipeline.shards.report import write_report
+
+    print(f"wrote {write_report(args.out, report_thresholds(_config(args).filters))}")
+    return 0
+
+
 def cmd_verify(args, _) -> int:
     from genie_pipeline.shards.verify import verify
 
@@ -95,6 +103,7 @@ def _labels_db(cfg: PipelineConfig, input_dir: str) -> str:
 def cmd_label(args, _) -> int:
     from genie_pipeline.filtering.quality import (default_labeller, export_labels, import_labels,
                                                   open_label_store, serve_labels)
+    from genie_pipeline.filtering.quality.label.labelstudio import parse_annotators
     from genie_pipeline.shards.reader import ClipIndex
 
     cfg = _config(args)
@@ -102,7 +111,9 @@ def cmd_label(args, _) -> int:
     store = open_label_store(_labels_db(cfg, args.input))
     try:
         if args.export:
-            print(f"exported {export_labels(store, args.export)} labels to {args.export}")
+            n = export_labels(store, args.export, base_url=args.base_url,
+                              annotators=parse_annotators(args.annotator))
+            print(f"exported {n} labels to {args.export}")
         elif args.import_:
             n = import_labels(store, index, args.import_)
             print(f"imported {n} new labels from {args.import_} into {store.path}")
@@ -248,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "(unknown --flags go to Beam, e.g. --runner DataflowRunner)", config_required=True)
     _ingest_flags(p)
 
+    p = command("report", cmd_report, "write OUT/report.html: hours, reasons, score histograms, duplicates, "
+                "failures and contact sheets of an ingest output (thresholds from -c/--set)")
+    p.add_argument("out", help="ingest output directory")
+
     p = command("verify", cmd_verify, "check shards and manifest of an ingest output; exit 1 on any problem")
     p.add_argument("out")
     p.add_argument("--no-decode", action="store_true", help="skip decoding every clip")
@@ -279,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeller", default=None, help="default labeller name shown on the page (default: login name)")
     p.add_argument("--export", metavar="FILE", default=None,
                    help="write the labels to FILE (.parquet, or .json for Label Studio) and exit")
+    p.add_argument("--base-url", metavar="URL", default=None,
+                   help="with --export .json: clip URLs become URL/clip/KEY.mp4 (where this command serves "
+                        "the clips, as Label Studio's browser reaches it, e.g. http://host:8765/); "
+                        "without it they stay /clip/KEY.mp4, relative to this server, which Label Studio cannot load")
+    p.add_argument("--annotator", metavar="NAME=ID|EMAIL", action="append", default=[],
+                   help="with --export .json: the Label Studio user (id or email) of labeller NAME, repeatable; "
+                        "labellers named by an email go as that email, others unmapped go without completed_by "
+                        "(Label Studio credits the importing user)")
     p.add_argument("--import", dest="import_", metavar="FILE", default=None,
                    help="read labels from a Label Studio JSON export (or our Parquet export) and exit")
 

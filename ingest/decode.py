@@ -1,20 +1,23 @@
-"""Probe, decode once to the clip format, cut into fixed windows.
+"""Probe, decode once to the clip format, cut into clips inside shots, spread them evenly.
 
 One PyAV filter graph does everything after decoding (rotation, fps resampling by timestamp,
 scaling with one scaler, padding/cropping, RGB), so every clip in the project is resized by
-the same implementation. Decoding streams: at most one clip of frames is held at a time,
-whatever the length of the source. A video that cannot be used raises IngestError (stage
-probe or decode, error type "VideoError").
+the same implementation. Hard cuts are found on those frames as they stream
+(filtering.shots). Decoding streams: at most two clips of frames are held at a time (the one
+being filled and the best candidate so far for an evenly spread pick), whatever the length
+of the source. A video that cannot be used raises IngestError (stage probe or decode, error
+type "VideoError").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import av
 import numpy as np
 
+from genie_pipeline.filtering.shots import CutDetector
 from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.shards.config import ClipsConfig
@@ -95,9 +98,21 @@ def _filter_chain(cfg: ClipsConfig, rotation: int) -> list[tuple[str, str]]:
 
 
 def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None, end_s: float | None = None,
-                max_pixels: int = MAX_PIXELS) -> Iterator[np.ndarray]:
+                max_pixels: int = MAX_PIXELS, max_s: float | None = None) -> Iterator[np.ndarray]:
     """Decoded frames at cfg.fps and cfg.height × cfg.width, RGB uint8 (H, W, 3); a source
-    over `max_pixels` is refused before decoding."""
+    over `max_pixels` is refused before decoding. More than `max_s` seconds of frames raise
+    IngestError (decode, TooLong): a header can understate the length, and a video cut into
+    short shots yields no clip to count by."""
+    # half a second of slack: resampling to cfg.fps may round up one frame at the end
+    limit = None if max_s is None else int((max_s + 0.5) * cfg.fps)
+    for n, frame in enumerate(_decode(path, cfg, start_s, end_s, max_pixels)):
+        if limit is not None and n >= limit:
+            raise IngestError("decode", "TooLong", f"decoded more than download.max_duration_s ({max_s:g} s)")
+        yield frame
+
+
+def _decode(path: str, cfg: ClipsConfig, start_s: float | None, end_s: float | None,
+            max_pixels: int) -> Iterator[np.ndarray]:
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError) as e:
@@ -172,17 +187,117 @@ def _drain(graph, sink, final: bool = False) -> Iterator[np.ndarray]:
         yield out.to_ndarray()
 
 
-def iter_clips(path: str, cfg: ClipsConfig, start_s: float | None = None, end_s: float | None = None,
-               max_pixels: int = MAX_PIXELS) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, frames_THWC) for each full window; the remainder shorter than a clip is dropped."""
-    n = cfg.frames
-    buf: list[np.ndarray] = []
-    index = 0
-    for frame in iter_frames(path, cfg, start_s, end_s, max_pixels):
-        buf.append(frame)
-        if len(buf) == n:
-            yield index, np.stack(buf)
-            buf = []
-            index += 1
-            if cfg.max_clips_per_video and index >= cfg.max_clips_per_video:
+@dataclass
+class Window:
+    """One clip's frames and where they sit among the decoded frames."""
+
+    start: int  # index of its first frame: it starts start / fps seconds after the decode start
+    shot: int  # the shot it starts in, 0 = the first
+    cuts: int  # hard cuts inside it: always 0 when clips are split at cuts
+    frames_THWC: np.ndarray
+
+
+class ClipCutter:
+    """Cuts a stream of frames into clips of cfg.frames.
+
+    With cfg.split_at_cuts, clips lie inside shots: a shot at least max(cfg.min_shot_s,
+    cfg.seconds) long gives consecutive clips from its first frame; the rest of it, shorter
+    than a clip, and every shorter shot give none. Without it, clips follow each other from
+    the first frame whatever they span, and each counts the cuts inside it. A clip goes out
+    once no cut can still be reported inside it (the detector decides up to `lag` frames
+    late), so at most max(one clip, min_shot_s) plus that lag of frames is held. Once the
+    stream is exhausted it tells, for the caller's error message, how many `frames` and
+    `shots` it saw and the `longest_shot` (in frames). One cutter per stream."""
+
+    def __init__(self, cfg: ClipsConfig):
+        self.cfg = cfg
+        self.frames = self.shots = self.longest_shot = 0
+        self._min_shot = int(round(cfg.min_shot_s * cfg.fps))
+        self._held: list[np.ndarray] = []  # frames not yet in a clip nor dropped; [0] is frame _start
+        self._start = self._shot_start = 0
+        self._cuts: list[int] = []  # without split: reported cuts from _start on …
+        self._cuts_passed = 0  # … and how many came before it
+
+    def __call__(self, frames: Iterable[np.ndarray]) -> Iterator[Window]:
+        detector = CutDetector(self.cfg.fps)
+        for i, frame in enumerate(frames):
+            self._held.append(frame)
+            self.frames = i + 1
+            for c in detector.push(frame):
+                yield from self._cut(c)
+            yield from self._clips(decided=i - detector.lag)
+        for c in detector.flush():
+            yield from self._cut(c)
+        yield from self._clips(decided=self.frames - 1)
+        self.longest_shot = max(self.longest_shot, self.frames - self._shot_start)
+        self.shots = self.shots + 1 if self.frames else 0
+
+    def _cut(self, c: int) -> Iterator[Window]:
+        # cuts are reported in order: every frame before this one is decided
+        yield from self._clips(decided=c - 1)
+        self.longest_shot = max(self.longest_shot, c - self._shot_start)
+        self.shots, self._shot_start = self.shots + 1, c  # counts cuts until the stream ends
+        if self.cfg.split_at_cuts:  # the unfinished clip would span the cut
+            del self._held[:c - self._start]
+            self._start = c
+        else:
+            self._cuts.append(c)
+
+    def _clips(self, decided: int) -> Iterator[Window]:
+        """The clips whose frames are all decided (no cut can still be reported inside them)."""
+        n = self.cfg.frames
+        while len(self._held) >= n and self._start + n - 1 <= decided:
+            if self.cfg.split_at_cuts:
+                # a shot's first clips wait until the shot is known to be long enough
+                if decided + 1 - self._shot_start < self._min_shot:
+                    return
+                shot, inside = self.shots, 0
+            else:
+                shot = self._cuts_passed + sum(c <= self._start for c in self._cuts)
+                inside = sum(self._start < c < self._start + n for c in self._cuts)
+            yield Window(self._start, shot, inside, np.stack(self._held[:n]))
+            del self._held[:n]
+            self._start += n
+            kept = [c for c in self._cuts if c >= self._start]
+            self._cuts_passed += len(self._cuts) - len(kept)
+            self._cuts = kept
+
+
+def pick_evenly(windows: Iterable[Window], n: int | None, span_frames: float, clip_frames: int) -> Iterator[Window]:
+    """At most `n` of `windows` (all of them when n is None), spread evenly over a video of
+    `span_frames` frames, deterministically.
+
+    The k-th pick is the window whose start is nearest the middle of the k-th of n equal
+    parts of the possible starts [0, span_frames - clip_frames] (so neither title screens nor
+    end credits are favoured); each window is picked at most once, in order. The stream
+    decides as it goes: a window is held while it is the nearest seen to the current target
+    and given up when a later one is no nearer, so one window waits beside the one being cut,
+    and decoding stops after the n-th pick. With an unknown span (NaN) the first n are taken.
+    """
+    if n is None:
+        yield from windows
+        return
+    room = span_frames - clip_frames
+    targets = [(k + 0.5) * room / n if room > 0 else 0.0 for k in range(n)]
+    k, best = 0, None
+    for w in windows:
+        # starts only grow: once a window is no nearer the target, none after it will be
+        while best is not None and abs(w.start - targets[k]) >= abs(best.start - targets[k]):
+            yield best
+            best, k = None, k + 1
+            if k == n:
                 return
+        best = w if best is None or abs(w.start - targets[k]) < abs(best.start - targets[k]) else best
+    if best is not None:
+        yield best
+
+
+def iter_clips(path: str, cfg: ClipsConfig, start_s: float | None = None, end_s: float | None = None,
+               max_pixels: int = MAX_PIXELS, max_s: float | None = None, span_s: float = float("nan"),
+               cutter: ClipCutter | None = None) -> Iterator[Window]:
+    """The clips of a video as ingest keeps them: decoded once (`iter_frames`), cut inside
+    shots (`ClipCutter`; pass one to read its counts afterwards), at most
+    cfg.max_clips_per_video of them spread evenly over `span_s` seconds (`pick_evenly`)."""
+    cutter = cutter or ClipCutter(cfg)
+    frames = iter_frames(path, cfg, start_s, end_s, max_pixels, max_s)
+    return pick_evenly(cutter(frames), cfg.max_clips_per_video, span_s * cfg.fps, cfg.frames)

@@ -1,7 +1,7 @@
 """The ingest pipeline on Apache Beam. The graph reads like the flow:
 
     Discover → Reshuffle → KeywordFilter → SkipDone → OnePerVideo → DownloadAndCut → ScoreQuality
-             → AssignSplit → WriteShards            (+ candidates, failures, per-video results)
+             → AssignSplit → Curate → WriteShards   (+ candidates, failures, per-video results)
 
 The stages are Beam-free (sources.Discover, process.KeywordVerdict, process.VideoProcessor);
 `StageFn` is the one adapter that runs them: it builds a stage per worker, routes its
@@ -11,6 +11,7 @@ boundaries; the driver then commits the run (shards/commit.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -18,6 +19,7 @@ import os
 import re
 import resource
 import sys
+import tempfile
 import time
 import uuid
 import zlib
@@ -29,18 +31,21 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from genie_pipeline.filtering.config import FiltersConfig, KeywordsConfig
+from genie_pipeline.filtering.config import DedupeConfig, FiltersConfig, KeywordsConfig
 from genie_pipeline.ingest.config import DownloadConfig, RunnerConfig, Source
+from genie_pipeline.ingest import progress
 from genie_pipeline.ingest.process import KeywordVerdict, VideoProcessor
 from genie_pipeline.ingest.sources import Discover
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import check_spec, commit_run, recover
+from genie_pipeline.shards.dedupe import curate
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 from genie_pipeline.shards.reader import read_rows
 from genie_pipeline.shards.records import Candidate, Failure, ShardRecord, VideoResult
+from genie_pipeline.shards.report import Threshold, write_report
 from genie_pipeline.shards.store import read_store_result
-from genie_pipeline.shards.writer import ShardRoller, write_shards_for
+from genie_pipeline.shards.writer import ShardRoller, write_shards_for, writer_of
 
 NS = "ingest"
 FAILURES = "failures"
@@ -67,6 +72,7 @@ def _quiet_worker() -> None:
 
 def _count(name: str, n: int = 1) -> None:
     Metrics.counter(NS, name).inc(n)
+    progress.note(name, n)  # the launcher's live progress (local runs; a no-op on Dataflow)
 
 
 def _dead_letter(f: Failure) -> beam.pvalue.TaggedOutput:
@@ -119,18 +125,57 @@ def assign_split(v: VideoResult, val_fraction: float, seed: int) -> VideoResult:
     return v
 
 
+def curate_step(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig, shards: ShardsConfig):
+    """Near duplicates and balance caps over the whole output (shards/dedupe.py), decided
+    once from every clip of this run and the committed manifest (read by a worker, so a
+    large manifest never passes through the graph), then applied to each video before any
+    shard is written: a rejected clip never reaches a shard and no committed shard changes."""
+    max_distance = dedupe.max_distance if dedupe.enabled else None
+    earlier = p | "Output" >> beam.Create([out]) | "CommittedClips" >> beam.Map(
+        lambda o: [{k: r.get(k) for k in CURATE_COLUMNS} for r in read_rows(o, "manifest")])
+    decisions = (videos
+                 | "ClipRows" >> beam.FlatMap(lambda v: [{k: getattr(c, k) for k in CURATE_COLUMNS} for c in v.clips])
+                 | "AllClips" >> beam.combiners.ToList()
+                 | "Curate" >> beam.Map(lambda new, old: curate(new, old, max_distance=max_distance, caps=shards.caps),
+                                        beam.pvalue.AsSingleton(earlier)))
+    return videos | "ApplyCuration" >> beam.Map(apply_curation, beam.pvalue.AsSingleton(decisions))
+
+
+# the manifest columns curation reads
+CURATE_COLUMNS = ("key", "video_key", "source", "start_s", "duration_s", "kept", "quality_score", "fingerprint",
+                  "channel", "query")
+
+
+def apply_curation(v: VideoResult, decisions: dict) -> VideoResult:
+    for c in v.clips:
+        if c.key in decisions:
+            c.kept = False
+            c.reason, c.duplicate_of = decisions[c.key]
+            _count(f"clips_rejected_{c.reason.replace(':', '_')}")
+    return v
+
+
+def by_shard_writer(v: VideoResult, parallelism: int):
+    """A video's kept clips, grouped by the writer each goes to (by clip, so a long video is
+    spread over every writer of its split), as ((split, writer), part of the video)."""
+    parts: dict[int, list] = {}
+    for c in v.clips:
+        if c.kept:
+            parts.setdefault(writer_of(c.key, parallelism), []).append(c)
+    for writer, clips in sorted(parts.items()):
+        yield (v.split, writer), dataclasses.replace(v, clips=clips)
+
+
 def write_shards(item, tmp_dir: str, shards: ShardsConfig, spec: ClipSpec):
-    """One writer per (split, bucket): rolls its own tars under shards/_tmp/RUN/; yields the
-    videos, and each finished shard to the "shards" output."""
-    (split, bucket), videos = item
-    roller = ShardRoller(tmp_dir, f"{split}-b{bucket:03d}", split, int(shards.target_mb * 2**20),
+    """One writer per (split, writer): rolls its own tars under shards/_tmp/RUN/ and yields
+    each finished shard (its keys say which clips it holds)."""
+    (split, writer), parts = item
+    roller = ShardRoller(tmp_dir, f"{split}-b{writer:03d}", split, int(shards.target_mb * 2**20),
                          shards.max_clips, spec)
-    for x in write_shards_for(iter(sorted(videos, key=lambda v: v.video_key)), roller):
+    for x in write_shards_for(sorted(parts, key=lambda v: v.video_key), roller):
         if isinstance(x, ShardRecord):
             _count("shards_written")
             _count("clips_sharded", len(x.keys))
-            yield beam.pvalue.TaggedOutput("shards", x)
-        else:
             yield x
 
 
@@ -178,14 +223,14 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, skip: s
 
         videos = videos | "ScoreQuality" >> ScoreQuality(cfg.filters.quality, workers)
     s = cfg.shards
-    sharded = (videos
-               | "AssignSplit" >> beam.Map(assign_split, s.val_fraction, s.seed)
-               | "ByShardWriter" >> beam.Map(lambda v: ((v.split, zlib.crc32(v.video_key.encode()) % s.parallelism), v))
-               | "GroupForShards" >> beam.GroupByKey()
-               | "WriteShards" >> beam.FlatMap(write_shards, paths.tmp_shards, s, cfg.clips.spec)
-                                      .with_outputs("shards", main="videos"))
-    sharded.videos | "Videos" >> _jsonl("Videos", f"{paths.run_dir}/videos")
-    sharded.shards | "Shards" >> _jsonl("Shards", f"{paths.run_dir}/shards")
+    videos = videos | "AssignSplit" >> beam.Map(assign_split, s.val_fraction, s.seed)
+    videos = curate_step(p, videos, paths.out, cfg.filters.dedupe, s)
+    videos | "Videos" >> _jsonl("Videos", f"{paths.run_dir}/videos")
+    shards = (videos
+              | "ByShardWriter" >> beam.FlatMap(by_shard_writer, s.parallelism)
+              | "GroupForShards" >> beam.GroupByKey()
+              | "WriteShards" >> beam.FlatMap(write_shards, paths.tmp_shards, s, cfg.clips.spec))
+    shards | "Shards" >> _jsonl("Shards", f"{paths.run_dir}/shards")
     ((found[FAILURES], unique[FAILURES], cut[FAILURES]) | "AllFailures" >> beam.Flatten()
      | "Failures" >> _jsonl("Failures", f"{paths.run_dir}/failures"))
 
@@ -275,8 +320,7 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
     p = beam.Pipeline(runner=runner, options=options)
     build_pipeline(p, cfg, paths, skip, staged, workers)
     try:
-        result = p.run()
-        result.wait_until_finish()
+        result = _run_job(p, runner, already=len(skip))
     except Exception as e:
         env = fs.environment_error(e) or _worker_environment_error(e)
         if env is None:
@@ -288,11 +332,47 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
     stats = {"run_id": run_id, "wall_s": round(time.time() - wall0, 2), "cpu_s": round(cpu_seconds() - cpu0, 2),
              "counters": counters, "runner": cfg.runner.name, "workers": workers}
     merged = _commit(cfg, paths, stats)
+    # before the clip store goes: the report's contact sheets show rejected clips from it
+    print(f"ingest: report {write_report(out, report_thresholds(cfg.filters))}", file=sys.stderr, flush=True)
     if not cfg.download.keep and cfg.download.scratch_dir is None:
         fs.rmtree(paths.scratch)
     if not cfg.shards.keep_clip_store and cfg.filters.quality.mode == "off":
         fs.rmtree(fs.join(out, "clips"))
     return merged
+
+
+def _run_job(p: beam.Pipeline, runner: Any, already: int):
+    """Run the job to its end and return Beam's result. Where the workers run on this machine
+    (FnApiRunner, DirectRunner) they report progress through a file the launcher tails
+    (ingest/progress.py); elsewhere (Dataflow) the job's Beam counters are the progress."""
+    if isinstance(runner, str) and runner != "DirectRunner":
+        result = p.run()
+        result.wait_until_finish()
+        return result
+    with tempfile.TemporaryDirectory(prefix="genie-progress-") as tmp, \
+            progress.Progress(os.path.join(tmp, "progress.log"), already=already):
+        result = p.run()
+        result.wait_until_finish()
+    return result
+
+
+def report_thresholds(filters: FiltersConfig) -> dict[str, Threshold]:
+    """The thresholds the report draws on its score histograms, from the filters section (the
+    quality threshold: filters.quality.threshold, else the model's stored one, if any)."""
+    h = filters.heuristics
+    out = {"motion": Threshold(h.min_motion, "filters.heuristics.min_motion", "above"),
+           "dark_fraction": Threshold(h.max_dark_fraction, "filters.heuristics.max_dark_fraction", "below"),
+           "unique_fraction": Threshold(h.min_unique_fraction, "filters.heuristics.min_unique_fraction", "above"),
+           "cuts_per_min": Threshold(h.max_cuts_per_min, "filters.heuristics.max_cuts_per_min", "below")}
+    q = filters.quality
+    threshold = q.threshold
+    if threshold is None and q.model and os.path.exists(q.model):
+        from genie_pipeline.filtering.quality import read_metadata
+
+        threshold = read_metadata(q.model).get("threshold")
+    if threshold is not None:
+        out["quality_score"] = Threshold(float(threshold), "filters.quality.threshold", "above")
+    return out
 
 
 _WORKER_OSERROR = re.compile(r"(?:OSError|PermissionError): \[Errno (\d+)\] ([^\[\]:]+)(?::\s*'([^']*)')?")

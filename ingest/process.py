@@ -16,12 +16,13 @@ import time
 import numpy as np
 
 from genie_pipeline.filtering.config import HeuristicsConfig, KeywordsConfig
+from genie_pipeline.filtering.fingerprint import fingerprint
 from genie_pipeline.filtering.heuristics import score_clip, verdict
 from genie_pipeline.filtering.keywords import filter_for
 from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.download import Downloader
 from genie_pipeline.ingest.errors import Count, IngestError, failure, no_count
-from genie_pipeline.ingest.decode import iter_clips, probe
+from genie_pipeline.ingest.decode import ClipCutter, iter_clips, probe
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipFormatError, encode_clip
 from genie_pipeline.shards.config import ClipsConfig
@@ -96,18 +97,23 @@ class VideoProcessor:
         # NaN (a duration nobody knows) passes: the cut finds out
         if span == span and span > limit:
             raise IngestError("probe", "TooLong", f"{span:.0f} s > download.max_duration_s")
-        seconds = self.clips.seconds
+        seconds, fps = self.clips.seconds, self.clips.fps
         clips: list[ClipRow] = []
         data: list[tuple[str, bytes]] = []
         offset = c.start_s or 0.0
-        for index, frames in iter_clips(path, self.clips, c.start_s, c.end_s, self.download.max_pixels):
-            # a header can understate the length: the time decoded is what counts
-            if (index + 1) * seconds > limit:
-                raise IngestError("decode", "TooLong", f"decoded more than download.max_duration_s ({limit:g} s) "
-                                  f"of a video whose header says {span:.0f} s")
-            row, mp4 = self._clip(c, offset + index * seconds, frames, provenance)
+        cutter = ClipCutter(self.clips)
+        # a header can understate the length: the time decoded counts against the limit too
+        for w in iter_clips(path, self.clips, c.start_s, c.end_s, self.download.max_pixels, max_s=limit,
+                            span_s=span, cutter=cutter):
+            row, mp4 = self._clip(c, offset + w.start / fps, w.frames_THWC, provenance)
+            row.shot, row.cuts = w.shot, w.cuts
             clips.append(row)
             data.append((row.key, mp4))
+        if not clips and cutter.frames >= self.clips.frames:
+            raise IngestError("cut", "NoShotLongEnough",
+                              f"no shot holds a clip: the longest of {cutter.shots} shots is "
+                              f"{cutter.longest_shot / fps:.1f} s, a clip needs one of "
+                              f"{max(seconds, self.clips.min_shot_s):g} s (clips.seconds, clips.min_shot_s)")
         if not clips:
             raise IngestError("cut", "TooShort", f"{span:.1f} s of video gives no full {seconds:g} s clip")
         result = VideoResult(video_key=c.video_key, video_id=c.video_id, source=c.source, title=c.title,
@@ -124,7 +130,8 @@ class VideoProcessor:
         row = ClipRow(key=clip_key(c.video_key, int(round(start_s * 1000))), video_key=c.video_key,
                       video_id=c.video_id, source=c.source, title=c.title, start_s=start_s,
                       duration_s=self.clips.seconds, n_frames=len(frames), bytes=len(mp4),
-                      kept=not reason, reason=reason, **scores.as_dict(), **provenance)
+                      kept=not reason, reason=reason, fingerprint=fingerprint(frames),
+                      **scores.as_dict(), **provenance)
         self.count("clips_cut")
         self.count("clips_kept_heuristics" if not reason else f"clips_rejected_{reason}")
         return row, mp4

@@ -1,8 +1,17 @@
 """Commit a run: number shards, merge the Parquet outputs, write stats — crash-safe.
 
 Everything a run adds is first described in a journal (`OUT/_commit.json`); then shards are
-renamed into place and the tables replaced. A run killed half-way through the commit is
-rolled forward by the next run (`recover`), so shard files and manifest never disagree.
+renamed into place, the tables replaced and the shard indexes rewritten. A run killed
+half-way through the commit is rolled forward by the next run (`recover`), so shard files,
+indexes and manifest never disagree.
+
+Shard index: `shards/{split}.index.json` per split, in the shard-index format of
+webdataset's `wids` (`{"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split,
+"shardlist": [{"url": "train-000000.tar", "nsamples": N, "filesize": B}, ...]}`), so
+`wids.ShardListDataset("OUT/shards/train.index.json")` opens a split with random access.
+One per split because a wids index is one dataset: one over both would mix val into train.
+URLs are relative to the index's folder (wids resolves them so), so an output moved or
+copied to a bucket stays valid. A split without shards has no index.
 """
 from __future__ import annotations
 
@@ -49,6 +58,7 @@ def _apply(out_dir: str, journal: dict) -> None:
             fs.rename(src, dst)
         elif not fs.exists(dst):
             raise RuntimeError(f"commit journal names {src} but neither it nor {dst} exists")
+    write_indexes(fs.join(out_dir, "shards"))
     stats = journal.get("stats")
     if stats is not None:
         fs.write_bytes(fs.join(out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
@@ -80,8 +90,26 @@ def _commit(out_dir: str, renames: list[tuple[str, str]], tables: dict[str, list
     _apply(out_dir, journal)
 
 
+def write_indexes(shard_dir: str) -> None:
+    """Rewrite each split's wids shard index from the shards' stats files (idempotent: the
+    journal replays it)."""
+    for split in SPLITS:
+        dest = fs.join(shard_dir, f"{split}.index.json")
+        shardlist = []
+        for path in sorted(existing_shards(shard_dir, split)):
+            name = os.path.basename(path)
+            st = json.loads(fs.read_bytes(fs.join(shard_dir, stats_name(name))))
+            shardlist.append({"url": name, "nsamples": st["n_samples"], "filesize": st["bytes"]})
+        if not shardlist:
+            fs.remove(dest)
+            continue
+        index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split, "shardlist": shardlist}
+        fs.write_bytes(dest, json.dumps(index, indent=1).encode())
+
+
 def _number_shards(out_dir: str, records: list[ShardRecord], start: dict[str, int]) -> tuple[list, dict[str, str]]:
-    """Final names continue after the shards already there, in a deterministic order."""
+    """Final names continue after the shards already there, in a deterministic order.
+    Returns the renames and the final shard name of every clip key in `records`."""
     shard_dir = fs.join(out_dir, "shards")
     renames, final_of = [], {}
     nxt = dict(start)
@@ -92,7 +120,7 @@ def _number_shards(out_dir: str, records: list[ShardRecord], start: dict[str, in
         stats_tmp = rec.path[: -len(".tar")] + ".stats.json"
         fs.write_bytes(stats_tmp, json.dumps({"shard": name, "split": rec.split, **rec.stats}, indent=1).encode())
         renames += [(stats_tmp, fs.join(shard_dir, stats_name(name))), (rec.path, final)]
-        final_of[rec.path] = name
+        final_of.update((key, name) for key in rec.keys)
     return renames, final_of
 
 
@@ -130,7 +158,7 @@ def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Fail
     for v in videos:
         for c in v.clips:
             row = c.row()
-            row["shard"] = final_of.get(c.shard) if c.kept and c.shard else None
+            row["shard"] = final_of.get(c.key) if c.kept else None
             manifest.append(row)
     failed_keys = {f.video_key for f in failures if f.stage != "discover"}
     video_rows = old_videos + [v.row() for v in videos if v.video_key not in failed_keys or v.clips]
@@ -230,7 +258,7 @@ def rebuild_shards(out_dir: str, manifest: list[dict[str, Any]], target_bytes: i
     for clips in by_video.values():
         for c in clips:
             row = c.row()
-            row["shard"] = final_of.get(c.shard) if c.kept and c.shard else None
+            row["shard"] = final_of.get(c.key) if c.kept else None
             rows.append(row)
     rows.sort(key=lambda r: r["key"])
     tables = {"manifest": rows, "videos": read_rows(out_dir, "videos"), "failures": read_rows(out_dir, "failures"),

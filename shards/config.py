@@ -39,7 +39,14 @@ class ClipsConfig(Section):
     aspect: Literal["pad", "crop", "stretch"] = "pad"
     crf: int = Field(default=23, ge=0, le=51)
     keyframe_interval: int = Field(default=16, ge=1)
+    # at most this many clips per video, spread evenly over it (not the first N: title screens)
     max_clips_per_video: int | None = Field(default=None, ge=1)
+    # a world model must not learn a hard cut as an action: clips lie inside shots. A shot at
+    # least max(min_shot_s, seconds) long gives consecutive clips from its first frame; the
+    # remainder shorter than a clip is dropped, and so is every shorter shot. Off: clips
+    # follow each other from the start of the video and the manifest counts their cuts
+    split_at_cuts: bool = True
+    min_shot_s: float = Field(default=0, ge=0, le=3600)
 
     @field_validator("width", "height")
     @classmethod
@@ -57,6 +64,9 @@ class ClipsConfig(Section):
         if self.frames * self.height * self.width * 3 > MAX_CLIP_BYTES:
             raise ValueError(f"one clip of {self.frames} frames at {self.width}x{self.height} is over "
                              f"{MAX_CLIP_BYTES >> 30} GiB decoded (a worker holds one in memory)")
+        if self.min_shot_s * self.fps * self.height * self.width * 3 > MAX_CLIP_BYTES:
+            raise KeyedError("min_shot_s", f"{self.min_shot_s:g} s at {self.width}x{self.height} is over "
+                             f"{MAX_CLIP_BYTES >> 30} GiB decoded (a shot's frames are held until it is that long)")
         return self
 
     @property
@@ -77,6 +87,16 @@ class ShardsConfig(Section):
     # shard writers running in parallel (each rolls its own tars)
     parallelism: int = Field(default=4, ge=1)
     keep_clip_store: bool = True
+    # balance caps on kept clips over the whole output (None: no cap), applied when a run
+    # is committed; clips over a cap are rejected "cap:channel" etc., spread over videos
+    max_clips_per_channel: int | None = Field(default=None, ge=1)
+    max_clips_per_query: int | None = Field(default=None, ge=1)
+    max_clips_per_source: int | None = Field(default=None, ge=1)
+
+    @property
+    def caps(self) -> dict[str, int | None]:
+        return {"channel": self.max_clips_per_channel, "query": self.max_clips_per_query,
+                "source": self.max_clips_per_source}
 
 
 class OutputConfig(Section):

@@ -260,7 +260,7 @@ def sample_json(c: ClipRow, spec: ClipSpec) -> dict:
         "scores": {"motion": c.motion, "dark_fraction": c.dark_fraction,
                    "unique_fraction": c.unique_fraction, "cuts_per_min": c.cuts_per_min,
                    "quality_score": c.quality_score},
-        "shot": c.shot, "fingerprint": c.fingerprint,
+        "shot": c.shot, "cuts": c.cuts, "fingerprint": c.fingerprint, "duplicate_of": c.duplicate_of,
         "provenance": {k: getattr(c, k) for k in PROVENANCE},
     }
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from typing import Iterator
+import zlib
+from typing import Callable, Iterable, Iterator
 
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
@@ -61,22 +62,50 @@ class ShardRoller:
         return rec
 
 
-def write_shards_for(videos: Iterator[VideoResult], roller: ShardRoller,
-                     load_clips=None) -> Iterator[ShardRecord | VideoResult]:
-    """Copy each video's kept clips from its clip store into rolling shards.
+def write_shards_for(videos: Iterable[VideoResult], roller: ShardRoller,
+                     load_clips: Callable[[VideoResult], dict[str, bytes]] | None = None
+                     ) -> Iterator[ShardRecord | VideoResult]:
+    """Copy the videos' kept clips from their clip stores into rolling shards, interleaved:
+    clips are written in order of their relative position in their video (`interleave`),
+    so a long video is spread over every shard of the roller instead of filling one.
 
-    Yields finished ShardRecords, and each VideoResult with `shard` set (to the temporary
-    shard path) on its kept clips."""
+    Yields finished ShardRecords (their `keys` say which clips they hold), then each
+    VideoResult with `shard` set (to the temporary shard path) on its kept clips. Clip bytes
+    are loaded window by window (`roller.max_clips` clips at a time), so memory holds the
+    clips of about one shard, at the cost of reading a store once per window it has clips in."""
     load_clips = load_clips or (lambda v: read_store(v.store)[1])
-    for v in videos:
-        kept = [c for c in v.clips if c.kept]
-        data = load_clips(v) if kept else {}
-        for c in kept:
+    videos = list(videos)
+    order = interleave(videos)
+    for start in range(0, len(order), roller.max_clips):
+        window = order[start: start + roller.max_clips]
+        data: dict[str, bytes] = {}
+        for v in {id(v): v for v, _ in window}.values():
+            wanted = {c.key for w, c in window if w is v}
+            data.update((k, b) for k, b in load_clips(v).items() if k in wanted)
+        for _, c in window:
             c.shard = fs.join(roller.tmp_dir, f"{roller.prefix}-{roller.n:04d}.tar")
             rec = roller.add(c, data[c.key])
             if rec is not None:
                 yield rec
-        yield v
     rec = roller.close()
     if rec is not None:
         yield rec
+    yield from videos
+
+
+def interleave(videos: list[VideoResult]) -> list[tuple[VideoResult, ClipRow]]:
+    """The kept clips of all videos, ordered by (i + 0.5) / n for the i-th of a video's n
+    kept clips: every stretch of the order holds each video in proportion to its length.
+    Ties (videos of equal length) go by video key, then time."""
+    ranked = []
+    for v in sorted(videos, key=lambda v: v.video_key):
+        kept = sorted((c for c in v.clips if c.kept), key=lambda c: c.start_s)
+        ranked += [((i + 0.5) / len(kept), v.video_key, c.start_s, v, c) for i, c in enumerate(kept)]
+    ranked.sort(key=lambda x: x[:3])
+    return [(v, c) for *_, v, c in ranked]
+
+
+def writer_of(clip_key: str, parallelism: int) -> int:
+    """The shard writer (of `parallelism`) a clip goes to: by clip, not by video, so one
+    video's clips are spread over every writer."""
+    return zlib.crc32(clip_key.encode()) % parallelism

@@ -11,7 +11,7 @@ from tests.conftest import make_video
 
 def test_catalog_provenance_reaches_manifest_and_shards_and_unknown_is_null(tmp_path):
     a = make_video(tmp_path / "a.mp4", 17, size="320x180", fps=10)
-    b = make_video(tmp_path / "b.mp4", 17, size="320x180", fps=10)
+    b = make_video(tmp_path / "b.mp4", 17, size="320x180", fps=10, src="mandelbrot")
     rows = [{"id": "a", "path": str(a), "title": "a", "channel": "Speedrunners", "uploader": "ann",
              "upload_date": "2024-05-01", "license": "CC-BY"},
             {"id": "b", "path": str(b), "title": "b"}]

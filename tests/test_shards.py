@@ -23,7 +23,7 @@ CFG = parse_config({"sources": [{"type": "files", "name": "t", "glob": "x"}],
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     p = make_video(tmp_path_factory.mktemp("v") / "v.mp4", 33)
-    return [encode_clip(f, CFG.clips.spec) for _, f in iter_clips(str(p), CFG.clips)]
+    return [encode_clip(w.frames_THWC, CFG.clips.spec) for w in iter_clips(str(p), CFG.clips)]
 
 
 def make_videos(out, clips, n_videos=3, split_of=lambda i: "train"):

@@ -1,15 +1,18 @@
 """Training loader: windows from WebDataset shards, determinism, rank/worker splits, bad data, resume."""
 from __future__ import annotations
 
+import io
 import json
 import os
 
+import av
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
 from genie_pipeline.shards.reader import DataError, resolve_inputs
-from genie_pipeline.training.decoders import DecordDecoder, PyAVDecoder, make_decoder
+from genie_pipeline.training.decoders import DecordDecoder, PyAVDecoder, TorchCodecDecoder, make_decoder
 from genie_pipeline.training.loader import WindowDataset, WindowLoader
 from genie_pipeline.shards.clip import encode_clip
 from genie_pipeline.shards.config import ClipsConfig
@@ -32,6 +35,23 @@ def all_keys(ingest_out, split="train"):
     for tar in sorted((ingest_out / "shards").glob(f"{split}-*.tar")):
         keys += [s["__key__"] for s in wds.WebDataset(str(tar), shardshuffle=False)]
     return keys
+
+
+def torchcodec_or_skip() -> TorchCodecDecoder:
+    try:
+        return TorchCodecDecoder()
+    except ImportError as e:  # optional extra: not installed, or no FFmpeg shared libraries
+        pytest.skip(f"torchcodec not usable here: {e}")
+
+
+def all_decoders() -> list:
+    """Every backend that imports here (torchcodec is optional)."""
+    decs = [PyAVDecoder(), DecordDecoder()]
+    try:
+        decs.append(TorchCodecDecoder())
+    except ImportError:
+        pass
+    return decs
 
 
 def one_epoch(ds: WindowDataset, stream: int) -> list[dict]:
@@ -69,7 +89,7 @@ def test_window_matches_source_frames(tmp_path):
     spec = ClipsConfig().spec
     frames = sprite_frames(5, spec)
     mp4 = encode_clip(frames, spec)
-    for dec in (PyAVDecoder(), DecordDecoder()):
+    for dec in all_decoders():
         got = dec.decode(mp4, [37, 38, 39, 100]).permute(0, 2, 3, 1).float()
         want = torch.from_numpy(frames[[37, 38, 39, 100]]).float()
         assert (got - want).abs().mean() < 6, dec.name
@@ -78,13 +98,77 @@ def test_window_matches_source_frames(tmp_path):
 
 
 def test_decoders_agree(ingest_out):
+    """The same frames (two windows, out of order, a repeat) from every backend, within the
+    rounding of their YUV→RGB conversions."""
     data = next(iter(wds.WebDataset(str(ingest_out / "shards" / "train-000000.tar"), shardshuffle=False)))["mp4"]
-    idx = [3, 4, 5, 150, 159, 3]
-    a, b = PyAVDecoder().decode(data, idx), DecordDecoder().decode(data, idx)
-    assert a.shape == b.shape == (6, 3, 90, 160)
-    assert (a.float() - b.float()).abs().mean() < 2.0
-    assert torch.equal(a[0], a[5])
-    assert make_decoder("auto").name in ("pyav", "decord")
+    idx = [3, 4, 5, 150, 159, 3] + list(range(64, 80))
+    ref, *others = [d.decode(data, idx) for d in all_decoders()]
+    assert ref.shape == (22, 3, 90, 160) and torch.equal(ref[0], ref[5])
+    for got in others:
+        assert got.shape == ref.shape and got.dtype == torch.uint8
+        diff = (got.float() - ref.float()).abs()
+        assert diff.mean() < 2.0 and diff.amax(dim=(1, 2, 3)).max() < 40
+        assert torch.equal(got[0], got[5])
+
+
+def test_auto_decoder_is_torchcodec_when_installed():
+    try:
+        TorchCodecDecoder()
+        want = "torchcodec"
+    except ImportError:
+        want = "pyav"  # the suite runs without the optional extra too
+    dec = make_decoder("auto")
+    assert dec.name == want and dec.secondary is not None
+    with pytest.raises(ValueError, match="unknown decoder"):
+        make_decoder("nope")
+
+
+class CountingReader(io.RawIOBase):
+    """A clip as a readable, seekable binary file that records which byte ranges were read."""
+
+    def __init__(self, data: bytes):
+        self.f, self.spans = io.BytesIO(data), []
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def read(self, n=-1):
+        at = self.f.tell()
+        b = self.f.read(n)
+        self.spans.append((at, at + len(b)))
+        return b
+
+    def seek(self, offset, whence=0):
+        return self.f.seek(offset, whence)
+
+    def tell(self):
+        return self.f.tell()
+
+
+def test_torchcodec_seeks_to_the_keyframe_before_the_window():
+    """Counted, not timed: a frame whose compressed bytes were never read was not decoded. For
+    the last window (frames 144..159, keyframe at 144) torchcodec reads the packets of that GOP
+    and of the few frames FFmpeg probes on open, never those of GOPs 16..143; a decode from
+    frame 0 (PyAVDecoder, decord) passes through all 160."""
+    dec = torchcodec_or_skip()
+    spec = ClipsConfig().spec
+    # noise compresses badly: ~8 kB per frame, so FFmpeg's 64 kB reads resolve single GOPs
+    frames = np.random.default_rng(0).integers(0, 256, spec.shape_THWC, dtype=np.uint8)
+    data = encode_clip(frames, spec)
+    with av.open(io.BytesIO(data)) as c:
+        packets = sorted((p.pts, p.pos, p.pos + p.size) for p in c.demux(video=0) if p.size)
+    assert len(packets) == spec.frames
+    src = CountingReader(data)
+    got = dec.decode(src, list(range(144, 160)))
+    read = [i for i, (_, a, b) in enumerate(packets) if any(x < b and a < y for x, y in src.spans)]
+    assert set(range(144, 160)) <= set(read)
+    assert not set(range(16, 144)) & set(read)
+    assert len(read) <= 32 < spec.frames
+    want = PyAVDecoder().decode(data, list(range(144, 160)))
+    assert (got.float() - want.float()).abs().mean() < 2.0
 
 
 def test_auto_decoder_falls_back_to_the_other_backend(ingest_out):
@@ -243,3 +327,15 @@ def test_resume_continues_exactly(ingest_out, num_workers):
     assert resumed.state_dict()["positions"] == full.state_dict()["positions"]
     full.close()
     resumed.close()
+
+
+def test_torchcodec_bad_clips_raise_decode_error():
+    from genie_pipeline.training.decoders import DecodeError
+
+    dec = torchcodec_or_skip()
+    spec = ClipsConfig().spec
+    mp4 = encode_clip(sprite_frames(2, spec), spec)
+    for data, idx, match in ((mp4, [spec.frames], "IndexError"), (mp4[: len(mp4) // 2], [0], "RuntimeError"),
+                             (b"not a video" * 40, [0], "RuntimeError"), (mp4, [], "no frames")):
+        with pytest.raises(DecodeError, match=match):
+            dec.decode(data, idx)

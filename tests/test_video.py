@@ -22,8 +22,8 @@ def test_clip_count_from_duration(tmp_path, seconds, clips):
     p = make_video(tmp_path / "v.mp4", seconds)
     assert abs(probe(str(p)).duration_s - seconds) < 0.1
     out = list(iter_clips(str(p), CFG))
-    assert [i for i, _ in out] == list(range(clips))
-    assert all(f.shape == (160, 90, 160, 3) and f.dtype == np.uint8 for _, f in out)
+    assert [w.start for w in out] == [160 * i for i in range(clips)]
+    assert all(w.frames_THWC.shape == (160, 90, 160, 3) and w.frames_THWC.dtype == np.uint8 for w in out)
 
 
 def test_variable_frame_rate_resampled_by_timestamp(tmp_path):
@@ -68,7 +68,7 @@ def test_lerobot_style_span(tmp_path):
 
 def test_encoded_clip_roundtrip_and_keyframes(tmp_path):
     p = make_video(tmp_path / "v.mp4", 17)
-    _, frames = next(iter_clips(str(p), CFG))
+    frames = next(iter_clips(str(p), CFG)).frames_THWC
     data = encode_clip(frames, CFG.spec)
     back = decode_clip(data)
     assert back.shape == frames.shape

@@ -52,8 +52,10 @@ class TrainConfig(Section):
         default=256, ge=1, description="clip-level shuffle buffer (compressed clips, ~50 kB each) per loader worker"
     )
     num_workers: int = Field(default=2, ge=0, description="DataLoader worker processes per rank (0: in-process)")
-    decoder: Literal["auto", "decord", "pyav"] = Field(
-        default="auto", description="clip decoder; auto picks the faster one measured by benchmarks/train.py"
+    decoder: Literal["auto", "decord", "pyav", "torchcodec"] = Field(
+        default="auto",
+        description="clip decoder; auto picks the fastest installed one measured by benchmarks/train.py "
+                    "(torchcodec, an optional extra, else pyav)",
     )
     tokenizer_checkpoint: str | None = Field(
         default=None,

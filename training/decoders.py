@@ -1,8 +1,8 @@
 """Clip decoders: frames of one compressed clip held in memory, as uint8 (N, 3, H, W) RGB.
 
-One interface (`ClipDecoder.decode(data, indices)`), two backends (PyAV, decord), and
-`make_decoder(name)`, which for "auto" puts the faster backend first and the other behind it
-for the clips the first cannot decode.
+One interface (`ClipDecoder.decode(data, indices)`), three backends (PyAV, decord and, when
+installed, torchcodec), and `make_decoder(name)`, which for "auto" puts the fastest backend
+that imports first and the next one behind it for the clips the first cannot decode.
 """
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-# PyAV decodes more windows per second per loader worker than decord (benchmarks/train.py,
-# results in benchmarks/results/train.json), so "auto" tries it first.
-DEFAULT_DECODER = "pyav"
+# torchcodec spends about half the CPU per window of PyAV and decord (it seeks to the keyframe
+# before each window; those two decode from frame 0): benchmarks/train.py, results in
+# benchmarks/results/train.json. PyAV and decord are within noise of each other; PyAV, the
+# library that encoded the clips, is the fallback. torchcodec is optional: without it "auto"
+# starts at PyAV.
+AUTO_ORDER = ("torchcodec", "pyav", "decord")
 
 
 class DecodeError(RuntimeError):
@@ -152,6 +155,40 @@ class DecordDecoder(ClipDecoder):
         return self._gather(arr.transpose(0, 3, 1, 2), uniq, list(indices))
 
 
+class TorchCodecDecoder(ClipDecoder):
+    """torchcodec decoder. It seeks: for each frame asked for it either decodes on from where it
+    is, when no keyframe lies in between, or jumps to the keyframe before it, so a 16-frame
+    window of a clip with a keyframe every 16 frames decodes one or two GOPs instead of
+    everything from frame 0. RGB from FFmpeg's swscale, one FFmpeg thread. Optional: needs the
+    `torchcodec` package (extra `torchcodec`) and FFmpeg's shared libraries."""
+
+    name = "torchcodec"
+
+    def __init__(self):
+        # the import loads FFmpeg's shared libraries: a machine without them fails here, not at
+        # a clip, and as an ImportError so that "auto" goes on to the next backend
+        try:
+            importlib.import_module("torchcodec.decoders")
+        except (RuntimeError, OSError) as e:  # torchcodec is there but found no usable FFmpeg
+            raise ImportError(f"torchcodec cannot load FFmpeg's libraries: {type(e).__name__}: {e}") from None
+
+    def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
+        """As `ClipDecoder.decode`; `data` may also be a readable, seekable binary file."""
+        from torchcodec.decoders import VideoDecoder
+
+        uniq = sorted(set(int(i) for i in indices))
+        if not uniq:
+            raise DecodeError("no frames asked for")
+        try:
+            # "approximate": frame i is found from the header's frame rate, without the scan of
+            # every packet that "exact" does on open; our clips are constant frame rate.
+            vd = VideoDecoder(data, seek_mode="approximate", num_ffmpeg_threads=1, dimension_order="NCHW")
+            frames = vd.get_frames_at(uniq).data
+        except Exception as e:  # RuntimeError from FFmpeg, IndexError past the last frame, ...
+            raise DecodeError(f"{type(e).__name__}: {e}") from None
+        return self._gather(frames.numpy(), uniq, list(indices))
+
+
 class FallbackDecoder(ClipDecoder):
     """Decode with `primary`; a clip it fails on gets a second try with `secondary`."""
 
@@ -170,23 +207,24 @@ class FallbackDecoder(ClipDecoder):
             return self.secondary.decode(data, indices)
 
 
-DECODERS = {"pyav": PyAVDecoder, "decord": DecordDecoder}
+DECODERS = {"pyav": PyAVDecoder, "decord": DecordDecoder, "torchcodec": TorchCodecDecoder}
 
 
 def make_decoder(name: str = "auto") -> ClipDecoder:
-    """`auto`: DEFAULT_DECODER (the benchmark's winner) with the other backend as fallback for
-    clips it cannot decode; else whichever backend imports."""
+    """`auto`: the first backend of AUTO_ORDER (the benchmark's ranking) that imports, with the
+    next one that imports as fallback for the clips it cannot decode."""
     if name != "auto":
         if name not in DECODERS:
             raise ValueError(f"unknown decoder {name!r}; known: {sorted(DECODERS)} or 'auto'")
         return DECODERS[name]()
-    order = [DEFAULT_DECODER] + [n for n in DECODERS if n != DEFAULT_DECODER]
     made, errors = [], []
-    for n in order:
+    for n in AUTO_ORDER:
         try:
             made.append(DECODERS[n]())
         except ImportError as e:
             errors.append(f"{n}: {e}")
+        if len(made) == 2:
+            break
     if not made:
         raise ImportError("no clip decoder available: " + "; ".join(errors))
     return FallbackDecoder(made[0], made[1] if len(made) > 1 else None)

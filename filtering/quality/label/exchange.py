@@ -1,6 +1,7 @@
 """Labels to and from files: Parquet (one row per clip and labeller) and Label Studio JSON.
 
     genie-pipeline label OUT --export labels.parquet    (or .json: Label Studio tasks)
+    genie-pipeline label OUT --export ls.json --base-url http://host:8765/ --annotator ann=ann@x.org
     genie-pipeline label OUT --import ls-export.json    Label Studio JSON / JSON_MIN, or our Parquet
 """
 from __future__ import annotations
@@ -9,6 +10,7 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
+from typing import Mapping
 
 from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.label.labelstudio import export_tasks, parse_labelstudio
@@ -17,14 +19,20 @@ from genie_pipeline.filtering.quality.labels import load_labels
 from genie_pipeline.shards.reader import ClipIndex
 
 
-def export_labels(store: LabelStore, path: str) -> int:
+def export_labels(store: LabelStore, path: str, base_url: str | None = None,
+                  annotators: Mapping[str, int | str] | None = None) -> int:
     """Current labels to Parquet (one row per clip and labeller) or, for a .json path, Label
-    Studio tasks; written atomically. Returns how many labels were written."""
-    rows = store.current_labels()
+    Studio tasks with clip URLs under `base_url` and labellers mapped to Label Studio users by
+    `annotators` (`labelstudio.export_tasks`); written atomically. Returns how many labels
+    were written."""
     dest = Path(path)
+    is_json = dest.suffix.lower() == ".json"
+    if not is_json and (base_url is not None or annotators):
+        raise QualityError(f"a base URL and annotators apply to a Label Studio export (.json), not {dest.name}")
+    rows = store.current_labels()
     tmp = dest.with_name(dest.name + ".tmp")
-    if dest.suffix.lower() == ".json":
-        tmp.write_text(json.dumps(export_tasks(rows), indent=1))
+    if is_json:
+        tmp.write_text(json.dumps(export_tasks(rows, base_url=base_url, annotators=annotators), indent=1))
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -1,0 +1,151 @@
+"""Near duplicates: the clip fingerprint on real (corpus) footage and its copies, and the
+grouping over the whole output (this run and committed runs)."""
+import itertools
+import json
+import subprocess
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from genie_pipeline.filtering.fingerprint import fingerprint
+from genie_pipeline.ingest.decode import iter_frames
+from genie_pipeline.shards.config import ClipsConfig
+from genie_pipeline.shards.dedupe import curate, duplicates, hamming
+from tests.fixtures.footage import sprite_frames
+
+CLIPS = ClipsConfig()
+MAX_DISTANCE = 10  # filters.dedupe.max_distance's default
+
+
+def first_clip(path) -> np.ndarray:
+    frames = []
+    for f in iter_frames(str(path), CLIPS):
+        frames.append(f)
+        if len(frames) == CLIPS.frames:
+            return np.stack(frames)
+    raise AssertionError(f"{path}: shorter than one clip")
+
+
+def ffmpeg(src, dst, *args):
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(src), *args,
+                    "-c:v", "libx264", "-an", str(dst)], check=True)
+    return dst
+
+
+def clean_games(corpus):
+    rows = [json.loads(line) for line in (corpus / "catalog.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["made_how"] == "clean" and r["expect_failure"] is None]
+
+
+@pytest.fixture(scope="module")
+def copies(small_corpus, tmp_path_factory):
+    """For three clean corpus games: the original's first clip and those of a byte copy, a
+    small low-bitrate and a large re-encode, an 8 % centred crop and a 5 % corner crop."""
+    tmp = tmp_path_factory.mktemp("copies")
+    out = {}
+    for r in clean_games(small_corpus)[:3]:
+        src = small_corpus / r["file"]
+        byte_copy = tmp / f"{r['id']}_copy.mp4"
+        byte_copy.write_bytes(src.read_bytes())
+        variants = {
+            "byte copy": byte_copy,
+            "320x180 150k": ffmpeg(src, tmp / f"{r['id']}_small.mp4", "-vf", "scale=320:180", "-b:v", "150k"),
+            "1280x720 3M": ffmpeg(src, tmp / f"{r['id']}_big.mp4", "-vf", "scale=1280:720", "-b:v", "3000k"),
+            "crop 8%": ffmpeg(src, tmp / f"{r['id']}_crop.mp4", "-vf", "crop=iw*0.92:ih*0.92", "-crf", "28"),
+            "corner crop 5%": ffmpeg(src, tmp / f"{r['id']}_corner.mp4", "-vf", "crop=iw*0.95:ih*0.95:0:0"),
+        }
+        out[r["id"]] = (fingerprint(first_clip(src)), {k: fingerprint(first_clip(p)) for k, p in variants.items()})
+    return out
+
+
+def test_copies_reencodes_and_crops_are_within_the_distance(copies):
+    for vid, (original, variants) in copies.items():
+        for name, fp in variants.items():
+            assert hamming(original, fp) <= MAX_DISTANCE, (vid, name, hamming(original, fp))
+        assert variants["byte copy"] == original
+
+
+def test_different_levels_of_one_game_are_far_apart():
+    """Sprite footage of one generator with other seeds (another level of the same game)."""
+    fps = [fingerprint(sprite_frames(seed, CLIPS.spec)) for seed in range(8)]
+    assert min(hamming(a, b) for a, b in itertools.combinations(fps, 2)) > MAX_DISTANCE
+
+
+def test_collision_rate_between_different_corpus_videos(small_corpus):
+    """Every 16 s window (2 s apart) of every clean or flawed corpus video against every window
+    of the other videos: none is within the distance. (Measured: 0 of ~540 pairs; the
+    closest, 12 bits, are two videos of the same Kangaroo level.)"""
+    rows = [json.loads(line) for line in (small_corpus / "catalog.jsonl").read_text().splitlines()]
+    windows = []
+    for r in rows:
+        if r["expect_failure"] is not None:
+            continue
+        frames = np.stack(list(iter_frames(str(small_corpus / r["file"]), CLIPS)))
+        windows += [(r["id"], fingerprint(frames[s: s + CLIPS.frames]))
+                    for s in range(0, len(frames) - CLIPS.frames + 1, 20)]
+    pairs = [hamming(a, b) for (va, a), (vb, b) in itertools.combinations(windows, 2) if va != vb]
+    assert len(pairs) > 300
+    assert sum(d <= MAX_DISTANCE for d in pairs) == 0, sorted(pairs)[:5]
+
+
+def test_fingerprint_is_16_hex_digits_and_survives_tiny_clips():
+    fp = fingerprint(np.zeros((3, 8, 8, 3), np.uint8))
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    with pytest.raises(ValueError):
+        fingerprint(np.zeros((0, 8, 8, 3), np.uint8))
+
+
+# ------------------------------------------------------------------------------ grouping
+def row(key, video, fp, *, kept=True, quality=None, seconds=16.0, **extra):
+    return {"key": key, "video_key": video, "source": "t", "start_s": 0.0, "duration_s": seconds, "kept": kept,
+            "quality_score": quality, "fingerprint": fp, "channel": None, "query": None, **extra}
+
+
+def flip(fp: str, bits) -> str:
+    return f"{int(fp, 16) ^ sum(1 << b for b in bits):016x}"
+
+
+FP = "0123456789abcdef"
+
+
+def test_one_representative_per_group_by_the_documented_rule():
+    """The longest video represents; each duplicate joins the first representative (in
+    priority order) within the distance, so no chain joins footage further apart."""
+    new = [row("a_0", "a", FP), row("b_0", "b", flip(FP, [1, 20, 40, 63]), quality=0.9),
+           row("c_0", "c", flip(FP, range(0, 64, 2))),       # 32 bits away: other footage
+           row("d_0", "d", flip(FP, range(10)), seconds=160)]  # the longest video, 10 bits from a
+    # d first (longest), then b (scored) then a; b is 12 bits from d: a representative too;
+    # a is within reach of both and joins d, the first
+    assert duplicates(new, [], MAX_DISTANCE) == {"a_0": "d_0"}
+
+
+def test_quality_then_key_break_ties_and_clips_of_one_video_never_group():
+    new = [row("a_0", "a", FP), row("b_0", "b", FP, quality=0.8), row("b_1", "b", FP, quality=0.9)]
+    dup = duplicates(new, [], MAX_DISTANCE)
+    assert dup == {"a_0": "b_1"}  # b_1 best quality; b_0 is b_1's own video: not a duplicate
+
+
+def test_a_later_run_never_rejects_a_committed_clip_and_rejects_its_copies():
+    earlier = [row("old_0", "old", FP, seconds=16)]
+    new = [row("new_0", "new", flip(FP, [3, 9]), seconds=1600, quality=1.0)]
+    assert curate(new, earlier, max_distance=MAX_DISTANCE, caps={}) == {"new_0": ("duplicate", "old_0")}
+    # rejected committed clips do not represent; a redone video's old rows are ignored
+    assert curate(new, [row("old_0", "old", FP, kept=False)], max_distance=MAX_DISTANCE, caps={}) == {}
+    assert curate(new, [row("x_0", "new", FP)], max_distance=MAX_DISTANCE, caps={}) == {}
+    assert curate(new, earlier, max_distance=None, caps={}) == {}
+
+
+def test_lookup_by_bands_finds_every_pair_within_the_distance():
+    """Against brute force on random fingerprints with planted near copies at 0..12 bits."""
+    rng = np.random.default_rng(0)
+    base = [f"{int(x):016x}" for x in rng.integers(0, 2**63, 200, dtype=np.int64)]
+    new = [row(f"v{i}_0", f"v{i}", fp) for i, fp in enumerate(base)]
+    for i in range(200):
+        bits = rng.choice(64, size=int(rng.integers(0, 13)), replace=False)
+        new.append(row(f"w{i}_0", f"w{i}", flip(base[i], bits)))
+    dup = duplicates(new, [], MAX_DISTANCE)
+    for i in range(200):
+        d = hamming(base[i], new[200 + i]["fingerprint"])
+        near = dup.get(f"w{i}_0") or dup.get(f"v{i}_0")
+        assert (near is not None) == (d <= MAX_DISTANCE), (i, d)
