@@ -255,6 +255,7 @@ def test_degraded_videos_look_degraded(corpus, rows):
     assert big / (len(cuts) / 10) * 60 > 60  # > 60 cuts per minute
 
 
+@pytest.mark.slow
 def test_small_corpus_is_deterministic(corpus, rows, tmp_path):
     t0 = time.perf_counter()
     cat = G.generate_corpus(tmp_path / "again", seed=0, size="small", lerobot=False)

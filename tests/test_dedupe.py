@@ -59,6 +59,7 @@ def copies(small_corpus, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_copies_reencodes_and_crops_are_within_the_distance(copies):
     for vid, (original, variants) in copies.items():
         for name, fp in variants.items():

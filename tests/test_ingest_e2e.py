@@ -197,6 +197,7 @@ def test_rerun_is_idempotent(ingested):
     assert verify(str(out)) == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_the_clean_key_set(ingested, tmp_path):
     out = tmp_path / "killed"
     cfgd = dict(ingested["cfg"], output={"dir": str(out)})

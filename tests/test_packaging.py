@@ -73,6 +73,7 @@ def source_tree(tmp_path_factory) -> Path:
     return tree
 
 
+@pytest.mark.slow
 def test_wheel_installs_under_one_name(tmp_path, source_tree):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
@@ -83,6 +84,7 @@ def test_wheel_installs_under_one_name(tmp_path, source_tree):
     _install_and_probe(wheel, tmp_path)
 
 
+@pytest.mark.slow
 def test_sdist_for_dataflow_setup_file_installs_under_one_name(tmp_path, source_tree):
     """Beam stages `python setup.py sdist`; a worker's pip builds a wheel from it and installs that."""
     dist = tmp_path / "dist"

@@ -225,7 +225,7 @@ def test_score_quality_stage(fixture, model_file, tmp_path):
     assert set(scored) == set(filtered) == {v.video_key for v in videos}
     n_quality = 0
     for v in videos:
-        assert math.isnan(v.clips[0].quality_score)  # the input elements were not mutated
+        assert v.clips[0].quality_score is None  # not scored; the input elements were not mutated
         for c0, c, f in zip(v.clips, scored[v.video_key].clips, filtered[v.video_key].clips):
             assert c.key == c0.key == f.key
             assert c.quality_score == pytest.approx(direct[c.key], abs=1e-4)
@@ -251,7 +251,7 @@ def test_score_quality_off_and_config_errors(fixture, tmp_path):
     _, info = fixture
     got = _run_stages({"off": (info["videos"][:2], QualityConfig(mode="off"))})["off"]
     v0 = info["videos"][0]
-    assert [(c.key, c.kept, math.isnan(c.quality_score)) for c in got[v0.video_key].clips] == \
+    assert [(c.key, c.kept, c.quality_score is None) for c in got[v0.video_key].clips] == \
         [(c.key, c.kept, True) for c in v0.clips]
     with pytest.raises(QualityError, match="filters.quality.model"):
         ScoreQuality(QualityConfig(mode="filter"), 1)

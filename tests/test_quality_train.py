@@ -181,6 +181,7 @@ def test_refilter_rescore_cli(fixture, trained, tmp_path, capsys):
     _fails(capsys, ["refilter", out], "threshold")  # no threshold, no model: a clear error
 
 
+@pytest.mark.slow
 def test_demo_quality_from_reference_labels(fixture, tmp_path):
     """`make demo`'s step: reference labels -> model -> every clip scored -> shards filtered."""
     import shutil

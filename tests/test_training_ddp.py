@@ -73,6 +73,7 @@ def shards(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path, shards):
     torch.set_num_threads(1)
     cfg = TrainConfig(**CFG, tokenizer_steps=STEPS, dynamics_steps=2)
@@ -102,6 +103,7 @@ def test_ddp_two_processes_match_one(tmp_path, shards):
     assert json.loads((tmp_path / "phase2_replicas_equal.json").read_text()) is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_torchrun_two_processes_end_to_end(tmp_path, shards, strategy):
     """The real entry point under torchrun: both phases, checkpoint with both ranks' states."""
@@ -175,6 +177,7 @@ def _fsdp_restart_worker(rank: int, world: int, port: int, tmp: str) -> None:
         dist_lib.teardown(info)
 
 
+@pytest.mark.slow
 def test_fsdp_keeps_restarted_codes(tmp_path):
     """Under FSDP a dead-code restart survives the forward pass (it used to be written into a
     gathered copy of a sharded codebook and dropped), and the replicated codebook stays

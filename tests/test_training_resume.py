@@ -50,6 +50,7 @@ def setup(tmp_path_factory):
     return tmp, config
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(setup):
     tmp, config = setup
     shards = tmp / "ingest"
