@@ -147,12 +147,18 @@ CURATE_COLUMNS = ("key", "video_key", "source", "start_s", "duration_s", "kept",
 
 
 def apply_curation(v: VideoResult, decisions: dict) -> VideoResult:
+    """`v` with the decided clips rejected; a copy where anything changes (Beam elements are
+    never mutated in place: the curation branch reads the same ones)."""
+    if not any(c.key in decisions for c in v.clips):
+        return v
+    clips = []
     for c in v.clips:
         if c.key in decisions:
-            c.kept = False
-            c.reason, c.duplicate_of = decisions[c.key]
-            _count(f"clips_rejected_{c.reason.replace(':', '_')}")
-    return v
+            reason, duplicate_of = decisions[c.key]
+            c = dataclasses.replace(c, kept=False, reason=reason, duplicate_of=duplicate_of)
+            _count(f"clips_rejected_{reason.replace(':', '_')}")
+        clips.append(c)
+    return dataclasses.replace(v, clips=clips)
 
 
 def by_shard_writer(v: VideoResult, parallelism: int):
@@ -332,8 +338,13 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
     stats = {"run_id": run_id, "wall_s": round(time.time() - wall0, 2), "cpu_s": round(cpu_seconds() - cpu0, 2),
              "counters": counters, "runner": cfg.runner.name, "workers": workers}
     merged = _commit(cfg, paths, stats)
-    # before the clip store goes: the report's contact sheets show rejected clips from it
-    print(f"ingest: report {write_report(out, report_thresholds(cfg.filters))}", file=sys.stderr, flush=True)
+    # before the clip store goes: the report's contact sheets show rejected clips from it.
+    # The run is committed by now; a report that cannot be drawn must not fail it.
+    try:
+        print(f"ingest: report {write_report(out, report_thresholds(cfg.filters))}", file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001 — `genie-pipeline report OUT` redraws it and shows the error
+        print(f"ingest: report not written ({type(e).__name__}: {e}); the run is committed", file=sys.stderr,
+              flush=True)
     if not cfg.download.keep and cfg.download.scratch_dir is None:
         fs.rmtree(paths.scratch)
     if not cfg.shards.keep_clip_store and cfg.filters.quality.mode == "off":
