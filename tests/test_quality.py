@@ -327,3 +327,16 @@ def test_reference_labels_label_every_clip_by_video(fixture, tmp_path):
     bad.write_text('{"id": "x", "quality_label": "meh"}\n')
     with pytest.raises(QualityError, match="good\\|bad"):
         reference_labels(str(out), str(bad))
+
+
+def test_bf16_auto_only_where_the_cpu_has_it():
+    """Emulated bf16 costs many times fp32 (minutes per training step here): `auto` never picks it
+    on a CPU without native bf16, for training or for scoring."""
+    from genie_pipeline.filtering.quality.model import native_bf16, train_bf16, use_bf16
+
+    measured_ok = {"bf16": {"keeps_accuracy": True}}
+    assert use_bf16("auto", measured_ok) == native_bf16()
+    assert use_bf16("auto", {"bf16": {"keeps_accuracy": False}}) is False
+    assert use_bf16("on", {}) is True and use_bf16("off", measured_ok) is False
+    assert train_bf16(QualityConfig().train_bf16) == native_bf16()
+    assert train_bf16(True) is True and train_bf16(False) is False

@@ -52,7 +52,11 @@ class QualityConfig(Section):
     # frame head loss: every frame takes its clip's label (frame), or multiple instance (mil: a bad
     # clip needs one bad frame, a good clip only good ones)
     frame_loss: Literal["frame", "mil"] = "mil"
-    train_bf16: bool = Field(default=True, description="bf16 autocast for the trunk while training (fp32 weights)")
+    # Emulated bf16 (a CPU without AVX512-BF16/AMX) is many times slower than fp32, so `auto`
+    # uses it only where the CPU computes bf16 natively.
+    train_bf16: bool | Literal["auto"] = Field(
+        default="auto", description="bf16 autocast for the trunk while training (fp32 weights); auto: only on a CPU "
+                                    "with native bf16")
     augment: bool = True
     train_frame_pool: int = Field(default=10, ge=1, description="frames decoded per training clip; each step "
                                   "takes K of them near the scoring positions (P=10: every keyframe of a clip)")

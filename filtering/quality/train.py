@@ -44,8 +44,8 @@ from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.frames import FRAME_H, FRAME_W, sample_frames, sample_indices
 from genie_pipeline.filtering.quality.labels import LABELS, label_set_hash
 from genie_pipeline.filtering.quality.metrics import choose_threshold, clip_metrics, roc_auc, write_plots
-from genie_pipeline.filtering.quality.model import (POOLINGS, QualityNet, load_backbone_weights, pool_logits,
-                                                    read_metadata, save_quality_model)
+from genie_pipeline.filtering.quality.model import (POOLINGS, QualityNet, load_backbone_weights, native_bf16,
+                                                    pool_logits, read_metadata, save_quality_model, train_bf16)
 from genie_pipeline.shards.reader import ClipIndex
 
 MIN_STEPS_PER_EPOCH = 8  # small label sets: an "epoch" is still enough steps to move a network from scratch
@@ -265,7 +265,7 @@ class _Run:
     def epoch(self, bar) -> float:
         """One epoch of class-balanced batches; the mean training loss."""
         self.model.train()
-        self.model.bf16 = self.cfg.train_bf16  # the trunk's forward/backward under bf16 autocast (~1.8x on CPU)
+        self.model.bf16 = train_bf16(self.cfg.train_bf16)
         draw = self.rng.choice(self.tr, size=self.steps * self.bs, replace=True, p=self.p)
         losses = []
         for s in range(self.steps):
@@ -470,6 +470,8 @@ def _bf16_check(model: QualityNet, frames: np.ndarray, y: np.ndarray, threshold:
     """Does bf16 autocast keep the classifier's accuracy? Same clips, both precisions."""
     if not len(frames):
         return {"keeps_accuracy": False, "reason": "no clips to compare"}
+    if not native_bf16():  # emulated bf16 would cost minutes here and is never used by `auto`
+        return {"keeps_accuracy": False, "reason": "not measured: this CPU has no native bf16"}
     o32 = _outputs(model, frames)
     model.bf16 = True
     try:
