@@ -7,15 +7,19 @@ step just before writing shards, so a rejected clip never reaches a shard and co
 shards are never rewritten: a clip already in the output is never rejected by a later run.
 
 Near duplicates. Only kept clips with a fingerprint take part. A clip duplicates another
-when their fingerprints differ in at most `max_distance` bits and they come from different
-videos (neighbouring clips of one video look alike but are different footage). Clips are
-visited in priority order, and each either joins the first representative it matches or
-becomes one; so every duplicate is within `max_distance` of its representative (no chains).
+when their fingerprints are of one version (the "vN:" before the 64 bits; 16 bare hex digits
+are version 1), differ in at most `max_distance` bits and they come from different videos
+(neighbouring clips of one video look alike but are different footage). Clips are visited
+in priority order, and each either joins the first representative it matches or becomes
+one; so every duplicate is within `max_distance` of its representative (no chains).
 Priority: already in the output first, then the longer video (more seconds cut), then the
 higher quality_score (unscored last), then the smaller key. Candidates are found without
 comparing all pairs: the 64 bits are cut into BANDS bands of 16; two fingerprints within
 `max_distance` agree within `max_distance // BANDS` bits on at least one band (pigeonhole),
-so each clip looks up only the band values that close to its own.
+so each clip looks up only the band values that close to its own: whatever `max_distance`,
+no pair within it is missed (at the default 12, 697 values per band). Fingerprints of another
+version than a clip's are other measurements, never compared: an output holding clips of
+an older version keeps them, and only a rerun of their videos makes them comparable.
 
 Caps. Clips over `max_clips_per_{channel,query,source}` (None: no cap) get "cap:channel",
 "cap:query" or "cap:source". Committed kept clips count first and always stay. New clips
@@ -29,7 +33,7 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections import defaultdict
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 BITS = 64
 BANDS = 4
@@ -39,9 +43,18 @@ CAPS = ("channel", "query", "source")
 Decision = tuple[str, "str | None"]  # (reason, duplicate_of)
 
 
+def parse(fp: str) -> tuple[str, int]:
+    """(version, 64 bits) of a fingerprint: "vN:" and 16 hex digits, or 16 bare hex digits (v1)."""
+    version, _, bits = fp.rpartition(":")
+    return version or "v1", int(bits, 16)
+
+
 def hamming(a: str, b: str) -> int:
-    """Bits in which two fingerprints (16 hex digits each) differ."""
-    return (int(a, 16) ^ int(b, 16)).bit_count()
+    """Bits in which two fingerprints of one version differ; ValueError across versions."""
+    (va, x), (vb, y) = parse(a), parse(b)
+    if va != vb:
+        raise ValueError(f"fingerprints of versions {va} and {vb} cannot be compared")
+    return (x ^ y).bit_count()
 
 
 def curate(new: list[dict], earlier: Iterable[dict], *, max_distance: int | None,
@@ -63,25 +76,62 @@ def curate(new: list[dict], earlier: Iterable[dict], *, max_distance: int | None
 # ---------------------------------------------------------------------------- duplicates
 def duplicates(new: list[dict], earlier: list[dict], max_distance: int) -> dict[str, str]:
     """{key of a new clip: key of the representative it duplicates}."""
-    seconds: dict[str, float] = defaultdict(float)  # per video: the "longest video" rule
-    for r in itertools.chain(earlier, new):
-        seconds[r["video_key"]] += r["duration_s"] or 0.0
+    rank = representative_rank(itertools.chain(earlier, new))
     pool = [(True, r) for r in earlier if r["kept"] and r.get("fingerprint")]
     pool += [(False, r) for r in new if r["kept"] and r.get("fingerprint")]
-    pool.sort(key=lambda x: (not x[0], -seconds[x[1]["video_key"]], -(x[1].get("quality_score") or -1.0),
-                             x[1]["key"]))
+    pool.sort(key=lambda x: (not x[0], rank(x[1])))
     radius = max_distance // BANDS
-    buckets: dict[tuple[int, int], list[tuple[int, str, int, str]]] = defaultdict(list)
+    # keyed by (fingerprint version, band, band value): versions never meet
+    buckets: dict[tuple[str, int, int], list[tuple[int, str, int, str]]] = defaultdict(list)
     out: dict[str, str] = {}
     for order, (committed, r) in enumerate(pool):
-        fp, vkey = int(r["fingerprint"], 16), r["video_key"]
-        rep = None if committed else _first_match(fp, vkey, buckets, radius, max_distance)
+        (version, fp), vkey = parse(r["fingerprint"]), r["video_key"]
+        rep = None if committed else _first_match(version, fp, vkey, buckets, radius, max_distance)
         if rep is not None:
             out[r["key"]] = rep
             continue
         for band, value in enumerate(_bands(fp)):
-            buckets[(band, value)].append((order, r["key"], fp, vkey))
+            buckets[(version, band, value)].append((order, r["key"], fp, vkey))
     return out
+
+
+def representative_rank(rows: Iterable[dict]):
+    """The documented rule for which clip of a duplicate group is kept, as a sort key (lowest
+    first): the clip of the longest video (its clips' seconds in `rows`), then the highest
+    quality score, then the key."""
+    seconds: dict[str, float] = defaultdict(float)
+    for r in rows:
+        seconds[r["video_key"]] += r["duration_s"] or 0.0
+    return lambda r: (-seconds[r["video_key"]], -(r.get("quality_score") or -1.0), r["key"])
+
+
+def reelect(rows: list[dict], eligible: Callable[[dict], bool]) -> int:
+    """After kept flags changed (refilter): every duplicate group whose representative is no
+    longer kept gets a new one, the best member by `representative_rank` among those
+    `eligible` (e.g. passing the new quality threshold), and its members point to it. A group
+    with no eligible member stays without a kept clip. Updates `rows` in place; returns the
+    number of clips restored."""
+    by_key = {r["key"]: r for r in rows}
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("reason") == "duplicate" and r.get("duplicate_of"):
+            groups[r["duplicate_of"]].append(r)
+    rank = representative_rank(rows)
+    restored = 0
+    for rep_key, members in groups.items():
+        rep = by_key.get(rep_key)
+        if rep is not None and rep["kept"]:
+            continue
+        candidates = [m for m in members if eligible(m)]
+        if not candidates:
+            continue
+        new_rep = min(candidates, key=rank)
+        new_rep.update(kept=True, reason="", duplicate_of=None)
+        restored += 1
+        for m in members:
+            if m is not new_rep:
+                m["duplicate_of"] = new_rep["key"]
+    return restored
 
 
 def _bands(fp: int) -> list[int]:
@@ -95,12 +145,13 @@ def _near(value: int, radius: int) -> Iterable[int]:
             yield value ^ sum(1 << b for b in flips)
 
 
-def _first_match(fp: int, vkey: str, buckets, radius: int, max_distance: int) -> str | None:
-    """The representative of highest priority within `max_distance` of `fp` from another video."""
+def _first_match(version: str, fp: int, vkey: str, buckets, radius: int, max_distance: int) -> str | None:
+    """The representative of highest priority within `max_distance` of `fp` (of `version`)
+    from another video."""
     best = None
     for band, value in enumerate(_bands(fp)):
         for near in _near(value, radius):
-            for order, key, rep_fp, rep_video in buckets.get((band, near), ()):
+            for order, key, rep_fp, rep_video in buckets.get((version, band, near), ()):
                 if rep_video != vkey and (best is None or order < best[0]) \
                         and (rep_fp ^ fp).bit_count() <= max_distance:
                     best = (order, key)

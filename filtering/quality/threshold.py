@@ -14,6 +14,7 @@ from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import rebuild_shards
 from genie_pipeline.shards.config import ShardsConfig
+from genie_pipeline.shards.dedupe import reelect
 from genie_pipeline.shards.reader import read_rows, table_path
 
 
@@ -24,8 +25,8 @@ def apply_threshold(rows: list[dict], threshold: float) -> dict[str, int]:
     for r in rows:
         if r.get("reason") not in ("", None, "quality"):
             continue
-        s = r.get("quality_score")
-        if s is None or (isinstance(s, float) and math.isnan(s)):
+        s = _score(r)
+        if s is None:
             if r.get("reason") != "quality":
                 changed["unscored"] += 1
             continue
@@ -36,6 +37,11 @@ def apply_threshold(rows: list[dict], threshold: float) -> dict[str, int]:
             changed["rejected"] += 1
         r["kept"], r["reason"] = bool(keep), "" if keep else "quality"
     return changed
+
+
+def _score(r: dict) -> float | None:
+    s = r.get("quality_score")
+    return None if s is None or (isinstance(s, float) and math.isnan(s)) else s
 
 
 def refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpec | None,
@@ -60,6 +66,8 @@ def refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpe
                            "shards.keep_clip_store: true at ingest")
     before = sum(bool(r["kept"]) for r in rows)
     changed = apply_threshold(rows, threshold)
+    # a group whose kept clip the threshold now rejects keeps its best member that passes
+    changed["kept"] += reelect(rows, lambda r: _score(r) is None or _score(r) >= threshold)
     with fs.output_lock(out_dir, "refilter"):
         stats = rebuild_shards(out_dir, rows, int(shards.target_mb * 2**20), shards.max_clips, spec)
     return {"threshold": threshold, "clips": len(rows), "kept_before": before,
