@@ -47,6 +47,7 @@ class CatalogFields(Section):
     uploader: str = "uploader"
     upload_date: str = "upload_date"
     license: str = "license"
+    actions: str = "actions"  # a true-actions sidecar (see ingest/actions.py)
 
 
 class CatalogSource(SourceBase):
@@ -81,8 +82,22 @@ class LeRobotSource(SourceBase):
     cameras: list[str] = Field(default_factory=list)  # empty: every video key in info.json
 
 
+class RldsSource(SourceBase):
+    """An RLDS dataset as TFDS writes it (Open X-Embodiment: RT-1 is fractal20220817_data/0.1.0):
+    every episode of `split` is a video; actions ignored (ingest/rlds.py)."""
+
+    type: Literal["rlds"]
+    root: str = Field(description="the DATASET/VERSION folder: dataset_info.json and NAME-SPLIT.tfrecord-NNNNN-of-MMMMM")
+    keywords: str = "none"
+    split: str = Field(default="train", pattern=r"^[A-Za-z0-9_]{1,32}$")
+    image_key: str = Field(default="steps/observation/image", min_length=1,
+                           description="the camera: a flattened feature of encoded JPEG/PNG frames, one per step")
+    # no default: datasets do not record it, and a wrong rate silently changes the speed of time
+    control_hz: float = Field(gt=0, le=1000, description="steps per second (RT-1: 3); resampled to clips.fps")
+
+
 Source = Annotated[
-    Union[SearchSource, CatalogSource, UrlsSource, FilesSource, LeRobotSource],
+    Union[SearchSource, CatalogSource, UrlsSource, FilesSource, LeRobotSource, RldsSource],
     Field(discriminator="type"),
 ]
 
@@ -180,3 +195,46 @@ def unknown_beam_flags(args: list[str]) -> list[str]:
         except ValueError as e:
             unknown.append(f"--runner {known.runner} ({e})")
     return unknown
+
+
+# ------------------------------------------------------------------------ before a run
+class PreflightError(ValueError):
+    """A bad input found before any work starts (the CLI exits 2): `key` names the setting or
+    flag it comes from, `message` what is wrong with it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
+# runners whose workers are other machines: nothing on the launcher's disk reaches them
+REMOTE_RUNNERS = frozenset({"DataflowRunner", "Dataflow", "TestDataflowRunner"})
+# what a Dataflow job cannot start without (Beam would only fail once the job is submitted,
+# or guess the region from the launcher's gcloud settings)
+DATAFLOW_REQUIRED = ("project", "region", "temp_location")
+
+
+def check_remote_run(runner: RunnerConfig, extra_args: list[str], paths: dict[str, str | None]) -> None:
+    """PreflightError unless a run on a remote runner (Dataflow) can work: its required options
+    are given (runner.options or the command line, which wins), the temp location is in Cloud
+    Storage, and none of `paths` (setting name -> path the workers read or write, None where
+    unset) is on the launcher's disk. A local runner passes whatever its paths."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+
+    from genie_pipeline.shards.fs import is_remote
+
+    options = PipelineOptions(list(runner.options) + list(extra_args))
+    name = options.view_as(StandardOptions).runner or runner.name
+    if name.rsplit(".", 1)[-1] not in REMOTE_RUNNERS:
+        return
+    gcp = options.view_as(GoogleCloudOptions)
+    for option in DATAFLOW_REQUIRED:
+        if not getattr(gcp, option):
+            raise PreflightError(f"--{option}", f"{name} needs --{option} (in runner.options or on the command line)")
+    if not gcp.temp_location.startswith("gs://"):
+        raise PreflightError("--temp_location", f"{gcp.temp_location!r} is not a gs:// path; {name} stages "
+                                                f"files in Cloud Storage")
+    for key, path in paths.items():
+        if path and not is_remote(path):
+            raise PreflightError(key, f"{path!r} is on this machine, which {name}'s workers cannot reach: "
+                                      f"use a gs:// path")

@@ -42,7 +42,7 @@ from genie_pipeline.shards.commit import check_spec, commit_run, recover
 from genie_pipeline.shards.dedupe import curate
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 from genie_pipeline.shards.reader import read_rows
-from genie_pipeline.shards.records import Candidate, Failure, ShardRecord, VideoResult
+from genie_pipeline.shards.records import Candidate, Failure, ShardRecord, VideoResult, from_row
 from genie_pipeline.shards.report import Threshold, write_report
 from genie_pipeline.shards.store import read_store_result
 from genie_pipeline.shards.writer import ShardRoller, write_shards_for, writer_of
@@ -403,8 +403,8 @@ def _commit(cfg: IngestConfig, paths: RunPaths, stats: dict) -> dict:
     run_dir, out = paths.run_dir, paths.out
     return commit_run(
         out,
-        candidates=[Candidate(**_pick(Candidate, r)) for r in _read_jsonl(f"{run_dir}/candidates*")],
-        failures=[Failure(**_pick(Failure, r)) for r in _read_jsonl(f"{run_dir}/failures*")],
+        candidates=[from_row(Candidate, r) for r in _read_jsonl(f"{run_dir}/candidates*")],
+        failures=[from_row(Failure, r) for r in _read_jsonl(f"{run_dir}/failures*")],
         videos=[VideoResult.from_json(r) for r in _read_jsonl(f"{run_dir}/videos*")],
         shard_records=[ShardRecord(**r) for r in _read_jsonl(f"{run_dir}/shards*")],
         stats=stats,
@@ -412,10 +412,6 @@ def _commit(cfg: IngestConfig, paths: RunPaths, stats: dict) -> dict:
         sources=[s.name for s in cfg.sources],
         cleanup=[fs.join(out, "_runs"), fs.join(out, "shards", "_tmp"), fs.join(out, "_commit")],
     )
-
-
-def _pick(cls, row: dict) -> dict:
-    return {k: row[k] for k in cls.__dataclass_fields__ if k in row}
 
 
 def cpu_seconds() -> float:

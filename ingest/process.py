@@ -6,7 +6,8 @@ worker from its config sections (and explicit paths) and called per candidate.
 
 A whole source video never leaves `VideoProcessor`: it fetches, decodes once, cuts, scores
 and encodes in one call and persists the video's clips to the clip store (the unit of
-resume); only the small VideoResult moves on.
+resume); only the small VideoResult moves on. Clips of a video whose source recorded the
+agent's actions carry them (ingest/actions.py).
 """
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from genie_pipeline.filtering.config import HeuristicsConfig, KeywordsConfig
 from genie_pipeline.filtering.fingerprint import fingerprint
 from genie_pipeline.filtering.heuristics import score_clip, verdict
 from genie_pipeline.filtering.keywords import filter_for
+from genie_pipeline.ingest.actions import ACTIONS_KEY, read_sidecar
 from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.download import Downloader
 from genie_pipeline.ingest.errors import Count, IngestError, failure, no_count
 from genie_pipeline.ingest.decode import ClipCutter, iter_clips, probe
+from genie_pipeline.ingest.rlds import fetch_episode, is_episode
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipFormatError, encode_clip
 from genie_pipeline.shards.config import ClipsConfig
@@ -65,7 +68,9 @@ class VideoProcessor:
     def __call__(self, c: Candidate) -> VideoResult | Failure:
         t0 = time.time()
         try:
-            fetched = self.downloader.fetch(c)
+            # an RLDS episode is read from its record, not downloaded (ingest/rlds.py)
+            fetched = (fetch_episode(c, self.download, self.downloader.scratch) if is_episode(c)
+                       else self.downloader.fetch(c))
         except IngestError as e:
             return e.failure(c)
         except Exception as e:  # a yt-dlp or filesystem surprise must not kill the job
@@ -116,11 +121,31 @@ class VideoProcessor:
                               f"{max(seconds, self.clips.min_shot_s):g} s (clips.seconds, clips.min_shot_s)")
         if not clips:
             raise IngestError("cut", "TooShort", f"{span:.1f} s of video gives no full {seconds:g} s clip")
+        warning = self._true_actions(c, clips, info.duration_s, info.fps)
         result = VideoResult(video_key=c.video_key, video_id=c.video_id, source=c.source, title=c.title,
                              status="done", clips=clips, seconds_in=float(span if span == span else 0),
-                             seconds_out=len(clips) * seconds, store=store_path(self.out, c.video_key))
+                             seconds_out=len(clips) * seconds, error=warning, store=store_path(self.out, c.video_key))
         write_store(result.store, result, data)
         return result
+
+    def _true_actions(self, c: Candidate, clips: list[ClipRow], duration_s: float, fps: float) -> str:
+        """Give the clips their true actions from the candidate's sidecar, if it names one.
+        A bad sidecar costs only the actions: the clips keep NULL ones and the returned
+        warning (the video row's `error`, its status still done) names the sidecar."""
+        location = c.extra.get(ACTIONS_KEY)
+        if not location:
+            return ""
+        try:
+            true = read_sidecar(str(location), self.download)
+            true.check_video(duration_s, fps)
+            per_clip = [true.for_clip(r.start_s, self.clips.fps, r.n_frames) for r in clips]
+        except IngestError as e:
+            self.count("actions_bad")
+            return f"{e.stage}:{e.error_type}: {e}"[:500]
+        for row, actions in zip(clips, per_clip):
+            row.true_actions, row.action_space = actions, true.action_space
+        self.count("clips_with_actions", len(clips))
+        return ""
 
     def _clip(self, c: Candidate, start_s: float, frames: np.ndarray, provenance: dict) -> tuple[ClipRow, bytes]:
         """One clip's row (heuristic scores and verdict) and its encoded mp4."""

@@ -7,6 +7,10 @@ of the Beam job, counting the candidates.
 Search runs through yt-dlp for every prefix: `ytsearchN:` reaches YouTube, and the sample
 corpus's `gcsearchN:` is a yt-dlp plugin (yt_dlp_plugins/extractor/geniecorpus.py) that
 yt-dlp loads from sys.path when a YoutubeDL is created.
+
+Where a source knows the agent's true actions (a catalog's `actions` column: a sidecar path
+resolved like `path`; a search result's `actions_url`), the candidate carries the sidecar's
+location in `extra["actions"]` (ingest/actions.py reads it).
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ import posixpath
 import re
 from typing import Any, Iterator
 
-from genie_pipeline.ingest.config import (CatalogSource, FilesSource, LeRobotSource, SearchSource,
+from genie_pipeline.ingest import rlds
+from genie_pipeline.ingest.actions import ACTIONS_KEY
+from genie_pipeline.ingest.config import (CatalogSource, FilesSource, LeRobotSource, RldsSource, SearchSource,
                                           UrlsSource)
 from genie_pipeline.ingest.download import YtdlpLog, site_provenance
 from genie_pipeline.ingest.errors import Count, no_count
@@ -63,7 +69,7 @@ def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
                     duration_s=_float(entry.get("duration")),
                     # the labelling page stratifies its sample by channel and query
                     extra={"query": q, "channel": entry.get("channel") or entry.get("uploader"),
-                           **site_provenance(entry)},
+                           **site_provenance(entry), **_actions_of(entry.get("actions_url"), remote=True)},
                 )
 
 
@@ -112,14 +118,30 @@ def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
         if not url and not path:
             yield _fail(src.name, vid, f"catalog row {i} has neither {f.url!r} nor {f.path!r}")
             continue
-        if path and "://" not in str(path) and not os.path.isabs(str(path)):
-            path = posixpath.join(base, str(path)) if "://" in base else os.path.join(base, str(path))
+        path, actions = (_under(base, p) for p in (path, row.get(f.actions) or None))
         yield Candidate(
             source=src.name, video_id=vid, title=str(row.get(f.title) or ""),
             description=str(row.get(f.description) or ""), url=str(url) if url else None,
             path=str(path) if path else None, duration_s=_float(row.get(f.duration)),
-            extra={k: row.get(getattr(f, k)) for k in SITE_FIELDS if row.get(getattr(f, k)) not in (None, "")},
+            extra={**{k: row.get(getattr(f, k)) for k in SITE_FIELDS if row.get(getattr(f, k)) not in (None, "")},
+                   **_actions_of(actions)},
         )
+
+
+def _under(base: str, path: Any) -> Any:
+    """A catalog's relative path (a video, a sidecar) made relative to the catalog's folder."""
+    if path and "://" not in str(path) and not os.path.isabs(str(path)):
+        return posixpath.join(base, str(path)) if "://" in base else os.path.join(base, str(path))
+    return path
+
+
+def _actions_of(location: Any, remote: bool = False) -> dict[str, str]:
+    """The candidate's `extra` entry naming its actions sidecar (none without a location). A
+    `remote` one (what a site answered) counts only as an http(s) URL: nothing a site says
+    becomes a path on this machine."""
+    if not location or (remote and not re.match(r"^https?://", str(location), re.I)):
+        return {}
+    return {ACTIONS_KEY: str(location)}
 
 
 # --------------------------------------------------------------------------------- urls
@@ -242,8 +264,41 @@ def _lerobot_episodes(root: str, version: str) -> list[dict[str, Any]]:
         return [json.loads(ln) for ln in fh if ln.strip()]
 
 
+# --------------------------------------------------------------------------------- rlds
+def discover_rlds(src: RldsSource) -> Iterator[Candidate | Failure]:
+    """RLDS datasets (ingest/rlds.py) as video only: every episode of the split is a candidate
+    naming its TFRecord file and its place there; nothing is read but dataset_info.json (files
+    it does not describe are counted by their record headers). Actions ignored."""
+    try:
+        files = rlds.split_files(src.root, src.split)
+    except Exception as e:
+        yield _fail(src.name, _hash_id(src.root), f"cannot list {src.root}: {e}", type(e).__name__)
+        return
+    info = rlds.dataset_info(src.root)
+    name = str(info.get("name") or posixpath.basename(posixpath.dirname(src.root.rstrip("/"))) or "rlds")
+    for shard, path, count in rlds.episode_counts(info, src.split, files):
+        if isinstance(count, Exception):
+            yield _fail(src.name, _hash_id(path), f"cannot read {path}: {count}", type(count).__name__)
+            continue
+        for record in range(count):
+            yield Candidate(
+                source=src.name, video_id=f"{src.split}-{shard:05d}-{record:05d}", path=path,
+                title=f"{name} {src.split} {shard:05d}/{record}",
+                description=f"RLDS {name} split {src.split} file {shard} episode {record} camera {src.image_key}",
+                extra={rlds.RECORD: record, rlds.IMAGE_KEY: src.image_key, rlds.CONTROL_HZ: src.control_hz},
+            )
+
+
+def check_sources(sources: list) -> None:
+    """PreflightError (ingest/config.py) for a source found unusable before any work starts:
+    an RLDS split without files or without its image feature."""
+    for i, src in enumerate(sources):
+        if isinstance(src, RldsSource):
+            rlds.check_rlds_source(src, f"sources.{i}")
+
+
 DISCOVER = {"search": discover_search, "catalog": discover_catalog, "urls": discover_urls,
-            "files": discover_files, "lerobot": discover_lerobot}
+            "files": discover_files, "lerobot": discover_lerobot, "rlds": discover_rlds}
 
 
 def discover(src) -> Iterator[Candidate | Failure]:

@@ -26,7 +26,8 @@ from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.reader import (SPLITS, DataError, existing_shards, read_rows, read_spec, read_stats, shard_name,
                                           stats_name, table_path)
-from genie_pipeline.shards.records import SCHEMA_VERSION, SCHEMAS, Candidate, ClipRow, Failure, ShardRecord, VideoResult
+from genie_pipeline.shards.records import (SCHEMA_VERSION, SCHEMAS, Candidate, ClipRow, Failure, ShardRecord, VideoResult,
+                                           from_row)
 from genie_pipeline.shards.store import store_path
 from genie_pipeline.shards.writer import ShardRoller, write_shards_for
 
@@ -238,7 +239,7 @@ def rebuild_shards(out_dir: str, manifest: list[dict[str, Any]], target_bytes: i
     fs.makedirs(tmp_dir)
     by_video: dict[str, list[ClipRow]] = {}
     for r in manifest:
-        by_video.setdefault(r["video_key"], []).append(ClipRow(**{k: r[k] for k in ClipRow.__dataclass_fields__}))
+        by_video.setdefault(r["video_key"], []).append(from_row(ClipRow, r))
     records: list[ShardRecord] = []
     for split in SPLITS:
         roller = ShardRoller(tmp_dir, split, split, target_bytes, max_clips, spec)

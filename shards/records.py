@@ -166,6 +166,10 @@ class ClipRow:
     upload_date: str | None = None  # YYYY-MM-DD
     license: str | None = None
     query: str | None = None  # the search query that found the video
+    # the agent's true actions, where the source recorded them (a simulator's sidecar): one per
+    # step between consecutive frames (n_frames - 1), ids in `action_space` ("ale:Pitfall:18")
+    true_actions: list[int] | None = None
+    action_space: str | None = None
 
     def __post_init__(self):  # stores written before text was cleaned at discovery still commit
         self.title = clean_text(self.title)
@@ -228,8 +232,8 @@ class VideoResult:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "VideoResult":
         d = dict(d)
-        d["clips"] = [ClipRow(**c) for c in d.get("clips", [])]
-        return cls(**d)
+        d["clips"] = [from_row(ClipRow, c) for c in d.get("clips", [])]
+        return from_row(cls, d)
 
 
 @dataclass
@@ -248,7 +252,13 @@ class ShardRecord:
 
 PROVENANCE = ("url", "channel", "uploader", "upload_date", "license", "query")
 # written into every table's Parquet metadata; readers take older outputs without the newer columns
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: true_actions, action_space
+
+
+def from_row(cls, row: dict[str, Any]):
+    """A record dataclass from a table row or JSON object, of this or an older schema: fields
+    the row lacks take their defaults, columns the record does not know are ignored."""
+    return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
 
 
 def sample_json(c: ClipRow, spec: ClipSpec) -> dict:
@@ -262,6 +272,7 @@ def sample_json(c: ClipRow, spec: ClipSpec) -> dict:
                    "quality_score": c.quality_score},
         "shot": c.shot, "cuts": c.cuts, "fingerprint": c.fingerprint, "duplicate_of": c.duplicate_of,
         "provenance": {k: getattr(c, k) for k in PROVENANCE},
+        "true_actions": c.true_actions, "action_space": c.action_space,
     }
 
 
@@ -274,7 +285,8 @@ SCHEMAS = {
                            ("motion", _F), ("dark_fraction", _F), ("unique_fraction", _F),
                            ("cuts_per_min", _F), ("quality_score", _F), ("shot", _I), ("cuts", _I),
                            ("fingerprint", _STR), ("duplicate_of", _STR),
-                           *((k, _STR) for k in ("url", "channel", "uploader", "upload_date", "license", "query"))]),
+                           *((k, _STR) for k in ("url", "channel", "uploader", "upload_date", "license", "query")),
+                           ("true_actions", pa.list_(pa.int16())), ("action_space", _STR)]),
     "videos": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("title", _STR),
                          ("status", _STR), ("n_clips", _I), ("n_kept", _I), ("seconds_in", _F),
                          ("seconds_out", _F), ("error", _STR), ("split", _STR)]),

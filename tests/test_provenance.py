@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 
 from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.pipeline import run_ingest
+from genie_pipeline.shards.records import SCHEMA_VERSION
 from tests.conftest import make_video
 
 
@@ -21,7 +22,7 @@ def test_catalog_provenance_reaches_manifest_and_shards_and_unknown_is_null(tmp_
                                           "keywords": "none"}],
                              "runner": {"running_mode": "in_memory"}, "output": {"dir": str(out)}}))
     table = pq.read_table(out / "manifest.parquet")
-    assert table.schema.metadata[b"genie_pipeline.schema_version"] == b"2"
+    assert table.schema.metadata[b"genie_pipeline.schema_version"] == str(SCHEMA_VERSION).encode()
     by = {r["video_id"]: r for r in table.to_pylist()}
     assert (by["a"]["channel"], by["a"]["uploader"], by["a"]["upload_date"], by["a"]["license"]) == \
         ("Speedrunners", "ann", "2024-05-01", "CC-BY")

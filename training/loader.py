@@ -7,7 +7,7 @@ vs `clip_once` in benchmarks/results/train.json):
     shards ──(split by rank × worker)──► tar members ──► clip shuffle buffer (compressed clips)
        ──► groups of `clips_per_group` clips ──► each clip decoded ONCE (only the frames its
        `windows_per_clip` random windows need; YUV→RGB in one batch) ──► windows of the group
-       shuffled ──► batches (B, T, 3, H, W) uint8
+       shuffled ──► batches (B, T, 3, H, W) uint8, with each window's true actions (B, T - 1)
 
 Shards are read through `genie_pipeline.shards.reader.iter_tar_clips` (local or remote).
 Every random choice comes from a generator seeded by (seed, epoch, stream) or (seed, epoch,
@@ -24,6 +24,9 @@ worker ↔ stream mapping so that the stream due next gets the first worker.
 
 Missing or unreadable shards and undecodable samples are skipped and counted (`bad_shards`,
 `bad_samples`); past `max_bad_shard_fraction` the loader raises `DataError`.
+
+Evaluation reads without any of this shuffling: `eval_windows` gives every clip of a split's
+shards in tar order, cut into windows at fixed starts.
 """
 from __future__ import annotations
 
@@ -64,8 +67,9 @@ class WindowDataset(torch.utils.data.IterableDataset):
     """Infinite (or one-epoch) stream of window batches for one rank; see the module docstring.
 
     Yields dicts: `video` uint8 (B, T, 3, H, W), `keys` (clip keys), `starts` (first frame of
-    each window), `position` (this stream's position after the batch), `worker` (DataLoader
-    worker id) and `stream`.
+    each window), `true_actions` int64 (B, T - 1) (`window_actions`), `action_spaces` (each
+    window's, None where unknown), `position` (this stream's position after the batch),
+    `worker` (DataLoader worker id) and `stream`.
     """
 
     def __init__(
@@ -181,7 +185,7 @@ class WindowDataset(torch.utils.data.IterableDataset):
         return [int(s) for s in starts]
 
     def _decode_group(self, decoder: ClipDecoder, group: list[Clip], epoch: int, stream: int, g: int, stats: dict):
-        windows, keys, starts = [], [], []
+        windows, keys, starts, actions = [], [], [], []
         for clip in group:
             try:
                 st = self.window_starts(clip, epoch)
@@ -197,8 +201,9 @@ class WindowDataset(torch.utils.data.IterableDataset):
             windows += list(video)
             keys += [clip.key] * len(st)
             starts += st
+            actions += [window_actions(clip.meta, s, self.frames) for s in st]
         order = _rng(self.seed, epoch, stream, g, 17).permutation(len(windows))
-        return [(windows[i], keys[i], starts[i]) for i in order]
+        return [(windows[i], keys[i], starts[i], *actions[i]) for i in order]
 
     COUNTERS = ("bad_shards", "bad_samples", "shards_read", "samples_read")
 
@@ -222,13 +227,13 @@ class WindowDataset(torch.utils.data.IterableDataset):
                 items = self._decode_group(decoder, group, epoch, stream, g, stats)
                 if not (g == skip_groups and skip_windows > 0):
                     pos["clips"] += len(group)
-                for j, (video, key, start) in enumerate(items):
+                for j, item in enumerate(items):
                     if g == skip_groups and j < skip_windows:
                         continue
                     pos["group"], pos["offset"] = (g, j + 1) if j + 1 < len(items) else (g + 1, 0)
                     pos["windows"] += 1
                     produced += 1
-                    batch.append((video, key, start))
+                    batch.append(item)
                     if len(batch) == self.batch_size:
                         _sync(pos, stats)
                         yield self._collate(batch, pos, worker, stream)
@@ -257,14 +262,7 @@ class WindowDataset(torch.utils.data.IterableDataset):
 
     @staticmethod
     def _collate(batch, pos, worker, stream) -> dict:
-        return {
-            "video": torch.from_numpy(np.stack([b[0].numpy() for b in batch])),
-            "keys": [b[1] for b in batch],
-            "starts": torch.tensor([b[2] for b in batch]),
-            "position": dict(pos),
-            "worker": worker,
-            "stream": stream,
-        }
+        return {**collate_windows(batch), "position": dict(pos), "worker": worker, "stream": stream}
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -272,6 +270,68 @@ class WindowDataset(torch.utils.data.IterableDataset):
         if info is not None and info.num_workers != self.workers_per_rank:
             raise DataError(f"dataset built for {self.num_workers} workers runs in {info.num_workers}")
         return self.iter_stream(self.stream_id(worker), worker)
+
+
+def window_actions(meta: dict, start: int, frames: int) -> tuple[list[int], str | None]:
+    """The true actions between a window's frames and their action space, from its clip's
+    json: action t is the step from frame start + t to start + t + 1 (the clip's
+    `true_actions[start + t]`), for t < frames - 1; all -1 (and None) where the clip has none."""
+    true, space = meta.get("true_actions"), meta.get("action_space")
+    if not isinstance(true, list) or len(true) < start + frames - 1:
+        return [-1] * (frames - 1), None
+    return [int(a) for a in true[start:start + frames - 1]], space
+
+
+def collate_windows(items: list[tuple]) -> dict:
+    """(video (T, 3, H, W), key, start, actions, action space) items as one batch: `video`,
+    `keys`, `starts`, `true_actions` (B, T - 1) int64, `action_spaces`."""
+    return {
+        "video": torch.from_numpy(np.stack([b[0].numpy() for b in items])),
+        "keys": [b[1] for b in items],
+        "starts": torch.tensor([b[2] for b in items]),
+        "true_actions": torch.tensor([b[3] for b in items], dtype=torch.long),
+        "action_spaces": [b[4] for b in items],
+    }
+
+
+def eval_windows(shards: Sequence[str], frames: int = 16, *, step: int | None = None, batch_size: int = 8,
+                 resolution: Sequence[int] | None = None, decoder: str = "auto",
+                 max_windows: int | None = None) -> Iterator[dict]:
+    """Every clip of `shards` in the order given and tar order, each cut into windows of
+    `frames` frames starting at 0, `step`, 2 * `step`, … (default step: `frames`, windows
+    that do not overlap), in batches of up to `batch_size` windows as `collate_windows` makes
+    them; at most `max_windows` windows. No shuffling and no randomness: what eval reads,
+    e.g. `eval_windows(resolve_inputs([OUT], "val").shards)`. Undecodable clips are skipped
+    (logged) and unreadable shards counted by `iter_tar_clips`, as in training."""
+    dec = make_decoder(decoder)
+    stats = {"bad_shards": 0, "bad_samples": 0}
+    items: list[tuple] = []
+    done = 0
+    for clip in (c for path in shards for c in iter_tar_clips(path, stats)):
+        n = int(clip.meta.get("n_frames") or DEFAULT_CLIP_FRAMES)
+        starts = list(range(0, n - frames + 1, step or frames))
+        if max_windows is not None:
+            starts = starts[: max_windows - done]
+        if not starts:
+            if max_windows is not None and done >= max_windows:
+                break
+            continue
+        try:
+            video = dec.decode(clip.data, [s + t for s in starts for t in range(frames)])
+        except DecodeError as e:
+            log.warning("skipping undecodable clip %s: %s", clip.key, e)
+            continue
+        video = video.view(len(starts), frames, *video.shape[1:])
+        if resolution and tuple(video.shape[-2:]) != tuple(resolution):
+            video = resize_video(video, resolution)
+        for s, v in zip(starts, video):
+            items.append((v, clip.key, s, *window_actions(clip.meta, s, frames)))
+            if len(items) == batch_size:
+                yield collate_windows(items)
+                items = []
+        done += len(starts)
+    if items:
+        yield collate_windows(items)
 
 
 def _sync(pos: dict, stats: dict) -> None:

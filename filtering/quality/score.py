@@ -24,7 +24,7 @@ from genie_pipeline.filtering.quality.frames import sample_frames
 from genie_pipeline.filtering.quality.model import QualityNet, read_metadata, use_bf16
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.reader import read_rows, table_path
-from genie_pipeline.shards.records import ClipRow, VideoResult
+from genie_pipeline.shards.records import ClipRow, VideoResult, from_row
 from genie_pipeline.shards.store import read_store, store_path
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def score_manifest(out_dir: str, quality_cfg: QualityConfig, workers: int = 1) -
         by_video.setdefault(r["video_key"], []).append(r)
     videos = []
     for vk, rs in sorted(by_video.items()):
-        clips = [ClipRow(**{k: r[k] for k in ClipRow.__dataclass_fields__ if k in r}) for r in rs]
+        clips = [from_row(ClipRow, r) for r in rs]
         videos.append(VideoResult(video_key=vk, video_id=rs[0]["video_id"], source=rs[0]["source"],
                                   title=rs[0]["title"], status="done", clips=clips, split=rs[0]["split"],
                                   store=store_path(out_dir, vk)))

@@ -11,6 +11,7 @@ Layout of the output directory::
     catalog.jsonl        one JSON object per video (schema below)
     corpus.json          seed, size, code version, which renderers were available, timings
     videos/gc0001.mp4 …  the files (h264 yuv420p mp4, plus degraded and broken ones)
+    videos/gc0001.actions.json …  true actions of the videos an agent played (below)
     lerobot/             a LeRobot v3.0 dataset of robot-arm episodes (see lerobot.py)
 
 Catalog row (every key always present; `null` where it does not apply)::
@@ -41,6 +42,17 @@ Catalog row (every key always present; `null` where it does not apply)::
     renderer        ale | procgen | pybullet | synthetic | null
     seed            the seed this video was rendered from
     bytes, sha256   of the file (null when there is none)
+    actions         "videos/gc0001.actions.json" (relative to the corpus dir), or null
+
+Actions sidecar: `{"fps": 30, "action_space": "ale:Pitfall:18", "actions": [a_0, …]}`, one int
+per video frame: a_i is the action of the first simulator step after frame i (the step that
+makes the next picture; its id in `action_space`, "<sim>:<game>:<n>" with 0 <= a < n; see
+render.action_space). Written for every video whose frames are one agent's consecutive steps
+at a constant frame rate: clean Atari, CoinRun and robot videos, the degradations that keep
+the frames 1:1 (webcam overlay, blur, black, letterbox) and the too-short file. Not for
+montages (slideshow, rapid cuts: several agents, held stills), the title screen left running
+(nobody acts), the variable-frame-rate file (one fps cannot place its frames) or the broken
+files.
 
 The same seed gives the same catalog and byte-identical files (one x264 thread per file).
 """
@@ -61,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-CORPUS_FORMAT = 1  # bump when the catalog schema changes
+CORPUS_FORMAT = 2  # bump when the catalog schema changes
 CLIP_SECONDS = 16
 
 ATARI_TITLES = {
@@ -273,16 +285,37 @@ def _finish_plan(S: list[dict]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- render
-def _atari_frames(game, seed, n, audio=False, frameskip=2):
+def _atari_frames(game, seed, n, audio=False, frameskip=2, taken: list | None = None):
+    """n frames (and their audio) of an agent playing `game`. `taken` receives the action of
+    each frame's step and, once the n frames are consumed, of one more (unrendered) step."""
     from .render import AtariAgent
 
     ag = AtariAgent(game, seed, audio=audio, frameskip=frameskip)
     for _ in range(n):
         fr = ag.step()
+        if taken is not None:
+            taken.append(ag.last_action)
         yield fr, (ag.audio if audio else None)
+    if taken is not None:
+        ag.step()
+        taken.append(ag.last_action)
 
 
-def _render_video(spec: dict, path: Path) -> None:
+def _after(taken: list[int | None]) -> list[int]:
+    """Per frame, the action of the first step after it. `taken` holds, per frame, the action
+    of the step that made it (None: the frame holds the previous picture), then the action of
+    the step after the last frame."""
+    out, nxt = [], taken[-1]
+    for a in reversed(taken[:-1]):
+        out.append(nxt)
+        if a is not None:
+            nxt = a
+    return out[::-1]
+
+
+def _render_video(spec: dict, path: Path) -> list[int] | None:
+    """Render `spec` to `path`; the true action after each frame (see the module docstring),
+    or None for a video no single agent played."""
     from . import render as R
     from .encode import VideoWriter
 
@@ -293,6 +326,7 @@ def _render_video(spec: dict, path: Path) -> None:
     how = spec["made_how"]
     rng = np.random.default_rng(seed + 1)
     faststart = how == "truncated"
+    taken: list[int | None] = []
 
     if spec["vfr"]:
         tb = Fraction(1, 600)
@@ -305,7 +339,7 @@ def _render_video(spec: dict, path: Path) -> None:
                 for _ in range(int(round(secs * f))):
                     w.write(ag.step(), pts=t)
                     t += ticks
-        return
+        return None
 
     disp_w, disp_h = (H, W) if spec["rotation"] in (90, 270) else (W, H)
 
@@ -328,9 +362,12 @@ def _render_video(spec: dict, path: Path) -> None:
             img = None
             for i in range(n):
                 arm.advance(1 / fps)
+                taken.append(arm.last_action)
                 if i % every == 0:
                     img = arm.render()
                 emit(img)
+            arm.advance(1 / fps)
+            taken.append(arm.last_action)
             arm.close()
         elif spec["game"] == "coinrun":
             ag = R.CoinRunAgent(seed, level=int(rng.integers(0, 10_000)))
@@ -338,9 +375,12 @@ def _render_video(spec: dict, path: Path) -> None:
             for i in range(n):
                 if i % 2 == 0:  # procgen runs at 15 steps/s
                     img = R.fit(ag.step(), disp_w, disp_h)
+                taken.append(ag.last_action if i % 2 == 0 else None)
                 emit(img)
+            ag.step()
+            taken.append(ag.last_action)
         elif how in ("clean", "truncated", "no_moov", "garbage_packets", "too_short"):
-            for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"]):
+            for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"], taken=taken):
                 emit(fr, au)
         elif how == "static_menu":
             ag = R.AtariAgent(spec["game"], seed, warmup=0)
@@ -351,18 +391,18 @@ def _render_video(spec: dict, path: Path) -> None:
             pw, ph = int(disp_w * 0.42) // 2 * 2, int(disp_h * 0.56) // 2 * 2
             cam = R.Webcam(rng, pw, ph)
             corner = ["br", "bl", "tr"][int(rng.integers(0, 3))]
-            for i, (fr, au) in enumerate(_atari_frames(spec["game"], seed, n, audio=spec["audio"])):
+            for i, (fr, au) in enumerate(_atari_frames(spec["game"], seed, n, audio=spec["audio"], taken=taken)):
                 big = resize_rgb(fr, disp_w, disp_h)
                 emit(R.overlay_corner(big, cam.patch(i / fps), corner), au)
         elif how == "blur":
-            for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"]):
+            for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"], taken=taken):
                 emit(R.blur(fr, disp_w, disp_h), au)
         elif how == "black":
-            for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"]):
+            for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"], taken=taken):
                 emit(R.darken(fr, rng), au)
         elif how == "letterbox":
             bw, bh = int(disp_w * 0.25) // 2 * 2, int(disp_h * 0.3) // 2 * 2
-            for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"]):
+            for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"], taken=taken):
                 emit(R.letterbox(fr, disp_w, disp_h, bw, bh), au)
         elif how == "rapid_cuts":
             games = spec["games"]
@@ -390,6 +430,17 @@ def _render_video(spec: dict, path: Path) -> None:
                 i += hold
         else:
             raise ValueError(f"no renderer for {how!r}")
+    return _after(taken) if taken else None
+
+
+def _write_actions(out: Path, spec: dict, actions: list[int]) -> str:
+    """The video's actions sidecar (module docstring); its path relative to the corpus dir."""
+    from .render import action_space
+
+    rel = f"videos/{spec['id']}.actions.json"
+    doc = {"fps": spec["fps"], "action_space": action_space(spec["renderer"], spec["game"]), "actions": actions}
+    (out / rel).write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    return rel
 
 
 def _render_one(spec: dict, out_dir: str) -> dict:
@@ -429,8 +480,10 @@ def _render_one(spec: dict, out_dir: str) -> dict:
             E.garble_mdat(src, path, spec["seed"])
         src.unlink()
     else:
-        _render_video(spec, path)
+        actions = _render_video(spec, path)
         res["probe"] = E.probe(path)
+        if actions is not None:
+            res["actions"], res["n_actions"] = _write_actions(out, spec, actions), len(actions)
     res["bytes"] = path.stat().st_size
     res["sha256"] = E.sha256_file(path)
     res["seconds"] = time.perf_counter() - t0
@@ -488,6 +541,7 @@ def _row(spec: dict, res: dict) -> dict:
         "seed": spec["seed"],
         "bytes": res.get("bytes"),
         "sha256": res.get("sha256"),
+        "actions": res.get("actions"),
     }
 
 
@@ -502,6 +556,8 @@ def _check(spec: dict, res: dict) -> None:
         raise RuntimeError(f"{spec['id']}: wrote {pr['width']}x{pr['height']}")
     if pr["rotation"] != spec["rotation"]:
         raise RuntimeError(f"{spec['id']}: rotation {pr['rotation']} != {spec['rotation']}")
+    if res.get("n_actions") not in (None, pr["frames"]):
+        raise RuntimeError(f"{spec['id']}: {res['n_actions']} actions for {pr['frames']} frames")
 
 
 def _pool(workers: int):
@@ -520,7 +576,7 @@ def generate_corpus(out_dir, seed: int = 0, size: str = "full", *, workers: int 
     t0 = time.perf_counter()
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    for old in (out / "videos").glob("gc*.mp4"):
+    for old in [*(out / "videos").glob("gc*.mp4"), *(out / "videos").glob("gc*.actions.json")]:
         old.unlink()
     avail = renderers_available()
     missing = [k for k in ("ale", "pybullet") if not avail[k]]

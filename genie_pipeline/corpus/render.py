@@ -2,6 +2,9 @@
 moving to random targets (pybullet, CPU TinyRenderer), and the degradations that turn
 gameplay into the low-quality footage a curation pipeline must reject.
 
+Each source tells the action of its last step (`last_action`, an int of its `action_space`):
+the true actions a corpus video's sidecar records (see generate.py).
+
 Everything is deterministic from the seed given.
 """
 from __future__ import annotations
@@ -16,6 +19,33 @@ import numpy as np
 
 ATARI_FPS = 60  # the console's frame rate; videos at 30 FPS show every second frame
 ATARI_AUDIO_RATE = 512 * ATARI_FPS  # ale-py gives 512 unsigned 8-bit samples per frame
+ATARI_ACTIONS = 18  # ALE's full action set; an agent's minimal set is a subset of its ids
+COINRUN_ACTIONS = 15  # procgen's action combos
+# An arm's true action: the direction it is commanded to move in, by its dominant axis
+# (robot base frame), or "hold" within ARM_HOLD_M of the target
+ARM_MOVES = ("hold", "+x", "-x", "+y", "-y", "+z", "-z")
+ARM_HOLD_M = 0.03
+
+
+def action_space(renderer: str, game: str) -> str:
+    """"<sim>:<game>:<n>": which simulator's actions, ids 0 <= a < n (ALE games CamelCased
+    as gymnasium names them, e.g. "ale:MontezumaRevenge:18")."""
+    if renderer == "ale":
+        return f"ale:{''.join(w.capitalize() for w in game.split('_'))}:{ATARI_ACTIONS}"
+    if renderer == "procgen":
+        return f"procgen:{game}:{COINRUN_ACTIONS}"
+    if renderer == "pybullet":
+        return f"pybullet:{game}:{len(ARM_MOVES)}"
+    raise ValueError(f"no action space for renderer {renderer!r}")
+
+
+def arm_move(delta) -> int:
+    """The index in ARM_MOVES of a commanded displacement (x, y, z) in metres."""
+    d = np.asarray(delta, np.float64)
+    if float(np.linalg.norm(d)) < ARM_HOLD_M:
+        return 0
+    axis = int(np.argmax(np.abs(d)))
+    return 1 + 2 * axis + int(d[axis] < 0)
 
 
 def renderers_available() -> dict[str, bool]:
@@ -142,6 +172,7 @@ class AtariAgent:
         self.mean_repeat = mean_repeat
         self._left = 0
         self._a = self.actions[0]
+        self.last_action = 0  # the ALE id of the action of the last step
         self.audio = np.zeros(0, np.float32)
         self.title_frame = ale.getScreenRGB().copy()
         n = int(self.rng.integers(0, 90)) if warmup is None else warmup
@@ -158,6 +189,7 @@ class AtariAgent:
     def step(self) -> np.ndarray:
         ale = self.ale
         a = self._act()
+        self.last_action = a.value
         screens = []
         chunks = []
         for k in range(self.frameskip):
@@ -193,6 +225,7 @@ class CoinRunAgent:
         self._p = self._W / self._W.sum()
         self._left = 0
         self._a = 7
+        self.last_action = self._a
 
     def step(self) -> np.ndarray:
         if self._left <= 0:
@@ -200,6 +233,7 @@ class CoinRunAgent:
             self._left = int(self.rng.geometric(1 / 4))
         self._left -= 1
         self.env.act(np.array([self._a]))
+        self.last_action = self._a
         return np.asarray(self.env.get_info()[0]["rgb"], dtype=np.uint8)
 
 
@@ -249,6 +283,7 @@ class ArmSim:
         self._target = None
         self._t_left = 0
         self._grip = 0.04
+        self.last_action = 0  # ARM_MOVES index of the last advance's command
         self.step_hz = 240
         p.setTimeStep(1 / self.step_hz, physicsClientId=c)
 
@@ -265,11 +300,14 @@ class ArmSim:
         self._grip = 0.04 if r.random() < 0.5 else 0.0
 
     def advance(self, seconds: float) -> np.ndarray:
-        """Simulate `seconds`; return the commanded target (x, y, z, grip) as the action."""
+        """Simulate `seconds`; return the commanded target (x, y, z, grip) as the action.
+        `last_action` becomes the direction commanded (ARM_MOVES), from where the hand is."""
         p, c = self.p, self.cid
         if self._target is None or self._t_left <= 0:
             self._new_target()
         self._t_left -= seconds
+        hand = p.getLinkState(self.arm, self.ee, physicsClientId=c)[4]
+        self.last_action = arm_move(np.subtract(self._target, hand))
         down = p.getQuaternionFromEuler([math.pi, 0, 0])
         q = p.calculateInverseKinematics(self.arm, self.ee, self._target, down, maxNumIterations=30,
                                          physicsClientId=c)

@@ -9,7 +9,8 @@ Server base URL, first found wins:
   2. environment variable GENIE_CORPUS_URL
 
 Entries are flat url results for the Generic extractor (a direct mp4 link):
-`{"_type": "url", "url", "id", "title", "description", "duration", "ie_key": "Generic"}`.
+`{"_type": "url", "url", "id", "title", "description", "duration", "ie_key": "Generic"}`, plus
+`actions_url` (the video's true-actions sidecar) where the server gives one.
 
 yt-dlp registers it through the plugin `yt_dlp_plugins/extractor/geniecorpus.py` wherever the
 project is importable (the CLI and `yt_dlp.YoutubeDL` alike), so the pipeline's search source
@@ -53,7 +54,9 @@ class GenieCorpusSearchIE(SearchInfoExtractor):
             if not r.get("url"):
                 continue
             # a plain url result (url_result(ie="Generic") would smuggle a fragment into the URL)
-            entries.append({"_type": "url", "url": r["url"], "ie_key": "Generic", "id": r.get("id"),
-                            "title": r.get("title"), "description": r.get("description"),
-                            "duration": r.get("duration")})
+            entry = {"_type": "url", "url": r["url"], "ie_key": "Generic", "id": r.get("id"),
+                     "title": r.get("title"), "description": r.get("description"), "duration": r.get("duration")}
+            if r.get("actions_url"):
+                entry["actions_url"] = r["actions_url"]
+            entries.append(entry)
         return self.playlist_result(entries, query, query)

@@ -4,7 +4,8 @@ Routes (GET and HEAD):
 
     /search?q=QUERY&n=N       JSON {"results": [{"id","title","description","duration","url"}]}:
                               catalog rows matching any query word (title or description),
-                              ranked by the number of distinct words matched
+                              ranked by the number of distinct words matched; a video with
+                              an actions sidecar adds "actions_url", where it is served
     /status/<code>            always answers that status (400-599)
     /flaky/<n>/<path>         429 (Retry-After: 0) for the first n requests of this exact
                               path and query string, then the file at <path> (add a
@@ -30,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from genie_pipeline.filtering.quality.label.server import is_loopback
+from genie_pipeline.shards.httpgate import is_loopback
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = {"the", "a", "an", "of", "and", "or", "in", "on", "to", "with", "for", "my", "is"}
@@ -140,8 +141,11 @@ class _Handler(BaseHTTPRequestHandler):
                 url = base + "/" + str(r["file"]).lstrip("/")
             else:
                 continue
-            out.append({"id": r["id"], "title": r.get("title", ""), "description": r.get("description", ""),
-                        "duration": r.get("duration"), "url": url})
+            hit = {"id": r["id"], "title": r.get("title", ""), "description": r.get("description", ""),
+                   "duration": r.get("duration"), "url": url}
+            if r.get("actions"):
+                hit["actions_url"] = base + "/" + str(r["actions"]).lstrip("/")
+            out.append(hit)
         body = json.dumps({"query": q, "results": out}).encode()
         self._send_bytes(200, body, "application/json", head)
 
