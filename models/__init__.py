@@ -16,6 +16,7 @@ from .config import (
     validate,
 )
 from .dynamics import DynamicsModel
+from .episode import Episode
 from .genie import Genie, count_params
 from .lam import LatentActionModel
 from .patches import PatchGrid
@@ -27,6 +28,7 @@ __all__ = [
     "NAMED_CONFIGS",
     "DynamicsConfig",
     "DynamicsModel",
+    "Episode",
     "Genie",
     "GenieConfig",
     "KVCache",

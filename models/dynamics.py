@@ -29,12 +29,16 @@ with no noise at all: deterministic. The paper's "25 steps, temperature 2" maps 
 `steps=25, temperature=2.0`.
 
 Context frames are run once into a temporal KV cache (models/st_transformer.py); each
-MaskGIT step then runs only the new frame.
+MaskGIT step then runs only the new frame. `sample_frame` takes the model as a function
+from the partly masked frame to its logits, so the same MaskGIT loop runs against a cache
+or over a whole window (models/episode.py uses both: the second is its uncached reference),
+and draws its random numbers from a caller's `torch.Generator` when given one.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -135,29 +139,52 @@ class DynamicsModel(nn.Module):
     def prefill(self, tokens_BTN: torch.Tensor, actions_BA: torch.Tensor) -> KVCache:
         """Run context frames once; actions as in `forward`, (B, T-1) or (B, T)."""
         frame_actions_BT = self._frame_actions(actions_BA, tokens_BTN.shape[1])
-        return self.transformer.extend(self._embed(tokens_BTN, frame_actions_BT))[1]
+        return self.extend_cache(tokens_BTN, frame_actions_BT)
 
-    def _sample_frame(
+    def extend_cache(
+        self, tokens_BTN: torch.Tensor, frame_actions_BT: torch.Tensor, cache: KVCache | None = None
+    ) -> KVCache:
+        """The cache extended by frames whose leading actions are `frame_actions_BT` (B, T)."""
+        return self.transformer.extend(self._embed(tokens_BTN, frame_actions_BT), cache)[1]
+
+    def frame_logits(
+        self, tokens_BTN: torch.Tensor, frame_actions_BT: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Logits of frames that follow `cache` (or start a window without one), -> logits_BTNK.
+
+        frame_actions_BT holds the action leading into each frame; the first frame of a
+        window takes `no_action`.
+        """
+        return self._logits(self.transformer(self._embed(tokens_BTN, frame_actions_BT), cache))
+
+    def sample_frame(
         self,
-        cache: KVCache,
-        action_B: torch.Tensor,
+        logits_fn: Callable[[torch.Tensor], torch.Tensor],
+        batch: int,
         num_tokens: int,
         steps: int,
         temperature: float,
         greedy: bool,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """MaskGIT decoding of the frame after the cached ones, -> tokens_BN."""
-        B, N = action_B.shape[0], num_tokens
-        tokens_BN = torch.full((B, N), self.mask_token, dtype=torch.long, device=action_B.device)
-        masked_BN = torch.ones(B, N, dtype=torch.bool, device=action_B.device)
+        """MaskGIT decoding of one frame, -> tokens_BN.
+
+        logits_fn maps the partly masked frame tokens_BN to its logits_BNK; whether it reads
+        a KV cache or re-runs the whole window is the caller's business. Random draws come
+        from `generator` (the global RNG when None), in the same order whatever logits_fn
+        does, so cached and uncached callers sample the same tokens.
+        """
+        device = self.head.weight.device
+        B, N = batch, num_tokens
+        tokens_BN = torch.full((B, N), self.mask_token, dtype=torch.long, device=device)
+        masked_BN = torch.ones(B, N, dtype=torch.bool, device=device)
         for step in range(steps):
-            x_B1NC = self._embed(tokens_BN[:, None], action_B[:, None])
-            logits_BNK = self._logits(self.transformer(x_B1NC, cache))[:, 0].float()
-            log_probs_BNK = logits_BNK.log_softmax(-1)
+            log_probs_BNK = logits_fn(tokens_BN).float().log_softmax(-1)
             if greedy or temperature <= 0:
                 sampled_BN = log_probs_BNK.argmax(-1)
             else:  # token values at the sampling temperature (sharper below 1, flatter above)
-                sampled_BN = torch.distributions.Categorical(logits=log_probs_BNK / temperature).sample()
+                probs_ZK = rearrange((log_probs_BNK / temperature).softmax(-1), "b n k -> (b n) k")
+                sampled_BN = torch.multinomial(probs_ZK, 1, generator=generator).view(B, N)
             tokens_BN = torch.where(masked_BN, sampled_BN, tokens_BN)
 
             num_still_masked = math.floor(N * math.cos(math.pi / 2 * (step + 1) / steps))
@@ -167,7 +194,8 @@ class DynamicsModel(nn.Module):
             # greedy decoding is deterministic: no noise in the unmasking order either
             noise_scale = 0.0 if greedy else temperature * (1 - (step + 1) / steps)
             if noise_scale > 0:
-                gumbel_BN = -torch.log(-torch.log(torch.rand_like(confidence_BN).clamp(1e-20, 1)))
+                uniform_BN = torch.rand(B, N, generator=generator, device=device)
+                gumbel_BN = -torch.log(-torch.log(uniform_BN.clamp(1e-20, 1)))
                 confidence_BN = confidence_BN + noise_scale * gumbel_BN
             # Tokens committed in earlier steps are never re-masked.
             confidence_BN = confidence_BN.masked_fill(~masked_BN, math.inf)
@@ -175,6 +203,16 @@ class DynamicsModel(nn.Module):
             masked_BN = torch.zeros_like(masked_BN).scatter_(1, remask_idx_BM, True)
             tokens_BN = tokens_BN.masked_fill(masked_BN, self.mask_token)
         return tokens_BN
+
+    def _sample_after(
+        self, cache: KVCache, action_B: torch.Tensor, num_tokens: int, steps: int, temperature: float,
+        greedy: bool, generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """MaskGIT decoding of the frame after the cached ones under `action_B`, -> tokens_BN."""
+        def logits_fn(tokens_BN: torch.Tensor) -> torch.Tensor:
+            return self.frame_logits(tokens_BN[:, None], action_B[:, None], cache)[:, 0]
+
+        return self.sample_frame(logits_fn, action_B.shape[0], num_tokens, steps, temperature, greedy, generator)
 
     @torch.no_grad()
     def generate_next(
@@ -184,6 +222,7 @@ class DynamicsModel(nn.Module):
         steps: int | None = None,
         temperature: float | None = None,
         greedy: bool = False,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample the tokens of frame T+1 given frames 1..T, -> tokens_BN.
 
@@ -196,13 +235,14 @@ class DynamicsModel(nn.Module):
         if actions_BT.shape[1] != T:
             raise ValueError(f"expected (B, {T}) actions for {T} context frames, got {tuple(actions_BT.shape)}")
         cache = self.prefill(tokens_BTN, actions_BT[:, : T - 1])
-        return self._sample_frame(
+        return self._sample_after(
             cache,
             actions_BT[:, -1],
             tokens_BTN.shape[2],
             steps or self.cfg.maskgit_steps,
             self.cfg.temperature if temperature is None else temperature,
             greedy,
+            generator,
         )
 
     @torch.no_grad()
@@ -214,6 +254,7 @@ class DynamicsModel(nn.Module):
         temperature: float | None = None,
         greedy: bool = False,
         max_context: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Generate F = A - T + 1 frames after T context frames, -> tokens_BFN.
 
@@ -242,9 +283,9 @@ class DynamicsModel(nn.Module):
                 start = max(0, T - window)
                 cache = self.prefill(frames_BTN[:, start:], actions_BA[:, start : T - 1])
             action_B = actions_BA[:, T - 1]
-            new_BN = self._sample_frame(cache, action_B, N, steps, temperature, greedy)
+            new_BN = self._sample_after(cache, action_B, N, steps, temperature, greedy, generator)
             frames_BTN = torch.cat([frames_BTN, new_BN[:, None]], dim=1)
             if i < num_new - 1:
-                cache = self.transformer.extend(self._embed(new_BN[:, None], action_B[:, None]), cache)[1]
+                cache = self.extend_cache(new_BN[:, None], action_B[:, None], cache)
         return frames_BTN[:, -num_new:]
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import GenieConfig, validate
 from .dynamics import DynamicsModel
+from .episode import Episode
 from .lam import LatentActionModel
 from .tokenizer import VideoTokenizer
 
@@ -25,6 +26,13 @@ class Genie(nn.Module):
         self.tokenizer = VideoTokenizer(cfg)
         self.lam = LatentActionModel(cfg)
         self.dynamics = DynamicsModel(cfg)
+        # what play shows for each latent action; loaders set the names a run gave them
+        self.action_names = [f"action {i}" for i in range(cfg.lam.num_actions)]
+
+    def start(self, prompt_BCHW: torch.Tensor, **kwargs) -> Episode:
+        """An interactive rollout from `prompt_BCHW` (float in [0, 1] at the model's frame
+        size); keyword arguments as `Episode` (steps, temperature, greedy, cache, seed)."""
+        return Episode(self, prompt_BCHW, **kwargs)
 
     @torch.no_grad()
     def play_step(

@@ -53,6 +53,10 @@ class KVCache:
     frames: int
     layers: list[tuple[torch.Tensor, torch.Tensor]]
 
+    def truncated(self, frames: int) -> "KVCache":
+        """The cache of the first `frames` frames only: exact, since time attention is causal."""
+        return KVCache(frames, [(k[:, :, :frames], v[:, :, :frames]) for k, v in self.layers])
+
 
 class Attention(nn.Module):
     """Multi-head self-attention within each of Z independent sequences, x_ZLC (length L)."""

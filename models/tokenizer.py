@@ -18,7 +18,7 @@ from torch import nn
 from .config import GenieConfig, resolved_decoder_st
 from .patches import PatchGrid
 from .pixels import PatchEmbed, PatchHead, reconstruction_output
-from .st_transformer import STTransformer
+from .st_transformer import KVCache, STTransformer
 from .vq import VectorQuantizer
 
 
@@ -63,4 +63,13 @@ class VideoTokenizer(nn.Module):
 
     def decode(self, tokens_BTN: torch.Tensor) -> torch.Tensor:
         """tokens_BTN -> video_BTCHW in [0, 1]."""
-        return self.head(self.decoder(self.vq.lookup(tokens_BTN))).clamp(0, 1)
+        return self.decode_frames(tokens_BTN)[0]
+
+    def decode_frames(self, tokens_BTN: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Decode frames that follow the cached ones -> (video_BTCHW in [0, 1], longer cache).
+
+        The decoder is causal in time, so decoding a video frame by frame through the cache
+        gives the same pixels as decoding it at once, and past frames are never re-run.
+        """
+        x_BTNC, cache = self.decoder.extend(self.vq.lookup(tokens_BTN), cache)
+        return self.head(x_BTNC).clamp(0, 1), cache

@@ -9,6 +9,7 @@ numbers are stored, so `torch.load(..., weights_only=True)` reads it.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -70,6 +71,13 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise TrainingError("checkpoint", f"{path} does not exist") from None
     except IsADirectoryError:
         raise TrainingError("checkpoint", f"{path} is a directory, not a checkpoint file") from None
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # garbage rather than a payload
+            raise TrainingError("checkpoint", f"{path} is not a checkpoint (not a torch.save file)") from None
+        # torch's own message advises weights_only=False: never, for a file from elsewhere
+        raise TrainingError("checkpoint", f"{path} holds Python objects beyond tensors and plain data "
+                            "(a pickle payload that could run code); refused, it is not a genie-pipeline "
+                            "checkpoint") from None
     except Exception as e:  # noqa: BLE001 — torch raises many types for a bad or hostile file
         raise TrainingError("checkpoint", f"{path} is not a readable weights-only checkpoint "
                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

@@ -1,12 +1,13 @@
-"""Prompt a trained Genie with any image and step latent actions: a GIF of the rollout.
+"""Prompt a trained Genie with a picture and step latent actions: the rollout as MP4 and GIF.
 
-    genie-pipeline play --checkpoint runs/genie/genie.pt --image start.png --actions 1,1,2,2,0,3 --out demo.gif
-    genie-pipeline play --checkpoint runs/genie/genie.pt --image clip.mp4 --actions random:16
+    genie-pipeline play --checkpoint RUN --prompt start.png --actions 1,1,2,2,0,3 --out demo.mp4
+    genie-pipeline play --checkpoint bundle.pt --prompt clip.mp4 --random 16
 
-The image is resized (antialiased bilinear, as the loader) to the model's frame size. The
-dynamics model generates one frame per action with MaskGIT (`models.dynamics.rollout`,
-which keeps at most `frames` frames of context), and the tokenizer decodes each frame from
-the last `frames` frames of tokens, the context length it was trained on.
+The CLI fits the prompt to the clip size with ingest's aspect policy (genie_pipeline/prompt.py);
+here it is resized to the model's frame size with the training loader's resizer, as every
+training window was. The rollout is a `models.episode.Episode`: one frame per action, the
+dynamics model and the tokenizer decoder each running only the new frame against their
+temporal KV caches.
 """
 from __future__ import annotations
 
@@ -17,44 +18,22 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from genie_pipeline.models.config import get_config
 from genie_pipeline.models.genie import Genie
+from genie_pipeline.shards.clip import ClipFormatError, ClipSpec, encode_clip
 
-from . import checkpoint as ckpt_lib
+from .bundle import load_genie
 from .errors import TrainingError
 from .loader import resize_video
 from .metrics import save_gif, video_side_by_side_frames
 
-
-def load_genie(path: str | os.PathLike, device: str | torch.device = "cpu") -> Genie:
-    """A Genie from `genie.pt` (export of a finished run) or a phase-2 checkpoint."""
-    ck = ckpt_lib.load(path)
-    weights = ck["model"] if "model" in ck else ck
-    if "dynamics" not in weights:
-        raise TrainingError("checkpoint", f"{path} has no dynamics model (a tokenizer-only checkpoint?)")
-    cfg = get_config(dict(ck["model_config"]))
-    genie = Genie(cfg)
-    genie.tokenizer.load_state_dict(weights["tokenizer"])
-    genie.lam.load_state_dict(weights["lam"])
-    genie.dynamics.load_state_dict(weights["dynamics"])
-    return genie.to(device).eval()
+OUTPUTS = (".mp4", ".gif")
 
 
 def load_image(image, height: int, width: int) -> torch.Tensor:
-    """Path (image file or video: first frame), PIL image, HWC uint8 array or CHW tensor →
-    float (3, height, width) in [0, 1]."""
+    """Path (picture, or a video's first frame), PIL image, HWC uint8 array or CHW tensor ->
+    float (3, height, width) in [0, 1], resized by the training loader's resizer."""
     if isinstance(image, (str, os.PathLike)):
-        path = str(image)
-        if path.lower().endswith((".mp4", ".mkv", ".webm", ".mov", ".avi")):
-            import av
-
-            with av.open(path) as c:
-                frame = next(c.decode(video=0))
-                image = frame.to_ndarray(format="rgb24")
-        else:
-            from PIL import Image
-
-            image = np.asarray(Image.open(path).convert("RGB"))
+        image = _read_first_frame(str(image))
     if not isinstance(image, torch.Tensor):
         image = torch.from_numpy(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image).copy())
         image = image.permute(2, 0, 1)
@@ -65,50 +44,90 @@ def load_image(image, height: int, width: int) -> torch.Tensor:
 
 
 def parse_actions(spec: str | Sequence[int], num_actions: int, seed: int = 0) -> list[int]:
-    """`"0,1,2"`, `"random:16"` or a list of ints."""
+    """`"0,1,2"`, `"random:16"` or a list of ints -> action ids, each checked to be in
+    [0, num_actions). Raises TrainingError (key `play.actions`)."""
     if isinstance(spec, str):
         if spec.startswith("random:"):
-            n = int(spec.split(":", 1)[1])
-            return [int(a) for a in np.random.default_rng(seed).integers(0, num_actions, n)]
-        spec = [int(a) for a in spec.replace(" ", "").split(",") if a != ""]
+            count = spec.split(":", 1)[1]
+            if not count.isdigit() or int(count) < 1:
+                raise TrainingError("play.actions", f"random:N needs a count N >= 1, got {spec!r}")
+            return [int(a) for a in np.random.default_rng(seed).integers(0, num_actions, int(count))]
+        try:
+            spec = [int(a) for a in spec.replace(" ", "").split(",") if a != ""]
+        except ValueError:
+            raise TrainingError("play.actions", f"must be comma-separated integers, got {spec!r}") from None
     actions = [int(a) for a in spec]
     bad = [a for a in actions if not 0 <= a < num_actions]
     if bad or not actions:
-        raise TrainingError("play.actions", f"must be 1+ ids in [0, {num_actions}), got {actions}")
+        raise TrainingError("play.actions", f"must be 1+ action ids in [0, {num_actions}), got {actions}")
     return actions
 
 
 @torch.no_grad()
 def rollout_frames(genie: Genie, image_CHW: torch.Tensor, actions: Sequence[int], steps: int | None = None,
-                   temperature: float | None = None, greedy: bool = False, seed: int = 0) -> torch.Tensor:
-    """(len(actions) + 1, 3, H, W) float in [0, 1]: the prompt frame, then one frame per action."""
+                   temperature: float | None = None, greedy: bool = False, seed: int = 0,
+                   cache: bool = True) -> torch.Tensor:
+    """(len(actions) + 1, 3, H, W) float in [0, 1]: the prompt as the tokenizer reconstructs
+    it, then one generated frame per action."""
     device = next(genie.parameters()).device
-    cfg = genie.cfg
-    torch.manual_seed(seed)
-    prompt = image_CHW.to(device)[None, None]
-    tokens = genie.tokenizer.encode(prompt)  # (1, 1, N)
-    acts = torch.tensor([list(actions)], dtype=torch.long, device=device)
-    new = genie.dynamics.rollout(tokens, acts, steps=steps, temperature=temperature, greedy=greedy)
-    all_tokens = torch.cat([tokens, new], 1)
-    T, window = all_tokens.shape[1], cfg.frames
-    if T <= window:
-        video = genie.tokenizer.decode(all_tokens)[0]
-    else:
-        first = genie.tokenizer.decode(all_tokens[:, :window])[0]
-        rest = [genie.tokenizer.decode(all_tokens[:, t - window + 1 : t + 1])[0, -1] for t in range(window, T)]
-        video = torch.cat([first, torch.stack(rest)], 0)
-    return video.float().cpu()
+    episode = genie.start(image_CHW.to(device)[None], steps=steps, temperature=temperature, greedy=greedy,
+                          cache=cache, seed=seed)
+    for action in actions:
+        episode.step(int(action))
+    return torch.stack([frame[0] for frame in episode.frames]).float().cpu()
 
 
-def play(checkpoint: str | os.PathLike | Genie, image, actions: str | Sequence[int], out_gif: str | os.PathLike,
+def play(checkpoint: str | os.PathLike | Genie, image, actions: str | Sequence[int], out: str | os.PathLike,
          steps: int | None = None, temperature: float | None = None, greedy: bool = False, seed: int = 0,
          fps: int = 5, scale: int = 2, device: str = "cpu") -> Path:
-    """Roll a Genie out from `image` under `actions` and write a GIF (prompt + generated frames)."""
+    """Roll a Genie out from `image` (see `load_image`) under `actions` and write the video as
+    `out`'s stem + .mp4 and + .gif (`out` ends in one of them); returns `out`.
+    Everything is checked before anything is written."""
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUTS:
+        raise TrainingError("play.out", f"must end in .mp4 or .gif, got {out.name!r}")
     genie = checkpoint if isinstance(checkpoint, Genie) else load_genie(checkpoint, device)
     cfg = genie.cfg
     acts = parse_actions(actions, cfg.lam.num_actions, seed)
     img = load_image(image, cfg.image_height, cfg.image_width)
     video = rollout_frames(genie, img, acts, steps, temperature, greedy, seed)
-    out = Path(out_gif)
-    save_gif(video_side_by_side_frames([video], scale=scale), out, fps=fps)
+    frames_HWC = [_even(f) for f in video_side_by_side_frames([video], scale=scale)]
+    write_videos(frames_HWC, out.with_suffix(""), fps)
     return out
+
+
+def write_videos(frames_HWC: Sequence[np.ndarray], stem: Path, fps: int) -> tuple[Path, Path]:
+    """`stem`.mp4 (h264) and `stem`.gif of the same frames, each written atomically."""
+    h, w, _ = frames_HWC[0].shape
+    spec = ClipSpec(fps=fps, width=w, height=h, frames=len(frames_HWC), keyframe_interval=max(1, fps), crf=18)
+    try:
+        mp4 = encode_clip(np.stack(frames_HWC), spec)
+    except ClipFormatError as e:
+        raise TrainingError("play.out", f"cannot encode the MP4: {e}") from None
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    mp4_path, gif_path = stem.with_suffix(".mp4"), stem.with_suffix(".gif")
+    tmp = stem.with_name(f"{stem.name}.tmp.{os.getpid()}")
+    tmp.write_bytes(mp4)
+    os.replace(tmp, mp4_path)
+    save_gif(frames_HWC, tmp.with_suffix(".gif"), fps=fps)
+    os.replace(tmp.with_suffix(".gif"), gif_path)
+    return mp4_path, gif_path
+
+
+def _even(frame_HWC: np.ndarray) -> np.ndarray:
+    """h264 in 4:2:0 needs even sides: repeat the last row / column when one is odd."""
+    h, w, _ = frame_HWC.shape
+    return np.pad(frame_HWC, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _read_first_frame(path: str) -> np.ndarray:
+    """The first frame of a picture or video file, HWC uint8 (no resizing)."""
+    if path.lower().endswith((".mp4", ".mkv", ".webm", ".mov", ".avi")):
+        import av
+
+        with av.open(path) as container:
+            return next(container.decode(video=0)).to_ndarray(format="rgb24")
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))

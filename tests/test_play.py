@@ -1,0 +1,210 @@
+"""Play: the cached sampler against the uncached one, the `play` and `export` commands, bad input."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genie_pipeline.cli import main
+from genie_pipeline.models import Genie, get_config
+from genie_pipeline.models.config import config_to_dict
+from genie_pipeline.training import checkpoint as ckpt_lib
+from genie_pipeline.training.bundle import load_genie
+
+from tests.conftest import make_video
+
+torch.set_num_threads(1)  # the shared test machine is oversubscribed; threads spin
+
+
+def tiny(**overrides):
+    return get_config("tiny", {"image_height": 32, "image_width": 48, "frames": 4, **overrides})
+
+
+def genie(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return Genie(tiny(**overrides)).eval()
+
+
+def prompt(seed=0, batch=2):
+    return torch.rand(batch, 3, 32, 48, generator=torch.Generator().manual_seed(seed))
+
+
+def save_genie_pt(model: Genie, path):
+    ckpt_lib.save_atomic({"format": ckpt_lib.FORMAT, "kind": "genie", "model_config": config_to_dict(model.cfg),
+                          "tokenizer": model.tokenizer.state_dict(), "lam": model.lam.state_dict(),
+                          "dynamics": model.dynamics.state_dict()}, path)
+    return path
+
+
+# ------------------------------------------------------------------ the sampler
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_cached_and_uncached_episodes_agree_past_the_window_and_through_undo(greedy):
+    model = genie()
+    actions = [1, 5, 2, 7, 0, 3, 3, 6, 1, 4]  # 10 steps with a 4-frame window: three restarts
+    cached = model.start(prompt(), steps=3, temperature=2.0, greedy=greedy, seed=7)
+    uncached = model.start(prompt(), steps=3, temperature=2.0, greedy=greedy, seed=7, cache=False)
+    assert torch.allclose(cached.frames[0], uncached.frames[0], atol=1e-5)
+    for i, action in enumerate(actions):
+        a, b = cached.step(action), uncached.step(action)
+        assert torch.equal(cached._tokens[-1], uncached._tokens[-1]), f"tokens differ at step {i}"
+        assert torch.allclose(a, b, atol=1e-5), f"pixels differ at step {i}"
+        if i in (3, 6):  # step 3 restarted the window: undo crosses it
+            for episode in (cached, uncached):
+                episode.undo()
+                episode.undo()
+            assert len(cached.frames) == len(uncached.frames)
+            a, b = cached.step(action), uncached.step(action)
+            assert torch.equal(cached._tokens[-1], uncached._tokens[-1]), f"tokens differ after undo at {i}"
+    assert len(cached.frames) == len(actions) - 2 + 1
+    assert cached.frames[-1].shape == (2, 3, 32, 48) and 0 <= cached.frames[-1].min() <= cached.frames[-1].max() <= 1
+
+
+def test_episode_is_reproducible_by_seed_and_leaves_the_global_rng_alone():
+    model = genie()
+    state = torch.get_rng_state()
+    runs = [[model.start(prompt(), steps=2, seed=s).step(a) for a in (1, 2)] for s in (3, 3, 4)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(runs[0], runs[1]))
+    assert not all(torch.equal(x, y) for x, y in zip(runs[0], runs[2]))
+
+
+def test_output_depends_on_the_prompt_and_on_the_action():
+    model = genie()
+    with torch.no_grad():  # an action embedding that matters, as after training
+        model.dynamics.action_embed.weight.mul_(20)
+
+    def first_step(p, action):
+        return model.start(p, steps=2, greedy=True).step(action)
+
+    assert not torch.equal(first_step(prompt(1), 3), first_step(prompt(2), 3))
+    assert not torch.equal(first_step(prompt(1), 3), first_step(prompt(1), 4))
+
+
+def test_episode_undo_at_the_prompt_and_bad_actions():
+    episode = genie().start(prompt(batch=1), steps=1)
+    episode.undo()
+    assert len(episode.frames) == 1 and episode.actions == []
+    with pytest.raises(ValueError, match=r"in \[0, 8\)"):
+        episode.step(8)
+    with pytest.raises(ValueError, match="shape"):
+        episode.step(torch.tensor([1, 2]))
+    episode.step(torch.tensor([2]))
+    assert len(episode.frames) == 2
+
+
+# ------------------------------------------------------------------ play and export commands
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    save_genie_pt(genie(), run / "genie.pt")
+    return run
+
+
+def play(args, capsys):
+    code = main(["play", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def outputs(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_play_writes_mp4_and_gif_from_a_picture(run_dir, tmp_path, capsys, fmt):
+    from genie_pipeline.shards.clip import decode_clip
+
+    image = tmp_path / f"prompt.{fmt.lower()}"
+    Image.new("RGB", (200, 120), (30, 160, 90)).save(image, fmt)
+    out = tmp_path / "out" / "demo.mp4"
+    code, err = play(["--checkpoint", run_dir, "--prompt", image, "--actions", "1,1,3,0", "--out", out,
+                      "--steps", 2], capsys)
+    assert code == 0, err
+    assert decode_clip(out.read_bytes()).shape == (5, 64, 96, 3)  # prompt + 4 frames at scale 2
+    assert Image.open(out.with_suffix(".gif")).n_frames == 5
+
+
+def test_play_from_a_video_bundle_and_random_actions(run_dir, tmp_path, capsys):
+    video = make_video(tmp_path / "clip.mp4", 1, size="320x180", fps=10)
+    bundle = tmp_path / "bundle.pt"
+    (run_dir / "actions.json").write_text(json.dumps([f"move {i}" for i in range(8)]))
+    try:
+        assert main(["export", "--checkpoint", str(run_dir), "--out", str(bundle)]) == 0
+    finally:
+        (run_dir / "actions.json").unlink()
+    raw = torch.load(bundle, weights_only=True)
+    assert raw["kind"] == "bundle" and set(raw) >= {"tokenizer", "lam", "dynamics", "model_config", "action_names"}
+    assert load_genie(bundle).action_names[3] == "move 3"
+    assert load_genie(run_dir).action_names[3] == "action 3"
+    code, err = play(["--checkpoint", bundle, "--image", video, "--random", 6, "--out", tmp_path / "v.mp4",
+                      "--greedy"], capsys)
+    assert code == 0, err
+    assert Image.open(tmp_path / "v.gif").n_frames == 7
+
+
+def _truncated_png(path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 200, 3), np.uint8)).save(buf, "PNG")
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+@pytest.mark.parametrize("case", ["truncated", "garbage", "enormous", "missing", "action", "random0",
+                                  "other_config", "not_a_run", "pickle", "tokenizer_only", "steps"])
+def test_play_bad_input_exits_2_naming_it_and_writes_nothing(run_dir, tmp_path, capsys, case):
+    image = tmp_path / "p.png"
+    Image.new("RGB", (200, 120), (200, 30, 30)).save(image)
+    checkpoint, extra, expect = run_dir, [], None
+    if case == "truncated":
+        _truncated_png(image)
+        expect = "unreadable image"
+    elif case == "garbage":
+        image.write_bytes(b"\x00not an image at all" * 50)
+        expect = "prompt"
+    elif case == "enormous":
+        extra, expect = ["--set", "download.max_pixels=1000"], "max_pixels"
+    elif case == "missing":
+        image, expect = tmp_path / "nope.png", "does not exist"
+    elif case == "action":
+        extra, expect = ["--actions", "1,8"], "in [0, 8)"
+    elif case == "random0":
+        extra, expect = ["--random", "0"], "random"
+    elif case == "other_config":
+        ck = torch.load(run_dir / "genie.pt", weights_only=True)
+        ck["model_config"] = config_to_dict(tiny(dynamics={"st": {"dim": 32, "depth": 2, "heads": 2}}))
+        checkpoint = tmp_path / "other.pt"
+        torch.save(ck, checkpoint)
+        expect = "do not fit the model config"
+    elif case == "not_a_run":
+        checkpoint = tmp_path / "empty_run"
+        checkpoint.mkdir()
+        expect = "not a training run"
+    elif case == "pickle":
+        checkpoint = tmp_path / "evil.pt"
+        torch.save({"format": 1, "payload": os.system}, checkpoint)
+        expect = "pickle payload"
+    elif case == "tokenizer_only":
+        checkpoint = tmp_path / "tok.pt"
+        torch.save({"format": ckpt_lib.FORMAT, "model": {"tokenizer": {}}, "model_config": {}}, checkpoint)
+        expect = "not a whole Genie"
+    elif case == "steps":
+        extra, expect = ["--steps", "0"], "--steps"
+    out_dir = tmp_path / "out"
+    code, err = play(["--checkpoint", checkpoint, "--prompt", image, "--out", out_dir / "x.mp4", *extra], capsys)
+    assert code == 2, err
+    assert expect in err and len(err.strip().splitlines()) == 1, err
+    assert not out_dir.exists()
+
+
+def test_export_refuses_a_broken_source_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "b.pt")]) == 2
+    assert "not a training run" in capsys.readouterr().err
+    assert not (tmp_path / "b.pt").exists()
