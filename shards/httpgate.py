@@ -1,4 +1,5 @@
-"""An HTTP/1.1 server whose threads only ever run complete requests.
+"""An HTTP/1.1 server whose threads only ever run complete requests, and what every page
+server of the project needs on top of it (the labelling page, the play page).
 
 ThreadingHTTPServer gives each connection a thread that blocks reading it, so a thousand
 clients that send half a request, or just hold a keep-alive connection open, hold a thousand
@@ -14,30 +15,79 @@ back to the gate after the response if it is kept alive. So, whatever clients do
 - at most `max_connections` are open: a new one closes the one that has waited longest;
 - a request head over 64 KiB is answered 431 and closed. A request whose Content-Length is
   over `max_body`, or that has no usable one, goes to a worker at once: its handler must
-  refuse it without reading the body (the label server's does), or it would wait for bytes
+  refuse it without reading the body (`RequestHandler.read_body` does), or it would wait for bytes
   the gate did not. A client that sends `Expect: 100-continue` gets its 100 once the body
   is in: it may send the body unasked (RFC 9110 10.1.1), and no worker waits for it;
 - TCP_NODELAY is set and a response leaves in one send, so keep-alive requests do not wait
   out Nagle's algorithm against the client's delayed ACK.
+
+`RequestHandler` adds the shared request plumbing: responses with the security headers (the
+subclass's `csp`), cookies, the token check and a random session cookie per browser
+(`begin`, `start_session`), and reading a body by its Content-Length (`Rejected` before a
+byte is read when the length is missing, malformed or over a limit).
+
+Tokens: a server bound beyond the loopback must have one (`check_exposure`). A browser sends
+it once as `?token=...` (the URL the server prints), then in an HttpOnly SameSite=Strict
+cookie; a script may send it as `X-Genie-Token`. Without a token the Host header must name the
+loopback, so a DNS-rebinding page cannot talk to the server.
 """
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import json
 import logging
 import queue
 import re
+import secrets
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+from urllib.parse import ParseResult, parse_qs, urlparse
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 65536
+SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([0-9]{1,12})[ \t]*\r?$", re.I | re.M)
 _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.I | re.M)
 _TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The host part of a Host header ("127.0.0.1:8765", "[::1]:8765", "localhost")."""
+    h = header.strip()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def check_exposure(host: str, token: str | None, flag: str = "--token") -> None:
+    """PermissionError when binding `host` would expose a page beyond this machine without a token."""
+    if not is_loopback(host) and not token:
+        raise PermissionError(f"binding {host} exposes the page beyond this machine: give {flag}")
+
+
+class Rejected(Exception):
+    """A request answered with `status` and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 def _head_end(buf: bytearray, start: int = 0) -> int:
@@ -134,9 +184,18 @@ class Connection:
 
 
 class RequestHandler(BaseHTTPRequestHandler):
-    """Answers the one request a `GatedHTTPServer` hands it (`request` is a Connection)."""
+    """Answers the one request a `GatedHTTPServer` hands it (`request` is a Connection).
+    Subclasses set `csp` (the Content-Security-Policy of every response) and the names of
+    their token and session cookies; `set_cookies` are sent with the next response; `session`
+    is the browser's session id (None until `start_session`)."""
 
     protocol_version = "HTTP/1.1"
+    csp = "default-src 'none'"
+    token_cookie = "genie_token"
+    session_cookie = "genie_session"
+    session_max_age: int | None = None  # seconds; None: the session ends with the browser
+    set_cookies: tuple[str, ...] | list[str] = ()
+    session: str | None = None
 
     def setup(self) -> None:
         self.connection = self.request.sock
@@ -151,6 +210,100 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except OSError:
             self.close_connection = True
+
+    def log_message(self, fmt, *args):  # quiet: requests go to the debug log
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def do_HEAD(self):  # reply() leaves the body out
+        self.do_GET()
+
+    # ------------------------------------------------------------------ responses
+    def reply(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy", self.csp)
+        self.send_header("X-Frame-Options", "DENY")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        for cookie in self.set_cookies:
+            self.send_header("Set-Cookie", cookie)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def reply_json(self, obj: Any, status: int = 200) -> None:
+        self.reply(status, json.dumps(obj).encode(), "application/json", {"Cache-Control": "no-store"})
+
+    def reply_error(self, status: int, msg: str) -> None:
+        self.reply_json({"error": msg}, status)
+
+    # ------------------------------------------------------------------- requests
+    def cookies(self) -> dict[str, str]:
+        out = {}
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            out.setdefault(name, value)
+        return out
+
+    def authorized(self, token: str | None, cookie: str, query: dict[str, list[str]]) -> tuple[bool, bool]:
+        """(allowed, the token came in the query string: set the `cookie`). Without a token
+        only a Host header naming the loopback is allowed."""
+        if token is None:
+            return is_loopback(host_name(self.headers.get("Host") or "")), False
+        given = self.headers.get("X-Genie-Token") or self.cookies().get(cookie)
+        if given and hmac.compare_digest(given.encode(), token.encode()):
+            return True, False
+        qt = (query.get("token") or [""])[0]
+        if qt and hmac.compare_digest(qt.encode(), token.encode()):
+            return True, True
+        return False, False
+
+    def begin(self, token: str | None) -> tuple[ParseResult, dict[str, list[str]]] | None:
+        """Start answering: (the parsed URL, its query) with `session` read from its cookie,
+        or None when the token check refused the request (403 answered)."""
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        self.set_cookies = []
+        session = self.cookies().get(self.session_cookie, "")
+        self.session = session if SESSION_RE.match(session) else None
+        ok, set_cookie = self.authorized(token, self.token_cookie, query)
+        if not ok:
+            self.reply_error(403, "forbidden: a token is required (open the URL printed by the server)"
+                             if token else "forbidden: unexpected Host header")
+            return None
+        if set_cookie:
+            self.set_cookies.append(f"{self.token_cookie}={token}; HttpOnly; SameSite=Strict; Path=/")
+        return url, query
+
+    def start_session(self) -> None:
+        """Give a browser that has none its random session id (an HttpOnly cookie)."""
+        if self.session is None:
+            self.session = secrets.token_urlsafe(24)
+            age = f"; Max-Age={self.session_max_age}" if self.session_max_age else ""
+            self.set_cookies.append(f"{self.session_cookie}={self.session}; HttpOnly; SameSite=Strict; Path=/{age}")
+
+    def read_body(self, limit: int) -> bytes:
+        """The body, read by its Content-Length. Rejected before a byte is read when the
+        length is missing, malformed or over `limit` bytes (413 names the limit)."""
+        if self.headers.get("Transfer-Encoding"):
+            raise Rejected(411, "send the body with a Content-Length (Transfer-Encoding is not supported)")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise Rejected(411, "a Content-Length is required")
+        length = length.strip()
+        if not re.fullmatch(r"[0-9]+", length):
+            raise Rejected(400, f"bad request: Content-Length {length[:40]!r} is not a byte count")
+        if len(length) > 12 or int(length) > limit:
+            raise Rejected(413, f"request too large: at most {limit} bytes")
+        data = self.rfile.read(int(length))
+        if len(data) < int(length):
+            raise Rejected(400, "bad request: the body is shorter than its Content-Length")
+        return data
 
 
 class GatedHTTPServer(HTTPServer):
@@ -176,7 +329,7 @@ class GatedHTTPServer(HTTPServer):
     # ----------------------------------------------------------------------- the gate
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._stopped.clear()
-        threads = [threading.Thread(target=self._worker, name=f"label-worker-{i}", daemon=True)
+        threads = [threading.Thread(target=self._worker, name=f"http-worker-{i}", daemon=True)
                    for i in range(self.workers)]
         for t in threads:
             t.start()
@@ -311,6 +464,21 @@ class GatedHTTPServer(HTTPServer):
                 conn.close()
 
     # --------------------------------------------------------------------- lifecycle
+    def url(self, token: str | None = None) -> str:
+        """The address to open: http://HOST:PORT/, with ?token=... when there is one."""
+        bound, port = self.server_address[:2]
+        shown = f"[{bound}]" if ":" in bound else bound
+        return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+    def serve_until_interrupted(self) -> None:
+        """`serve_forever` until Ctrl-C, then close the socket."""
+        try:
+            self.serve_forever()
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+        finally:
+            self.server_close()
+
     def shutdown(self) -> None:
         if not self._stopped.is_set():
             self._stop.set()

@@ -22,7 +22,8 @@ from genie_pipeline.filtering.quality import (QualityError, export_labels, impor
                                               resolve_labels)
 from genie_pipeline.filtering.quality.label.labelstudio import parse_labelstudio  # noqa: E402
 from genie_pipeline.filtering.quality.label.sample import spread, stratified_sample  # noqa: E402
-from genie_pipeline.filtering.quality.label.server import LabelApp, host_name, make_server  # noqa: E402
+from genie_pipeline.filtering.quality.label.server import LabelApp, make_server  # noqa: E402
+from genie_pipeline.shards.httpgate import host_name  # noqa: E402
 from genie_pipeline.filtering.quality.label.store import LabelStore  # noqa: E402
 from genie_pipeline.filtering.quality.labels import label_counts  # noqa: E402
 from genie_pipeline.shards.reader import ClipIndex, DataError  # noqa: E402

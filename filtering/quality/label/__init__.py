@@ -1,7 +1,7 @@
 """The labelling page (`genie-pipeline label`): people label clips good/bad in a browser.
 
     server.py       the HTTP server and `serve_labels`; page.html/js/css are its static files
-    gate.py         its connections: bounded threads and connections, a deadline per request
+                    (its connections, tokens and bodies: shards/httpgate.py)
     store.py        the label database (SQLite, one transaction per label; counts kept in memory)
     sample.py       which clips to show, in what order
     exchange.py     labels to and from Parquet and Label Studio JSON (`labelstudio.py`)

@@ -1,5 +1,6 @@
-"""HTTP server of the labelling page (standard library only; connections are handled by
-gate.py, which bounds threads, connections and the time a client may take).
+"""HTTP server of the labelling page (standard library only; connections, tokens and bodies
+are handled by shards/httpgate.py, which bounds threads, connections and the time a client
+may take).
 
 Routes
     GET  /                     the page (static HTML; no data is ever templated into it)
@@ -30,55 +31,31 @@ it) is neither sampled nor served.
 from __future__ import annotations
 
 import getpass
-import hmac
 import io
-import ipaddress
 import json
 import logging
 import re
-import secrets
-import sys
 import threading
-from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 from genie_pipeline.filtering.quality.errors import QualityError
-from genie_pipeline.filtering.quality.label.gate import GatedHTTPServer, RequestHandler
 from genie_pipeline.filtering.quality.label.sample import stratified_sample
 from genie_pipeline.filtering.quality.label.store import VALID, LabelStore
+from genie_pipeline.shards.httpgate import GatedHTTPServer, Rejected, RequestHandler, check_exposure
 from genie_pipeline.shards.reader import ClipIndex
 
 log = logging.getLogger(__name__)
 
 COOKIE = "genie_label_token"
 SESSION = "genie_label_session"
-SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MAX_BODY = 65536
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 STATIC = {"/": ("page.html", "text/html; charset=utf-8"), "/index.html": ("page.html", "text/html; charset=utf-8"),
           "/page.js": ("page.js", "text/javascript; charset=utf-8"), "/page.css": ("page.css", "text/css; charset=utf-8")}
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def host_name(header: str) -> str:
-    """The host part of a Host header ("127.0.0.1:8765", "[::1]:8765", "localhost")."""
-    h = header.strip()
-    if h.startswith("["):
-        return h[1:h.find("]")] if "]" in h else h
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
 class LabelApp:
@@ -164,97 +141,16 @@ class LabelApp:
         return data
 
 
-class Rejected(Exception):
-    """A request answered with `status` and a one-line message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 class Handler(RequestHandler):
     server_version = "genie-label"
+    csp = CSP
+    token_cookie, session_cookie = COOKIE, SESSION
+    session_max_age = 31536000  # a year: undo works after a restart
     app: LabelApp  # set on the subclass made by make_server
-    session: str | None = None
-    set_cookies: tuple[str, ...] | list[str] = ()
-
-    def log_message(self, fmt, *args):  # quiet: requests go to the debug log
-        log.debug("%s %s", self.address_string(), fmt % args)
-
-    # ------------------------------------------------------------------------ plumbing
-    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
-        self.send_header("Content-Security-Policy", CSP)
-        self.send_header("X-Frame-Options", "DENY")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        for cookie in self.set_cookies:
-            self.send_header("Set-Cookie", cookie)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, obj: Any, status: int = 200) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json", {"Cache-Control": "no-store"})
-
-    def _error(self, status: int, msg: str) -> None:
-        self._json({"error": msg}, status)
-
-    def _cookies(self) -> dict[str, str]:
-        out = {}
-        for part in (self.headers.get("Cookie") or "").split(";"):
-            name, _, value = part.strip().partition("=")
-            out.setdefault(name, value)
-        return out
-
-    def _authorized(self, query: dict[str, list[str]], cookies: dict[str, str]) -> tuple[bool, bool]:
-        """(allowed, token came in the query string: set the cookie)."""
-        app = self.app
-        if app.token is None:
-            return is_loopback(host_name(self.headers.get("Host") or "")), False
-        given = self.headers.get("X-Genie-Token") or cookies.get(COOKIE)
-        if given and hmac.compare_digest(given.encode(), app.token.encode()):
-            return True, False
-        qt = (query.get("token") or [""])[0]
-        if qt and hmac.compare_digest(qt.encode(), app.token.encode()):
-            return True, True
-        return False, False
-
-    def _route(self):
-        url = urlparse(self.path)
-        query = parse_qs(url.query)
-        cookies = self._cookies()
-        self.set_cookies = []
-        session = cookies.get(SESSION, "")
-        self.session = session if SESSION_RE.match(session) else None
-        ok, set_cookie = self._authorized(query, cookies)
-        if not ok:
-            self._error(HTTPStatus.FORBIDDEN, "forbidden: a token is required (open the URL printed by the server)"
-                        if self.app.token else "forbidden: unexpected Host header")
-            return None
-        if set_cookie:
-            self.set_cookies.append(f"{COOKIE}={self.app.token}; HttpOnly; SameSite=Strict; Path=/")
-        return url, query
-
-    def _start_session(self) -> None:
-        """Give a browser that has none its session (kept a year: undo works after a restart)."""
-        if self.session is None:
-            self.session = secrets.token_urlsafe(24)
-            self.set_cookies.append(f"{SESSION}={self.session}; HttpOnly; SameSite=Strict; Path=/; "
-                                    "Max-Age=31536000")
 
     # ------------------------------------------------------------------------ handlers
-    def do_HEAD(self):
-        self.do_GET()
-
     def do_GET(self):
-        r = self._route()
+        r = self.begin(self.app.token)
         if r is None:
             return
         url, query = r
@@ -264,33 +160,33 @@ class Handler(RequestHandler):
                 name, ctype = STATIC[path]
                 body = resources.files("genie_pipeline.filtering.quality.label").joinpath(name).read_bytes()
                 if name == "page.html":
-                    self._start_session()
-                self._send(200, body, ctype, {"Cache-Control": "no-cache"})
+                    self.start_session()
+                self.reply(200, body, ctype, {"Cache-Control": "no-cache"})
             elif path == "/api/state":
-                self._start_session()
-                self._json(self.app.state((query.get("labeller") or [""])[0].strip()))
+                self.start_session()
+                self.reply_json(self.app.state((query.get("labeller") or [""])[0].strip()))
             elif path.startswith("/clip/") and path.endswith(".mp4"):
                 self._clip(path[len("/clip/"):-4])
             elif path.startswith("/strip/") and path.endswith(".png"):
                 key = path[len("/strip/"):-4]
                 png = self.app.strip(key) if KEY_RE.match(key) else None
                 if png is None:
-                    return self._error(404, "no such clip")
-                self._send(200, png, "image/png", {"Cache-Control": "max-age=3600"})
+                    return self.reply_error(404, "no such clip")
+                self.reply(200, png, "image/png", {"Cache-Control": "max-age=3600"})
             elif path == "/favicon.ico":
-                self._send(204, b"", "image/x-icon")
+                self.reply(204, b"", "image/x-icon")
             elif path == "/healthz":
-                self._json({"ok": True})
+                self.reply_json({"ok": True})
             else:
-                self._error(404, "not found")
+                self.reply_error(404, "not found")
         except Exception as e:  # noqa: BLE001
             log.exception("GET %s failed", path)
-            self._error(500, f"{type(e).__name__}: {e}")
+            self.reply_error(500, f"{type(e).__name__}: {e}")
 
     def _clip(self, key: str) -> None:
         data = self.app.read(key) if KEY_RE.match(key) else None
         if data is None:
-            return self._error(404, "no such clip")
+            return self.reply_error(404, "no such clip")
         total = len(data)
         rng = self.headers.get("Range")
         m = re.match(r"^bytes=(\d*)-(\d*)$", rng.strip()) if rng else None
@@ -302,27 +198,15 @@ class Handler(RequestHandler):
             else:
                 start, end = max(0, total - int(m.group(2))), total - 1
             if start >= total or start > end:
-                return self._send(416, b"", "video/mp4", {"Content-Range": f"bytes */{total}"})
+                return self.reply(416, b"", "video/mp4", {"Content-Range": f"bytes */{total}"})
             headers["Content-Range"] = f"bytes {start}-{end}/{total}"
-            return self._send(206, data[start:end + 1], "video/mp4", headers)
-        self._send(200, data, "video/mp4", headers)
+            return self.reply(206, data[start:end + 1], "video/mp4", headers)
+        self.reply(200, data, "video/mp4", headers)
 
     def _read_json(self) -> dict[str, Any]:
         """The body: a JSON object read by its Content-Length. Rejected before a byte is read
         when the length is missing, malformed or over MAX_BODY."""
-        if self.headers.get("Transfer-Encoding"):
-            raise Rejected(411, "send the body with a Content-Length (Transfer-Encoding is not supported)")
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise Rejected(411, "a Content-Length is required")
-        length = length.strip()
-        if not re.fullmatch(r"[0-9]+", length):
-            raise Rejected(400, f"bad request: Content-Length {length[:40]!r} is not a byte count")
-        if len(length) > 12 or int(length) > MAX_BODY:
-            raise Rejected(413, f"request too large: at most {MAX_BODY} bytes")
-        data = self.rfile.read(int(length))
-        if len(data) < int(length):
-            raise Rejected(400, "bad request: the body is shorter than its Content-Length")
+        data = self.read_body(MAX_BODY)
         try:
             body = json.loads(data or b"{}")
         except RecursionError:
@@ -336,7 +220,7 @@ class Handler(RequestHandler):
     def do_POST(self):
         # until the whole body is read, an answer leaves some of it unread on the connection
         keep_alive, self.close_connection = not self.close_connection, True
-        r = self._route()
+        r = self.begin(self.app.token)
         if r is None:
             return
         path = r[0].path
@@ -355,12 +239,12 @@ class Handler(RequestHandler):
             elif path == "/api/undo":
                 self._undo(labeller)
             else:
-                self._error(404, "not found")
+                self.reply_error(404, "not found")
         except Rejected as e:
-            self._error(e.status, str(e))
+            self.reply_error(e.status, str(e))
         except Exception as e:  # noqa: BLE001
             log.exception("POST %s failed", path)
-            self._error(500, f"{type(e).__name__}: {e}")
+            self.reply_error(500, f"{type(e).__name__}: {e}")
 
     def _label(self, body: dict[str, Any], labeller: str) -> None:
         key, label = str(body.get("key") or ""), body.get("label")
@@ -369,7 +253,7 @@ class Handler(RequestHandler):
         if label not in VALID:
             raise Rejected(400, f"label must be one of {', '.join(VALID)}")
         eid = self.app.store.add(key, label, labeller, session=self.session)
-        self._json({"ok": True, "id": eid, "key": key, "label": label, "counts": self.app.store.counts(labeller)})
+        self.reply_json({"ok": True, "id": eid, "key": key, "label": label, "counts": self.app.store.counts(labeller)})
 
     def _undo(self, labeller: str) -> None:
         try:
@@ -377,16 +261,14 @@ class Handler(RequestHandler):
         except PermissionError as e:
             raise Rejected(403, f"forbidden: {e}") from None
         current = self.app.store.label_of(undone["key"], labeller) if undone else None
-        self._json({"ok": True, "undone": undone, "current": current, "counts": self.app.store.counts(labeller)})
+        self.reply_json({"ok": True, "undone": undone, "current": current, "counts": self.app.store.counts(labeller)})
 
 
 def make_server(app: LabelApp, host: str = "127.0.0.1", port: int = 8765, *, timeout: float = 30.0,
                 workers: int = 16, max_connections: int = 512) -> GatedHTTPServer:
     """The server for `app` (not yet serving). A client gets `timeout` seconds to send each
-    whole request; `workers` threads answer; at most `max_connections` are open (gate.py)."""
-    if not is_loopback(host) and not app.token:
-        raise PermissionError(f"binding {host} exposes the page beyond this machine: give --token "
-                              "(or set GENIE_LABEL_TOKEN)")
+    whole request; `workers` threads answer; at most `max_connections` are open (shards/httpgate.py)."""
+    check_exposure(host, app.token, "--token (or set GENIE_LABEL_TOKEN)")
     handler = type("BoundHandler", (Handler,), {"app": app})
     return GatedHTTPServer((host, port), handler, timeout=timeout, workers=workers,
                            max_connections=max_connections, max_body=MAX_BODY)
@@ -413,14 +295,6 @@ def serve_labels(index: ClipIndex, store: LabelStore, *, host: str, port: int, t
         raise QualityError(f"--token: {e}") from None
     except OSError as e:  # address in use, or not an address of this machine
         raise QualityError(f"--host/--port: cannot listen on {host}:{port}: {e.strerror or e}") from None
-    bound, bound_port = srv.server_address[:2]
-    shown = f"[{bound}]" if ":" in bound else bound
-    url = f"http://{shown}:{bound_port}/" + (f"?token={token}" if token else "")
     print(f"labelling {len(keys)} clips of {len(index)} from {index.root}; labels in {store.path}")
-    print(f"open {url}  (Ctrl-C to stop)", flush=True)
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-    finally:
-        srv.server_close()
+    print(f"open {srv.url(token)}  (Ctrl-C to stop)", flush=True)
+    srv.serve_until_interrupted()
