@@ -40,10 +40,27 @@ def _config(args, require_sources: bool = False) -> PipelineConfig:
 
 
 # ------------------------------------------------------------------ ingest and checks
+def _preflight(cfg: PipelineConfig, beam_args: list[str]) -> None:
+    """What can be found wrong before an ingest starts (PreflightError: exit 2): a remote
+    runner without its options or given paths on this machine, a source that cannot work."""
+    from genie_pipeline.ingest.config import check_remote_run
+    from genie_pipeline.ingest.sources import check_sources
+
+    q = cfg.filters.quality
+    # every path the workers read or write
+    paths = {"output.dir": cfg.output.dir, "download.cookiefile": cfg.download.cookiefile,
+             "filters.quality.model": q.model if q.mode != "off" else None}
+    for i, s in enumerate(cfg.sources):
+        paths.update({f"sources.{i}.{k}": getattr(s, k) for k in ("root", "glob", "path") if hasattr(s, k)})
+    check_remote_run(cfg.runner, beam_args, paths)
+    check_sources(cfg.sources)
+
+
 def cmd_ingest(args, beam_args) -> int:
     from genie_pipeline.ingest.pipeline import run_ingest, summary_table
 
     cfg = _config(args, require_sources=True)
+    _preflight(cfg, beam_args)
     stats = run_ingest(cfg, beam_args, retry_failed=args.retry_failed)
     print(summary_table(stats))
     out = cfg.output.dir if "://" in cfg.output.dir else os.path.abspath(cfg.output.dir)
@@ -213,11 +230,67 @@ def cmd_run(args, beam_args) -> int:
 
 
 def cmd_play(args, _) -> int:
-    from genie_pipeline.training.play import play
+    """Check checkpoint, actions and prompt, in that order, before anything is written."""
+    if args.serve:
+        return _play_serve(args)
+    from genie_pipeline.prompt import load_prompt
+    from genie_pipeline.training.bundle import load_genie
+    from genie_pipeline.training.errors import TrainingError
+    from genie_pipeline.training.play import parse_actions, play
 
-    out = play(args.checkpoint, args.image, args.actions, args.out, args.steps, args.temperature, args.greedy,
-               args.seed, args.fps, device=args.device)
-    print(out)
+    cfg = _config(args)
+    if args.prompt is None:
+        raise TrainingError("play", "--prompt IMAGE is required")
+    if args.steps is not None and args.steps < 1:
+        raise TrainingError("play", f"--steps must be >= 1, got {args.steps}")
+    if args.temperature is not None and args.temperature < 0:
+        raise TrainingError("play", f"--temperature must be >= 0, got {args.temperature}")
+    if args.fps < 1:
+        raise TrainingError("play", f"--fps must be >= 1, got {args.fps}")
+    genie = load_genie(args.checkpoint, args.device)
+    actions = parse_actions(args.actions if args.random is None else f"random:{args.random}",
+                            genie.cfg.lam.num_actions, args.seed)
+    prompt_HWC = load_prompt(args.prompt, cfg.clips, cfg.download.max_pixels)
+    out = play(genie, prompt_HWC, actions, args.out, args.steps, args.temperature, args.greedy, args.seed,
+               args.fps, device=args.device)
+    print(f"{out.with_suffix('.mp4')}\n{out.with_suffix('.gif')}")
+    return 0
+
+
+def _play_serve(args) -> int:
+    """`play --serve`: the play page until Ctrl-C (a non-loopback --host without --token: exit 2)."""
+    from genie_pipeline.training.errors import TrainingError
+    from genie_pipeline.training.serve import serve_play
+
+    if args.steps is not None and args.steps < 1:
+        raise TrainingError("play", f"--steps must be >= 1, got {args.steps}")
+    if not 0 <= args.port <= 65535:
+        raise TrainingError("play", f"--port must be in [0, 65535], got {args.port}")
+    if args.temperature is not None and args.temperature < 0:
+        raise TrainingError("play", f"--temperature must be >= 0, got {args.temperature}")
+    serve_play(args.checkpoint, host=args.host, port=args.port, token=args.token, data=args.data,
+               steps=args.steps, temperature=args.temperature, greedy=args.greedy, seed=args.seed,
+               device=args.device, max_pixels=_config(args).download.max_pixels)
+    return 0
+
+
+def cmd_export(args, _) -> int:
+    from genie_pipeline.training.bundle import export_bundle
+
+    print(export_bundle(args.checkpoint, args.out))
+    return 0
+
+
+def cmd_eval(args, _) -> int:
+    from genie_pipeline.training.eval import run_eval
+
+    report = run_eval(args.checkpoint, data=args.data, out_dir=args.out, i3d=args.i3d, clips=args.clips,
+                      seed=args.seed, device=args.device)
+    d = report["delta_psnr"]
+    print(f"ΔtPSNR@{d['t']} {d['value']:.2f} dB (95 % interval {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}) "
+          f"on {report['clips']} clips")
+    out = Path(report["out_dir"])
+    print("\n".join(str(out / name) for name in report["files"].values()))
     return 0
 
 
@@ -329,16 +402,49 @@ def build_parser() -> argparse.ArgumentParser:
     _ingest_flags(p)
     _train_flags(p)
 
-    p = command("play", cmd_play, "prompt a trained Genie with an image and step latent actions → GIF")
-    p.add_argument("--checkpoint", required=True, help="genie.pt of a run (or a phase-2 checkpoint)")
-    p.add_argument("--image", required=True, help="prompt image (png/jpg/...) or a video (its first frame)")
-    p.add_argument("--actions", default="random:16", help="comma-separated action ids, or random:N")
-    p.add_argument("--out", default="play.gif")
+    checkpoint_help = "a run directory (its genie.pt), a genie.pt, a phase-2 checkpoint or an export bundle"
+    p = command("play", cmd_play, "prompt a trained Genie with a picture and step latent actions → MP4 + GIF")
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--prompt", "--image", dest="prompt", default=None,
+                   help="prompt picture (PNG/JPEG/WebP/...) or a video (its first frame), fitted to the clip "
+                        "size by clips.aspect; at most download.max_pixels")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--actions", default="random:16", help="comma-separated action ids, e.g. 1,1,3,0")
+    which.add_argument("--random", type=int, default=None, metavar="N", help="N uniformly random actions")
+    p.add_argument("--out", default="play.mp4", help="PATH.mp4 (a PATH.gif is written beside it)")
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model config)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="token sampling temperature (default: the model config; paper: 2)")
+    p.add_argument("--greedy", action="store_true", help="most likely tokens, no noise: deterministic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--serve", action="store_true",
+                   help="play in the browser instead: upload or pick a prompt, press keys 1-8")
+    p.add_argument("--host", default="127.0.0.1", help="with --serve: address to bind (others need --token)")
+    p.add_argument("--port", type=int, default=8766, help="with --serve: port (default 8766; 0 = any free port)")
+    p.add_argument("--token", default=os.environ.get("GENIE_PLAY_TOKEN"),
+                   help="with --serve: access token, required for a non-loopback --host (env GENIE_PLAY_TOKEN)")
+    p.add_argument("--data", default=None, metavar="OUT_OR_SHARDS",
+                   help="with --serve: offer the first frames of these validation clips as prompts")
+
+    p = command("export", cmd_export, "write an inference bundle: tokenizer, LAM, dynamics, config and "
+                "action names in one weights-only file (for play and eval)")
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--out", required=True, help="bundle file to write, e.g. bundle.pt")
+
+    p = command("eval", cmd_eval, "score a trained Genie on validation clips: tokenizer PSNR/SSIM, rollout PSNR, "
+                "ΔtPSNR, FVD, latent action use and atlas, latent vs true actions → eval.json + eval.html")
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--data", nargs="+", default=None, metavar="OUT_OR_SHARDS",
+                   help="ingest output dirs, shard dirs, .tar files or globs whose val shards to use "
+                        "(default: the inputs in the run's run.json)")
+    p.add_argument("--i3d", default=None, metavar="PATH",
+                   help="Inception I3D weights (Kinetics-400 state dict, e.g. i3d_pretrained_400.pt) for FVD; "
+                        "without it FVD is reported as unavailable")
+    p.add_argument("--out", default=None, metavar="REPORT_DIR", help="where to write the report (default RUN/eval)")
+    p.add_argument("--clips", type=int, default=32, help="validation clips to score (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="picks the clips and seeds sampling and bootstrap")
     p.add_argument("--device", default="cpu")
     return ap
 
@@ -348,6 +454,7 @@ def _exit_code(e: Exception) -> int | None:
     """Exit status for the project's own error types (None: a bug, let it raise). The types
     are imported here, when an error happened, so that `--help` loads no torch."""
     from genie_pipeline.filtering.quality import QualityError
+    from genie_pipeline.ingest.config import PreflightError
     from genie_pipeline.ingest.errors import IngestError
     from genie_pipeline.models.config import ModelConfigError
     from genie_pipeline.shards.fs import OutputBusy, environment_error
@@ -356,7 +463,7 @@ def _exit_code(e: Exception) -> int | None:
 
     if isinstance(e, OutputBusy):  # not the user's mistake: another run holds the output
         return 1
-    if isinstance(e, (QualityError, DataError, ModelConfigError, TrainingError)):
+    if isinstance(e, (QualityError, DataError, ModelConfigError, TrainingError, PreflightError)):
         return 2
     if isinstance(e, IngestError):
         return 1

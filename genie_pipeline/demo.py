@@ -1,7 +1,8 @@
 """`make demo`: the whole job on the embedded sample corpus, offline.
 
 sample corpus → serve it on 127.0.0.1 → ingest through a yt-dlp search (same code path as
-YouTube) plus a LeRobot dataset → verify → quality classifier → training → rollout GIF.
+YouTube) plus a LeRobot dataset → verify → quality classifier → training → rollout (MP4 + GIF)
+→ eval (eval.html, the action atlas).
 The demo's settings are pipeline.yaml with the overlay demo.yaml.
 """
 from __future__ import annotations
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
     print(f"  report:      {cfg.output.dir}/report.html  (open it in a browser)")
     print(f"  quality:     {quality}")
     if trained:
-        print(f"  training:    {trained}")
+        for line in trained:
+            print(line)
     return 0
 
 
@@ -87,9 +89,12 @@ def _ingest(cfg: PipelineConfig, corpus: Path) -> int:
     return len(problems)
 
 
-def _train(cfg: PipelineConfig) -> str:
-    """A short tiny-config run on the demo shards, then a rollout from a held-out clip."""
+def _train(cfg: PipelineConfig) -> list[str]:
+    """A short tiny-config run on the demo shards, a rollout from a held-out clip, then eval;
+    the lines that say where everything is."""
     from genie_pipeline.config import check_train
+    from genie_pipeline.prompt import load_prompt
+    from genie_pipeline.training.eval import run_eval
     from genie_pipeline.training.play import play
     from genie_pipeline.training.run import train_main
 
@@ -97,15 +102,26 @@ def _train(cfg: PipelineConfig) -> str:
     check_train(cfg)
     run_dir = Path(cfg.train.out_dir)
     summary = train_main(cfg.train, stage="all", inputs=[cfg.output.dir], resume=(run_dir / "run.json").exists())
-    # prompt with a frame the model was not trained on: the first val clip if any
-    prompt = run_dir / "prompt.mp4"
-    prompt.write_bytes(_first_clip(cfg.output.dir))
-    gif = play(summary["genie_checkpoint"], str(prompt), "random:24", run_dir / "rollout.gif")
     for name, phase in summary["phases"].items():
         m = phase.get("final_metrics", {})
         print(f"  {name}: {phase.get('steps')} steps, loss {phase.get('first_loss', float('nan')):.4f} → "
               f"{m.get('loss', float('nan')):.4f}")
-    return f"{run_dir} (metrics.csv, tensorboard/, samples/, genie.pt; rollout: {gif})"
+    # prompt with a frame the model was not trained on: the first val clip if any
+    prompt = run_dir / "prompt.mp4"
+    prompt.write_bytes(_first_clip(cfg.output.dir))
+    rollout = play(summary["genie_checkpoint"], load_prompt(prompt, cfg.clips, cfg.download.max_pixels),
+                   "random:24", run_dir / "rollout.mp4")
+
+    step("eval: reconstruction, rollouts, ΔtPSNR, latent actions against true actions")
+    report = run_eval(run_dir, data=[cfg.output.dir], clips=16)
+    d = report["delta_psnr"]
+    print(f"  ΔtPSNR@{d['t']} {d['value']:.2f} dB (95 % interval {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}) "
+          f"on {report['clips']} clips")
+    ev = Path(report["out_dir"])
+    return [f"  training:    {run_dir}  (metrics.csv, tensorboard/, samples/, genie.pt)",
+            f"  rollout:     {rollout.with_suffix('.mp4')}  (+ .gif)",
+            f"  eval:        {ev / report['files']['html']}  (eval.json; open the .html in a browser)",
+            f"  atlas:       {ev / report['files']['atlas']}"]
 
 
 def _first_clip(out_dir: str) -> bytes:

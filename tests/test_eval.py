@@ -1,0 +1,317 @@
+"""`genie-pipeline eval`: each metric against hand-computed or independent values, ΔtPSNR on toy
+models whose answer is known, and the command end to end on a tiny random Genie and shards."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from torch import nn
+
+from genie_pipeline import cli
+from genie_pipeline.models.config import config_to_dict, get_config
+from genie_pipeline.models.genie import Genie
+from genie_pipeline.shards.config import ClipsConfig
+from genie_pipeline.training import checkpoint as ckpt_lib
+from genie_pipeline.training import eval_metrics as em
+from genie_pipeline.training.eval import controllability, infer_actions
+from tests.fixtures.output import write_sprite_output
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ------------------------------------------------------------------------- metrics
+def test_psnr_of_known_images():
+    black = torch.zeros(2, 3, 4, 4)
+    grey = torch.full((2, 3, 4, 4), 0.1)  # MSE 0.01 -> 20 dB
+    assert float(em.psnr(grey, black)) == pytest.approx(20.0, abs=1e-5)
+    half = grey.clone()
+    half[1] = 0.5  # MSE 0.25 -> 10·log10(4) dB
+    per_image = em.psnr(half, black, dims=(1, 2, 3))
+    assert per_image.tolist() == pytest.approx([20.0, 10 * math.log10(4)], abs=1e-5)
+    assert float(em.psnr(black, black)) == pytest.approx(100.0)  # MSE floored at 1e-10
+
+
+def _structured_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    i, j = np.meshgrid(np.arange(24), np.arange(32), indexing="ij")
+    a = np.stack([(np.sin(i / 3 + c) + np.cos(j / 5)) / 4 + 0.5 for c in range(3)], -1)
+    b = np.clip(0.8 * a + 0.1 + 0.05 * np.sin(i * j / 7)[..., None], 0, 1)
+    return (torch.from_numpy(x).permute(2, 0, 1)[None] for x in (a, b))
+
+
+def test_ssim_identical_is_one_and_matches_scikit_image():
+    a, b = _structured_pair()
+    assert float(em.ssim(a, a)) == pytest.approx(1.0, abs=1e-6)
+    # scikit-image 0.26: structural_similarity(a, b, channel_axis=-1, data_range=1.0,
+    # gaussian_weights=True, sigma=1.5, use_sample_covariance=False) on the same HWC arrays
+    assert float(em.ssim(a, b)) == pytest.approx(0.8677607584606531, abs=1e-6)
+    assert float(em.ssim(a, 1 - a)) < 0  # anti-correlated structure
+
+
+def test_ssim_against_scikit_image_when_installed():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    for shape in ((11, 11, 3), (32, 40, 3)):
+        a = rng.random(shape)
+        b = np.clip(a + 0.1 * rng.standard_normal(shape), 0, 1)
+        ref = skm.structural_similarity(a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False)
+        got = em.ssim(*(torch.from_numpy(x).permute(2, 0, 1)[None] for x in (a, b)))
+        assert float(got) == pytest.approx(ref, abs=1e-6)
+
+
+def _scipy_frechet(mu1, s1, mu2, s2) -> float:
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+
+
+def test_frechet_distance_matches_scipy_on_known_gaussians():
+    rng = np.random.default_rng(1)
+    for dim in (1, 5, 32):
+        a, b = rng.standard_normal((dim, dim)), rng.standard_normal((dim, dim))
+        s1, s2 = a @ a.T + 0.1 * np.eye(dim), b @ b.T + 0.1 * np.eye(dim)
+        mu1, mu2 = rng.standard_normal(dim), rng.standard_normal(dim)
+        assert em.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_scipy_frechet(mu1, s1, mu2, s2), rel=1e-6)
+        assert em.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6)
+    # diagonal covariances in closed form: |mu1 - mu2|² + Σ (√s1 − √s2)²
+    d1, d2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 4.0, 1.0])
+    mu = np.array([1.0, 2.0, 2.0])
+    assert em.frechet_distance(mu, np.diag(d1), 0 * mu, np.diag(d2)) == pytest.approx(9.0 + 1 + 0 + 4)
+
+
+def test_frechet_distance_of_sampled_features_and_singular_covariances():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4000, 3))
+    mu, sigma = em.feature_stats(x)
+    mu2, sigma2 = em.feature_stats(x + np.array([3.0, 0.0, 4.0]))
+    assert em.frechet_distance(mu, sigma, mu2, sigma2) == pytest.approx(25.0, rel=1e-6)  # a pure shift
+    few = rng.standard_normal((3, 10))  # fewer samples than dimensions: rank-deficient covariances
+    value = em.frechet_distance(*em.feature_stats(few), *em.feature_stats(few[::-1] * 2))
+    assert math.isfinite(value) and value >= 0
+    with pytest.raises(ValueError, match="at least 2"):
+        em.feature_stats(few[:1])
+
+
+def test_nmi_identical_and_independent_labelings():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 8, 5000)
+    assert em.nmi(a, a) == pytest.approx(1.0)
+    assert em.nmi(a, (a + 3) % 8) == pytest.approx(1.0)  # renamed labels carry the same information
+    assert em.nmi(a, rng.integers(0, 4, 5000)) < 0.01
+
+
+def test_bootstrap_interval_on_known_data():
+    assert em.bootstrap_ci([2.5] * 10) == (2.5, 2.5)
+    x = np.random.default_rng(4).normal(1.0, 1.0, 400)
+    lo, hi = em.bootstrap_ci(x, seed=0)
+    assert lo < x.mean() < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * x.std() / 20, rel=0.15)  # the normal approximation
+    assert em.bootstrap_ci(x, seed=0) == (lo, hi)  # a fixed seed gives a fixed interval
+
+
+def test_code_usage_and_majority_probe():
+    u = em.code_usage([0, 0, 0, 2], 4)
+    assert u["counts"] == [3, 0, 1, 0] and u["usage"] == 0.5
+    assert u["perplexity"] == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))))
+    assert em.code_usage(range(8), 8)["perplexity"] == pytest.approx(8.0)
+    assert em.code_usage([5] * 9, 8)["perplexity"] == pytest.approx(1.0)
+
+    true = np.array([0, 1, 2, 0, 0, 0])
+    latent = (true + 5) % 8  # latent action k always means true action k - 5
+    p = em.majority_probe(latent, true, latent, true)
+    assert p == {"accuracy": 1.0, "chance": pytest.approx(4 / 6)}
+    p = em.majority_probe(np.zeros(6, int), true, np.array([0, 7]), np.array([0, 1]))  # 7 unseen: majority
+    assert p["accuracy"] == 0.5
+
+
+def test_infer_actions_over_windows_longer_than_training():
+    torch.manual_seed(0)
+    genie = Genie(get_config("tiny", {"image_height": 32, "image_width": 32, "frames": 4})).eval()
+    video = torch.rand(2, 9, 3, 32, 32)
+    with torch.no_grad():
+        actions = infer_actions(genie.lam, video, window=4)
+        assert actions.shape == (2, 8)
+        assert torch.equal(actions[:, :3], genie.lam.infer_actions(video[:, :4]))
+        # transition 6 -> 7 (index 6) from the 4 frames ending at frame 7
+        assert torch.equal(actions[:, 6], genie.lam.infer_actions(video[:, 4:8])[:, -1])
+
+
+# --------------------------------------------------------------------- ΔtPSNR on toys
+class BarWorld(nn.Module):
+    """A toy world model: a bright bar moves (action - 1) pixels per step, or stays put when
+    `actions_matter` is off; every generated frame gets sampling noise from the global RNG."""
+
+    def __init__(self, actions_matter: bool):
+        super().__init__()
+        self.actions_matter = actions_matter
+
+    def forward(self, prompt_BCHW: torch.Tensor, actions_BA: torch.Tensor) -> torch.Tensor:
+        frames, x = [prompt_BCHW], prompt_BCHW
+        for action_B in actions_BA.T:
+            shift_B = action_B - 1 if self.actions_matter else torch.zeros_like(action_B)
+            x = torch.stack([torch.roll(x[i], int(shift_B[i]), dims=-1) for i in range(len(x))])
+            frames.append((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+        return torch.stack(frames, 1)
+
+
+def _bar_clips(n: int = 24, steps: int = 15, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.zeros(n, 3, 16, 16)
+    for i, col in enumerate(torch.randint(0, 16, (n,), generator=g)):
+        prompt[i, :, :, col] = 1.0
+    actions = torch.randint(0, 3, (n, steps), generator=g)
+    torch.manual_seed(seed + 1)
+    return BarWorld(actions_matter=True)(prompt, actions), actions
+
+
+def test_delta_psnr_is_positive_when_actions_matter():
+    video, actions = _bar_clips()
+    scores, pred, pred_random = controllability(video, video, BarWorld(True), actions, 3, seed=0)
+    d = scores["delta_psnr"]
+    assert d["t"] == 4 and len(d["per_step"]) == 15
+    assert d["value"] > 3 and d["ci95"][0] > 0
+    assert all(s["value"] > 0 for s in d["per_step"])
+    dyn = scores["dynamics"]
+    assert dyn["psnr_per_step"][3] > dyn["psnr_per_step_random"][3]
+    assert pred.shape == pred_random.shape == video.shape
+
+
+def test_delta_psnr_is_zero_when_actions_are_ignored():
+    video, actions = _bar_clips()
+    scores, _, _ = controllability(video, video, BarWorld(False), actions, 3, seed=0)
+    for s in scores["delta_psnr"]["per_step"]:
+        assert s["value"] == pytest.approx(0.0, abs=1e-6)
+        assert s["ci95"][0] <= 0 <= s["ci95"][1]
+
+
+# ------------------------------------------------------------------------ end to end
+TINY = {"image_height": 32, "image_width": 32, "frames": 4}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run dir holding a random tiny Genie (genie.pt) and run.json naming a tiny sprite output."""
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "ingest"
+    write_sprite_output(data, n_train_shards=1, clips_per_shard=4, n_val_shards=1, seed=3,
+                        clips=ClipsConfig(width=64, height=48, seconds=2))
+    cfg = get_config("tiny", TINY)
+    torch.manual_seed(0)
+    genie = Genie(cfg)
+    run = root / "run"
+    run.mkdir()
+    ckpt_lib.save_atomic({"format": ckpt_lib.FORMAT, "kind": "genie", "model_config": config_to_dict(cfg),
+                          **{k: getattr(genie, k).state_dict() for k in ("tokenizer", "lam", "dynamics")}},
+                         run / "genie.pt")
+    (run / "run.json").write_text(json.dumps({"inputs": [str(data)], "split": "train"}))
+    return run, data
+
+
+@pytest.fixture(scope="module")
+def i3d_file(tmp_path_factory):
+    from cdfvd.third_party.i3d.pytorch_i3d import InceptionI3d
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("i3d") / "i3d_random.pt"
+    torch.save(InceptionI3d(400, in_channels=3).state_dict(), path)
+    return path
+
+
+def _check_html(page: str, embedded: int) -> None:
+    assert "://" not in page  # no external URL: every resource inline
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == embedded and all(s.startswith("data:image/") for s in sources)
+
+
+def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
+    run, _ = tiny_run
+    assert cli.main(["eval", "--checkpoint", str(run / "genie.pt"), "--clips", "4", "--seed", "1"]) == 0
+    out = run / "eval"
+    report = json.loads((out / "eval.json").read_text())
+    assert report["clips"] == 4 and report["frames"] == 16 and report["split"] == "val"
+    assert all(os.path.basename(s).startswith("val-") for s in report["data"])
+    assert {"psnr", "ssim"} <= set(report["tokenizer"]) and -1 <= report["tokenizer"]["ssim"] <= 1
+    assert len(report["dynamics"]["psnr_per_step"]) == 15 == len(report["dynamics"]["psnr_per_step_random"])
+    d = report["delta_psnr"]
+    assert d["t"] == 4 and d["ci95"][0] <= d["value"] <= d["ci95"][1] and len(d["per_step"]) == 15
+    assert report["fvd"] == {"available": False, "reason": "no I3D weights given (--i3d PATH)"}
+    assert report["lam"]["transitions"] == 4 * 15 and sum(report["lam"]["counts"]) == 60
+    assert 1 <= report["lam"]["perplexity"] <= 8
+    assert report["true_actions"]["available"] is False  # sprite clips record no true actions
+    for name in ("eval.html", "atlas.png", "rollout.gif"):
+        assert (out / name).stat().st_size > 0
+    page = (out / "eval.html").read_text()
+    _check_html(page, embedded=5)  # 3 plots (PSNR, ΔtPSNR, action use), atlas, rollout
+    assert "ΔtPSNR" in page and "unavailable" in page
+    from PIL import Image
+
+    with Image.open(out / "atlas.png") as atlas:  # 8 actions x (4 starts x 6 frames) of 32 px
+        assert atlas.height >= 8 * 32 and atlas.width >= 4 * 6 * 32
+    printed = capsys.readouterr().out
+    assert "ΔtPSNR@4" in printed and str(out / "eval.html") in printed
+
+
+def test_eval_fvd_with_a_local_i3d_file(tiny_run, i3d_file, tmp_path):
+    run, data = tiny_run
+    out = tmp_path / "report"
+    assert cli.main(["eval", "--checkpoint", str(run), "--data", str(data), "--i3d", str(i3d_file),
+                     "--clips", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    fvd = report["fvd"]
+    assert fvd["available"] is True and fvd["clips"] == 2 and fvd["frames"] == 16
+    assert math.isfinite(fvd["value"]) and fvd["value"] >= 0
+    _check_html((out / "eval.html").read_text(), embedded=5)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("kind", ["garbage", "pickle", "wrong_keys", "wrong_shapes"])
+def test_an_i3d_file_that_is_not_i3d_exits_2(tiny_run, tmp_path, kind, capsys):
+    run, _ = tiny_run
+    bad = tmp_path / "i3d.pt"
+    if kind == "garbage":
+        bad.write_bytes(b"\x00not a checkpoint" * 100)
+    elif kind == "pickle":
+        torch.save({"w": _Payload()}, bad)
+    elif kind == "wrong_keys":
+        torch.save(nn.Linear(3, 4).state_dict(), bad)
+    else:
+        from cdfvd.third_party.i3d.pytorch_i3d import InceptionI3d
+
+        torch.save(InceptionI3d(10, in_channels=3).state_dict(), bad)  # 10 classes, not Kinetics-400
+    out = tmp_path / "report"
+    assert cli.main(["eval", "--checkpoint", str(run), "--i3d", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "eval.i3d" in err and str(bad) in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_inputs_exit_2_and_write_nothing(tiny_run, tmp_path, capsys):
+    run, data = tiny_run
+    out = tmp_path / "report"
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    cases = [
+        (["--checkpoint", str(not_a_run), "--data", str(data)], "checkpoint"),
+        (["--checkpoint", str(run), "--clips", "1"], "eval.clips"),
+        (["--checkpoint", str(run), "--data", str(tmp_path / "nowhere")], "nowhere"),
+    ]
+    for argv, named in cases:
+        assert cli.main(["eval", *argv, "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err
+        assert named in err and len(err.strip().splitlines()) == 1, err
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "genie.pt").write_bytes((run / "genie.pt").read_bytes())  # no run.json to find the data by
+    assert cli.main(["eval", "--checkpoint", str(loose / "genie.pt"), "--out", str(out)]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert not out.exists()
