@@ -76,6 +76,11 @@ class LAMConfig:
     code_dim: int = 32
     beta: float = 0.25
     dead_code_threshold: int = 64
+    # What keeps the action about the change x_t -> x_{t+1} (models/lam.py). The paper's
+    # layout is encode_pairs=False, decoder_past=True, predict_delta=False.
+    encode_pairs: bool = True  # the encoder sees only (x_t, x_{t+1}), not x_1..x_{t+1}
+    decoder_past: bool = False  # the decoder sees x_1..x_t instead of x_t alone
+    predict_delta: bool = True  # the decoder predicts x_{t+1} - x_t
 
 
 @dataclass
@@ -274,6 +279,9 @@ def validate(cfg: GenieConfig) -> GenieConfig:
             raise ModelConfigError(f"{prefix}.beta", f"must be >= 0, got {comp.beta}")
     _check_int(cfg.tokenizer.codebook_size, "tokenizer.codebook_size", minimum=2)
     _check_int(cfg.lam.num_actions, "lam.num_actions", minimum=1)
+    for key in ("encode_pairs", "decoder_past", "predict_delta"):
+        if not isinstance(getattr(cfg.lam, key), bool):
+            raise ModelConfigError(f"lam.{key}", f"must be true or false, got {getattr(cfg.lam, key)!r}")
 
     dyn = cfg.dynamics
     _check_st(dyn.st, "dynamics.st")

@@ -34,6 +34,7 @@ from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
 from .config import PHASES, TrainConfig
 from .errors import TrainingError
+from .eval_metrics import psnr
 from .loader import WindowLoader
 from .metrics import MetricsLogger, save_gif, save_png, video_rows_grid, video_side_by_side_frames
 from .schedule import lr_at, make_optimizer, set_lr
@@ -290,6 +291,8 @@ class PhaseTrainer:
                 metrics = {"loss": out["loss"].detach(), "lam_loss": out["lam"]["loss"].detach(),
                            "lam_recon_mse": lm["recon_mse"], "lam_psnr": lm["psnr"],
                            "lam_perplexity": lm["perplexity"], "lam_usage": lm["usage"],
+                           # The LAM's collapse shows as few codes and an action effect near 0.
+                           "lam_codes_used": lm["codes_used"], "lam_action_effect": lm["action_effect"],
                            "dyn_loss": out["dynamics"]["loss"].detach(), "dyn_acc": dm["acc"],
                            "mask_ratio": dm["mask_ratio"]}
         return out["loss"], metrics, out
@@ -355,14 +358,10 @@ class PhaseTrainer:
         pred = tok.decode(torch.cat([tokens[:, :1], gen], 1)).float()
         pred_rand = tok.decode(torch.cat([tokens[:, :1], gen_rand], 1)).float()
         target = tok.grid.target(video)
-
-        def psnr(a, b):
-            return float(-10 * torch.log10(((a - b) ** 2).mean().clamp(min=1e-10)))
-
         t = min(4, T - 1)
-        extra = {"rollout_psnr": psnr(pred[:, 1:], target[:, 1:]),
-                 "rollout_psnr_random_actions": psnr(pred_rand[:, 1:], target[:, 1:]),
-                 f"delta_psnr_t{t}": psnr(pred[:, t], target[:, t]) - psnr(pred_rand[:, t], target[:, t])}
+        extra = {"rollout_psnr": float(psnr(pred[:, 1:], target[:, 1:])),
+                 "rollout_psnr_random_actions": float(psnr(pred_rand[:, 1:], target[:, 1:])),
+                 f"delta_psnr_t{t}": float(psnr(pred[:, t], target[:, t]) - psnr(pred_rand[:, t], target[:, t]))}
         return [target[0], recon.float()[0], pred[0], pred_rand[0]], extra
 
     # -- the loop
