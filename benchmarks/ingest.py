@@ -84,6 +84,11 @@ def pipeline(catalog: Path, out: Path) -> tuple[float, dict]:
     return cpu() - c0, stats
 
 
+def _mean_kept_bytes(out: Path) -> float:
+    rows = [r for r in pq.read_table(out / "manifest.parquet", columns=["kept", "bytes"]).to_pylist() if r["kept"]]
+    return sum(r["bytes"] for r in rows) / max(1, len(rows))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--corpus", help="an existing sample corpus (default: render one)")
@@ -101,7 +106,10 @@ def main() -> int:
     rows = [json.loads(x) for x in (corpus / "catalog.jsonl").read_text().splitlines() if x.strip()]
     videos = [r for r in rows if r.get("file") and not r.get("expect_failure")]
     paths = [str(corpus / r["file"]) for r in videos]
-    seconds = sum(probe(p).duration_s for p in paths)
+    infos = [probe(p) for p in paths]
+    seconds = sum(i.duration_s for i in infos)
+    # decode cost grows with source pixels: the plan (`genie-pipeline plan`) names this
+    source_pixels = sum(i.width * i.height * i.duration_s for i in infos) / seconds
     cat = work / "bench.jsonl"
     cat.write_text("\n".join(json.dumps({"id": r["id"], "path": str(corpus / r["file"]), "title": r["title"]})
                              for r in videos) + "\n")
@@ -129,7 +137,9 @@ def main() -> int:
     cuts_cpu, n_frames = cut_detection(paths)
     result = {
         "videos": len(paths), "source_seconds": round(seconds, 2),
+        "source_pixels_per_frame_mean": round(source_pixels),
         "clips": stats["clips"], "clips_kept": stats["clips_kept"],
+        "bytes_per_clip": round(_mean_kept_bytes(work / "out")),
         "videos_without_a_long_enough_shot": stats["videos_failed"],
         "pipeline_cpu_s": round(pipe, 3), "pipeline_wall_s": round(wall, 3),
         "bare_decode_cpu_s": round(bare_mean, 3),

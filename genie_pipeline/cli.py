@@ -40,27 +40,10 @@ def _config(args, require_sources: bool = False) -> PipelineConfig:
 
 
 # ------------------------------------------------------------------ ingest and checks
-def _preflight(cfg: PipelineConfig, beam_args: list[str]) -> None:
-    """What can be found wrong before an ingest starts (PreflightError: exit 2): a remote
-    runner without its options or given paths on this machine, a source that cannot work."""
-    from genie_pipeline.ingest.config import check_remote_run
-    from genie_pipeline.ingest.sources import check_sources
-
-    q = cfg.filters.quality
-    # every path the workers read or write
-    paths = {"output.dir": cfg.output.dir, "download.cookiefile": cfg.download.cookiefile,
-             "filters.quality.model": q.model if q.mode != "off" else None}
-    for i, s in enumerate(cfg.sources):
-        paths.update({f"sources.{i}.{k}": getattr(s, k) for k in ("root", "glob", "path") if hasattr(s, k)})
-    check_remote_run(cfg.runner, beam_args, paths)
-    check_sources(cfg.sources)
-
-
 def cmd_ingest(args, beam_args) -> int:
     from genie_pipeline.ingest.pipeline import run_ingest, summary_table
 
     cfg = _config(args, require_sources=True)
-    _preflight(cfg, beam_args)
     stats = run_ingest(cfg, beam_args, retry_failed=args.retry_failed)
     print(summary_table(stats))
     out = cfg.output.dir if "://" in cfg.output.dir else os.path.abspath(cfg.output.dir)
@@ -294,6 +277,21 @@ def cmd_eval(args, _) -> int:
     return 0
 
 
+def cmd_plan(args, _) -> int:
+    from genie_pipeline.plan import RESULTS, format_plan, make_plan, read_rates
+
+    if args.gpu and args.gpu_clips_per_s is None:
+        print("genie-pipeline: plan: no GPU scoring rate was measured here; GPU-hours stay unknown "
+              "until you give --gpu-clips-per-s", file=sys.stderr)
+    rates = read_rates(args.results or RESULTS)
+    plan = make_plan(rates, args.source_hours, workers=args.workers,
+                     wall_hours=args.wall_hours if args.workers is None else None,
+                     vcpus_per_worker=args.vcpus_per_worker, price_per_vcpu_hour=args.price_per_vcpu_hour,
+                     gpu=args.gpu, gpu_clips_per_s=args.gpu_clips_per_s, price_per_gpu_hour=args.price_per_gpu_hour)
+    print(json.dumps(plan, indent=2) if args.json else format_plan(plan, rates, args.price_per_vcpu_hour))
+    return 0
+
+
 # -------------------------------------------------------------------------------- parser
 def _common(p: argparse.ArgumentParser, config_required: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=config_required, help="pipeline.yaml")
@@ -446,6 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, default=32, help="validation clips to score (default 32)")
     p.add_argument("--seed", type=int, default=0, help="picks the clips and seeds sampling and bootstrap")
     p.add_argument("--device", default="cpu")
+
+    p = command("plan", cmd_plan, "workers, wall time, vCPU/GPU-hours, output size and cost of an ingest of "
+                "H hours, from the committed benchmark results")
+    p.add_argument("--source-hours", type=float, default=244_000, help="hours of source video (default: "
+                   "the Genie paper's 244k)")
+    p.add_argument("--workers", type=int, default=None, help="workers to plan for (default: as many as "
+                   "--wall-hours needs)")
+    p.add_argument("--wall-hours", type=float, default=24.0, help="wall time wanted when --workers is not given")
+    p.add_argument("--vcpus-per-worker", type=int, default=4, help="e.g. 4 for n2-standard-4")
+    p.add_argument("--price-per-vcpu-hour", type=float, default=0.06,
+                   help="your price per vCPU-hour, memory folded in (default 0.06: check your region's price)")
+    p.add_argument("--gpu", action="store_true", help="score quality on GPU workers (worker_accelerator)")
+    p.add_argument("--gpu-clips-per-s", type=float, default=None, help="clips per second one GPU scores "
+                   "(measure it: benchmarks/quality.py on the accelerator)")
+    p.add_argument("--price-per-gpu-hour", type=float, default=None)
+    p.add_argument("--results", default=None, help="benchmark results directory (default: the checkout's "
+                   "benchmarks/results)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return ap
 
 

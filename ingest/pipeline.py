@@ -32,10 +32,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from genie_pipeline.filtering.config import DedupeConfig, FiltersConfig, KeywordsConfig
-from genie_pipeline.ingest.config import DownloadConfig, RunnerConfig, Source
+from genie_pipeline.ingest.config import DownloadConfig, RunnerConfig, Source, check_remote_run
 from genie_pipeline.ingest import progress
 from genie_pipeline.ingest.process import KeywordVerdict, VideoProcessor
-from genie_pipeline.ingest.sources import Discover
+from genie_pipeline.ingest.sources import Discover, check_sources
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import check_spec, commit_run, recover
@@ -291,6 +291,19 @@ def plan_resume(out: str, retry_failed: bool) -> tuple[set[str], list[str]]:
     return skip, staged
 
 
+def preflight(cfg: IngestConfig, beam_args: list[str]) -> None:
+    """What can be found wrong before an ingest starts (PreflightError): a remote runner
+    without its options or given paths on this machine, a source that cannot work."""
+    q = cfg.filters.quality
+    # every path the workers read or write
+    paths = {"output.dir": cfg.output.dir, "download.cookiefile": cfg.download.cookiefile,
+             "filters.quality.model": q.model if q.mode != "off" else None}
+    for i, s in enumerate(cfg.sources):
+        paths.update({f"sources.{i}.{k}": getattr(s, k) for k in ("root", "glob", "path") if hasattr(s, k)})
+    check_remote_run(cfg.runner, beam_args, paths)
+    check_sources(cfg.sources)
+
+
 def run_ingest(cfg: IngestConfig, extra_beam_args: list[str] | None = None,
                retry_failed: bool = False) -> dict:
     """Run the ingest into cfg.output.dir and commit it; returns the output's stats.json.
@@ -298,6 +311,7 @@ def run_ingest(cfg: IngestConfig, extra_beam_args: list[str] | None = None,
     Videos already done (or failed, unless `retry_failed`) are skipped; `extra_beam_args` are
     Beam pipeline flags. Raises shards.fs.OutputBusy if another run holds the output, and
     shards.reader.DataError if it holds clips of another spec than cfg.clips."""
+    preflight(cfg, extra_beam_args or [])
     out = cfg.output.dir
     if not fs.is_remote(out):
         out = os.path.abspath(out)
