@@ -40,10 +40,10 @@ def main(argv=None) -> int:
 
     corpus = out / "corpus"
     step(f"sample corpus → {corpus}")
-    if not (corpus / "catalog.jsonl").exists():
-        generate_corpus(corpus, seed=0, size=args.size)
-    else:
+    if _corpus_current(corpus):
         print("  (already rendered)")
+    else:
+        generate_corpus(corpus, seed=0, size=args.size)
 
     cfg = load_config(args.config, sets=[f"train.out_dir={out / 'train'}"], output_dir=str(out / "ingest"),
                       overlay=HERE / "demo.yaml")
@@ -67,6 +67,20 @@ def main(argv=None) -> int:
         for line in trained:
             print(line)
     return 0
+
+
+def _corpus_current(corpus: Path) -> bool:
+    """A corpus rendered by this code (an older one lacks what newer steps read, e.g. the
+    true-action sidecars eval scores against)."""
+    import json
+
+    from genie_pipeline.corpus.generate import code_version
+
+    try:
+        info = json.loads((corpus / "corpus.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (corpus / "catalog.jsonl").exists() and info.get("code_version") == code_version()
 
 
 def _ingest(cfg: PipelineConfig, corpus: Path) -> int:
