@@ -9,6 +9,10 @@ Presets (`NAMED_CONFIGS`):
 
 - `tiny`:   CPU tests and the demo. Deviates from the paper where the paper would be too
             slow on two cores: tokenizer patch 8 (paper 4), 8 frames per clip.
+
+`tiny`, `small` and `base` quantise the LAM's actions with FSQ (models/fsq.py): on sprite
+footage the VQ codebook of the same LAM collapsed to one code while FSQ kept 4-7 codes and
+a decoder that answers them (benchmarks/results/lam.json). `paper` keeps the paper's VQ.
 - `small`:  one GPU, short experiments (tens of millions of parameters per component).
 - `base`:   one GPU, longer runs (~50M tokenizer/LAM, ~200M dynamics).
 - `paper`:  the sizes of Genie (Bruce et al., 2024): tokenizer ~200M, LAM ~300M,
@@ -29,6 +33,7 @@ from typing import Any
 
 PAD_MODES = ("pad", "crop")
 ACTION_MODES = ("add", "concat", "prepend")
+QUANTIZERS = ("vq", "fsq")
 
 
 class ModelConfigError(ValueError):
@@ -73,6 +78,11 @@ class LAMConfig:
     st: STConfig = field(default_factory=lambda: STConfig(dim=1024, depth=9, heads=16))
     decoder_st: STConfig | None = None
     num_actions: int = 8
+    # "vq": a learned codebook of num_actions codes (models/vq.py; code_dim, beta and
+    # dead_code_threshold apply). "fsq": a fixed grid of fsq_levels (models/fsq.py), whose
+    # product must be num_actions: nothing to learn, so nothing to collapse.
+    quantizer: str = "vq"
+    fsq_levels: list[int] = field(default_factory=lambda: [2, 2, 2])
     code_dim: int = 32
     beta: float = 0.25
     dead_code_threshold: int = 64
@@ -128,6 +138,7 @@ def _tiny() -> GenieConfig:
             patch=16,
             st=STConfig(dim=32, depth=2, heads=2),
             num_actions=8,
+            quantizer="fsq",
             code_dim=8,
             dead_code_threshold=16,
         ),
@@ -144,7 +155,7 @@ def _small() -> GenieConfig:
             codebook_size=1024,
             code_dim=32,
         ),
-        lam=LAMConfig(patch=16, st=STConfig(dim=256, depth=6, heads=4)),
+        lam=LAMConfig(patch=16, st=STConfig(dim=256, depth=6, heads=4), quantizer="fsq"),
         dynamics=DynamicsConfig(st=STConfig(dim=384, depth=16, heads=6)),
         stated_params={"tokenizer": 12e6, "lam": 13e6, "dynamics": 40e6},
     )
@@ -153,7 +164,7 @@ def _small() -> GenieConfig:
 def _base() -> GenieConfig:
     return GenieConfig(
         tokenizer=TokenizerConfig(patch=4, st=STConfig(dim=512, depth=6, heads=8)),
-        lam=LAMConfig(patch=16, st=STConfig(dim=512, depth=6, heads=8)),
+        lam=LAMConfig(patch=16, st=STConfig(dim=512, depth=6, heads=8), quantizer="fsq"),
         dynamics=DynamicsConfig(st=STConfig(dim=1024, depth=12, heads=16)),
         stated_params={"tokenizer": 50e6, "lam": 52e6, "dynamics": 200e6},
     )
@@ -282,6 +293,7 @@ def validate(cfg: GenieConfig) -> GenieConfig:
     for key in ("encode_pairs", "decoder_past", "predict_delta"):
         if not isinstance(getattr(cfg.lam, key), bool):
             raise ModelConfigError(f"lam.{key}", f"must be true or false, got {getattr(cfg.lam, key)!r}")
+    _check_quantizer(cfg.lam)
 
     dyn = cfg.dynamics
     _check_st(dyn.st, "dynamics.st")
@@ -304,6 +316,24 @@ def validate(cfg: GenieConfig) -> GenieConfig:
 def _check_int(value: Any, key: str, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ModelConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_quantizer(lam: LAMConfig) -> None:
+    if lam.quantizer not in QUANTIZERS:
+        raise ModelConfigError("lam.quantizer", f"must be one of {QUANTIZERS}, got {lam.quantizer!r}")
+    if lam.quantizer != "fsq":
+        return
+    levels = lam.fsq_levels
+    if (not isinstance(levels, (list, tuple)) or not levels
+            or any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in levels)):
+        raise ModelConfigError("lam.fsq_levels", f"must be a list of integers >= 2, got {levels!r}")
+    product = 1
+    for n in levels:
+        product *= n
+    if product != lam.num_actions:
+        raise ModelConfigError(
+            "lam.fsq_levels", f"levels {list(levels)} give {product} codes, but lam.num_actions is {lam.num_actions}"
+        )
 
 
 def _check_st(st: STConfig, key: str) -> None:

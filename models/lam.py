@@ -23,8 +23,11 @@ one off the model has a way to lower its loss without it (benchmarks/lam.py meas
   in its blur.
 
 Either way changing frame t+1 cannot change the actions of transitions before t, and the
-prediction of x_{t+1} uses frames <= t only. Only the VQ (the action codebook) matters at
-play time; the dynamics model has its own action embedding table indexed by these ids.
+prediction of x_{t+1} uses frames <= t only. The actions are quantised by `lam.quantizer`:
+a VQ codebook (models/vq.py, the paper's) or an FSQ grid (models/fsq.py). The VQ codebook
+collapsed to one code before the small decoder learned to use it; FSQ has no codebook to
+collapse onto, so the encoder keeps several codes while the decoder learns. Only the ids
+matter at play time; the dynamics model has its own action embedding table indexed by them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .config import GenieConfig, resolved_decoder_st
 from .patches import PatchGrid
 from .pixels import PatchEmbed, PatchHead, reconstruction_output
 from .st_transformer import STTransformer
+from .fsq import FiniteScalarQuantizer
 from .vq import VectorQuantizer
 
 
@@ -54,14 +58,17 @@ class LatentActionModel(nn.Module):
         self.encoder_embed = PatchEmbed(self.grid, lam.st.dim)
         self.action_query_C = nn.Parameter(0.02 * torch.randn(lam.st.dim))
         self.encoder = STTransformer(lam.st, causal_time=True)
-        self.vq = VectorQuantizer(
-            lam.num_actions,
-            lam.code_dim,
-            input_dim=lam.st.dim,
-            output_dim=decoder_st.dim,
-            beta=lam.beta,
-            dead_code_threshold=lam.dead_code_threshold,
-        )
+        if lam.quantizer == "fsq":
+            self.quantizer = FiniteScalarQuantizer(lam.fsq_levels, input_dim=lam.st.dim, output_dim=decoder_st.dim)
+        else:
+            self.quantizer = VectorQuantizer(
+                lam.num_actions,
+                lam.code_dim,
+                input_dim=lam.st.dim,
+                output_dim=decoder_st.dim,
+                beta=lam.beta,
+                dead_code_threshold=lam.dead_code_threshold,
+            )
         self.decoder_embed = PatchEmbed(self.grid, decoder_st.dim)
         self.decoder = STTransformer(decoder_st, causal_time=True)
         self.head = PatchHead(self.grid, decoder_st.dim)
@@ -115,7 +122,7 @@ class LatentActionModel(nn.Module):
         ignores its actions, the collapse this model is watched for).
         """
         latents_BTC = self._action_latents(video_BTCHW)
-        action_emb_BTC, actions_BT, vq_loss, vq_metrics = self.vq(latents_BTC)
+        action_emb_BTC, actions_BT, vq_loss, vq_metrics = self.quantizer(latents_BTC)
         pred_BTCHW = self._predict(video_BTCHW, action_emb_BTC)
         target_BTCHW = self.grid.target(video_BTCHW[:, 1:])
         with torch.no_grad():
@@ -129,8 +136,8 @@ class LatentActionModel(nn.Module):
     def predict(self, video_BTCHW: torch.Tensor, actions_BT: torch.Tensor) -> torch.Tensor:
         """Frames 2..T in [0, 1] predicted from the frames before them under the given
         actions (B, T-1): how the decoder answers actions other than the inferred ones."""
-        return self._predict(video_BTCHW, self.vq.lookup(actions_BT)).clamp(0, 1)
+        return self._predict(video_BTCHW, self.quantizer.lookup(actions_BT)).clamp(0, 1)
 
     def infer_actions(self, video_BTCHW: torch.Tensor) -> torch.Tensor:
         """video_BTCHW -> actions (B, T-1) long; actions[:, t] is the step x_t -> x_{t+1}."""
-        return self.vq.encode(self._action_latents(video_BTCHW))
+        return self.quantizer.encode(self._action_latents(video_BTCHW))

@@ -111,21 +111,11 @@ class VectorQuantizer(nn.Module):
         counts_K = torch.bincount(indices_Z, minlength=self.codebook_size).float()
         if self.training:
             self._update_usage(counts_K)
-        return quantized, indices, loss, self._metrics(counts_K)
-
-    def _metrics(self, counts_K: torch.Tensor) -> dict[str, torch.Tensor]:
-        share_K = counts_K / counts_K.sum().clamp(min=1)
-        entropy = -(share_K * torch.log(share_K.clamp(min=1e-10))).sum()
-        return {
-            "perplexity": entropy.exp().detach(),
-            "usage": (counts_K > 0).float().mean().detach(),
-        }
+        return quantized, indices, loss, code_use_metrics(counts_K)
 
     @torch.no_grad()
     def _update_usage(self, counts_K: torch.Tensor) -> None:
-        counts_K = _all_reduce_sum(counts_K.clone())
-        share_K = counts_K / counts_K.sum().clamp(min=1)
-        self.usage_ema.mul_(self.usage_decay).add_(share_K, alpha=1 - self.usage_decay)
+        counts_K = update_usage_ema(self.usage_ema, counts_K, self.usage_decay)
         used_K = counts_K > 0
         self.steps_unused.add_(1).masked_fill_(used_K, 0)
 
@@ -146,7 +136,24 @@ class VectorQuantizer(nn.Module):
         self.usage_ema[dead_K] = 1.0 / self.codebook_size
 
 
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+def code_use_metrics(counts_K: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Detached `perplexity` (exp of the entropy of code use) and `usage` (fraction of the
+    codes used) of one batch's per-code counts."""
+    share_K = counts_K / counts_K.sum().clamp(min=1)
+    entropy = -(share_K * torch.log(share_K.clamp(min=1e-10))).sum()
+    return {
+        "perplexity": entropy.exp().detach(),
+        "usage": (counts_K > 0).float().mean().detach(),
+    }
+
+
+@torch.no_grad()
+def update_usage_ema(usage_ema_K: torch.Tensor, counts_K: torch.Tensor, decay: float) -> torch.Tensor:
+    """Fold one batch's counts, summed over ranks, into the running per-code share in place;
+    returns the summed counts."""
+    counts_K = counts_K.clone()
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
+        dist.all_reduce(counts_K)
+    share_K = counts_K / counts_K.sum().clamp(min=1)
+    usage_ema_K.mul_(decay).add_(share_K, alpha=1 - decay)
+    return counts_K
