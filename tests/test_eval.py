@@ -104,6 +104,11 @@ def test_nmi_identical_and_independent_labelings():
     assert em.nmi(a, a) == pytest.approx(1.0)
     assert em.nmi(a, (a + 3) % 8) == pytest.approx(1.0)  # renamed labels carry the same information
     assert em.nmi(a, rng.integers(0, 4, 5000)) < 0.01
+    # on a small sample independent labels still share some NMI: the shuffled baseline shows it
+    small, other = a[:60], rng.integers(0, 15, 60)
+    assert 0.05 < em.nmi_chance(small, other) < 0.4
+    assert em.nmi_chance(small, other) == pytest.approx(em.nmi(small, other), abs=0.1)
+    assert em.nmi_chance(a, a) < 0.01  # a labeling against itself shuffled
 
 
 def test_bootstrap_interval_on_known_data():
@@ -125,9 +130,12 @@ def test_code_usage_and_majority_probe():
     true = np.array([0, 1, 2, 0, 0, 0])
     latent = (true + 5) % 8  # latent action k always means true action k - 5
     p = em.majority_probe(latent, true, latent, true)
-    assert p == {"accuracy": 1.0, "chance": pytest.approx(4 / 6)}
+    assert p == {"accuracy": 1.0, "constant": pytest.approx(4 / 6), "chance": pytest.approx(4 / 6)}
     p = em.majority_probe(np.zeros(6, int), true, np.array([0, 7]), np.array([0, 1]))  # 7 unseen: majority
-    assert p["accuracy"] == 0.5
+    assert p["accuracy"] == 0.5 and p["constant"] == 0.5
+    # the fit clips' majority (0) is not the test clips' (1): a constant guess scores below the best constant
+    p = em.majority_probe(np.zeros(4, int), np.array([0, 0, 0, 1]), np.zeros(4, int), np.array([1, 1, 1, 0]))
+    assert p["constant"] == 0.25 and p["chance"] == 0.75 and p["accuracy"] == 0.25
 
 
 def test_infer_actions_over_windows_longer_than_training():

@@ -314,8 +314,9 @@ def latent_vs_true(latent_BA: torch.Tensor, true_BA: torch.Tensor | None) -> dic
     half = len(true_BA) // 2
     fit, test = labelled.clone(), labelled.clone()
     fit[half:], test[:half] = False, False
-    out = {"available": True, "transitions": int(labelled.sum()),
-           "nmi": em.nmi(true_BA[labelled].numpy(), latent_BA[labelled].numpy())}
+    true, latent = true_BA[labelled].numpy(), latent_BA[labelled].numpy()
+    out = {"available": True, "transitions": int(labelled.sum()), "nmi": em.nmi(true, latent),
+           "nmi_chance": em.nmi_chance(true, latent)}
     if fit.any() and test.any():
         out["probe"] = em.majority_probe(latent_BA[fit].numpy(), true_BA[fit].numpy(),
                                          latent_BA[test].numpy(), true_BA[test].numpy())
@@ -429,10 +430,12 @@ def _summary_rows(r: dict) -> list[tuple[str, str]]:
             ("LAM codebook", f"{r['lam']['usage'] * 100:.0f} % of {r['lam']['num_actions']} actions used, "
                              f"perplexity {_fmt(r['lam']['perplexity'])}")]
     if tr["available"]:
-        rows.append(("latent vs true actions: NMI", f"{tr['nmi']:.3f} over {tr['transitions']} transitions"))
+        rows.append(("latent vs true actions: NMI", f"{tr['nmi']:.3f} over {tr['transitions']} transitions "
+                                                    f"(independent labels: {tr['nmi_chance']:.3f})"))
         p = tr["probe"]
-        rows.append(("probe accuracy (true from latent)", f"{p['accuracy']:.3f} against chance {p['chance']:.3f}"
-                     if "accuracy" in p else f"unavailable: {p['reason']}"))
+        rows.append(("probe accuracy (true from latent)",
+                     f"{p['accuracy']:.3f}; a constant guess from the fit clips {p['constant']:.3f}, the best "
+                     f"constant {p['chance']:.3f}" if "accuracy" in p else f"unavailable: {p['reason']}"))
     else:
         rows.append(("latent vs true actions", f"unavailable: {tr['reason']}"))
     return rows

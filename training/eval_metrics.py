@@ -128,11 +128,22 @@ def nmi(labels_a, labels_b) -> float:
     return float(normalized_mutual_info_score(np.asarray(labels_a).ravel(), np.asarray(labels_b).ravel()))
 
 
+def nmi_chance(labels_a, labels_b, shuffles: int = 20, seed: int = 0) -> float:
+    """The NMI independent labelings of the same sizes and label frequencies reach: the mean
+    over `shuffles` random permutations of `labels_b`. NMI is biased upward on a finite sample
+    (more so with many labels), so a measured NMI means something only well above this."""
+    a, b = np.asarray(labels_a).ravel(), np.asarray(labels_b).ravel()
+    rng = np.random.default_rng(seed)
+    return float(np.mean([nmi(a, rng.permutation(b)) for _ in range(shuffles)]))
+
+
 def majority_probe(latent_fit, true_fit, latent_test, true_test) -> dict:
     """The smallest probe of true actions from latent ones: each latent action predicts the
     true action it most often came with in the fit set (one unseen there predicts the fit
-    set's most common true action). Returns its `accuracy` on the test set and `chance`, the
-    share of the test set's most common true action (the best any constant guess scores)."""
+    set's most common true action). Returns its `accuracy` on the test set, `constant`, the
+    accuracy of always guessing the fit set's most common true action (what the probe scores
+    when latent actions carry nothing), and `chance`, the share of the test set's most common
+    true action (the best any constant guess could score)."""
     latent_fit, true_fit = np.asarray(latent_fit).ravel(), np.asarray(true_fit).ravel()
     latent_test, true_test = np.asarray(latent_test).ravel(), np.asarray(true_test).ravel()
     if latent_fit.size == 0 or latent_test.size == 0:
@@ -140,5 +151,5 @@ def majority_probe(latent_fit, true_fit, latent_test, true_test) -> dict:
     fallback = np.bincount(true_fit).argmax()
     table = {int(a): np.bincount(true_fit[latent_fit == a]).argmax() for a in np.unique(latent_fit)}
     pred = np.array([table.get(int(a), fallback) for a in latent_test])
-    return {"accuracy": float((pred == true_test).mean()),
+    return {"accuracy": float((pred == true_test).mean()), "constant": float((true_test == fallback).mean()),
             "chance": float(np.bincount(true_test).max() / true_test.size)}

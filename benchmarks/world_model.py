@@ -1,0 +1,208 @@
+"""Controllability of a Genie trained on CPU: CoinRun episodes with true actions → our shards →
+the smallest model that learns in a fixed CPU budget → `eval`.
+
+    python benchmarks/world_model.py [--minutes 30] [--episodes 48] [--scale cpu|gpu] [--out DIR]
+
+Data: procgen CoinRun (the paper's agent study, GenieRedux's benchmark) at its native 64×64
+observation, one frame per environment step, the random agent of the sample corpus (biased
+right/jump), episodes of `--frames-per-clip` steps written as clips at 10 FPS in our own format
+(shards/ writer and commit, with each clip's `true_actions`, `action_space` procgen:coinrun:15).
+Every 6th episode is validation. Training: `train_main` on those shards with the `--scale`
+preset; the step counts are chosen from a timed probe so that both phases fit `--minutes` of
+this machine. Then `run_eval` on the validation split: tokenizer PSNR/SSIM, rollout PSNR per
+step, ΔtPSNR with its bootstrap interval, LAM usage, the action atlas and latent vs true actions
+(NMI, probe accuracy against chance). FVD needs I3D weights (`--i3d`), none ship here.
+
+`--scale gpu` is GenieRedux's CoinRun scale for an accelerator (documented, not run on CPU):
+see GPU_PRESET.
+
+Writes benchmarks/results/world_model.json (+ world_model_atlas.png, world_model_rollout.gif).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = ROOT / "benchmarks" / "results"
+ACTION_SPACE = "procgen:coinrun:15"
+
+# the smallest configuration that learns in the CPU budget (tiny ST blocks, 64×64, 16-frame windows)
+CPU_PRESET = {"model": "tiny", "batch_size": 8, "frames": 16, "resolution": [64, 64], "lr": 3e-4,
+              "warmup_steps": 20, "overrides": {}}
+# GenieRedux's CoinRun scale (an accelerator): larger ST blocks, batch 32 windows, 16 frames at 64×64
+GPU_PRESET = {"model": "small", "batch_size": 32, "frames": 16, "resolution": [64, 64], "lr": 3e-4,
+              "warmup_steps": 500, "tokenizer_steps": 50_000, "dynamics_steps": 100_000, "overrides": {},
+              "precision": "auto", "device": "cuda"}
+
+
+def coinrun_episode(seed: int, frames: int) -> tuple[np.ndarray, list[int]]:
+    """(frames, 64, 64, 3) uint8 observations and the action taken after each frame."""
+    from genie_pipeline.corpus.render import CoinRunAgent, quiet_fds
+
+    with quiet_fds():
+        agent = CoinRunAgent(seed, level=seed)
+    obs, acts = [], []
+    for _ in range(frames):
+        obs.append(np.asarray(agent.env.observe()[1]["rgb"][0], dtype=np.uint8))
+        agent.step()
+        acts.append(int(agent.last_action))
+    return np.stack(obs), acts
+
+
+def write_episodes(out: Path, episodes: int, frames: int, seed: int) -> dict:
+    """Episodes as one committed ingest output (one clip per episode, 10 FPS, 64×64)."""
+    from genie_pipeline.shards.clip import encode_clip
+    from genie_pipeline.shards.config import ClipsConfig, ShardsConfig
+    from genie_pipeline.shards.records import Candidate, ClipRow, VideoResult, clip_key, video_key
+    from tests.fixtures.output import write_output
+
+    clips = ClipsConfig(width=64, height=64, fps=10, seconds=frames / 10)
+    spec = clips.spec
+    videos, candidates, counts = [], [], {}
+    for i in range(episodes):
+        obs, acts = coinrun_episode(seed * 10_007 + i, spec.frames)
+        data = encode_clip(obs, spec)
+        vid, split = f"coinrun{i:04d}", ("val" if i % 6 == 5 else "train")
+        vk = video_key("coinrun", vid)
+        row = ClipRow(key=clip_key(vk, 0), video_key=vk, video_id=vid, source="coinrun", title=f"CoinRun {i}",
+                      start_s=0.0, duration_s=clips.seconds, n_frames=spec.frames, bytes=len(data), split=split,
+                      true_actions=acts[:-1], action_space=ACTION_SPACE)
+        videos.append((VideoResult(video_key=vk, video_id=vid, source="coinrun", title=row.title, status="done",
+                                   clips=[row], split=split, seconds_in=clips.seconds, seconds_out=clips.seconds),
+                       [(row.key, data)]))
+        candidates.append(Candidate(source="coinrun", video_id=vid, title=row.title, duration_s=clips.seconds,
+                                    keyword_verdict="keep"))
+        counts[split] = counts.get(split, 0) + 1
+        for a in acts[:-1]:
+            counts.setdefault("actions", {}).setdefault(a, 0)
+            counts["actions"][a] += 1
+    write_output(out, videos, candidates, spec, ShardsConfig(max_clips=8))
+    return {"episodes": episodes, "frames_per_episode": spec.frames, "splits": {k: v for k, v in counts.items()
+            if k != "actions"}, "true_action_histogram": dict(sorted(counts["actions"].items()))}
+
+
+def train_config(data: Path, run: Path, preset: dict, tok_steps: int, dyn_steps: int):
+    from genie_pipeline.training.config import TrainConfig
+
+    keys = {k: v for k, v in preset.items() if k not in ("tokenizer_steps", "dynamics_steps")}
+    return TrainConfig(**keys, data=[str(data)], out_dir=str(run), tokenizer_steps=tok_steps,
+                       dynamics_steps=dyn_steps, num_workers=0, checkpoint_every=max(tok_steps, dyn_steps, 1),
+                       sample_every=max(tok_steps, dyn_steps, 1), log_every=25, threads=os.cpu_count() or 1)
+
+
+def probe_step_seconds(data: Path, tmp: Path, preset: dict, steps: int = 12) -> tuple[float, float]:
+    """Seconds per optimizer step of each phase on this machine: the trainer's own steady-state
+    step time (warm-up steps dropped) over a short run of both phases."""
+    from genie_pipeline.training.run import train_main
+
+    summary = train_main(train_config(data, tmp / "probe", preset, steps, steps), stage="all", inputs=[str(data)])
+    return tuple(float(summary["phases"][p]["sec_per_step"]) for p in ("tokenizer", "dynamics"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=30.0, help="CPU budget for both training phases")
+    ap.add_argument("--episodes", type=int, default=96)
+    ap.add_argument("--frames-per-clip", type=int, default=64)
+    ap.add_argument("--scale", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--tokenizer-share", type=float, default=0.35, help="share of the budget for phase 1")
+    ap.add_argument("--steps", type=int, nargs=2, default=None, metavar=("TOKENIZER", "DYNAMICS"),
+                    help="fixed step counts instead of the timed probe")
+    ap.add_argument("--i3d", default=None, help="I3D weights for FVD (a local file)")
+    ap.add_argument("--eval-clips", type=int, default=64)
+    ap.add_argument("--out", default=None, help="work dir (default: a temporary one, removed)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-only", action="store_true",
+                    help="re-run only eval on the model trained in --out, keeping the recorded training")
+    args = ap.parse_args(argv)
+    if args.eval_only:
+        if not args.out:
+            ap.error("--eval-only needs --out, the work dir of an earlier run")
+        return evaluate(Path(args.out), args, json.loads((RESULTS / "world_model.json").read_text()))
+
+    import torch
+
+    from genie_pipeline.training.run import train_main
+
+    work = Path(args.out or f"/tmp/world_model_{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    data, run = work / "coinrun", work / "run"
+    t0 = time.perf_counter()
+    data_info = write_episodes(data, args.episodes, args.frames_per_clip, args.seed)
+    data_s = time.perf_counter() - t0
+    print(f"[world_model] {args.episodes} CoinRun episodes in {data_s:.0f} s → {data}", flush=True)
+
+    preset = GPU_PRESET if args.scale == "gpu" else CPU_PRESET
+    if args.scale == "gpu":
+        tok_steps, dyn_steps, probe = preset["tokenizer_steps"], preset["dynamics_steps"], None
+    elif args.steps:
+        (tok_steps, dyn_steps), probe = args.steps, None
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+        tok_s, dyn_s = probe_step_seconds(data, work / "probe", preset)
+        budget = args.minutes * 60
+        tok_steps = int(budget * args.tokenizer_share / tok_s)
+        dyn_steps = int(budget * (1 - args.tokenizer_share) / dyn_s)
+        probe = {"tokenizer_s_per_step": round(tok_s, 3), "dynamics_s_per_step": round(dyn_s, 3)}
+        print(f"[world_model] probe {probe} → {tok_steps} tokenizer + {dyn_steps} dynamics steps", flush=True)
+    t1 = time.perf_counter()
+    summary = train_main(train_config(data, run, preset, tok_steps, dyn_steps), stage="all", inputs=[str(data)])
+    train_s = time.perf_counter() - t1
+    phases = {name: {"steps": p.get("steps"), "first_loss": p.get("first_loss"), "sec_per_step": p.get("sec_per_step"),
+                     "final": p.get("final_metrics", {})} for name, p in summary["phases"].items()}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "loadavg_end": list(os.getloadavg())},
+        "scale": args.scale, "preset": preset, "budget_minutes": None if args.steps else args.minutes,
+        "data": {**data_info, "action_space": ACTION_SPACE, "seconds_to_render": round(data_s, 1)},
+        "probe": probe,
+        "training": {"tokenizer_steps": tok_steps, "dynamics_steps": dyn_steps, "seconds": round(train_s, 1),
+                     "phases": phases},
+        "files": {"atlas": "world_model_atlas.png", "rollout": "world_model_rollout.gif"},
+        "goals": {"delta_psnr_t4_ci_above_0": "ΔtPSNR@4 with its 95 % interval above 0",
+                  "nmi_well_above_chance": "latent-vs-true NMI well above nmi_chance (shuffled true actions)"},
+    }
+    evaluate(work, args, result)
+    if not args.out:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def evaluate(work: Path, args, result: dict) -> int:
+    """`eval` on the model in `work`/run over the validation episodes; the report into `result`,
+    written to benchmarks/results/world_model.json with the atlas and rollout beside it."""
+    from genie_pipeline.training.eval import run_eval
+
+    t0 = time.perf_counter()
+    report = run_eval(str(work / "run"), data=[str(work / "coinrun")], out_dir=str(work / "eval"), i3d=args.i3d,
+                      clips=args.eval_clips, seed=args.seed)
+    result["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    result["eval"] = {k: v for k, v in report.items() if k not in ("files", "out_dir")}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name, dest in (("atlas.png", "world_model_atlas.png"), ("rollout.gif", "world_model_rollout.gif")):
+        src = Path(report["out_dir"]) / name
+        if src.exists():
+            shutil.copyfile(src, RESULTS / dest)
+    (RESULTS / "world_model.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    d, t = result["eval"]["delta_psnr"], result["eval"]["true_actions"]
+    print(f"[world_model] ΔtPSNR@{d['t']} {d['value']:.2f} dB (95 % {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}); "
+          f"NMI {t.get('nmi', float('nan')):.3f} (chance {t.get('nmi_chance', float('nan')):.3f}) "
+          f"→ {RESULTS / 'world_model.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
