@@ -48,3 +48,21 @@ bench: setup
 
 clean:
 	rm -rf out .pytest_cache
+
+# The Dataflow image: SDK container for the workers and launcher of the flex template
+# (dataflow/Dockerfile; README "Run on Dataflow"). Name it in your Artifact Registry, e.g.
+#   make dataflow-image DATAFLOW_IMAGE=us-central1-docker.pkg.dev/PROJECT/REPO/genie-pipeline:0.1.0
+DATAFLOW_IMAGE     ?= genie-pipeline-dataflow:latest
+DATAFLOW_IMAGE_GPU ?= genie-pipeline-dataflow-gpu:latest
+DOCKER_READY = command -v docker >/dev/null || { echo "docker not found: build the Dataflow image on a machine with docker (the image cannot be built here; tests/test_container.py checks its install steps in a venv)" >&2; exit 1; }; \
+	docker info >/dev/null 2>&1 || { echo "docker cannot reach its daemon (is dockerd running, may this user use it?)" >&2; exit 1; }
+
+.PHONY: dataflow-image dataflow-image-gpu
+dataflow-image:
+	@$(DOCKER_READY)
+	docker build -f dataflow/Dockerfile --build-arg TORCH_VARIANT=cpu --build-arg IMAGE=$(DATAFLOW_IMAGE) -t $(DATAFLOW_IMAGE) .
+
+# CUDA 13 torch for the quality classifier on GPU workers (worker_accelerator)
+dataflow-image-gpu:
+	@$(DOCKER_READY)
+	docker build -f dataflow/Dockerfile --build-arg TORCH_VARIANT=cu130 --build-arg IMAGE=$(DATAFLOW_IMAGE_GPU) -t $(DATAFLOW_IMAGE_GPU) .
