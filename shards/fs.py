@@ -4,7 +4,9 @@ writer of the project, ingest and training alike.
 
 Writes go to a local file first and are moved into place whole: a reader never sees a
 partial file (local: `os.replace`; object stores: an object appears only when its upload
-completes).
+completes). Endpoints and credentials of object stores come from the environment or
+`objstore.configure(beam_args)` (shards/objstore.py); the output lock there is a lease
+(shards/lease.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,12 @@ import tempfile
 import uuid
 from typing import Iterator
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from . import objstore
+from .lease import LEASE_S, Lease
+from .objstore import StorageError
 
 
 GLOB_CHARS = frozenset("*?[")
@@ -37,6 +44,12 @@ def environment_error(e: BaseException) -> OSError | None:
     return None
 
 
+def _beam() -> type[FileSystems]:
+    """Beam's FileSystems, with options set (see `objstore.options`)."""
+    objstore.options()
+    return FileSystems
+
+
 def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
@@ -47,7 +60,7 @@ def local(path: str) -> str:
 
 
 def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts) if is_remote(base) else os.path.join(local(base), *parts)
+    return _beam().join(base, *parts) if is_remote(base) else os.path.join(local(base), *parts)
 
 
 def makedirs(path: str) -> None:
@@ -56,19 +69,19 @@ def makedirs(path: str) -> None:
 
 
 def exists(path: str) -> bool:
-    return FileSystems.exists(path) if is_remote(path) else os.path.exists(local(path))
+    return _beam().exists(path) if is_remote(path) else os.path.exists(local(path))
 
 
 def isdir(path: str) -> bool:
     """Object stores have no directories: there, a prefix with objects under it is one."""
     if not is_remote(path):
         return os.path.isdir(local(path))
-    return bool(FileSystems.match([path.rstrip("/") + "/*"])[0].metadata_list)
+    return bool(_beam().match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list)
 
 
 def glob(pattern: str) -> list[str]:
     if is_remote(pattern):
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        return sorted(m.path for m in _beam().match([pattern])[0].metadata_list)
     import glob as _glob
 
     return sorted(_glob.glob(local(pattern)))
@@ -78,13 +91,13 @@ def list_files(pattern: str) -> list[tuple[str, int]]:
     """(path, size in bytes) of each file an absolute `pattern` matches, sorted by path, by
     Beam's matching on every filesystem: `*` stays in one folder, `**` crosses folders,
     folders themselves never match."""
-    return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+    return sorted((m.path, m.size_in_bytes) for m in _beam().match([pattern])[0].metadata_list)
 
 
 def open_read(path: str):
     """A binary reader; a `.gz`, `.bz2`, `.zst` … file is decompressed as it is read (Beam's
     rule, the same locally and on object stores: catalogs and URL lists may be compressed)."""
-    return FileSystems.open(path if is_remote(path) else local(path))
+    return _beam().open(path if is_remote(path) else local(path))
 
 
 def read_bytes(path: str) -> bytes:
@@ -94,8 +107,8 @@ def read_bytes(path: str) -> bytes:
 
 def remove(path: str) -> None:
     if is_remote(path):
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
+        if _beam().exists(path):
+            _beam().delete([path])
     else:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
@@ -111,9 +124,22 @@ def rmtree(path: str) -> None:
 
 def rename(src: str, dst: str) -> None:
     if is_remote(src) or is_remote(dst):
-        FileSystems.rename([src], [dst])
+        _beam().rename([src], [dst])
     else:
         os.replace(src, dst)
+
+
+def rename_many(pairs: list[tuple[str, str]]) -> None:
+    """Rename each (src, dst); object stores get them in batches (their rename is a copy, which
+    their APIs run in parallel), local paths one by one. The destination folders are made."""
+    remote = [(s, d) for s, d in pairs if is_remote(s) or is_remote(d)]
+    for s, d in pairs:
+        if not (is_remote(s) or is_remote(d)):
+            os.makedirs(os.path.dirname(local(d)) or ".", exist_ok=True)
+            rename(s, d)
+    for i in range(0, len(remote), 100):
+        chunk = remote[i: i + 100]
+        _beam().rename([s for s, _ in chunk], [d for _, d in chunk])
 
 
 @contextlib.contextmanager
@@ -128,7 +154,8 @@ def atomic_output(dest: str) -> Iterator[str]:
     try:
         yield tmp
         if is_remote(dest):
-            with open(tmp, "rb") as src, FileSystems.create(dest) as dst:
+            # the bytes as written: Beam would gzip a `.gz` destination once more
+            with open(tmp, "rb") as src, _beam().create(dest, compression_type=CompressionTypes.UNCOMPRESSED) as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)
             os.remove(tmp)
         else:
@@ -145,18 +172,44 @@ def write_bytes(dest: str, data: bytes) -> None:
         f.write(data)
 
 
+def check_writable(path: str) -> None:
+    """StorageError unless files can be written in the folder or bucket prefix `path` (made
+    if missing) and deleted again: for an output directory, before any work starts. On an
+    object store this names an unreachable endpoint, missing credentials, a bucket that does
+    not exist or refuses writes (see `objstore.check_writable`)."""
+    if is_remote(path):
+        objstore.check_writable(path)
+        return
+    probe = os.path.join(local(path), f".probe-{uuid.uuid4().hex[:12]}")
+    try:
+        os.makedirs(local(path), exist_ok=True)
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise StorageError(f"{path}: cannot write there ({e.strerror or e})") from None
+
+
 class OutputBusy(RuntimeError):
     """Another run is writing the same output directory."""
 
 
 @contextlib.contextmanager
-def output_lock(out: str, what: str) -> Iterator[None]:
+def output_lock(out: str, what: str, lease_s: float = LEASE_S) -> Iterator[None]:
     """Hold OUT/.lock (an exclusive `flock`) while a run rewrites OUT: a second ingest or
     refilter on the same directory would otherwise delete the first one's staged files.
     The kernel drops the lock when its holder dies, so a killed run never blocks the next.
-    Object stores have no such lock: there, one job per output is the user's rule."""
+    Object stores have no flock: there the lock is a lease object with an expiry that the
+    holder renews (shards/lease.py); a dead holder's lease lapses after `lease_s`."""
     if is_remote(out):
-        yield
+        lease = Lease(join(out, ".lock"), what, lambda holder: OutputBusy(
+            f"{out} is in use by another run ({holder}); wait for it to finish or write to another "
+            "output directory"), lease_s=lease_s)
+        lease.acquire()
+        try:
+            yield
+        finally:
+            lease.release()
         return
     import fcntl
     import json

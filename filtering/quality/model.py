@@ -6,6 +6,7 @@ sampling training and scoring share) are the whole input spec.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 
 from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.frames import FRAME_H, FRAME_W
+from genie_pipeline.shards import fs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -227,18 +229,20 @@ def load_backbone_weights(model: QualityNet, path: str) -> dict[str, int]:
     return {"loaded": len(take), "skipped": len(sd) - len(take), "missing": len(own) - len(take)}
 
 
-def metadata_path(model_path: str | os.PathLike) -> Path:
-    return Path(model_path).with_suffix(".json")
+def metadata_path(model_path: str | os.PathLike) -> str:
+    """MODEL.json beside MODEL.pt, local or in a bucket."""
+    return os.path.splitext(str(model_path))[0] + ".json"
 
 
 def read_metadata(model_path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata beside a model file (local, gs:// or s3://)."""
     mp = metadata_path(model_path)
-    if not Path(model_path).exists():
+    if not fs.exists(str(model_path)):
         raise QualityError(f"model file {model_path} does not exist (train one with `genie-pipeline train-quality`)")
+    if not fs.exists(mp):
+        raise QualityError(f"model metadata {mp} is missing (it is written beside the model by train-quality)")
     try:
-        meta = json.loads(mp.read_text())
-    except FileNotFoundError:
-        raise QualityError(f"model metadata {mp} is missing (it is written beside the model by train-quality)") from None
+        meta = json.loads(fs.read_bytes(mp))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise QualityError(f"model metadata {mp} is not valid JSON: {e}") from None
     if meta.get("format") != MODEL_FORMAT:
@@ -270,7 +274,7 @@ def load_quality_model(model_path: str, bf16: str = "auto", channels_last: bool 
     meta = read_metadata(model_path)
     model = QualityNet(**meta["model_params"], channels_last=channels_last, bf16=use_bf16(bf16, meta))
     try:
-        sd = torch.load(model_path, map_location="cpu", weights_only=True)
+        sd = torch.load(io.BytesIO(fs.read_bytes(model_path)), map_location="cpu", weights_only=True)
         model.load_state_dict(sd)
     except Exception as e:  # noqa: BLE001
         raise QualityError(f"cannot load model {model_path}: {type(e).__name__}: {e}") from None
@@ -288,7 +292,7 @@ def save_quality_model(model: QualityNet, path: str | os.PathLike, meta: dict[st
     tmp = path.with_name(path.name + ".tmp")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
-    mp = metadata_path(path)
+    mp = Path(metadata_path(path))
     tmpj = mp.with_name(mp.name + ".tmp")
     tmpj.write_text(json.dumps(meta, indent=1, default=_json_default))
     os.replace(tmpj, mp)

@@ -1,0 +1,132 @@
+"""The output lock on an object store: a lease object `OUT/.lock` naming its holder and an
+expiry, renewed while the holder lives.
+
+An object store has no flock, and a run that dies cannot release anything, so the lock
+expires instead: the holder rewrites it every `lease_s / 3` seconds from a background
+thread, and another run may take it over only after `expires` has passed (or at once when
+the holder ran on this machine and its process is gone: a SIGKILLed local run does not block
+its own resume). Release deletes the object.
+
+Acquiring is: read the lease; if there is a live one, refuse (OutputBusy names the holder);
+else write ours with a conditional write (S3 `If-None-Match: *` for a new object, `If-Match`
+on the expired one's ETag; GCS `ifGenerationMatch`), so of two runs racing for it exactly
+one wins; then read it back. On a store that ignores the conditions (some S3-compatible
+servers, the GCS emulator) the read-back is the only guard, and the race window is the time
+between one run's read and its write: two runs that both read "free" before either writes
+can both believe they hold it until the next renewal, which finds the other's lease and
+stops renewing (logged). That window is a few milliseconds; stores that honour conditional
+writes (S3, GCS) have none.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Callable
+
+from . import objstore
+
+log = logging.getLogger(__name__)
+
+LEASE_S = 60.0
+
+
+def _boot_id() -> str:
+    """Tells this machine (boot) apart from others with the same host name (containers)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe(holder: dict) -> str:
+    """The holder as the busy message shows it."""
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder.get("expires", 0))))
+    return (f"{holder.get('what', '?')} run, pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"since {holder.get('since', '?')}, lease until {until}")
+
+
+class Lease:
+    """Hold `path` (the lease object) for a run described by `what`: `acquire()` or raise
+    `busy(message)`, then `release()`. Renewal runs in a daemon thread meanwhile."""
+
+    def __init__(self, path: str, what: str, busy: Callable[[str], Exception], lease_s: float = LEASE_S):
+        self.path, self.what, self.busy, self.lease_s = path, what, busy, lease_s
+        self.owner = uuid.uuid4().hex
+        self.version: str | None = None
+        self.since = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self, since: str | None = None) -> bytes:
+        return json.dumps({"owner": self.owner, "what": self.what, "pid": os.getpid(), "host": socket.gethostname(),
+                           "boot": _boot_id(), "since": since or time.strftime("%Y-%m-%d %H:%M:%S"),
+                           "expires": time.time() + self.lease_s}).encode()
+
+    def _stale(self, holder: dict) -> bool:
+        if float(holder.get("expires", 0)) < time.time():
+            return True
+        same_machine = holder.get("host") == socket.gethostname() and holder.get("boot") == _boot_id()
+        return same_machine and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+
+    def acquire(self) -> None:
+        current = objstore.read_versioned(self.path)
+        if current is not None:
+            holder = _parse(current[0])
+            if not self._stale(holder):
+                raise self.busy(describe(holder))
+            log.warning("taking over the expired lease %s (%s)", self.path, describe(holder))
+        self.since = time.strftime("%Y-%m-%d %H:%M:%S")
+        won = objstore.write_if(self.path, self._record(self.since), None if current is None else current[1])
+        back = objstore.read_versioned(self.path)
+        if not won or back is None or _parse(back[0]).get("owner") != self.owner:
+            holder = _parse(back[0]) if back else {}
+            raise self.busy(describe(holder))
+        self.version = back[1]
+        self._thread = threading.Thread(target=self._renew, name="output-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                if not objstore.write_if(self.path, self._record(self.since), self.version):
+                    log.error("lost the output lease %s to another run: stopped renewing it", self.path)
+                    return
+                back = objstore.read_versioned(self.path)
+                if back is None or _parse(back[0]).get("owner") != self.owner:
+                    log.error("lost the output lease %s to another run: stopped renewing it", self.path)
+                    return
+                self.version = back[1]
+            except Exception as e:  # noqa: BLE001 — a failed renewal is retried at the next tick
+                log.warning("could not renew the output lease %s: %s", self.path, e)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        current = objstore.read_versioned(self.path)
+        if current is not None and _parse(current[0]).get("owner") == self.owner:
+            objstore.delete(self.path)
+
+
+def _parse(data: bytes) -> dict:
+    try:
+        holder = json.loads(data)
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}

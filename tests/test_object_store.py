@@ -1,0 +1,372 @@
+"""Object storage end to end, against real emulators started from registry packages (moto's
+S3 server, gcp-storage-emulator): the filesystem layer, the output lease, the writability
+probe, an output written to and read from a bucket (verify, the training loader split over
+two ranks), and (slow) an ingest into a bucket that is SIGKILLed and resumed, then refiltered
+and trained on."""
+from __future__ import annotations
+
+import gzip
+import json
+import time
+
+import pytest
+
+from genie_pipeline.shards import fs, objstore
+from genie_pipeline.shards.lease import Lease
+
+from tests.emulators import gcs_emulator, s3_emulator
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with s3_emulator() as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    with gcs_emulator() as emu:
+        yield emu
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request):
+    return request.getfixturevalue("s3" if request.param == "s3" else "gcs").bucket()
+
+
+# ------------------------------------------------------------------ the filesystem layer
+def test_fs_round_trip(bucket):
+    out = fs.join(bucket, "out")
+    fs.write_bytes(fs.join(out, "a", "one.json"), b'{"x": 1}')
+    with fs.atomic_output(fs.join(out, "a", "two.jsonl.gz")) as tmp, open(tmp, "wb") as f:
+        f.write(gzip.compress(b'{"y": 2}\n'))
+    fs.write_bytes(fs.join(out, "b", "deep", "three.bin"), b"\0" * 10)
+
+    assert fs.read_bytes(fs.join(out, "a", "one.json")) == b'{"x": 1}'
+    with fs.open_read(fs.join(out, "a", "two.jsonl.gz")) as f:  # decompressed as it is read
+        assert f.read() == b'{"y": 2}\n'
+    assert fs.exists(fs.join(out, "a", "one.json")) and not fs.exists(fs.join(out, "a", "nope"))
+    assert fs.isdir(out) and fs.isdir(fs.join(out, "b")) and not fs.isdir(fs.join(out, "c"))
+    assert [p.rsplit("/", 1)[1] for p in fs.glob(fs.join(out, "a", "*.json"))] == ["one.json"]
+    files = fs.list_files(fs.join(out, "**"))
+    assert [(p.split("/out/", 1)[1], n) for p, n in files] == [
+        ("a/one.json", 8), ("a/two.jsonl.gz", len(gzip.compress(b'{"y": 2}\n'))), ("b/deep/three.bin", 10)]
+
+    fs.rename(fs.join(out, "a", "one.json"), fs.join(out, "c", "one.json"))
+    assert not fs.exists(fs.join(out, "a", "one.json")) and fs.read_bytes(fs.join(out, "c", "one.json")) == b'{"x": 1}'
+    fs.remove(fs.join(out, "c", "one.json"))
+    fs.remove(fs.join(out, "c", "one.json"))  # removing what is gone is no error
+    fs.rmtree(fs.join(out, "b"))
+    assert [p.split("/out/", 1)[1] for p in fs.glob(fs.join(out, "**"))] == ["a/two.jsonl.gz"]
+
+
+# ------------------------------------------------------------------ the output lease
+def _holder(bucket: str) -> dict:
+    return json.loads(fs.read_bytes(fs.join(bucket, "out", ".lock")))
+
+
+def test_lease_refuses_a_second_holder_and_release_deletes_it(bucket):
+    out = fs.join(bucket, "out")
+    with fs.output_lock(out, "ingest"):
+        holder = _holder(bucket)
+        assert holder["what"] == "ingest" and holder["expires"] > time.time()
+        with pytest.raises(fs.OutputBusy) as e:
+            with fs.output_lock(out, "refilter"):
+                pass
+        msg = str(e.value)
+        assert out in msg and "in use by another run" in msg and f"pid {holder['pid']}" in msg and "ingest" in msg
+    assert not fs.exists(fs.join(out, ".lock"))
+    with fs.output_lock(out, "refilter"):  # free again
+        assert _holder(bucket)["what"] == "refilter"
+
+
+def test_lease_is_renewed_while_held(bucket):
+    out = fs.join(bucket, "out")
+    with fs.output_lock(out, "ingest", lease_s=1.5):
+        first = _holder(bucket)["expires"]
+        time.sleep(2.5)  # past the first expiry: only renewal keeps it
+        assert _holder(bucket)["expires"] > first
+        with pytest.raises(fs.OutputBusy):
+            with fs.output_lock(out, "ingest"):
+                pass
+
+
+def test_expired_lease_of_another_machine_is_taken_over(bucket):
+    out = fs.join(bucket, "out")
+    dead = {"owner": "x", "what": "ingest", "pid": 1, "host": "elsewhere", "boot": "", "since": "then",
+            "expires": time.time() - 1}
+    fs.write_bytes(fs.join(out, ".lock"), json.dumps(dead).encode())
+    with fs.output_lock(out, "ingest"):
+        assert _holder(bucket)["host"] != "elsewhere"
+    live = dict(dead, expires=time.time() + 600)
+    fs.write_bytes(fs.join(out, ".lock"), json.dumps(live).encode())
+    with pytest.raises(fs.OutputBusy, match="on elsewhere"):
+        with fs.output_lock(out, "ingest"):
+            pass
+
+
+def test_lease_of_a_dead_process_on_this_machine_is_taken_over(bucket):
+    import subprocess
+    import sys
+
+    out = fs.join(bucket, "out")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lease = Lease(fs.join(out, ".lock"), "ingest", RuntimeError)
+    stale = json.loads(lease._record())
+    stale["pid"] = int(gone.stdout)  # a process that has exited, on this machine, lease still running
+    fs.write_bytes(fs.join(out, ".lock"), json.dumps(stale).encode())
+    with fs.output_lock(out, "ingest"):
+        assert _holder(bucket)["pid"] != stale["pid"]
+
+
+def test_s3_conditional_create_lets_one_writer_win(s3):
+    path = fs.join(s3.bucket(), "x")
+    assert objstore.write_if(path, b"1", None)
+    assert not objstore.write_if(path, b"2", None)
+    data, version = objstore.read_versioned(path)
+    assert data == b"1"
+    assert objstore.write_if(path, b"3", version) and not objstore.write_if(path, b"4", version)
+
+
+# ------------------------------------------------------------------ bad input
+def test_check_writable(bucket, s3):
+    fs.check_writable(fs.join(bucket, "out"))
+    assert fs.glob(fs.join(bucket, "**")) == []  # the probe is gone
+    scheme = bucket.split("://")[0]
+    with pytest.raises(fs.StorageError, match=f"{scheme}://no-such-bucket-here/out.*does not exist"):
+        fs.check_writable(f"{scheme}://no-such-bucket-here/out")
+
+
+def test_check_writable_names_an_unreachable_endpoint_and_missing_credentials(s3, monkeypatch):
+    from tests.emulators import free_port
+
+    root = s3.bucket()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    objstore.configure()  # new options: clients are made again, from this environment
+    with pytest.raises(fs.StorageError, match=f"{root}/out: cannot write there .*endpoint .*cannot be reached"):
+        fs.check_writable(f"{root}/out")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    objstore.configure()
+    with pytest.raises(fs.StorageError, match="no AWS credentials"):
+        fs.check_writable(f"{root}/out")
+    objstore.configure()
+
+
+def test_ingest_into_a_missing_bucket_exits_2_naming_it(s3, tmp_path, capsys):
+    from genie_pipeline.cli import main
+    from tests.conftest import make_video
+
+    cat = tmp_path / "c.jsonl"
+    cat.write_text(json.dumps({"id": "a", "path": str(make_video(tmp_path / "a.mp4", 2, size="64x36")),
+                               "title": "a"}) + "\n")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(json.dumps({"sources": [{"type": "catalog", "name": "c", "path": str(cat), "keywords": "none"}],
+                               "runner": {"running_mode": "in_memory", "direct_num_workers": 1}}))
+    capsys.readouterr()
+    assert main(["ingest", "-c", str(cfg), "--output", "s3://no-such-bucket-here/out"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "s3://no-such-bucket-here/out" in err[0] and "does not exist" in err[0], err
+
+
+def test_gcs_without_credentials_is_named_at_once(monkeypatch, tmp_path):
+    for var in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    objstore.configure()
+    with pytest.raises(fs.StorageError, match="gs://some-bucket/out.*(credentials|GOOGLE_APPLICATION_CREDENTIALS)"):
+        fs.check_writable("gs://some-bucket/out")
+    objstore.configure()
+
+
+# ------------------------------------------------------------------ an output in a bucket, read back
+def _sprite_output(emu) -> dict:
+    from tests.fixtures.output import write_sprite_output
+
+    out = fs.join(emu.bucket(), "out")
+    shards = write_sprite_output(out, n_train_shards=2, clips_per_shard=2, n_val_shards=1)
+    return {"out": out, "shards": shards}
+
+
+@pytest.fixture(scope="module")
+def sprite_out(s3):
+    return _sprite_output(s3)
+
+
+@pytest.fixture(scope="module")
+def gs_sprite_out(gcs):
+    return _sprite_output(gcs)
+
+
+@pytest.fixture(params=["s3", "gs"])
+def any_sprite_out(request):
+    return request.getfixturevalue("sprite_out" if request.param == "s3" else "gs_sprite_out")
+
+
+def test_output_written_to_a_bucket_verifies(any_sprite_out):
+    sprite_out = any_sprite_out
+    from genie_pipeline.shards.reader import read_rows
+    from genie_pipeline.shards.verify import verify
+
+    out = sprite_out["out"]
+    assert [p.rsplit("/", 1)[1] for p in sprite_out["shards"]] == ["train-000000.tar", "train-000001.tar",
+                                                                    "val-000000.tar"]
+    assert len(read_rows(out, "manifest")) == 6 and fs.exists(fs.join(out, "stats.json"))
+    assert verify(out) == []
+
+
+def test_label_and_train_quality_read_clips_from_a_bucket(any_sprite_out):
+    """`label` and `train-quality` find an output's clips through ClipIndex: in a bucket it
+    indexes the manifest and reads each clip's bytes with a ranged read of its tar."""
+    from genie_pipeline.shards.reader import ClipIndex, read_rows
+
+    index = ClipIndex.open(any_sprite_out["out"])
+    rows = read_rows(any_sprite_out["out"], "manifest")
+    assert index.kind == "ingest" and len(index) == len(rows) == 6
+    key = rows[0]["key"]
+    data = index.read(key)
+    assert data[4:8] == b"ftyp" and index.readable(key)
+    with pytest.raises(Exception, match="not an ingest output"):
+        ClipIndex.open(fs.join(any_sprite_out["out"], "shards"))
+
+
+RANK_SCRIPT = """
+import json, sys
+from genie_pipeline.shards.reader import resolve_inputs
+from genie_pipeline.training.loader import WindowDataset
+import os
+shards = resolve_inputs([sys.argv[1]], "train").shards
+ds = WindowDataset(shards, batch_size=1, frames=4, rank=int(os.environ["RANK"]),
+                   world_size=int(os.environ["WORLD_SIZE"]), windows_per_clip=1, infinite=False)
+print(json.dumps(sorted({k for b in ds.iter_stream(ds.stream_id(0)) for k in b["keys"]})))
+"""
+
+
+def test_two_ranks_read_disjoint_clips_that_cover_the_bucket(sprite_out, tmp_path):
+    """The loader's node split, torchrun-style (RANK, WORLD_SIZE in each process's
+    environment), reading shards from the bucket: every train clip once, on exactly one rank."""
+    import os
+    import subprocess
+    import sys
+
+    from genie_pipeline.shards.reader import read_rows
+    from tests.conftest import ROOT
+
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, sprite_out["out"]], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2"}) for r in range(2)]
+    keys = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+        keys.append(set(json.loads(stdout.strip().splitlines()[-1])))
+    train = {r["key"] for r in read_rows(sprite_out["out"], "manifest") if r["split"] == "train"}
+    assert keys[0] and keys[1] and not keys[0] & keys[1]
+    assert keys[0] | keys[1] == train
+
+
+def test_quality_model_is_read_from_a_bucket(bucket, tmp_path):
+    import torch
+
+    from genie_pipeline.filtering.quality import QualityError, load_quality_model, save_quality_model
+    from genie_pipeline.filtering.quality.model import QualityNet
+
+    torch.manual_seed(0)
+    local = save_quality_model(QualityNet(frames_per_clip=3).eval(), tmp_path / "model.pt", {"threshold": 0.25})
+    for name in ("model.pt", "model.json"):
+        fs.write_bytes(f"{bucket}/models/{name}", (tmp_path / name).read_bytes())
+    remote, meta = load_quality_model(f"{bucket}/models/model.pt", bf16="off")
+    mine, _ = load_quality_model(str(local), bf16="off")
+    assert meta["threshold"] == 0.25
+    assert all(torch.equal(a, b) for a, b in zip(remote.state_dict().values(), mine.state_dict().values()))
+    with pytest.raises(QualityError, match=f"{bucket}/models/nope.pt does not exist"):
+        load_quality_model(f"{bucket}/models/nope.pt")
+
+
+# ------------------------------------------------------------------ an ingest into a bucket (slow)
+def _bucket_ingest_config(tmp_path, root: str) -> dict:
+    """A catalog and its videos in the bucket (relative paths resolve against the catalog's
+    folder there), the output in the bucket too."""
+    from tests.conftest import make_video
+
+    rows = []
+    for i, seconds in enumerate((35, 35, 17)):  # 2 + 2 + 1 clips
+        local = make_video(tmp_path / f"v{i}.mp4", seconds)
+        fs.write_bytes(f"{root}/in/videos/v{i}.mp4", local.read_bytes())
+        rows.append({"id": f"v{i}", "path": f"videos/v{i}.mp4", "title": f"video {i}"})
+    fs.write_bytes(f"{root}/in/catalog.jsonl.gz", gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return {"sources": [{"type": "catalog", "name": "c", "path": f"{root}/in/catalog.jsonl.gz", "format": "jsonl",
+                         "keywords": "none"}],
+            "download": {"allowed_schemes": ["http", "https", "s3"]},
+            "runner": {"direct_num_workers": 2}, "shards": {"val_fraction": 0.0, "max_clips": 2, "keep_clip_store": True},
+            "output": {"dir": f"{root}/out"}}
+
+
+@pytest.mark.slow
+def test_ingest_into_a_bucket_is_killed_resumes_and_reads_back(s3, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from genie_pipeline.shards.reader import read_rows
+    from genie_pipeline.shards.verify import verify
+    from tests.conftest import ROOT
+
+    root = s3.bucket()
+    out = f"{root}/out"
+    cfg_path = tmp_path / "p.yaml"
+    cfg_path.write_text(yaml.safe_dump(_bucket_ingest_config(tmp_path, root)))
+    cmd = [sys.executable, "-m", "genie_pipeline.cli", "ingest", "-c", str(cfg_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not fs.glob(f"{out}/clips/*.tar") and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "ingest finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert fs.exists(f"{out}/.lock") and not read_rows(out, "manifest")  # killed: a lease left, nothing committed
+
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = read_rows(out, "manifest")
+    assert sorted(m["video_id"] for m in manifest) == ["v0", "v0", "v1", "v1", "v2"]
+    assert [v["status"] for v in read_rows(out, "videos")] == ["done"] * 3
+    assert fs.exists(f"{out}/stats.json") and fs.glob(f"{out}/shards/train-*.tar")
+    assert not fs.exists(f"{out}/.lock")  # released
+    assert verify(out) == []
+
+    r = subprocess.run([sys.executable, "-m", "genie_pipeline.cli", "verify", out], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-2000:]
+
+    # refilter in the bucket, with scores given as `score_manifest` returns them: the shards
+    # are rewritten from the bucket's clip store to hold exactly the clips now kept
+    from genie_pipeline.filtering.quality import refilter
+    from genie_pipeline.shards.config import ShardsConfig
+    from genie_pipeline.shards.reader import existing_shards, iter_tar_samples
+
+    rows = [dict(m, quality_score=1.0 if m["video_id"] == "v2" else 0.0) for m in manifest]
+    result = refilter(out, 0.5, ShardsConfig(), None, rows=rows)
+    kept = {m["key"] for m in read_rows(out, "manifest") if m["kept"]}
+    in_shards = {k for p in existing_shards(f"{out}/shards", "train") for k, _ in iter_tar_samples(p)}
+    assert in_shards == kept and result["kept_after"] == len(kept)
+    assert all(m["video_id"] == "v2" for m in read_rows(out, "manifest") if m["kept"])
+    assert verify(out) == []
+
+
+def test_tiny_training_reads_its_shards_from_a_bucket(any_sprite_out, tmp_path):
+    from genie_pipeline.training.config import TrainConfig
+    from genie_pipeline.training.run import train_main
+    from tests.test_training_loop import TINY
+
+    summary = train_main(TrainConfig(**TINY, tokenizer_steps=2, dynamics_steps=2), stage="all",
+                         inputs=[any_sprite_out["out"]], out_dir=tmp_path / "run")
+    assert summary["shards"] == 2 and set(summary["phases"]) == {"tokenizer", "dynamics"}
