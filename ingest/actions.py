@@ -142,7 +142,7 @@ def read_sidecar(location: str, download: DownloadConfig) -> TrueActions:
 
 
 def _fetch_url(url: str, download: DownloadConfig) -> bytes:
-    from genie_pipeline.ingest.download import YtdlpLog
+    from genie_pipeline.ingest.download import YtdlpLog, read_proxy
     from genie_pipeline.ingest.netguard import AddressPolicy, NetGuard, guarded_ydl
 
     scheme = url.partition(":")[0].lower()
@@ -151,8 +151,9 @@ def _fetch_url(url: str, download: DownloadConfig) -> bytes:
     guard = NetGuard(AddressPolicy(download.allow_private_networks, download.allowed_networks),
                      download.timeout_s, download.min_rate_bytes_s, download.rate_window_s)
     opts = {"quiet": True, "no_warnings": True, "socket_timeout": download.timeout_s, "logger": YtdlpLog()}
-    if download.proxy:
-        opts["proxy"] = download.proxy
+    proxy = read_proxy(download.proxy_file) if download.proxy_file else download.proxy
+    if proxy:
+        opts["proxy"] = proxy
     try:
         with guarded_ydl(opts, guard) as ydl, ydl.urlopen(url) as resp:
             return resp.read(MAX_SIDECAR_BYTES + 1)

@@ -117,10 +117,17 @@ class DownloadConfig(Section):
     backoff_max_s: float = Field(default=60.0, ge=0, le=86400)
     # sockets take at most a day; a larger value overflows the OS timer
     timeout_s: float = Field(default=30.0, gt=0, le=86400)
-    per_host_concurrency: int = Field(default=2, ge=1, le=1024)
-    per_host_rate: float = Field(default=2.0, gt=0, description="downloads started per second per host")
-    cookiefile: str | None = None
+    # job-wide per-host limits: each worker process takes its share (ingest/politeness.py)
+    per_host_concurrency: int = Field(default=2, ge=1, le=1024,
+                                      description="downloads in flight per host, whole job; each process "
+                                                  "takes ceil(share), at least 1")
+    per_host_rate: float = Field(default=2.0, gt=0, description="downloads started per second per host, whole job")
+    job_workers: int | None = Field(default=None, ge=1, le=1_000_000,
+                                    description="worker processes the per-host limits are split among; "
+                                                "default: from the runner options")
+    cookiefile: str | None = Field(default=None, description="any fs path; each worker reads a private 0600 copy")
     proxy: str | None = None
+    proxy_file: str | None = Field(default=None, description="any fs path whose content is the proxy URL")
     allowed_schemes: list[str] = Field(default_factory=lambda: ["http", "https"])
     ytdlp_options: dict[str, Any] = Field(default_factory=dict)
     # the download guard (ingest/netguard.py): where a download may connect, how long, how slow
@@ -129,6 +136,13 @@ class DownloadConfig(Section):
     deadline_s: float = Field(default=3600.0, gt=0, description="per video, every attempt included")
     min_rate_bytes_s: float = Field(default=4096.0, ge=0, description="0: no minimum")
     rate_window_s: float = Field(default=30.0, gt=0, description="seconds of waiting the rate is averaged over")
+
+    @model_validator(mode="after")
+    def _one_proxy(self):
+        if self.proxy and self.proxy_file:
+            raise ValueError("download.proxy and download.proxy_file are both set: give one "
+                             "(proxy_file keeps credentials out of pipeline.yaml)")
+        return self
 
     @field_validator("allowed_networks")
     @classmethod

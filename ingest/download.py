@@ -1,37 +1,58 @@
 """Fetch one candidate's video into the scratch dir: yt-dlp for URLs, a copy for cloud paths.
 
-Politeness and robustness: per-host concurrency and start rate shared by every worker process
-on the machine (lock files in the scratch dir), exponential backoff with jitter on 429, 5xx
-and timeouts, size/duration caps, and only the schemes the config allows (for URLs and remote
-paths alike). Safety: every request runs under a `NetGuard` (ingest/netguard.py: no internal
-addresses, a deadline per video, a minimum rate), and a video's scratch files are cleared before
-each attempt and after a failure, so a killed run's `.part` files neither pile up nor pass for
-a download.
+Politeness (ingest/politeness.py): per-host start rate and concurrency are this process's
+share of job-wide limits, and a host that answers 429 or a bot wall is left alone by the
+whole job until its back-off record (OUT/_hosts) expires. Retries: yt-dlp retries the
+request that failed (`retries` for the media file on 5xx and network errors,
+`fragment_retries` for HLS/DASH fragments, `extractor_retries` where an extractor knows
+its transient errors), sleeping `backoff_s × 2^n` (capped at `backoff_max_s`, ±50 % jitter)
+between tries. Ours retries only what yt-dlp does not: a failed page extraction (429, 5xx,
+timeouts, resets) re-extracts, and a 429/408 on the media file downloads it again from the
+info already extracted, so the page is not fetched again. A bot wall is not retried.
+
+Secrets: `download.cookiefile` (any fs path: a bucket on remote workers) is copied once per
+worker to a private temp file (mode 0600) that yt-dlp reads and writes back to, and
+`download.proxy_file` (any fs path) holds the proxy URL, so credentials sit neither in
+pipeline.yaml nor on a command line; URL credentials are masked in every message.
+
+Robustness: size/duration caps, and only the schemes the config allows (for URLs and
+remote paths alike). Safety: every request runs under a `NetGuard` (ingest/netguard.py: no
+internal addresses, a deadline per video, a minimum rate), and a video's scratch files are
+cleared before each attempt and after a failure, so a killed run's `.part` files neither
+pile up nor pass for a download.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import copy
+import functools
 import glob
-import hashlib
 import os
 import random
 import re
 import shutil
+import tempfile
 import time
 import urllib.parse
+import weakref
 from dataclasses import dataclass, field
 
-from genie_pipeline.ingest.config import DownloadConfig
+from genie_pipeline.ingest.config import DownloadConfig, PreflightError
 from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.ingest.netguard import AddressPolicy, NetGuard, guarded_ydl
+from genie_pipeline.ingest.politeness import BOT_WALL, HostBackingOff, HostBackoff, process_limiter, worker_share
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.records import Candidate
 
+# what a failed page extraction may be retried for (yt-dlp's extractors mostly do not retry)
 _RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|refused|aborted)|"
                         r"Temporary failure|Remote end closed|IncompleteRead", re.I)
+# what yt-dlp's media download does not retry itself (it retries 5xx and network errors)
+_RETRY_MEDIA = re.compile(r"HTTP Error (408|429)")
 _HTTP_CODE = re.compile(r"HTTP Error (\d{3})")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_PROXY_URL = re.compile(r"^(https?|socks4a?|socks5h?)://[^\s]+$", re.I)
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 
 
 class YtdlpLog:
@@ -43,15 +64,14 @@ class YtdlpLog:
         self.log = logging.getLogger("genie_pipeline.ytdlp")
 
     def debug(self, msg):
-        self.log.debug(msg)
+        self.log.debug(_USERINFO.sub(r"\1***@", msg))  # a verbose yt-dlp prints its proxy
 
     info = debug
 
     def warning(self, msg):
-        self.log.info(msg)
+        self.log.info(_USERINFO.sub(r"\1***@", msg))
 
-    def error(self, msg):
-        self.log.info(msg)
+    error = warning
 
 
 @dataclass
@@ -71,59 +91,28 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-class HostGate:
-    """At most `concurrency` downloads per host at once and `rate` starts per second, across
-    every process sharing `lock_dir` (Beam's local multi-process workers do)."""
-
-    def __init__(self, lock_dir: str, concurrency: int, rate: float):
-        self.lock_dir, self.concurrency, self.min_gap = lock_dir, concurrency, 1.0 / rate
-        os.makedirs(lock_dir, exist_ok=True)
-
-    @contextlib.contextmanager
-    def slot(self, host: str):
-        h = hashlib.sha1(host.encode()).hexdigest()[:12]
-        while True:
-            for i in range(self.concurrency):
-                fh = open(os.path.join(self.lock_dir, f"{h}.{i}.lock"), "w")
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    fh.close()
-                    continue
-                try:
-                    self._pace(h)
-                    yield
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-                    fh.close()
-                return
-            time.sleep(0.05)
-
-    def _pace(self, h: str) -> None:
-        with open(os.path.join(self.lock_dir, f"{h}.rate"), "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            fh.seek(0)
-            try:
-                last = float(fh.read() or 0)
-            except ValueError:
-                last = 0.0
-            wait = last + self.min_gap - time.time()
-            if wait > 0:
-                time.sleep(wait)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(repr(time.time()))
-
-
 class Downloader:
-    """Created once per worker (by the VideoProcessor); `fetch` per candidate."""
+    """Created once per worker (by the VideoProcessor); `fetch` per candidate.
 
-    def __init__(self, cfg: DownloadConfig, scratch_dir: str):
+    `job_workers` is the number of worker processes in the job (politeness.job_worker_processes):
+    this process takes 1/job_workers of the per-host budget. Back-off records go to
+    `backoff_dir` (OUT/_hosts for an ingest; default: a folder in the scratch dir, which only
+    this machine sees). IngestError (stage "download") if the cookie or proxy file cannot be read."""
+
+    def __init__(self, cfg: DownloadConfig, scratch_dir: str, *, backoff_dir: str | None = None,
+                 job_workers: int = 1):
         self.cfg = cfg
         self.scratch = scratch_dir
         os.makedirs(scratch_dir, exist_ok=True)
-        self.gate = HostGate(os.path.join(scratch_dir, ".hosts"), cfg.per_host_concurrency, cfg.per_host_rate)
+        share = worker_share(cfg, job_workers)
+        self.limiter = process_limiter(share)
+        self.backoff = HostBackoff(backoff_dir or os.path.join(scratch_dir, ".hosts"), cfg.backoff_s,
+                                   cfg.backoff_max_s, spread_s=1.0 / share.rate)
         self.policy = AddressPolicy(cfg.allow_private_networks, cfg.allowed_networks)
+        self.proxy = read_proxy(cfg.proxy_file) if cfg.proxy_file else cfg.proxy
+        self.cookiefile = private_copy(cfg.cookiefile) if cfg.cookiefile else None
+        if self.cookiefile:
+            weakref.finalize(self, fs.remove, self.cookiefile)
 
     def fetch(self, cand: Candidate) -> Fetched:
         """The candidate's video as a local file; IngestError (stage "download") if there is none.
@@ -169,71 +158,102 @@ class Downloader:
         except ValueError as e:
             raise _failed("BadURL", f"cannot parse URL: {e}") from None
         self._scheme(url)
-        guard = None
-        attempts = 0
-        while True:
-            attempts += 1
-            self._clear(vkey)
-            try:
-                with self.gate.slot(host):
-                    # the deadline runs from the first attempt's start, not from the wait for a slot
-                    guard = guard or NetGuard(self.policy, self.cfg.deadline_s, self.cfg.min_rate_bytes_s,
-                                              self.cfg.rate_window_s)
-                    path, meta = self._ytdlp(url, vkey, guard)
-                if guard.refusal:  # yt-dlp carried on without it (a skipped fragment): not a whole video
-                    raise guard.refusal
-                return Fetched(path, temporary=not self.cfg.keep, attempts=attempts, meta=meta)
-            except IngestError:
+        c = self.cfg
+        guard, ydl, info, attempts = None, None, None, 0
+        with contextlib.ExitStack() as stack:
+            while True:
+                attempts += 1
                 self._clear(vkey)
-                raise
-            except Exception as e:
-                self._clear(vkey)
-                # the guard's verdict, whatever yt-dlp made of it (a TLS handshake cut short by
-                # the deadline surfaces as a plain timeout)
-                refusal = guard and (guard.refusal or guard.overdue())
-                if refusal:
-                    raise _failed(refusal.error_type, str(refusal)) from None
-                msg = _clean(str(e))
-                code = _HTTP_CODE.search(msg)
-                if attempts <= self.cfg.retries and _RETRYABLE.search(msg):
-                    delay = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempts - 1))
-                    delay *= 0.5 + random.random()  # jitter: workers don't retry in step
-                    time.sleep(max(0.0, min(delay, guard.remaining() if guard else delay)))
-                    continue
-                raise _failed(_error_type(msg, code, e), f"after {attempts} attempt(s): {msg}") from None
+                try:
+                    with self.limiter.slot(host):
+                        self._await_backoff(host, guard.remaining() if guard else c.deadline_s)
+                        if guard is None:  # the deadline runs from the first start, not from the wait for a slot
+                            guard = NetGuard(self.policy, c.deadline_s, c.min_rate_bytes_s, c.rate_window_s,
+                                             self.backoff)
+                            ydl = stack.enter_context(guarded_ydl(self._options(vkey, guard), guard))
+                        guard.before_start = functools.partial(self.limiter.pace, host)  # this attempt's start
+                        if info is None:  # the page, once: a retry of the media reuses what it said
+                            info = ydl.extract_info(url, download=False, process=False)
+                        path, meta = self._download(ydl, info)
+                    if guard.refusal:  # yt-dlp carried on without it (a skipped fragment): not a whole video
+                        raise guard.refusal
+                    return Fetched(path, temporary=not c.keep, attempts=attempts, meta=meta)
+                except IngestError:
+                    self._clear(vkey)
+                    raise
+                except Exception as e:
+                    self._clear(vkey)
+                    delay = self._retry_delay(e, guard, host, attempts, extracted=info is not None)
+                    time.sleep(delay)
 
-    def _ytdlp(self, url: str, vkey: str, guard: NetGuard) -> tuple[str, dict]:
+    def _await_backoff(self, host: str, budget_s: float) -> None:
+        """Wait out the host's job-wide back-off before getting yt-dlp ready (the guard checks
+        it again before every request); HostBackoff if it outlasts `budget_s`."""
+        try:
+            self.backoff.wait(host, budget_s)
+        except HostBackingOff as e:
+            raise _failed("HostBackoff", str(e)) from None
+
+    def _retry_delay(self, e: Exception, guard: NetGuard | None, host: str, attempts: int, extracted: bool) -> float:
+        """Seconds to wait before the next attempt after `e`; raises the IngestError to give up with."""
+        # the guard's verdict, whatever yt-dlp made of it (a TLS handshake cut short by the
+        # deadline surfaces as a plain timeout)
+        refusal = guard and (guard.refusal or guard.overdue())
+        if refusal:
+            raise _failed(refusal.error_type, str(refusal)) from None
+        msg = _clean(str(e))
+        if BOT_WALL.search(msg):  # retrying would only confirm it: the job backs off this host
+            self.backoff.strike(host, f"bot wall: {msg[:200]}")
+            raise _failed("BotWall", msg) from None
+        retry = _RETRY_MEDIA if extracted else _RETRYABLE
+        if attempts > self.cfg.retries or not retry.search(msg):
+            raise _failed(_error_type(msg, _HTTP_CODE.search(msg), e), f"after {attempts} attempt(s): {msg}") from None
+        return max(0.0, min(backoff_delay(self.cfg, attempts - 1), guard.remaining() if guard else float("inf")))
+
+    def _options(self, vkey: str, guard: NetGuard) -> dict:
         from yt_dlp.utils import match_filter_func
 
         c = self.cfg
+
+        def sleep(n: int) -> float:  # yt-dlp's own retries wait as ours do, within the deadline
+            return max(0.0, min(backoff_delay(c, n), guard.remaining()))
+
         opts = {
             "format": c.format,
             # vkey is derived by safe_id(): nothing from a title or URL reaches the path
             "outtmpl": os.path.join(self.scratch, f"{vkey}.%(ext)s"),
             "paths": {"temp": self.scratch},
             "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
-            "socket_timeout": c.timeout_s, "retries": 0, "fragment_retries": 2,
+            "socket_timeout": c.timeout_s,
+            "retries": c.retries, "fragment_retries": c.retries, "extractor_retries": c.retries,
+            "retry_sleep_functions": {"http": sleep, "fragment": sleep, "extractor": sleep},
             "max_filesize": int(c.max_filesize_mb * 1024 * 1024),
             "match_filter": match_filter_func(f"duration <=? {int(c.max_duration_s)}"),
             "ffmpeg_location": ffmpeg_exe(), "overwrites": True, "continuedl": False,
             "restrictfilenames": True, "windowsfilenames": True, "logger": YtdlpLog(),
         }
-        if c.cookiefile:
-            opts["cookiefile"] = c.cookiefile
-        if c.proxy:
-            opts["proxy"] = c.proxy
+        if self.cookiefile:
+            opts["cookiefile"] = self.cookiefile
+        if self.proxy:
+            opts["proxy"] = self.proxy
         opts.update(c.ytdlp_options)
-        with guarded_ydl(opts, guard) as ydl:
-            info = ydl.extract_info(url, download=True)
+        return opts
+
+    def _download(self, ydl, info: dict) -> tuple[str, dict]:
+        """Download the video an extracted (unprocessed) `info` describes; (file, provenance)."""
         if info is None:
             raise _failed("Filtered", "yt-dlp skipped the video (match filter: too long, or a playlist)")
         if info.get("_type") == "playlist":
             raise _failed("Playlist", "URL is a playlist, not a video")
-        for d in info.get("requested_downloads") or []:
+        # processing fills in the info it is given: a retry starts from the extractor's answer
+        done = ydl.process_ie_result(copy.deepcopy(info), download=True)
+        if done is None:
+            raise _failed("Filtered", "yt-dlp skipped the video (match filter: too long, or a playlist)")
+        for d in done.get("requested_downloads") or []:
             if d.get("filepath") and os.path.exists(d["filepath"]):
-                return d["filepath"], site_provenance(info)
-        if info.get("filesize") and info["filesize"] > opts["max_filesize"]:
-            raise _failed("TooLarge", f"{info['filesize']} bytes > download.max_filesize_mb")
+                return d["filepath"], site_provenance(done)
+        if done.get("filesize") and done["filesize"] > int(self.cfg.max_filesize_mb * 1024 * 1024):
+            raise _failed("TooLarge", f"{done['filesize']} bytes > download.max_filesize_mb")
         raise _failed("NoFile", "yt-dlp finished without a file (over max_filesize_mb, or no format matched)")
 
     # ------------------------------------------------------------------ cloud paths
@@ -261,6 +281,50 @@ def site_provenance(info) -> dict:
             "upload_date": f"{date[:4]}-{date[4:6]}-{date[6:8]}" if re.fullmatch(r"\d{8}", date) else (date or None)}
 
 
+def check_secret_files(cfg: DownloadConfig) -> None:
+    """PreflightError unless download.cookiefile and download.proxy_file, where set, exist
+    (on this machine or in a bucket): checked before any work starts, rather than by every
+    worker as it sets up."""
+    for key, path in (("download.cookiefile", cfg.cookiefile), ("download.proxy_file", cfg.proxy_file)):
+        try:
+            found = bool(path) and fs.exists(path)
+        except Exception as e:  # noqa: BLE001 — no credentials, a bucket that does not answer
+            raise PreflightError(key, f"cannot reach {path!r}: {_clean(str(e))[:300]}") from None
+        if path and not found:
+            raise PreflightError(key, f"{path!r} does not exist")
+
+
+def backoff_delay(cfg: DownloadConfig, n: int) -> float:
+    """The wait before retry n+1 (n from 0): backoff_s × 2^n capped at backoff_max_s, ±50 % jitter
+    so that workers do not retry in step."""
+    return min(cfg.backoff_max_s, cfg.backoff_s * 2 ** min(n, 60)) * (0.5 + random.random())
+
+
+def private_copy(location: str) -> str:
+    """A copy of `location` (any fs path) in a new temp file only this user may read or write
+    (mkstemp creates it 0600); IngestError if it cannot be read."""
+    fd, path = tempfile.mkstemp(prefix="genie-cookies-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "wb") as dst, fs.open_read(location) as src:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except Exception as e:
+        os.remove(path)
+        raise _failed("CookieFile", f"cannot read download.cookiefile {location}: {_clean(str(e))}") from None
+    return path
+
+
+def read_proxy(location: str) -> str:
+    """The proxy URL stored in `location` (any fs path); IngestError without ever quoting it."""
+    try:
+        url = fs.read_bytes(location).decode("utf-8").strip()
+    except Exception as e:
+        raise _failed("ProxyFile", f"cannot read download.proxy_file {location}: {_clean(str(e))}") from None
+    if not _PROXY_URL.match(url):
+        raise _failed("ProxyFile", f"download.proxy_file {location} does not hold one proxy URL "
+                                   f"(http://, https://, socks4://, socks5://...)")
+    return url
+
+
 def _failed(error_type: str, message: str) -> IngestError:
     return IngestError("download", error_type, message)
 
@@ -280,4 +344,5 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _clean(msg: str) -> str:
-    return _ANSI.sub("", msg).replace("ERROR: ", "")[:2000]
+    """A message fit for a failure row or a log: no colour codes, no credentials in URLs."""
+    return _USERINFO.sub(r"\1***@", _ANSI.sub("", msg).replace("ERROR: ", ""))[:2000]

@@ -16,6 +16,11 @@ handler with the connection step replaced:
   average `min_rate` per second of that waiting. A server that trickles its headers or its
   body, or goes quiet, fails within a window or at the deadline.
 
+- Whom, when. With a `HostBackoff` (ingest/politeness.py), every request first waits out
+  its host's job-wide back-off (or fails HostBackoff when that outlasts the deadline), and a
+  429 answer or a 403 bot-wall page becomes a strike for the host, honouring Retry-After. The
+  error still reaches yt-dlp unchanged (a peeked error body is replayed to it).
+
 Downloads that yt-dlp would hand to another program (ffmpeg for a live stream, rtmpdump, an
 `external_downloader`) are refused before they start, since that program's requests would
 bypass all of this; and ffmpeg as a downloader is confined to `file,crypto,data` (no network),
@@ -31,26 +36,32 @@ from __future__ import annotations
 
 import functools
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
 import time
 import urllib.parse
 import urllib.request
+from typing import Callable
 
 from yt_dlp import YoutubeDL
 from yt_dlp.downloader import get_suitable_downloader
 from yt_dlp.downloader.dash import DashSegmentsFD
 from yt_dlp.downloader.hls import HlsFD
 from yt_dlp.downloader.http import HttpFD
+from yt_dlp.networking.exceptions import HTTPError
 from yt_dlp.networking._urllib import HTTPHandler, ProxyHandler, RedirectHandler, UrllibRH
 from yt_dlp.postprocessor.common import PostProcessor
+
+from genie_pipeline.ingest.politeness import BOT_WALL, HostBackingOff, HostBackoff, retry_after_s
 
 # downloaders that fetch through YoutubeDL.urlopen, hence through the guard
 _OWN_DOWNLOADERS = (HttpFD, HlsFD, DashSegmentsFD)
 # ffmpeg as a downloader may read no network protocol (merging is a postprocessor: unaffected)
 _FFMPEG_OFFLINE = {"ffmpeg_i": ["-protocol_whitelist", "file,crypto,data"]}
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+PEEK_BYTES = 64 * 1024  # of a 403 HTML page, searched for a bot wall
 # the guard replaces this YoutubeDL attribute: a yt-dlp that renames it must fail here, closed,
 # rather than download around the guard
 if not isinstance(YoutubeDL.__dict__.get("_request_director"), functools.cached_property):
@@ -58,8 +69,8 @@ if not isinstance(YoutubeDL.__dict__.get("_request_director"), functools.cached_
 
 
 class Refused(OSError):
-    """The guard stopped a download: `error_type` is BlockedAddress, Deadline, TooSlow or
-    ExternalDownloader. An OSError, so yt-dlp treats it as the network error it is."""
+    """The guard stopped a download: `error_type` is BlockedAddress, Deadline, TooSlow,
+    HostBackoff or ExternalDownloader. An OSError, so yt-dlp treats it as the network error it is."""
 
     def __init__(self, error_type: str, message: str):
         super().__init__(message)
@@ -99,11 +110,15 @@ def _reached(ip):
 
 # ------------------------------------------------------------------------------ the guard
 class NetGuard:
-    """One video's download: its address policy, its deadline (from creation) and its pace.
-    `refusal` is the first thing refused, whatever yt-dlp made of the exception."""
+    """One video's download: its address policy, its deadline (from creation), its pace and
+    (optionally) the job-wide back-off of the hosts it talks to. `refusal` is the first thing
+    refused, whatever yt-dlp made of the exception."""
 
-    def __init__(self, policy: AddressPolicy, deadline_s: float, min_rate: float, window_s: float):
-        self.policy = policy
+    def __init__(self, policy: AddressPolicy, deadline_s: float, min_rate: float, window_s: float,
+                 backoff: HostBackoff | None = None):
+        self.policy, self.backoff = policy, backoff
+        # called once, before the next request: the start of a download attempt waits its turn
+        self.before_start: Callable[[], None] | None = None
         self.deadline_s, self.deadline = deadline_s, time.monotonic() + deadline_s
         self.min_rate, self.window_s = min_rate, window_s
         self.window_wait, self.window_bytes = 0.0, 0
@@ -157,6 +172,38 @@ class NetGuard:
                 raise self.refuse("BlockedAddress", f"{where} is a private or internal address; see "
                                                     "download.allow_private_networks and download.allowed_networks")
 
+    # whom, when
+    def await_host(self, url: str) -> None:
+        """Wait out the back-off of `url`'s host (Refused, HostBackoff, if it ends after the
+        deadline), then, on an attempt's first request, for the attempt's turn (`before_start`)."""
+        host = _hostname(url)
+        if self.backoff is not None and host:
+            try:
+                self.backoff.wait(host, self.remaining())
+            except HostBackingOff as e:
+                raise self.refuse("HostBackoff", str(e)) from None
+        turn, self.before_start = self.before_start, None
+        if turn is not None:
+            turn()
+
+    def answered(self, url: str, error: HTTPError) -> None:
+        """A strike for the host of `url` if `error` says slow down: a 429, or a 403 whose
+        HTML page is a captcha or bot check (peeked, then replayed to yt-dlp)."""
+        host = _hostname(url)
+        if self.backoff is None or not host:
+            return
+        if error.status == 429:
+            self.backoff.strike(host, "HTTP 429", retry_after_s(error.response.headers.get("Retry-After")))
+        elif error.status == 403 and "html" in (error.response.headers.get("Content-Type") or "").lower():
+            try:
+                head = error.response.fp.read(PEEK_BYTES)
+            except (OSError, http.client.HTTPException):
+                return  # a page that cannot be read says nothing; yt-dlp meets the same error
+            error.response.fp = _Replay(head, error.response.fp)
+            if BOT_WALL.search(head.decode("utf-8", "replace")):
+                self.backoff.strike(host, "bot wall (HTTP 403 page)",
+                                    retry_after_s(error.response.headers.get("Retry-After")))
+
     # how long, how slow
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -188,6 +235,36 @@ class NetGuard:
 
     def window_left(self) -> float:
         return self.window_s - self.window_wait if self.min_rate else float("inf")
+
+
+def _hostname(url: str) -> str | None:
+    try:
+        return urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+class _Replay(io.IOBase):
+    """A response body whose first bytes were read already: those, then the rest."""
+
+    def __init__(self, head: bytes, rest):
+        super().__init__()
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, amt: int | None = None) -> bytes:
+        if not self.head:
+            return self.rest.read(amt)
+        whole = amt is None or amt < 0
+        n = len(self.head) if whole else amt
+        data, self.head = self.head[:n], self.head[n:]
+        return data + self.rest.read() if whole else data
+
+    def close(self) -> None:
+        self.rest.close()
+        super().close()
 
 
 class _Metered:
@@ -294,7 +371,12 @@ class GuardedRH(UrllibRH):
 
     def _send(self, request):
         self.guard.check_url(request.url)
-        return super()._send(request)
+        self.guard.await_host(request.url)
+        try:
+            return super()._send(request)
+        except HTTPError as e:
+            self.guard.answered(request.url, e)
+            raise
 
 
 class _OwnDownloadersOnly(PostProcessor):

@@ -57,12 +57,13 @@ class VideoProcessor:
     Failure naming the stage (download, probe, decode, cut, encode) and the error type.
     Never raises for a bad video: a surprise from yt-dlp, a filesystem or a codec becomes a
     failure row too. Downloads go to `scratch` and are deleted after cutting unless
-    download.keep."""
+    download.keep. `job_workers`, the job's worker processes, splits the per-host download
+    limits (ingest/politeness.py); hosts' back-off records go to OUT/_hosts."""
 
     def __init__(self, download: DownloadConfig, clips: ClipsConfig, heuristics: HeuristicsConfig,
-                 out: str, scratch: str, count: Count = no_count):
+                 out: str, scratch: str, count: Count = no_count, *, job_workers: int = 1):
         self.download, self.clips, self.heuristics, self.out = download, clips, heuristics, out
-        self.downloader = Downloader(download, scratch)
+        self.downloader = Downloader(download, scratch, backoff_dir=fs.join(out, "_hosts"), job_workers=job_workers)
         self.count = count
 
     def __call__(self, c: Candidate) -> VideoResult | Failure:

@@ -1,11 +1,11 @@
-"""The downloader against the corpus server with real yt-dlp: backoff on 429, caps, schemes, gate."""
-import threading
+"""The downloader against the corpus server with real yt-dlp: backoff on 429, caps, schemes
+(job-wide politeness: tests/test_politeness.py)."""
 import time
 
 import pytest
 
 from genie_pipeline.ingest.config import DownloadConfig
-from genie_pipeline.ingest.download import Downloader, HostGate
+from genie_pipeline.ingest.download import Downloader
 from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.shards.records import Candidate
 
@@ -52,26 +52,3 @@ def test_size_cap_and_schemes(corpus_server, small_corpus, tmp_path):
             d.fetch(cand(url))
         assert (e.value.stage, e.value.error_type) == ("download", "DisallowedScheme")
     assert not list(tmp_path.glob("*.mp4"))
-
-
-def test_host_gate_limits_concurrency_and_rate(tmp_path):
-    gate = HostGate(str(tmp_path), concurrency=2, rate=20.0)
-    active, peak, starts = [0], [0], []
-    lock = threading.Lock()
-
-    def work():
-        with gate.slot("example.com"):
-            with lock:
-                active[0] += 1
-                peak[0] = max(peak[0], active[0])
-                starts.append(time.time())
-            time.sleep(0.2)
-            with lock:
-                active[0] -= 1
-
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert peak[0] == 2
-    gaps = [b - a for a, b in zip(sorted(starts), sorted(starts)[1:])]
-    assert min(gaps) >= 0.045  # 20 starts/s at most
