@@ -85,7 +85,7 @@ def pipeline(catalog: Path, out: Path) -> tuple[float, dict]:
 
 
 def _mean_kept_bytes(out: Path) -> float:
-    rows = [r for r in pq.read_table(out / "manifest.parquet", columns=["kept", "bytes"]).to_pylist() if r["kept"]]
+    rows = [r for r in pq.read_table(out / "manifest", columns=["kept", "bytes"]).to_pylist() if r["kept"]]
     return sum(r["bytes"] for r in rows) / max(1, len(rows))
 
 
@@ -127,7 +127,7 @@ def main() -> int:
     pipe, stats = pipeline(cat, work / "out")
     wall = time.time() - wall0
     # montages (rapid cuts, slideshows) have no shot long enough for a clip: decoded, not failed
-    broken = [f for f in pq.read_table(work / "out" / "failures.parquet").to_pylist()
+    broken = [f for f in pq.read_table(work / "out" / "failures").to_pylist()
               if f["error_type"] != "NoShotLongEnough"]
     if stats["clips"] == 0 or broken:
         raise SystemExit(f"benchmark run is not representative: {stats['clips']} clips, "

@@ -34,21 +34,30 @@ def quiet_start() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _config(args, require_sources: bool = False) -> PipelineConfig:
-    return load_config(getattr(args, "config", None), sets=getattr(args, "set", None) or [],
-                       output_dir=getattr(args, "output", None), require_sources=require_sources)
+def _config(args, require_sources: bool = False, beam_args: list[str] | None = None) -> PipelineConfig:
+    """The config, with its Beam options (runner.options, then `beam_args`: e.g.
+    --s3_endpoint_url) set for this process's filesystems, so every command reads and writes
+    gs:// and s3:// as the ingest's workers do."""
+    from genie_pipeline.shards.objstore import configure
+
+    cfg = load_config(getattr(args, "config", None), sets=getattr(args, "set", None) or [],
+                      output_dir=getattr(args, "output", None), require_sources=require_sources)
+    configure(list(cfg.runner.options) + list(beam_args or []))
+    return cfg
 
 
 # ------------------------------------------------------------------ ingest and checks
 def cmd_ingest(args, beam_args) -> int:
     from genie_pipeline.ingest.pipeline import run_ingest, summary_table
 
-    cfg = _config(args, require_sources=True)
-    stats = run_ingest(cfg, beam_args, retry_failed=args.retry_failed)
+    cfg = _config(args, require_sources=True, beam_args=beam_args)
+    stats = run_ingest(cfg, beam_args, retry_failed=args.retry_failed, detach=args.detach)
+    if stats.get("submitted"):
+        return 0
     print(summary_table(stats))
     out = cfg.output.dir if "://" in cfg.output.dir else os.path.abspath(cfg.output.dir)
-    print(f"\noutputs in {out}: shards/, manifest.parquet, videos.parquet, failures.parquet, "
-          f"candidates.parquet, stats.json")
+    print(f"\noutputs in {out}: shards/, the tables manifest/, videos/, failures/, candidates/ (Parquet part "
+          f"files), stats.json")
     return 0
 
 
@@ -96,6 +105,9 @@ def _labels_db(cfg: PipelineConfig, input_dir: str) -> str:
     q = cfg.filters.quality
     if q.labels_db:
         return q.labels_db
+    if "://" in input_dir:  # SQLite cannot live in a bucket: a local file named after the input
+        return os.path.abspath("".join(c if c.isalnum() or c in "-_." else "_" for c in input_dir.split("://", 1)[1])
+                               .strip("_") + ".labels.sqlite")
     p = Path(input_dir)
     return str(p / "labels.sqlite" if p.is_dir() else p.with_suffix(".labels.sqlite"))
 
@@ -206,6 +218,10 @@ def cmd_train(args, _) -> int:
 
 def cmd_run(args, beam_args) -> int:
     """Ingest, then train on what was ingested."""
+    if args.detach:
+        print("genie-pipeline run: --detach: run trains on what its ingest commits, so it waits for the job; "
+              "use `genie-pipeline ingest --detach`", file=sys.stderr)
+        return 2
     cfg = _config(args, require_sources=True)
     check_train(cfg)  # before hours of ingest, not after
     rc = cmd_ingest(args, beam_args)
@@ -303,6 +319,8 @@ def _common(p: argparse.ArgumentParser, config_required: bool = False) -> argpar
 def _ingest_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", help="the output directory (overrides output.dir)")
     p.add_argument("--retry-failed", action="store_true", help="retry videos that failed in earlier runs")
+    p.add_argument("--detach", action="store_true",
+                   help="return once the job is submitted (Dataflow, flex templates): the job commits itself")
     p.set_defaults(beam_passthrough=True)
 
 
@@ -473,13 +491,13 @@ def _exit_code(e: Exception) -> int | None:
     from genie_pipeline.ingest.config import PreflightError
     from genie_pipeline.ingest.errors import IngestError
     from genie_pipeline.models.config import ModelConfigError
-    from genie_pipeline.shards.fs import OutputBusy, environment_error
+    from genie_pipeline.shards.fs import OutputBusy, StorageError, environment_error
     from genie_pipeline.shards.reader import DataError
     from genie_pipeline.training.errors import TrainingError
 
     if isinstance(e, OutputBusy):  # not the user's mistake: another run holds the output
         return 1
-    if isinstance(e, (QualityError, DataError, ModelConfigError, TrainingError, PreflightError)):
+    if isinstance(e, (QualityError, DataError, ModelConfigError, TrainingError, PreflightError, StorageError)):
         return 2
     if isinstance(e, IngestError):
         return 1

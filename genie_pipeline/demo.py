@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     step(f"done in {time.time() - t0:.0f} s")
     print(f"  corpus:      {corpus}  (catalog.jsonl)")
-    print(f"  ingest:      {cfg.output.dir}  (shards/, manifest.parquet, videos.parquet, failures.parquet, stats.json)")
+    print(f"  ingest:      {cfg.output.dir}  (shards/, tables manifest/ videos/ failures/ candidates/, stats.json)")
     print(f"  report:      {cfg.output.dir}/report.html  (open it in a browser)")
     print(f"  quality:     {quality}")
     if trained:

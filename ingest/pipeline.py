@@ -1,13 +1,18 @@
-"""The ingest pipeline on Apache Beam. The graph reads like the flow:
+"""The ingest pipeline on Apache Beam, one job from discovery to commit. The graph reads like the flow:
 
-    Discover → Reshuffle → KeywordFilter → SkipDone → OnePerVideo → DownloadAndCut → ScoreQuality
-             → AssignSplit → Curate → WriteShards   (+ candidates, failures, per-video results)
+    Discover → Reshuffle → KeywordFilter ─┐
+    ResumeMarkers (done/failed/staged, read from OUT's tables by a worker) ─┴→ GroupByVideo → Route
+      → DownloadAndCut (+ LoadStaged) → ScoreQuality → AssignSplit → Curate
+      → SpreadVideos → WriteShards (per bundle, as videos arrive) → WriteTails (one per split)
+      → table parts (candidates, failures, videos, manifest) → CommitRun (the job's last step)
 
 The stages are Beam-free (sources.Discover, process.KeywordVerdict, process.VideoProcessor);
 `StageFn` is the one adapter that runs them: it builds a stage per worker, routes its
 `Failure`s to the dead letters and turns its counts into Beam metrics. `DownloadAndCut`
 persists each video's clips to the clip store, so only small records cross stage
-boundaries; the driver then commits the run (shards/commit.py).
+boundaries. Nothing about earlier runs is pickled into the graph: its size does not grow with
+the output. The commit (shards/commit.py commit_parts) runs on a worker once everything is
+written, so a job commits whether or not its launcher is still there.
 """
 from __future__ import annotations
 
@@ -28,27 +33,33 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from genie_pipeline.filtering.config import DedupeConfig, FiltersConfig, KeywordsConfig
-from genie_pipeline.ingest.config import DownloadConfig, RunnerConfig, Source, check_remote_run
+from genie_pipeline.ingest.config import DownloadConfig, PreflightError, RunnerConfig, Source, check_remote_run
 from genie_pipeline.ingest import progress
+from genie_pipeline.ingest.download import check_secret_files
+from genie_pipeline.ingest.politeness import job_worker_processes
 from genie_pipeline.ingest.process import KeywordVerdict, VideoProcessor
 from genie_pipeline.ingest.sources import Discover, check_sources
-from genie_pipeline.shards import fs
+from genie_pipeline.shards import fs, objstore
 from genie_pipeline.shards.clip import ClipSpec
-from genie_pipeline.shards.commit import check_spec, commit_run, recover
+from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, failed_video_row, recover,
+                                          shard_stats_file, small_shards)
 from genie_pipeline.shards.dedupe import curate
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
-from genie_pipeline.shards.reader import read_rows
-from genie_pipeline.shards.records import Candidate, Failure, ShardRecord, VideoResult, from_row
+from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_rows, read_stats,
+                                          table_files, table_rows)
+from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row
 from genie_pipeline.shards.report import Threshold, write_report
 from genie_pipeline.shards.store import read_store_result
-from genie_pipeline.shards.writer import ShardRoller, write_shards_for, writer_of
+from genie_pipeline.shards.writer import StreamingShards, spread
 
 NS = "ingest"
 FAILURES = "failures"
+MANIFEST, LEFTOVER, COMPACTED = "manifest", "leftover", "compacted"
 
 
 class IngestConfig(Protocol):
@@ -161,67 +172,240 @@ def apply_curation(v: VideoResult, decisions: dict) -> VideoResult:
     return dataclasses.replace(v, clips=clips)
 
 
-def by_shard_writer(v: VideoResult, parallelism: int):
-    """A video's kept clips, grouped by the writer each goes to (by clip, so a long video is
-    spread over every writer of its split), as ((split, writer), part of the video)."""
-    parts: dict[int, list] = {}
-    for c in v.clips:
-        if c.kept:
-            parts.setdefault(writer_of(c.key, parallelism), []).append(c)
-    for writer, clips in sorted(parts.items()):
-        yield (v.split, writer), dataclasses.replace(v, clips=clips)
+def spread_chunk(shards: ShardsConfig) -> int:
+    """Clips per video part sent to a shard writer: a shard holds parts of at least 16 videos
+    (fewer only where the run has fewer)."""
+    return max(1, shards.max_clips // 16)
 
 
-def write_shards(item, tmp_dir: str, shards: ShardsConfig, spec: ClipSpec):
-    """One writer per (split, writer): rolls its own tars under shards/_tmp/RUN/ and yields
-    each finished shard (its keys say which clips it holds)."""
-    (split, writer), parts = item
-    roller = ShardRoller(tmp_dir, f"{split}-b{writer:03d}", split, int(shards.target_mb * 2**20),
-                         shards.max_clips, spec)
-    for x in write_shards_for(sorted(parts, key=lambda v: v.video_key), roller):
-        if isinstance(x, ShardRecord):
+def to_writers(v: VideoResult, chunk: int, writers: int):
+    """A video's kept clips in parts (writer.spread), each to one of `writers` writers of its
+    split: ((split, writer), part). A long video is written by every writer."""
+    for part in spread(v, chunk):
+        yield (v.split, zlib.crc32(part.clips[0].key.encode()) % writers), part
+
+
+@dataclass
+class OldTail:
+    """A video's clips in a small shard an earlier run left (`shard`), to be written again
+    into this run's last shard of the split; its clips' bytes are read from that shard."""
+
+    shard: str
+    video: VideoResult
+
+
+def old_tails(out: str, shards: ShardsConfig):
+    """(split, OldTail) for the clips of each small shard of the output (commit.small_shards),
+    their rows streamed from the manifest (only the matching rows are kept)."""
+    import pyarrow.compute as pc
+
+    shard_dir = fs.join(out, "shards")
+    small = {n for split in ("train", "val")
+             for n in small_shards(shard_dir, split, int(shards.target_mb * 2**20), shards.max_clips)}
+    if not small:
+        return
+    found: dict[tuple[str, str], list] = {}
+    wanted = pa.array(sorted(small), pa.string())
+    def hits(b):
+        return pc.fill_null(pc.is_in(b["shard"], value_set=wanted), False)
+
+    for path in table_files(out, "manifest"):
+        if not any(pc.any(hits(b)).as_py() for b in iter_part_batches(path, ["shard"])):
+            continue  # most parts hold no clip of a small shard: only their shard column is read
+        for b in iter_part_batches(path):
+            for r in b.filter(hits(b)).to_pylist():
+                found.setdefault((r["shard"], r["video_key"]), []).append(from_row(ClipRow, r))
+    for (shard, vkey), clips in sorted(found.items()):
+        c = clips[0]
+        yield c.split, OldTail(shard, VideoResult(video_key=vkey, video_id=c.video_id, source=c.source,
+                                                  title=c.title, status="done", clips=clips, split=c.split,
+                                                  store=fs.join(shard_dir, shard)))
+
+
+def mp4_members(v: VideoResult) -> dict[str, bytes]:
+    """The clips in `v.store`, a clip store or a shard: every `{key}.mp4` member."""
+    return {key: parts["mp4"] for key, parts in iter_tar_samples(v.store) if "mp4" in parts}
+
+
+class WriteShards(beam.DoFn):
+    """One writer's video parts into shards under shards/_tmp/RUN, interleaved so that each
+    shard holds a sample of many videos (shards/writer.py StreamingShards). Yields each
+    finished shard's record and, tagged MANIFEST, the rows of its clips. With `leftovers`,
+    the clips of the writer's last, unfinished shard go out tagged LEFTOVER instead of being
+    written as a small tail, for the one writer per split that finishes them all; that
+    writer also takes the small shards earlier runs left (OldTail, where there are two or
+    more small shards to merge) and names them, tagged COMPACTED, for the commit to replace."""
+
+    def __init__(self, tmp_dir: str, run_id: str, shards: ShardsConfig, spec: ClipSpec, leftovers: bool):
+        self.tmp_dir, self.run_id, self.shards, self.spec, self.leftovers = tmp_dir, run_id, shards, spec, leftovers
+
+    def setup(self):
+        _quiet_worker()
+
+    def process(self, item):
+        _, items = item
+        parts = [x for x in items if isinstance(x, VideoResult)]
+        tails = [x for x in items if isinstance(x, OldTail)]
+        if len({t.shard for t in tails}) + bool(parts) < 2:
+            tails = []  # one small shard and nothing to add to it: left as it is
+        for name in sorted({t.shard for t in tails}):
+            yield beam.pvalue.TaggedOutput(COMPACTED, (name, [c.key for t in tails if t.shard == name
+                                                              for c in t.video.clips]))
+        writer = StreamingShards(self.tmp_dir, self.run_id, int(self.shards.target_mb * 2**20),
+                                 self.shards.max_clips, self.spec, load_clips=mp4_members)
+        yield from self._emit(writer.write(parts + [t.video for t in tails]))
+        if self.leftovers:
+            for v in writer.leftovers():
+                yield beam.pvalue.TaggedOutput(LEFTOVER, v)
+        else:
+            yield from self._emit(writer.close())
+
+    def _emit(self, finished):
+        for rec, clips in finished:
+            fs.write_bytes(*shard_stats_file(rec, os.path.basename(rec.path)))
             _count("shards_written")
-            _count("clips_sharded", len(x.keys))
-            yield x
+            _count("clips_sharded", len(clips))
+            yield rec
+            for c in clips:
+                yield beam.pvalue.TaggedOutput(MANIFEST, c.row())
+
+
+class WriteParts(beam.DoFn):
+    """Rows (dicts or records with `row()`) of one table into Parquet part files under
+    `dest_dir`, a bundle's rows at a time (shards/commit.py PartWriter); yields (table, path)
+    of each part. A part written by a bundle that is then retried is never yielded twice: the
+    commit publishes only the parts it is handed."""
+
+    def __init__(self, dest_dir: str, table: str, run_id: str):
+        self.dest_dir, self.table, self.run_id = dest_dir, table, run_id
+
+    def start_bundle(self):
+        self.writer = PartWriter(self.dest_dir, self.table, self.run_id)
+
+    def process(self, item):
+        for path in self.writer.add(item if isinstance(item, dict) else item.row()):
+            yield self.table, path
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.timestamp import MIN_TIMESTAMP
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for path in self.writer.flush():
+            yield WindowedValue((self.table, path), MIN_TIMESTAMP, [GlobalWindow()])
+
+
+def video_rows(item):
+    """The `videos` row of each video of the run: its result, else (it failed before it was
+    cut) its first failure."""
+    _, grouped = item
+    results, failures = list(grouped["videos"]), list(grouped["failures"])
+    if results:
+        yield results[0].row()
+    elif failures:
+        yield failed_video_row(failures[0])
+
+
+# ----------------------------------------------------------------------------- resume
+DONE, STAGED, REDO = "done", "staged", "redo"
+
+
+def resume_markers(out: str, retry_failed: bool):
+    """(video key, marker) for each video an earlier run finished (`done`: skip it), failed
+    (`done` too unless `retry_failed`, then `redo`: process it and replace its rows) or cut
+    without committing (`staged`, its clip store: load it instead of cutting again). Read by a
+    worker from the output's tables, so the resume state never travels in the job graph.
+    Where a `videos` part cannot be read (the commit moves it aside, with a failure row), the
+    videos with clips in the manifest count as done: their clips are in shards already."""
+    status: dict[str, str] = {}
+    damaged = False
+    for path in table_files(out, "videos"):
+        try:
+            for b in iter_part_batches(path, ["video_key", "status"]):
+                status.update(zip(b["video_key"].to_pylist(), b["status"].to_pylist()))
+        except DataError as e:
+            logging.getLogger(__name__).warning("resume: %s", e)
+            damaged = True
+    if damaged:
+        for path in table_files(out, "manifest"):
+            try:
+                for b in iter_part_batches(path, ["video_key"]):
+                    status.update((k, "done") for k in b["video_key"].to_pylist() if k not in status)
+            except DataError as e:
+                logging.getLogger(__name__).warning("resume: %s", e)
+    for vkey, st in status.items():
+        yield vkey, (DONE if st == "done" or not retry_failed else REDO)
+    for path, _ in fs.list_files(fs.join(out, "clips", "*.tar")):
+        vkey = os.path.basename(path)[: -len(".tar")]
+        if status.get(vkey) != "done":
+            yield vkey, (STAGED, path)
+
+
+def route(item):
+    """One video's candidates and resume markers: nothing if done; its clip store if staged;
+    else its one candidate (one_per_video). A video with earlier rows is also marked REDO."""
+    vkey, grouped = item
+    markers, cands = list(grouped["markers"]), list(grouped["candidates"])
+    if DONE in markers:
+        return
+    if any(m == REDO for m in markers):
+        yield beam.pvalue.TaggedOutput(REDO, vkey)
+    staged = sorted(m[1] for m in markers if isinstance(m, tuple) and m[0] == STAGED)
+    if staged:
+        yield beam.pvalue.TaggedOutput(STAGED, staged[0])
+    elif cands:
+        yield from one_per_video((vkey, cands))
+
+
+def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out: str, run_id: str, spec: ClipSpec,
+               sources: list[str], cleanup: list[str]) -> Iterator[dict]:
+    """The job's last step: publish this run (shards/commit.py commit_parts). It runs on a
+    worker once every part and shard is written, so a job commits with no launcher alive."""
+    by_table: dict[str, list[str]] = {}
+    for table, path in parts:
+        by_table.setdefault(table, []).append(path)
+    yield commit_parts(out, run_id=run_id, parts=by_table, shard_records=list(shards), spec=spec, sources=sources,
+                       run_stats={"run_id": run_id, "committed_by": "job"}, cleanup=cleanup, redone=set(redone),
+                       compacted=dict(compacted))
 
 
 # ----------------------------------------------------------------------------- pipeline
 @dataclass
 class RunPaths:
     out: str
-    run_dir: str
+    run_id: str
+    run_dir: str  # the run's table parts, OUT/_runs/RUN/{table}/
     tmp_shards: str
     scratch: str
 
 
-def _jsonl(name: str, path: str):
-    return (f"Json{name}" >> beam.Map(lambda x: json.dumps(x.to_json() if hasattr(x, "to_json") else x.row(),
-                                                           sort_keys=True, default=str))
-            | f"Write{name}" >> beam.io.WriteToText(path, file_name_suffix=".jsonl"))
-
-
-def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, skip: set[str],
-                   staged: list[str], workers: int) -> None:
+def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_failed: bool, workers: int,
+                   job_workers: int) -> None:
+    """The whole ingest as one job, its commit included: run it and the output is updated.
+    `workers`: worker processes on this machine (local runners); `job_workers`: worker
+    processes of the whole job (ingest/politeness.py), which share the per-host download
+    budget and write the shards."""
     found = (p | "Sources" >> beam.Create(cfg.sources)
                | "Discover" >> beam.ParDo(StageFn(Discover)).with_outputs(FAILURES, main="candidates"))
     verdicts = functools.partial(KeywordVerdict, cfg.keywords, {s.name: s.keywords for s in cfg.sources})
     candidates = (found.candidates
                   | "Reshuffle" >> beam.Reshuffle()
                   | "KeywordFilter" >> beam.ParDo(StageFn(verdicts)))
-    candidates | "Candidates" >> _jsonl("Candidates", f"{paths.run_dir}/candidates")
 
-    unique = (candidates
-              | "KeptByKeywords" >> beam.Filter(lambda c: c.keyword_verdict == "keep")
-              | "SkipDone" >> beam.Filter(lambda c, skip: c.video_key not in skip, skip)
-              | "ByVideo" >> beam.Map(lambda c: (c.video_key, c))
-              | "GroupByVideo" >> beam.GroupByKey()
-              | "OnePerVideo" >> beam.FlatMap(one_per_video).with_outputs(FAILURES, main="candidates"))
+    markers = (p | "ResumeFrom" >> beam.Create([paths.out])
+                 | "ResumeMarkers" >> beam.FlatMap(resume_markers, retry_failed))
+    kept = (candidates
+            | "KeptByKeywords" >> beam.Filter(lambda c: c.keyword_verdict == "keep")
+            | "ByVideo" >> beam.Map(lambda c: (c.video_key, c)))
+    routed = ({"candidates": kept, "markers": markers}
+              | "GroupByVideo" >> beam.CoGroupByKey()
+              | "Route" >> beam.FlatMap(route).with_outputs(FAILURES, STAGED, REDO, main="candidates"))
     processor = functools.partial(VideoProcessor, cfg.download, cfg.clips, cfg.filters.heuristics,
-                                  paths.out, paths.scratch)
-    cut = (unique.candidates
+                                  paths.out, paths.scratch, job_workers=job_workers)
+    cut = (routed.candidates
            | "DownloadAndCut" >> beam.ParDo(StageFn(processor)).with_outputs(FAILURES, main="videos"))
     # videos cut by an earlier run that was stopped before it committed
-    resumed = (p | "Staged" >> beam.Create(staged) | "LoadStaged" >> beam.Map(read_store_result))
+    resumed = routed[STAGED] | "LoadStaged" >> beam.Map(read_store_result)
     videos = (cut.videos, resumed) | "AllVideos" >> beam.Flatten()
 
     if cfg.filters.quality.mode != "off":
@@ -231,14 +415,42 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, skip: s
     s = cfg.shards
     videos = videos | "AssignSplit" >> beam.Map(assign_split, s.val_fraction, s.seed)
     videos = curate_step(p, videos, paths.out, cfg.filters.dedupe, s)
-    videos | "Videos" >> _jsonl("Videos", f"{paths.run_dir}/videos")
-    shards = (videos
-              | "ByShardWriter" >> beam.FlatMap(by_shard_writer, s.parallelism)
-              | "GroupForShards" >> beam.GroupByKey()
-              | "WriteShards" >> beam.FlatMap(write_shards, paths.tmp_shards, s, cfg.clips.spec))
-    shards | "Shards" >> _jsonl("Shards", f"{paths.run_dir}/shards")
-    ((found[FAILURES], unique[FAILURES], cut[FAILURES]) | "AllFailures" >> beam.Flatten()
-     | "Failures" >> _jsonl("Failures", f"{paths.run_dir}/failures"))
+
+    # shards: parts of each video to every writer (one per worker of the job), then the
+    # writers' unfinished shards finished by one writer per split
+    spec = cfg.clips.spec
+    written = (videos
+               | "SpreadVideos" >> beam.FlatMap(to_writers, spread_chunk(s), job_workers)
+               | "ToWriters" >> beam.GroupByKey()
+               | "WriteShards" >> beam.ParDo(WriteShards(paths.tmp_shards, paths.run_id, s, spec, leftovers=True))
+               .with_outputs(MANIFEST, LEFTOVER, main="shards"))
+    earlier_tails = (p | "TailsOf" >> beam.Create([paths.out])
+                     | "OldTails" >> beam.FlatMap(old_tails, s))
+    tails = ((written[LEFTOVER] | "LeftoversBySplit" >> beam.Map(lambda v: (v.split, v)), earlier_tails)
+             | "AllTails" >> beam.Flatten()
+             | "GroupLeftovers" >> beam.GroupByKey()
+             | "WriteTails" >> beam.ParDo(WriteShards(paths.tmp_shards, paths.run_id, s, spec, leftovers=False))
+             .with_outputs(MANIFEST, COMPACTED, main="shards"))
+    shards = (written.shards, tails.shards) | "AllShards" >> beam.Flatten()
+
+    failures = (found[FAILURES], routed[FAILURES], cut[FAILURES]) | "AllFailures" >> beam.Flatten()
+    rejected = videos | "RejectedClips" >> beam.FlatMap(lambda v: [c.row() for c in v.clips if not c.kept])
+    vrows = ({"videos": videos | "VideoByKey" >> beam.Map(lambda v: (v.video_key, v)),
+              "failures": (failures | "VideoFailures" >> beam.Filter(lambda f: f.stage != "discover")
+                           | "FailureByKey" >> beam.Map(lambda f: (f.video_key, f)))}
+             | "GroupVideoRows" >> beam.CoGroupByKey()
+             | "VideoRows" >> beam.FlatMap(video_rows))
+    manifest = (written[MANIFEST], tails[MANIFEST], rejected) | "ManifestRows" >> beam.Flatten()
+    tables = {"candidates": candidates, "failures": failures, "videos": vrows, "manifest": manifest}
+    parts = ([rows | f"Write{t.title()}" >> beam.ParDo(WriteParts(fs.join(paths.run_dir, t), t, paths.run_id))
+              for t, rows in tables.items()]
+             | "AllParts" >> beam.Flatten())
+    # one run at a time per output (fs.output_lock): the staging folders go whole
+    cleanup = [fs.join(paths.out, "_runs"), fs.join(paths.out, "shards", "_tmp"), fs.join(paths.out, "_commit")]
+    (p | "Commit" >> beam.Create([None])
+       | "CommitRun" >> beam.FlatMap(commit_job, beam.pvalue.AsList(parts), beam.pvalue.AsList(shards),
+                                     beam.pvalue.AsList(routed[REDO]), beam.pvalue.AsList(tails[COMPACTED]),
+                                     paths.out, paths.run_id, spec, [src.name for src in cfg.sources], cleanup))
 
 
 def pipeline_options(runner_cfg: RunnerConfig, extra_args: list[str]) -> tuple[Any, PipelineOptions, int]:
@@ -267,80 +479,85 @@ def pipeline_options(runner_cfg: RunnerConfig, extra_args: list[str]) -> tuple[A
     return runner, PipelineOptions(args), workers
 
 
-def _read_jsonl(pattern: str) -> list[dict]:
-    rows = []
-    for path in fs.glob(pattern):
-        for line in fs.read_bytes(path).decode().splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
-
-
-def plan_resume(out: str, retry_failed: bool) -> tuple[set[str], list[str]]:
-    """(video keys to skip, clip stores to load instead of re-cutting)."""
-    recover(out)
-    videos = read_rows(out, "videos")
-    skip = {r["video_key"] for r in videos if r["status"] == "done" or (r["status"] == "failed" and not retry_failed)}
-    committed = {r["video_key"] for r in videos if r["status"] == "done"}
-    staged = []
-    for path in fs.glob(fs.join(out, "clips", "*.tar")):
-        vkey = os.path.basename(path)[: -len(".tar")]
-        if vkey not in committed:
-            staged.append(path)
-            skip.add(vkey)
-    return skip, staged
-
-
 def preflight(cfg: IngestConfig, beam_args: list[str]) -> None:
     """What can be found wrong before an ingest starts (PreflightError): a remote runner
-    without its options or given paths on this machine, a source that cannot work."""
+    without its options or given paths on this machine, a source that cannot work, a bucket
+    output that cannot be written (missing, unreachable, no credentials)."""
     q = cfg.filters.quality
     # every path the workers read or write
     paths = {"output.dir": cfg.output.dir, "download.cookiefile": cfg.download.cookiefile,
+             "download.proxy_file": cfg.download.proxy_file,
              "filters.quality.model": q.model if q.mode != "off" else None}
     for i, s in enumerate(cfg.sources):
         paths.update({f"sources.{i}.{k}": getattr(s, k) for k in ("root", "glob", "path") if hasattr(s, k)})
     check_remote_run(cfg.runner, beam_args, paths)
+    check_secret_files(cfg.download)
+    job_worker_processes(cfg.runner, beam_args, cfg.download.job_workers)  # the job's size can be read
     check_sources(cfg.sources)
+    if fs.is_remote(cfg.output.dir):  # a local one that cannot be written stops as the machine's error
+        try:
+            fs.check_writable(cfg.output.dir)
+        except fs.StorageError as e:
+            raise PreflightError("output.dir", str(e)) from None
 
 
 def run_ingest(cfg: IngestConfig, extra_beam_args: list[str] | None = None,
-               retry_failed: bool = False) -> dict:
-    """Run the ingest into cfg.output.dir and commit it; returns the output's stats.json.
+               retry_failed: bool = False, detach: bool = False) -> dict:
+    """Run the ingest into cfg.output.dir (the job commits it); returns the output's stats.json.
 
     Videos already done (or failed, unless `retry_failed`) are skipped; `extra_beam_args` are
-    Beam pipeline flags. Raises shards.fs.OutputBusy if another run holds the output, and
-    shards.reader.DataError if it holds clips of another spec than cfg.clips."""
+    Beam pipeline flags. With `detach` (or Dataflow's `--template_location`), returns
+    `{"run_id", "submitted": True}` once the job is submitted: a flex-template launcher exits
+    then, and the job commits itself. Raises shards.fs.OutputBusy if another run holds the
+    output, and shards.reader.DataError if it holds clips of another spec than cfg.clips."""
+    objstore.configure(list(cfg.runner.options) + list(extra_beam_args or []))
     preflight(cfg, extra_beam_args or [])
     out = cfg.output.dir
     if not fs.is_remote(out):
         out = os.path.abspath(out)
     check_spec(out, cfg.clips.spec)
     with fs.output_lock(out, "ingest"):
-        return _run_ingest(cfg, out, extra_beam_args, retry_failed)
+        return _run_ingest(cfg, out, extra_beam_args, retry_failed, detach)
 
 
-def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, retry_failed: bool) -> dict:
+def prepare_job(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None = None,
+                retry_failed: bool = False) -> tuple[beam.Pipeline, Any, int, RunPaths]:
+    """The ingest job into `out`, built and not started: (pipeline, runner, local workers,
+    paths). Running it to its end updates the output: the commit is its last step. Finishes
+    a commit a killed run left half-done and drops the staging of runs killed before theirs
+    (their clip stores stay: the job resumes from them)."""
     fs.makedirs(out)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    paths = RunPaths(out=out, run_dir=fs.join(out, "_runs", run_id), tmp_shards=fs.join(out, "shards", "_tmp", run_id),
+    paths = RunPaths(out=out, run_id=run_id, run_dir=fs.join(out, "_runs", run_id),
+                     tmp_shards=fs.join(out, "shards", "_tmp", run_id),
                      scratch=cfg.download.scratch_dir or os.path.join(out if not fs.is_remote(out) else "/tmp", "_scratch"))
-    # leftovers of runs killed before their commit: their clip stores are kept (resume), the
-    # rest is redone
-    skip, staged = plan_resume(out, retry_failed)
-    fs.rmtree(fs.join(out, "shards", "_tmp"))
-    fs.rmtree(fs.join(out, "_runs"))
+    recover(out)
+    for d in (fs.join(out, "shards", "_tmp"), fs.join(out, "_runs"), fs.join(out, "_commit")):
+        fs.rmtree(d)
     for d in (paths.run_dir, paths.tmp_shards, fs.join(out, "clips"), fs.join(out, "shards")):
         fs.makedirs(d)
-
     runner, options, workers = pipeline_options(cfg.runner, extra_beam_args or [])
-    wall0, cpu0 = time.time(), cpu_seconds()
-    print(f"ingest: {len(cfg.sources)} source(s) → {out} ({len(skip)} video(s) already done or staged)",
-          file=sys.stderr, flush=True)
+    job_workers = job_worker_processes(cfg.runner, extra_beam_args or [], cfg.download.job_workers)
     p = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(p, cfg, paths, skip, staged, workers)
+    build_pipeline(p, cfg, paths, retry_failed, workers, job_workers)
+    return p, runner, workers, paths
+
+
+def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, retry_failed: bool,
+                detach: bool) -> dict:
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    wall0, cpu0 = time.time(), cpu_seconds()
+    already = table_rows(out, "videos")
+    print(f"ingest: {len(cfg.sources)} source(s) → {out} ({already} video(s) recorded by earlier runs)",
+          file=sys.stderr, flush=True)
+    p, runner, workers, paths = prepare_job(cfg, out, extra_beam_args, retry_failed)
+    if detach or p.options.view_as(GoogleCloudOptions).template_location:
+        p.run()
+        print(f"ingest: job {paths.run_id} submitted; it commits {out} when it finishes", file=sys.stderr, flush=True)
+        return {"run_id": paths.run_id, "submitted": True}
     try:
-        result = _run_job(p, runner, already=len(skip))
+        result = _run_job(p, runner, already=already)
     except Exception as e:
         env = fs.environment_error(e) or _worker_environment_error(e)
         if env is None:
@@ -349,9 +566,12 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
         raise env from None
     counters = {m.key.metric.name: m.committed for m in result.metrics().query()["counters"]
                 if m.key.metric.namespace == NS}
-    stats = {"run_id": run_id, "wall_s": round(time.time() - wall0, 2), "cpu_s": round(cpu_seconds() - cpu0, 2),
-             "counters": counters, "runner": cfg.runner.name, "workers": workers}
-    merged = _commit(cfg, paths, stats)
+    # the job committed the run; a launcher still there adds what only it knows
+    merged = read_stats(out)
+    merged["last_run"] = {**merged.get("last_run", {}), "wall_s": round(time.time() - wall0, 2),
+                          "cpu_s": round(cpu_seconds() - cpu0, 2), "counters": counters, "runner": cfg.runner.name,
+                          "workers": workers}
+    fs.write_bytes(fs.join(out, "stats.json"), json.dumps(merged, indent=2, sort_keys=True).encode())
     # before the clip store goes: the report's contact sheets show rejected clips from it.
     # The run is committed by now; a report that cannot be drawn must not fail it.
     try:
@@ -410,22 +630,6 @@ def _worker_environment_error(e: Exception) -> OSError | None:
     if m and int(m.group(1)) in fs.ENVIRONMENT_ERRNOS:
         return OSError(int(m.group(1)), m.group(2).strip(), m.group(3))
     return None
-
-
-def _commit(cfg: IngestConfig, paths: RunPaths, stats: dict) -> dict:
-    """Merge what the job wrote under _runs/RUN into the output (shards/commit.py)."""
-    run_dir, out = paths.run_dir, paths.out
-    return commit_run(
-        out,
-        candidates=[from_row(Candidate, r) for r in _read_jsonl(f"{run_dir}/candidates*")],
-        failures=[from_row(Failure, r) for r in _read_jsonl(f"{run_dir}/failures*")],
-        videos=[VideoResult.from_json(r) for r in _read_jsonl(f"{run_dir}/videos*")],
-        shard_records=[ShardRecord(**r) for r in _read_jsonl(f"{run_dir}/shards*")],
-        stats=stats,
-        spec=cfg.clips.spec,
-        sources=[s.name for s in cfg.sources],
-        cleanup=[fs.join(out, "_runs"), fs.join(out, "shards", "_tmp"), fs.join(out, "_commit")],
-    )
 
 
 def cpu_seconds() -> float:

@@ -75,8 +75,11 @@ def discover_search(src: SearchSource) -> Iterator[Candidate | Failure]:
 
 # ------------------------------------------------------------------------------ catalog
 def _read_table(path: str, fmt: str) -> list[dict[str, Any]]:
-    if fmt == "auto":
-        ext = posixpath.splitext(path.lower())[1]
+    if fmt == "auto":  # by the extension under a compression one (fs.open_read decompresses)
+        base = path.lower()
+        for comp in (".gz", ".bz2", ".zst", ".xz", ".deflate"):
+            base = base.removesuffix(comp)
+        ext = posixpath.splitext(base)[1]
         fmt = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
                ".parquet": "parquet", ".pq": "parquet"}.get(ext, "")
         if not fmt:

@@ -1,9 +1,21 @@
-"""Commit a run: number shards, merge the Parquet outputs, write stats — crash-safe.
+"""Commit a run: publish its table parts and shards, update the indexes and stats — crash-safe.
 
-Everything a run adds is first described in a journal (`OUT/_commit.json`); then shards are
-renamed into place, the tables replaced and the shard indexes rewritten. A run killed
-half-way through the commit is rolled forward by the next run (`recover`), so shard files,
-indexes and manifest never disagree.
+The tables are folders of Parquet part files (`OUT/{table}/part-*.parquet`, see
+shards/reader.py). A run's workers write new parts and shards under staging names; the commit
+(the job's last step, or `commit_run` for records held in memory) describes everything it
+changes in a journal (`OUT/_commit.json`), then renames the new parts and shards into place,
+deletes what they replace and writes the shard indexes and stats. A run killed half-way
+through the commit is rolled forward by the next run (`recover`), so shard files, indexes and
+tables never disagree.
+
+Old rows are never loaded as a whole: a part is read only for the columns the totals and the
+replacement rules need, one row group at a time, and rewritten only when it holds rows this
+run replaces:
+- a video this run processed again (a retried failure) replaces its earlier rows in
+  `videos`, `failures` and `manifest`;
+- a run's discovery of a source replaces the earlier discovery of that source (`candidates`
+  and discovery failures, kept in parts of their own per source: `part-RUN-src-NAME-*`).
+A part that cannot be read is moved to `OUT/_corrupt/` and named in a failure row.
 
 Shard index: `shards/{split}.index.json` per split, in the shard-index format of
 webdataset's `wids` (`{"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split,
@@ -11,39 +23,105 @@ webdataset's `wids` (`{"__kind__": "wids-shard-index-v1", "wids_version": 1, "na
 `wids.ShardListDataset("OUT/shards/train.index.json")` opens a split with random access.
 One per split because a wids index is one dataset: one over both would mix val into train.
 URLs are relative to the index's folder (wids resolves them so), so an output moved or
-copied to a bucket stays valid. A split without shards has no index.
+copied to a bucket stays valid. A split without shards has no index. The commit updates it
+from the old index and the new shards' records, without reading every shard's stats.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
-from genie_pipeline.shards.reader import (SPLITS, DataError, existing_shards, read_rows, read_spec, read_stats, shard_name,
-                                          stats_name, table_path)
-from genie_pipeline.shards.records import (SCHEMA_VERSION, SCHEMAS, Candidate, ClipRow, Failure, ShardRecord, VideoResult,
-                                           from_row)
+from genie_pipeline.shards.reader import (SPLITS, DataError, existing_shards, iter_part_batches, read_spec,
+                                          read_stats, shard_name, stats_name, table_dir, table_files)
+from genie_pipeline.shards.records import (SCHEMA_VERSION, SCHEMAS, TABLES, Candidate, ClipRow, Failure, ShardRecord,
+                                           VideoResult, from_row)
 from genie_pipeline.shards.store import store_path
-from genie_pipeline.shards.writer import ShardRoller, write_shards_for
+from genie_pipeline.shards.writer import StreamingShards
 
 JOURNAL = "_commit.json"
+PART_ROWS = 100_000  # rows per part file: a part is the unit a commit reads or rewrites whole
+_PART = re.compile(r"^part-(?P<run>[0-9A-Za-z]+-[0-9a-f]+)-(?:src-(?P<source>[a-z0-9]+)-)?[0-9a-f]{8}\.parquet$")
 
 
-def _write_table(dest: str, name: str, rows: list[dict[str, Any]]) -> None:
-    schema = SCHEMAS[name]
-    schema = schema.with_metadata({b"genie_pipeline.schema_version": str(SCHEMA_VERSION).encode()})
-    table = pa.Table.from_pylist([{k: _null_nan(r.get(k)) for k in schema.names} for r in rows], schema=schema)
+# ------------------------------------------------------------------------------ parts
+def _write_table(dest: str, name: str, rows: list[dict[str, Any]] | pa.Table) -> None:
+    schema = SCHEMAS[name].with_metadata({b"genie_pipeline.schema_version": str(SCHEMA_VERSION).encode()})
+    if isinstance(rows, pa.Table):
+        table = rows.select(schema.names).cast(schema)
+    else:
+        table = pa.Table.from_pylist([{k: _null_nan(r.get(k)) for k in schema.names} for r in rows], schema=schema)
     with fs.atomic_output(dest) as tmp:
         pq.write_table(table, tmp)
 
 
+def _write_streamed(dest: str, name: str, row_batches: Iterable[list[dict[str, Any]]]) -> int:
+    """Write a part from batches of rows, one batch in memory at a time; returns its rows."""
+    schema = SCHEMAS[name].with_metadata({b"genie_pipeline.schema_version": str(SCHEMA_VERSION).encode()})
+    n = 0
+    with fs.atomic_output(dest) as tmp, pq.ParquetWriter(tmp, schema) as w:
+        for rows in row_batches:
+            w.write_table(pa.Table.from_pylist([{k: _null_nan(r.get(k)) for k in schema.names} for r in rows],
+                                               schema=schema))
+            n += len(rows)
+    return n
+
+
 def _null_nan(v: Any) -> Any:
     return None if isinstance(v, float) and v != v else v  # unknown is NULL, which SQL's avg skips
+
+
+def discovery_group(table: str, row: dict[str, Any]) -> str:
+    """The source whose discovery a row belongs to ('' for rows of a video's processing):
+    candidates and discovery failures go into parts of their own per source."""
+    if table == "candidates" or (table == "failures" and row.get("stage") == "discover"):
+        return re.sub(r"[^a-z0-9]", "", str(row.get("source") or ""))[:16]
+    return ""
+
+
+def part_file(dest_dir: str, run_id: str, source: str = "") -> str:
+    return fs.join(dest_dir, f"part-{run_id}-{'src-' + source + '-' if source else ''}{uuid.uuid4().hex[:8]}.parquet")
+
+
+class PartWriter:
+    """Rows of one table into part files under `dest_dir` (at most `max_rows` each; one
+    discovery group per file). `add` and `flush` return the paths of the parts they wrote."""
+
+    def __init__(self, dest_dir: str, table: str, run_id: str, max_rows: int = PART_ROWS):
+        self.dest_dir, self.table, self.run_id, self.max_rows = dest_dir, table, run_id, max_rows
+        self.rows: dict[str, list[dict]] = {}
+
+    def add(self, row: dict[str, Any]) -> list[str]:
+        group = discovery_group(self.table, row)
+        rows = self.rows.setdefault(group, [])
+        rows.append(row)
+        return self._write(group) if len(rows) >= self.max_rows else []
+
+    def flush(self) -> list[str]:
+        return [p for g in list(self.rows) for p in self._write(g)]
+
+    def _write(self, group: str) -> list[str]:
+        rows = self.rows.pop(group, [])
+        if not rows:
+            return []
+        fs.makedirs(self.dest_dir)
+        path = part_file(self.dest_dir, self.run_id, group)
+        _write_table(path, self.table, rows)
+        return [path]
+
+
+def write_parts(dest_dir: str, table: str, run_id: str, rows: Iterable[dict[str, Any]]) -> list[str]:
+    w = PartWriter(dest_dir, table, run_id)
+    return [p for r in rows for p in w.add(r)] + w.flush()
 
 
 # ------------------------------------------------------------------------------ journal
@@ -54,12 +132,19 @@ def _apply(out_dir: str, journal: dict) -> None:
     for path in journal.get("deletes", []):
         if path not in done:
             fs.remove(path)
+    todo = []
     for src, dst in journal["renames"]:
         if fs.exists(src):
-            fs.rename(src, dst)
+            todo.append((src, dst))
         elif not fs.exists(dst):
             raise RuntimeError(f"commit journal names {src} but neither it nor {dst} exists")
-    write_indexes(fs.join(out_dir, "shards"))
+    fs.rename_many(todo)
+    shard_dir = fs.join(out_dir, "shards")
+    if "indexes" in journal:
+        for split, index in journal["indexes"].items():
+            _write_index(shard_dir, split, index)
+    else:  # a journal of an older version
+        write_indexes(shard_dir)
     stats = journal.get("stats")
     if stats is not None:
         fs.write_bytes(fs.join(out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
@@ -77,52 +162,313 @@ def recover(out_dir: str) -> bool:
     return True
 
 
-def _commit(out_dir: str, renames: list[tuple[str, str]], tables: dict[str, list[dict]],
-            stats: dict | None, deletes: Iterable[str] = (), cleanup: Iterable[str] = ()) -> None:
-    staged = []
-    for name, rows in tables.items():
-        tmp = fs.join(out_dir, "_commit", f"{name}.parquet")
-        fs.makedirs(os.path.dirname(tmp)) if not fs.is_remote(tmp) else None
-        _write_table(tmp, name, rows)
-        staged.append((tmp, table_path(out_dir, name)))
-    journal = {"renames": list(renames) + staged, "deletes": list(deletes), "stats": stats,
-               "cleanup": list(cleanup)}
-    fs.write_bytes(fs.join(out_dir, JOURNAL), json.dumps(journal).encode())
-    _apply(out_dir, journal)
-
-
-def write_indexes(shard_dir: str) -> None:
-    """Rewrite each split's wids shard index from the shards' stats files (idempotent: the
-    journal replays it)."""
-    for split in SPLITS:
-        dest = fs.join(shard_dir, f"{split}.index.json")
-        shardlist = []
-        for path in sorted(existing_shards(shard_dir, split)):
-            name = os.path.basename(path)
-            st = json.loads(fs.read_bytes(fs.join(shard_dir, stats_name(name))))
-            shardlist.append({"url": name, "nsamples": st["n_samples"], "filesize": st["bytes"]})
-        if not shardlist:
-            fs.remove(dest)
-            continue
-        index = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split, "shardlist": shardlist}
+# ------------------------------------------------------------------------------ indexes
+def _write_index(shard_dir: str, split: str, index: dict | None) -> None:
+    dest = fs.join(shard_dir, f"{split}.index.json")
+    if index is None:
+        fs.remove(dest)
+    else:
         fs.write_bytes(dest, json.dumps(index, indent=1).encode())
 
 
-def _number_shards(out_dir: str, records: list[ShardRecord], start: dict[str, int]) -> tuple[list, dict[str, str]]:
-    """Final names continue after the shards already there, in a deterministic order.
-    Returns the renames and the final shard name of every clip key in `records`."""
+def _index(split: str, shardlist: list[dict]) -> dict | None:
+    if not shardlist:
+        return None
+    return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split,
+            "shardlist": sorted(shardlist, key=lambda e: e["url"])}
+
+
+def _entries_from_stats(shard_dir: str, split: str) -> list[dict]:
+    entries = []
+    for path in existing_shards(shard_dir, split):
+        name = os.path.basename(path)
+        st = json.loads(fs.read_bytes(fs.join(shard_dir, stats_name(name))))
+        entries.append({"url": name, "nsamples": st["n_samples"], "filesize": st["bytes"]})
+    return entries
+
+
+def write_indexes(shard_dir: str) -> None:
+    """Rewrite each split's wids shard index from the shards' stats files."""
+    for split in SPLITS:
+        _write_index(shard_dir, split, _index(split, _entries_from_stats(shard_dir, split)))
+
+
+def small_shards(shard_dir: str, split: str, target_bytes: int, max_clips: int) -> list[str]:
+    """The shards of `split` (from its index) under half of `max_clips` and of `target_bytes`:
+    tails of earlier runs, or shards refilter shrank, which the next ingest compacts."""
+    ip = fs.join(shard_dir, f"{split}.index.json")
+    if not fs.exists(ip):
+        return []
+    try:
+        entries = json.loads(fs.read_bytes(ip))["shardlist"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [e["url"] for e in entries if e["nsamples"] < max_clips / 2 and e["filesize"] < target_bytes / 2]
+
+
+def _updated_indexes(shard_dir: str, records: list[ShardRecord], names: dict[str, str],
+                     deleted: set[str]) -> dict[str, dict | None]:
+    """Each split's index after the commit: the old one (rebuilt from the stats files where an
+    output has none) less the deleted shards, plus the new ones."""
+    out = {}
+    for split in SPLITS:
+        ip = fs.join(shard_dir, f"{split}.index.json")
+        try:
+            entries = json.loads(fs.read_bytes(ip))["shardlist"] if fs.exists(ip) else _entries_from_stats(shard_dir, split)
+        except (ValueError, KeyError, TypeError):
+            entries = _entries_from_stats(shard_dir, split)
+        entries = [e for e in entries if e["url"] not in deleted]
+        entries += [{"url": names[r.path], "nsamples": r.stats["n_samples"], "filesize": r.stats["bytes"]}
+                    for r in records if r.split == split]
+        out[split] = _index(split, entries)
+    return out
+
+
+def shard_stats_file(rec: ShardRecord, name: str) -> tuple[str, bytes]:
+    """The `.stats.json` written beside a shard's staged tar: (its staged path, its bytes)."""
+    return (rec.path[: -len(".tar")] + ".stats.json",
+            json.dumps({"shard": name, "split": rec.split, **rec.stats}, indent=1).encode())
+
+
+def _shard_renames(shard_dir: str, records: list[ShardRecord], names: dict[str, str]) -> list[tuple[str, str]]:
+    renames = []
+    for rec in records:
+        name = names[rec.path]
+        stats_tmp, _ = shard_stats_file(rec, name)
+        renames += [(stats_tmp, fs.join(shard_dir, stats_name(name))), (rec.path, fs.join(shard_dir, name))]
+    return renames
+
+
+# ------------------------------------------------------------------------------ totals
+@dataclass
+class Totals:
+    """The output-wide counts of stats.json, added up one record batch at a time."""
+
+    candidates: int = 0
+    keyword_kept: int = 0
+    keyword_rejected: int = 0
+    videos_done: int = 0
+    videos_failed: int = 0
+    clips: int = 0
+    clips_kept: int = 0
+    clips_train: int = 0
+    clips_val: int = 0
+    seconds_in: float = 0.0
+    seconds_out: float = 0.0
+    clips_rejected: dict[str, int] = field(default_factory=dict)
+    failures_by_type: dict[str, int] = field(default_factory=dict)
+
+    COLUMNS = {"manifest": ["kept", "reason", "split", "duration_s"], "videos": ["status", "seconds_in"],
+               "candidates": ["keyword_verdict"], "failures": ["stage", "error_type"]}
+
+    def add(self, table: str, b: pa.RecordBatch | pa.Table) -> None:
+        n = b.num_rows
+        if table == "candidates":
+            self.candidates += n
+            self.keyword_kept += _count_eq(b, "keyword_verdict", "keep")
+            self.keyword_rejected += _count_eq(b, "keyword_verdict", "reject")
+        elif table == "videos":
+            self.videos_done += _count_eq(b, "status", "done")
+            self.videos_failed += _count_eq(b, "status", "failed")
+            self.seconds_in += _sum(b["seconds_in"]) if "seconds_in" in b.schema.names else 0.0
+        elif table == "manifest":
+            kept = pc.fill_null(b["kept"], False)
+            self.clips += n
+            self.clips_kept += _sum(kept)
+            self.clips_train += _sum(pc.and_(kept, pc.equal(b["split"], "train")))
+            self.clips_val += _sum(pc.and_(kept, pc.equal(b["split"], "val")))
+            self.seconds_out += _sum(pc.filter(b["duration_s"], kept))
+            _tally(self.clips_rejected, pc.filter(b["reason"], pc.invert(kept)).to_pylist())
+        elif table == "failures":
+            _tally(self.failures_by_type, [f"{s}:{e}" for s, e in zip(b["stage"].to_pylist(), b["error_type"].to_pylist())])
+
+    def stats(self, run_stats: dict, spec: ClipSpec) -> dict:
+        return {"candidates": self.candidates, "keyword_kept": self.keyword_kept,
+                "keyword_rejected": self.keyword_rejected, "videos_done": self.videos_done,
+                "videos_failed": self.videos_failed, "clips": self.clips, "clips_kept": self.clips_kept,
+                "clips_rejected": dict(sorted(self.clips_rejected.items())), "clips_train": self.clips_train,
+                "clips_val": self.clips_val, "hours_in": round(self.seconds_in / 3600, 4),
+                "hours_out": round(self.seconds_out / 3600, 4),
+                "failures_by_type": dict(sorted(self.failures_by_type.items())), "last_run": run_stats,
+                "clip_spec": spec.to_json()}
+
+
+def _count_eq(b, col: str, value: str) -> int:
+    return _sum(pc.equal(b[col], value)) if col in b.schema.names else 0
+
+
+def _sum(arr) -> Any:
+    v = pc.sum(arr).as_py()
+    return v or 0
+
+
+def _tally(counts: dict[str, int], values: list) -> None:
+    for v in values:
+        counts[str(v)] = counts.get(str(v), 0) + 1
+
+
+# ------------------------------------------------------------------------------ commit
+@dataclass
+class _Plan:
+    renames: list = field(default_factory=list)
+    deletes: list = field(default_factory=list)
+    failures: list = field(default_factory=list)  # rows naming the parts moved aside
+    totals: Totals = field(default_factory=Totals)
+
+
+def _part_source(path: str) -> str | None:
+    m = _PART.match(os.path.basename(path))
+    return m.group("source") if m else None
+
+
+@dataclass
+class _Replaced:
+    """What a commit's new rows replace in old parts: the rows of `videos` processed again,
+    the discovery of `sources` discovered again, and the manifest rows of `clips` written
+    into new shards (small shards of earlier runs, compacted)."""
+
+    videos: set[str]
+    sources: set[str]
+    clips: set[str]
+
+    def columns(self, table: str) -> list[str]:
+        """The columns `mask` needs of a part of `table` ([]: none of its rows can be replaced)."""
+        cols = []
+        if self.videos and table != "candidates":
+            cols.append("video_key")
+        if self.sources and table in ("candidates", "failures"):
+            cols += ["source", "stage"]
+        if self.clips and table == "manifest":
+            cols.append("key")
+        return cols
+
+    def mask(self, table: str, b):
+        """True for the rows of batch `b` this commit replaces (None: none can be)."""
+        def isin(col: str, values: set[str]):
+            return pc.is_in(b[col], value_set=pa.array(sorted(values), pa.string()))
+
+        drop = None
+        for col in self.columns(table):
+            if col == "video_key":
+                m = isin("video_key", self.videos)
+            elif col == "source":
+                m = isin("source", self.sources)
+                if table == "failures":
+                    m = pc.and_(m, pc.equal(b["stage"], "discover"))
+            elif col == "key":
+                m = isin("key", self.clips)
+            else:
+                continue
+            drop = m if drop is None else pc.or_(drop, m)
+        return None if drop is None else pc.fill_null(drop, False)
+
+
+def _merge_old_part(out_dir: str, table: str, path: str, work: str, run_id: str, replaced: _Replaced,
+                    plan: _Plan) -> None:
+    """Keep, delete, rewrite without the replaced rows, or (unreadable) move aside one existing
+    part, adding what stays to the totals."""
+    source = _part_source(path)
+    if source and source in replaced.sources:
+        plan.deletes.append(path)
+        return
+    try:
+        batches = list(iter_part_batches(path, list(Totals.COLUMNS[table]) + replaced.columns(table)))
+        dropped = [m for m in (replaced.mask(table, b) for b in batches) if m is not None]
+        if not any(_sum(m) for m in dropped):
+            for b in batches:
+                plan.totals.add(table, b)
+            return
+        whole = pa.Table.from_batches(list(iter_part_batches(path)))
+        keep = pc.invert(replaced.mask(table, whole))
+    except DataError as e:
+        dest = fs.join(out_dir, "_corrupt", table, f"{run_id}-{os.path.basename(path)}")
+        plan.renames.append((path, dest))
+        plan.failures.append(Failure(video_key="", video_id="", source=source or "", stage="commit",
+                                     error_type="CorruptTablePart",
+                                     message=f"{e}; moved to {dest}: its rows are no longer in the table").row())
+        return
+    kept = whole.filter(keep)
+    plan.deletes.append(path)
+    if kept.num_rows:
+        new = part_file(work, run_id, source or "")
+        _write_table(new, table, kept)
+        plan.renames.append((new, fs.join(table_dir(out_dir, table), os.path.basename(new))))
+        plan.totals.add(table, kept)
+
+
+def _keep_every_table(out_dir: str, work: str, run_id: str, plan: _Plan) -> None:
+    """An empty part for each table the commit would leave without one: every table stays a
+    dataset with its schema (DuckDB and BigQuery refuse a pattern that matches no file)."""
+    deleted = set(plan.deletes) | {src for src, _ in plan.renames}
+    for table in TABLES:
+        folder = table_dir(out_dir, table).rstrip("/") + "/"
+        if any(dst.startswith(folder) for _, dst in plan.renames) or \
+                any(p not in deleted for p in table_files(out_dir, table)):
+            continue
+        path = part_file(work, run_id)
+        _write_table(path, table, [])
+        plan.renames.append((path, fs.join(table_dir(out_dir, table), os.path.basename(path))))
+
+
+def _keys_of(paths: list[str], table: str) -> set[str]:
+    """Video keys of the rows of `paths` that stand for a video's processing (not discovery)."""
+    keys: set[str] = set()
+    for path in paths:
+        if _part_source(path):
+            continue
+        for b in iter_part_batches(path, ["video_key"]):
+            keys.update(b["video_key"].to_pylist())
+    return keys
+
+
+def commit_parts(out_dir: str, *, run_id: str, parts: dict[str, list[str]], shard_records: list[ShardRecord],
+                 shard_names: dict[str, str] | None = None, spec: ClipSpec, sources: Iterable[str] = (),
+                 run_stats: dict | None = None, cleanup: Iterable[str] = (),
+                 redone: set[str] | None = None, compacted: dict[str, list[str]] | None = None) -> dict:
+    """Publish one run: its staged table `parts` ({table: [paths]}) and shards (`shard_records`,
+    staged with their `.stats.json` beside them; `shard_names` maps a staged tar's path to its
+    final name, by default its own file name). `sources`: the sources this run discovered.
+    `redone`: keys of videos this run processed again that may have earlier rows (None: any
+    video of this run may). `compacted`: {old shard name: its clip keys} for small shards of
+    earlier runs whose clips this run wrote again, into its own shards: the old shards go, and
+    so do their manifest rows (the new ones are in `parts`). Returns the output's new stats."""
+    recover(out_dir)
+    check_spec(out_dir, spec)
     shard_dir = fs.join(out_dir, "shards")
-    renames, final_of = [], {}
-    nxt = dict(start)
-    for rec in sorted(records, key=lambda r: (r.split, r.order)):
-        name = shard_name(rec.split, nxt[rec.split])
-        nxt[rec.split] += 1
-        final = fs.join(shard_dir, name)
-        stats_tmp = rec.path[: -len(".tar")] + ".stats.json"
-        fs.write_bytes(stats_tmp, json.dumps({"shard": name, "split": rec.split, **rec.stats}, indent=1).encode())
-        renames += [(stats_tmp, fs.join(shard_dir, stats_name(name))), (rec.path, final)]
-        final_of.update((key, name) for key in rec.keys)
-    return renames, final_of
+    names = shard_names or {r.path: os.path.basename(r.path) for r in shard_records}
+    taken = [n for n in names.values() if fs.exists(fs.join(shard_dir, n))]
+    if taken:
+        raise DataError(f"{out_dir}: shard {taken[0]} already exists; a run's shards need names of their own")
+    work = fs.join(out_dir, "_commit", run_id)
+    if redone is None:
+        redone = _keys_of(parts.get("videos", []), "videos") | _keys_of(parts.get("failures", []), "failures")
+    rediscovered = set(sources) | {s for p in parts.get("candidates", []) + parts.get("failures", [])
+                                   if (s := _part_source(p))}
+    compacted = compacted or {}
+    replaced = _Replaced(redone, rediscovered, {k for keys in compacted.values() for k in keys})
+    plan = _Plan()
+    for name in compacted:
+        plan.deletes += [fs.join(shard_dir, name), fs.join(shard_dir, stats_name(name))]
+    for table in TABLES:
+        for path in table_files(out_dir, table):
+            _merge_old_part(out_dir, table, path, work, run_id, replaced, plan)
+        for path in parts.get(table, []):
+            for b in iter_part_batches(path, Totals.COLUMNS[table]):
+                plan.totals.add(table, b)
+            plan.renames.append((path, fs.join(table_dir(out_dir, table), os.path.basename(path))))
+    if plan.failures:
+        path = part_file(work, run_id)
+        _write_table(path, "failures", plan.failures)
+        plan.renames.append((path, fs.join(table_dir(out_dir, "failures"), os.path.basename(path))))
+        plan.totals.add("failures", pa.Table.from_pylist(plan.failures, schema=SCHEMAS["failures"]))
+    _keep_every_table(out_dir, work, run_id, plan)
+    stats = plan.totals.stats(run_stats or {}, spec)
+    journal = {"renames": _shard_renames(shard_dir, shard_records, names) + plan.renames, "deletes": plan.deletes,
+               "indexes": _updated_indexes(shard_dir, shard_records, names, set(compacted)), "stats": stats,
+               "cleanup": list(cleanup) + [work]}
+    fs.write_bytes(fs.join(out_dir, JOURNAL), json.dumps(journal).encode())
+    _apply(out_dir, journal)
+    return stats
 
 
 def check_spec(out_dir: str, spec: ClipSpec) -> None:
@@ -137,47 +483,55 @@ def check_spec(out_dir: str, spec: ClipSpec) -> None:
 def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Failure],
                videos: list[VideoResult], shard_records: list[ShardRecord], stats: dict,
                spec: ClipSpec, cleanup: list[str], sources: Iterable[str] = ()) -> dict:
-    """Merge one run's results into OUT; returns the merged stats (which record `spec`, the
-    clip format every reader checks the output against)."""
-    check_spec(out_dir, spec)
-    shard_dir = fs.join(out_dir, "shards")
-    start = {s: _next_index(shard_dir, s) for s in SPLITS}
-    renames, final_of = _number_shards(out_dir, shard_records, start)
-
-    # discovery failures say nothing about a video's clips: they never replace its rows, and
-    # each run's discovery replaces the previous one's for the sources it ran
-    redone = {v.video_key for v in videos} | {f.video_key for f in failures if f.stage != "discover"}
-    rediscovered = set(sources) | {c.source for c in candidates} | {f.source for f in failures}
-    old_videos = [r for r in read_rows(out_dir, "videos") if r["video_key"] not in redone]
-    old_manifest = [r for r in read_rows(out_dir, "manifest") if r["video_key"] not in redone]
-    old_failures = [r for r in read_rows(out_dir, "failures") if r["video_key"] not in redone
-                    and not (r["stage"] == "discover" and r["source"] in rediscovered)]
-    new_cands = {c.video_key: c.row() for c in candidates}
-    old_cands = [r for r in read_rows(out_dir, "candidates") if r["video_key"] not in new_cands]
-
-    manifest = old_manifest
+    """Commit one run's results held in memory (small runs, tests and fixtures; an ingest job
+    commits its staged parts with `commit_parts`): shards are numbered after the ones there,
+    `{split}-NNNNNN.tar`. Returns the merged stats (which record `spec`, the clip format every
+    reader checks the output against)."""
+    run_id = _run_id()
+    names = _numbered(fs.join(out_dir, "shards"), shard_records)
+    final_of = {k: names[r.path] for r in shard_records for k in r.keys}
+    for r in shard_records:
+        _write_shard_stats(r, names[r.path])
+    manifest = []
     for v in videos:
         for c in v.clips:
-            row = c.row()
-            row["shard"] = final_of.get(c.key) if c.kept else None
-            manifest.append(row)
+            manifest.append(c.row() | {"shard": final_of.get(c.key) if c.kept else None})
     failed_keys = {f.video_key for f in failures if f.stage != "discover"}
-    video_rows = old_videos + [v.row() for v in videos if v.video_key not in failed_keys or v.clips]
-    video_rows += [_failed_video_row(f) for f in _first_per_video(failures) if f.video_key not in {v.video_key for v in videos}]
-    manifest.sort(key=lambda r: r["key"])
-    video_rows.sort(key=lambda r: r["video_key"])
-    tables = {
-        "manifest": manifest, "videos": video_rows,
-        "failures": old_failures + [f.row() for f in failures],
-        "candidates": sorted(old_cands + list(new_cands.values()), key=lambda r: r["video_key"]),
-    }
-    merged = summarize(tables, stats, spec)
-    _commit(out_dir, renames, tables, merged, cleanup=cleanup)
-    return merged
+    video_rows = [v.row() for v in videos if v.video_key not in failed_keys or v.clips]
+    done = {v.video_key for v in videos}
+    video_rows += [failed_video_row(f) for f in _first_per_video(failures) if f.video_key not in done]
+    staged = fs.join(out_dir, "_commit", "staged-" + run_id)
+    rows = {"manifest": manifest, "videos": video_rows, "failures": [f.row() for f in failures],
+            "candidates": [c.row() for c in candidates]}
+    parts = {t: write_parts(fs.join(staged, t), t, run_id, rs) for t, rs in rows.items()}
+    return commit_parts(out_dir, run_id=run_id, parts=parts, shard_records=shard_records, shard_names=names,
+                        spec=spec, sources=sources, run_stats=stats, cleanup=list(cleanup) + [staged])
+
+
+def _run_id() -> str:
+    import time
+
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def _write_shard_stats(rec: ShardRecord, name: str) -> None:
+    fs.write_bytes(*shard_stats_file(rec, name))
+
+
+def _numbered(shard_dir: str, records: list[ShardRecord], start: dict[str, int] | None = None) -> dict[str, str]:
+    """Final names `{split}-NNNNNN.tar` after the numbered shards already there (or from
+    `start`), in a deterministic order: staged path -> name."""
+    nxt = dict(start) if start is not None else {s: _next_index(shard_dir, s) for s in SPLITS}
+    names = {}
+    for rec in sorted(records, key=lambda r: (r.split, r.order)):
+        names[rec.path] = shard_name(rec.split, nxt[rec.split])
+        nxt[rec.split] += 1
+    return names
 
 
 def _next_index(shard_dir: str, split: str) -> int:
-    idx = [int(os.path.basename(p)[len(split) + 1: -4]) for p in existing_shards(shard_dir, split)]
+    idx = [int(n[len(split) + 1: -4]) for n in map(os.path.basename, existing_shards(shard_dir, split))
+           if n[len(split) + 1: -4].isdigit()]
     return max(idx) + 1 if idx else 0
 
 
@@ -190,82 +544,126 @@ def _first_per_video(failures: list[Failure]) -> list[Failure]:
     return out
 
 
-def _failed_video_row(f: Failure) -> dict:
+def failed_video_row(f: Failure) -> dict:
+    """The `videos` row of a video that failed (its first failure)."""
     return {"video_key": f.video_key, "video_id": f.video_id, "source": f.source, "title": "",
             "status": "failed", "n_clips": 0, "n_kept": 0, "seconds_in": 0.0, "seconds_out": 0.0,
             "error": f"{f.stage}:{f.error_type}: {f.message}"[:500], "split": ""}
 
 
-def summarize(tables: dict[str, list[dict]], run_stats: dict, spec: ClipSpec) -> dict:
-    m, v, c = tables["manifest"], tables["videos"], tables["candidates"]
-    reasons: dict[str, int] = {}
-    for r in m:
-        if not r["kept"]:
-            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    fail_types: dict[str, int] = {}
-    for f in tables["failures"]:
-        k = f"{f['stage']}:{f['error_type']}"
-        fail_types[k] = fail_types.get(k, 0) + 1
-    return {
-        "candidates": len(c),
-        "keyword_kept": sum(r["keyword_verdict"] == "keep" for r in c),
-        "keyword_rejected": sum(r["keyword_verdict"] == "reject" for r in c),
-        "videos_done": sum(r["status"] == "done" for r in v),
-        "videos_failed": sum(r["status"] == "failed" for r in v),
-        "clips": len(m), "clips_kept": sum(r["kept"] for r in m), "clips_rejected": reasons,
-        "clips_train": sum(r["kept"] and r["split"] == "train" for r in m),
-        "clips_val": sum(r["kept"] and r["split"] == "val" for r in m),
-        "hours_in": round(sum(r["seconds_in"] for r in v) / 3600, 4),
-        "hours_out": round(sum(r["duration_s"] for r in m if r["kept"]) / 3600, 4),
-        "failures_by_type": fail_types,
-        "last_run": run_stats,
-        "clip_spec": spec.to_json(),
-    }
-
-
-# ------------------------------------------------------------------------------ rebuild
-def rebuild_shards(out_dir: str, manifest: list[dict[str, Any]], target_bytes: int, max_clips: int,
-                   spec: ClipSpec | None = None) -> dict:
-    """Rewrite every shard from the clip store for the rows with kept=True (refilter),
-    then swap old shards for new ones in one journalled commit. The clip spec is the one
-    the output recorded; `spec` serves outputs written before it was recorded."""
+# ------------------------------------------------------------------------------ reshard
+def reshard(out_dir: str, decide: Callable[[list[dict]], None], target_bytes: int, max_clips: int,
+            spec: ClipSpec | None = None) -> tuple[dict, dict[str, int]]:
+    """Apply new kept flags to the output (refilter): `decide(rows)` updates the manifest rows
+    of one part in place (it is called twice per part, so it must give the same answer each
+    time). Shards that lose clips are rewritten without them (tar members copied, nothing
+    decoded); clips newly kept are written from the clip store into new shards; manifest parts
+    are rewritten with the new flags and shard names; all in one journalled commit. Memory:
+    one part's rows and the clips that change. The clip spec is the one the output recorded;
+    `spec` serves outputs written before it was recorded. Returns the output's new stats and
+    the clips that moved: {"kept": newly kept, "rejected": newly rejected}."""
     recover(out_dir)
     spec = read_spec(out_dir) or spec
     if spec is None:
         raise DataError(f"{out_dir}/stats.json records no clip_spec: give the spec it was written with")
+    run_id = _run_id()
     shard_dir = fs.join(out_dir, "shards")
-    tmp_dir = fs.join(shard_dir, "_tmp", "rebuild")
-    fs.rmtree(tmp_dir)
-    fs.makedirs(tmp_dir)
-    by_video: dict[str, list[ClipRow]] = {}
-    for r in manifest:
-        by_video.setdefault(r["video_key"], []).append(from_row(ClipRow, r))
-    records: list[ShardRecord] = []
+    tmp, work = fs.join(shard_dir, "_tmp", run_id), fs.join(out_dir, "_commit", run_id)
+    dropped: dict[str, set[str]] = {}
+    added: dict[str, list[ClipRow]] = {}
+    moved = {"kept": 0, "rejected": 0}
+    for rows in _row_batches(table_files(out_dir, "manifest")):
+        was = [bool(r["kept"]) for r in rows]
+        decide(rows)
+        for before, r in zip(was, rows):
+            moved["kept"] += r["kept"] and not before
+            moved["rejected"] += before and not r["kept"]
+            if before and not r["kept"] and r.get("shard"):
+                dropped.setdefault(r["shard"], set()).add(r["key"])
+            elif r["kept"] and not (before and r.get("shard")):
+                added.setdefault(r["video_key"], []).append(from_row(ClipRow, r))
+    renames, deletes, entries = [], [], {}
+    for name, keys in sorted(dropped.items()):
+        entry = _rewrite_without(fs.join(shard_dir, name), fs.join(tmp, name), keys)
+        deletes += [fs.join(shard_dir, name), fs.join(shard_dir, stats_name(name))]
+        if entry is not None:
+            renames += [(fs.join(tmp, name), fs.join(shard_dir, name)),
+                        (fs.join(tmp, stats_name(name)), fs.join(shard_dir, stats_name(name)))]
+        entries[name] = entry
+    writer = StreamingShards(tmp, run_id, target_bytes, max_clips, spec)
+    videos = [VideoResult(video_key=vk, video_id=cl[0].video_id, source=cl[0].source, title=cl[0].title,
+                          status="done", clips=cl, split=cl[0].split, store=store_path(out_dir, vk))
+              for vk, cl in sorted(added.items())]
+    shard_of, records = {}, []
     for split in SPLITS:
-        roller = ShardRoller(tmp_dir, split, split, target_bytes, max_clips, spec)
-        videos = [VideoResult(video_key=vk, video_id=cl[0].video_id, source=cl[0].source, title=cl[0].title,
-                              status="done", clips=sorted(cl, key=lambda c: c.start_s),
-                              store=store_path(out_dir, vk))
-                  for vk, cl in sorted(by_video.items()) if cl[0].split == split]
-        for c in (c for v in videos for c in v.clips):
-            c.shard = None
-        records += [x for x in write_shards_for(iter(videos), roller) if isinstance(x, ShardRecord)]
-        for v in videos:
-            by_video[v.video_key] = v.clips
-    old = [p for s in SPLITS for p in existing_shards(shard_dir, s)]
-    deletes = old + [fs.join(shard_dir, stats_name(os.path.basename(p))) for p in old]
-    renames, final_of = _number_shards(out_dir, records, {"train": 0, "val": 0})
-    rows = []
-    for clips in by_video.values():
-        for c in clips:
-            row = c.row()
-            row["shard"] = final_of.get(c.key) if c.kept else None
-            rows.append(row)
-    rows.sort(key=lambda r: r["key"])
-    tables = {"manifest": rows, "videos": read_rows(out_dir, "videos"), "failures": read_rows(out_dir, "failures"),
-              "candidates": read_rows(out_dir, "candidates")}
-    prev = read_stats(out_dir)
-    merged = summarize(tables, {**prev.get("last_run", {}), "rebuilt": True}, spec)
-    _commit(out_dir, renames, {"manifest": rows}, merged, deletes=deletes,
-            cleanup=[tmp_dir, fs.join(out_dir, "_commit")])
-    return merged
+        for rec, clips in [*writer.write([v for v in videos if v.split == split]), *writer.close()]:
+            _write_shard_stats(rec, os.path.basename(rec.path))
+            records.append(rec)
+            shard_of.update((c.key, os.path.basename(rec.path)) for c in clips)
+    renames += _shard_renames(shard_dir, records, {r.path: os.path.basename(r.path) for r in records})
+    totals = Totals()
+
+    def decided(path: str):
+        for rows in _row_batches([path]):
+            decide(rows)
+            for r in rows:
+                r["shard"] = (shard_of.get(r["key"], r.get("shard")) if r["kept"] else None)
+            totals.add("manifest", pa.Table.from_pylist([{k: r[k] for k in Totals.COLUMNS["manifest"]} for r in rows]))
+            yield rows
+
+    for path in table_files(out_dir, "manifest"):
+        new = part_file(work, run_id)
+        _write_streamed(new, "manifest", decided(path))
+        deletes.append(path)
+        renames.append((new, fs.join(table_dir(out_dir, "manifest"), os.path.basename(new))))
+    for table in ("videos", "failures", "candidates"):
+        for path in table_files(out_dir, table):
+            for b in iter_part_batches(path, Totals.COLUMNS[table]):
+                totals.add(table, b)
+    stats = totals.stats({**read_stats(out_dir).get("last_run", {}), "refiltered": run_id}, spec)
+    indexes = _updated_indexes(shard_dir, records, {r.path: os.path.basename(r.path) for r in records},
+                               {n for n, e in entries.items() if e is None})
+    for index in indexes.values():
+        for e in index["shardlist"] if index else ():
+            e.update(entries.get(e["url"]) or {})
+    journal = {"renames": renames, "deletes": deletes, "indexes": indexes, "stats": stats, "cleanup": [tmp, work]}
+    fs.write_bytes(fs.join(out_dir, JOURNAL), json.dumps(journal).encode())
+    _apply(out_dir, journal)
+    return stats, moved
+
+
+def _row_batches(paths: list[str], batch_rows: int = 16384):
+    for path in paths:
+        for b in iter_part_batches(path, batch_rows=batch_rows):
+            yield b.to_pylist()
+
+
+def _rewrite_without(src: str, dest: str, drop: set[str]) -> dict | None:
+    """Copy shard `src` to `dest` without the samples `drop` names, with its stats file beside
+    it; its index entry, or None where nothing is left."""
+    import hashlib
+    import io
+
+    import webdataset as wds
+
+    from genie_pipeline.shards.reader import iter_tar_samples
+
+    buf, keys, videos, seconds = io.BytesIO(), 0, set(), 0.0
+    with wds.TarWriter(buf) as tw:
+        for key, parts in iter_tar_samples(src):
+            if key in drop:
+                continue
+            meta = json.loads(parts.get("json") or b"{}")
+            keys, seconds = keys + 1, seconds + float(meta.get("duration_s") or 0.0)
+            videos.add(meta.get("video_key"))
+            tw.write({"__key__": key, **parts})
+    if not keys:
+        return None
+    data = buf.getvalue()
+    name = os.path.basename(dest)
+    fs.write_bytes(dest, data)
+    split = name.split("-", 1)[0]
+    fs.write_bytes(dest[: -len(".tar")] + ".stats.json", json.dumps(
+        {"shard": name, "split": split, "n_samples": keys, "n_videos": len(videos), "bytes": len(data),
+         "seconds": round(seconds, 3), "sha256": hashlib.sha256(data).hexdigest()}, indent=1).encode())
+    return {"nsamples": keys, "filesize": len(data)}

@@ -85,7 +85,6 @@ class ShardsConfig(Section):
     val_fraction: float = Field(default=0.05, ge=0, lt=1)
     seed: int = 0
     # shard writers running in parallel (each rolls its own tars)
-    parallelism: int = Field(default=4, ge=1)
     keep_clip_store: bool = True
     # balance caps on kept clips over the whole output (None: no cap), applied when a run
     # is committed; clips over a cap are rejected "cap:channel" etc., spread over videos

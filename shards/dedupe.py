@@ -95,42 +95,56 @@ def duplicates(new: list[dict], earlier: list[dict], max_distance: int) -> dict[
     return out
 
 
-def representative_rank(rows: Iterable[dict]):
+def representative_rank(rows: Iterable[dict], seconds: dict[str, float] | None = None):
     """The documented rule for which clip of a duplicate group is kept, as a sort key (lowest
-    first): the clip of the longest video (its clips' seconds in `rows`), then the highest
-    quality score, then the key."""
+    first): the clip of the longest video (its clips' seconds in `rows`, or `seconds` by video
+    key), then the highest quality score, then the key."""
+    if seconds is None:
+        seconds = defaultdict(float)
+        for r in rows:
+            seconds[r["video_key"]] += r["duration_s"] or 0.0
+    return lambda r: (-seconds.get(r["video_key"], 0.0), -(r.get("quality_score") or -1.0), r["key"])
+
+
+def reelect(rows_of: Callable[[], Iterable[dict]], eligible: Callable[[dict], bool]) -> dict[str, str]:
+    """After kept flags changed (refilter): for every duplicate group whose representative is
+    no longer kept, its new one — the best member by `representative_rank` among those
+    `eligible` (e.g. passing the new quality threshold) — as {old representative: new}. A
+    group with no eligible member gets none and stays without a kept clip. `rows_of()` gives
+    the manifest rows afresh for each of its three passes (a stream: memory holds the groups'
+    keys, not the rows). Apply the answer with `apply_reelections`."""
     seconds: dict[str, float] = defaultdict(float)
-    for r in rows:
+    referenced: set[str] = set()
+    for r in rows_of():
         seconds[r["video_key"]] += r["duration_s"] or 0.0
-    return lambda r: (-seconds[r["video_key"]], -(r.get("quality_score") or -1.0), r["key"])
-
-
-def reelect(rows: list[dict], eligible: Callable[[dict], bool]) -> int:
-    """After kept flags changed (refilter): every duplicate group whose representative is no
-    longer kept gets a new one, the best member by `representative_rank` among those
-    `eligible` (e.g. passing the new quality threshold), and its members point to it. A group
-    with no eligible member stays without a kept clip. Updates `rows` in place; returns the
-    number of clips restored."""
-    by_key = {r["key"]: r for r in rows}
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
         if r.get("reason") == "duplicate" and r.get("duplicate_of"):
-            groups[r["duplicate_of"]].append(r)
-    rank = representative_rank(rows)
+            referenced.add(r["duplicate_of"])
+    failing = set(referenced)
+    for r in rows_of():
+        if r["key"] in referenced and r["kept"]:
+            failing.discard(r["key"])
+    rank = representative_rank((), seconds)
+    best: dict[str, tuple] = {}
+    for r in rows_of():
+        group = r.get("duplicate_of")
+        if r.get("reason") == "duplicate" and group in failing and eligible(r):
+            key = rank(r)
+            if group not in best or key < best[group]:
+                best[group] = key
+    return {group: key[-1] for group, key in best.items()}
+
+
+def apply_reelections(rows: Iterable[dict], new_rep_of: dict[str, str]) -> int:
+    """Update rows (in place) by `reelect`'s answer: each new representative is kept, the
+    other members point to it. Returns the number of clips restored."""
     restored = 0
-    for rep_key, members in groups.items():
-        rep = by_key.get(rep_key)
-        if rep is not None and rep["kept"]:
-            continue
-        candidates = [m for m in members if eligible(m)]
-        if not candidates:
-            continue
-        new_rep = min(candidates, key=rank)
-        new_rep.update(kept=True, reason="", duplicate_of=None)
-        restored += 1
-        for m in members:
-            if m is not new_rep:
-                m["duplicate_of"] = new_rep["key"]
+    new_reps = set(new_rep_of.values())
+    for r in rows:
+        if r["key"] in new_reps and not r["kept"]:
+            r.update(kept=True, reason="", duplicate_of=None)
+            restored += 1
+        elif r.get("duplicate_of") in new_rep_of and r["key"] not in new_reps:
+            r["duplicate_of"] = new_rep_of[r["duplicate_of"]]
     return restored
 
 

@@ -2,7 +2,7 @@
 quality training and scoring, refilter, verify, the training loader and the labelling page.
 
     OUT/
-      manifest.parquet videos.parquet failures.parquet candidates.parquet   tables (`read_rows`)
+      manifest/ videos/ failures/ candidates/   tables: Parquet part files (`read_rows`, `iter_rows`)
       stats.json                      counts and the clip spec the output was written with
       clips/{video_key}.tar           the clip store (`shards.store`)
       shards/{split}-NNNNNN.tar       WebDataset shards (+ .stats.json each)
@@ -45,20 +45,68 @@ class DataError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ tables
-def table_path(out_dir: str, name: str) -> str:
+# A table is a folder of Parquet part files, `OUT/{name}/part-*.parquet`, each written whole
+# by one job bundle or commit: readable as one dataset by pyarrow (`pq.read_table("OUT/manifest")`),
+# pandas, DuckDB (`read_parquet('OUT/manifest/*.parquet')`) and BigQuery external tables.
+# Outputs written before part files hold one `OUT/{name}.parquet`; it is read as one more part.
+def table_dir(out_dir: str, name: str) -> str:
+    return fs.join(out_dir, name)
+
+
+def legacy_table_path(out_dir: str, name: str) -> str:
     return fs.join(out_dir, f"{name}.parquet")
+
+
+def table_files(out_dir: str, name: str) -> list[str]:
+    """The part files of one table, oldest layout first, then by name (a part's name starts
+    with its run id, so by run)."""
+    legacy = legacy_table_path(out_dir, name)
+    parts = [p for p in fs.glob(fs.join(table_dir(out_dir, name), "*.parquet"))
+             if not os.path.basename(p).startswith(("_", "."))]
+    return ([legacy] if fs.exists(legacy) else []) + parts
+
+
+def table_rows(out_dir: str, name: str) -> int:
+    """Rows of one table, from its parts' footers (nothing else is read); 0 where unreadable."""
+    n = 0
+    for path in table_files(out_dir, name):
+        try:
+            with fs.open_read(path) as f:
+                n += pq.ParquetFile(f).metadata.num_rows
+        except Exception:  # noqa: BLE001 — a count for a message; readers report damage
+            continue
+    return n
+
+
+def has_table(out_dir: str, name: str) -> bool:
+    return bool(table_files(out_dir, name))
+
+
+def iter_part_batches(path: str, columns: list[str] | None = None, batch_rows: int = 65536):
+    """Record batches of one part file, read a row group at a time (memory: one batch).
+    `columns` the part lacks (an older schema) are left out. DataError names a damaged part."""
+    try:
+        with fs.open_read(path) as f:
+            pf = pq.ParquetFile(f)
+            have = set(pf.schema_arrow.names)
+            cols = None if columns is None else [c for c in columns if c in have]
+            yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 — pyarrow raises many types for a damaged file
+        raise DataError(f"cannot read table part {path}: {e}") from None
+
+
+def iter_rows(out_dir: str, name: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of one table as they stream from its parts; a table not written yet has none."""
+    for path in table_files(out_dir, name):
+        for batch in iter_part_batches(path, columns):
+            yield from batch.to_pylist()
 
 
 def read_rows(out_dir: str, name: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of one table; a table not written yet has none."""
-    p = table_path(out_dir, name)
-    if not fs.exists(p):
-        return []
-    try:
-        with fs.open_read(p) as f:
-            return pq.read_table(f, columns=columns).to_pylist()
-    except Exception as e:  # noqa: BLE001 — pyarrow raises many types for a damaged file
-        raise DataError(f"cannot read {p}: {e}") from None
+    return list(iter_rows(out_dir, name, columns))
 
 
 def read_stats(out_dir: str) -> dict[str, Any]:
@@ -81,21 +129,27 @@ def stats_name(tar_name: str) -> str:
     return tar_name[: -len(".tar")] + ".stats.json"
 
 
+# a shard's name after its split: a number (`train-000012.tar`, numbered at commit) or the
+# run, writer and number that wrote it (`train-20261202T071500-1a2b3c-9f8e7d6c-0003.tar`)
+_SHARD_ID = re.compile(r"(\d{6}|\d{8}T\d{6}-[0-9a-f]{6}-[0-9a-f]{8}-\d{4})\.tar")
+
+
 def existing_shards(shard_dir: str, split: str) -> list[str]:
     return [p for p in fs.glob(fs.join(shard_dir, f"{split}-*.tar"))
-            if os.path.basename(p)[len(split) + 1: -4].isdigit()]
+            if _SHARD_ID.fullmatch(os.path.basename(p)[len(split) + 1:])]
 
 
 @dataclass
 class ShardSet:
     shards: list[str]
-    manifests: list[str] = field(default_factory=list)
+    manifests: list[str] = field(default_factory=list)  # the ingest output dirs whose manifest describes them
     inputs: list[str] = field(default_factory=list)
 
 
 def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
     """Shards (and manifests) behind the inputs. Each input is an ingest output dir (reads
-    `shards/SPLIT-*.tar` and records `manifest.parquet`), a dir of shards, a tar or a glob."""
+    `shards/SPLIT-*.tar` and records the output, whose manifest table describes them), a dir of
+    shards, a tar or a glob."""
     if isinstance(inputs, str):
         inputs = [inputs]
     shards: list[str] = []
@@ -113,10 +167,10 @@ def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
             base = inp
             if fs.isdir(fs.join(inp, "shards")):
                 base = fs.join(inp, "shards")
-                if fs.exists(fs.join(inp, "manifest.parquet")):
-                    manifests.append(fs.join(inp, "manifest.parquet"))
-            elif fs.exists(fs.join(inp, "..", "manifest.parquet")) and not fs.is_remote(inp):
-                manifests.append(os.path.normpath(fs.join(inp, "..", "manifest.parquet")))
+                if has_table(inp, "manifest"):
+                    manifests.append(inp)
+            elif not fs.is_remote(inp) and has_table(os.path.normpath(fs.join(inp, "..")), "manifest"):
+                manifests.append(os.path.normpath(fs.join(inp, "..")))
             found = fs.glob(fs.join(base, f"{split}-*.tar"))
             if not found:
                 raise DataError(f"{inp}: no {split}-*.tar shards in {base}")
@@ -240,6 +294,10 @@ class ClipIndex:
     # ------------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | Path) -> "ClipIndex":
+        if fs.is_remote(str(path)):  # in a bucket: an ingest output, read through the fs layer
+            if not has_table(str(path), "manifest"):
+                raise DataError(f"{path} is not an ingest output (no manifest table there)")
+            return cls(str(path), _ingest_clips(str(path)), "ingest")
         root = Path(path)
         if not root.exists():
             raise DataError(f"{root} does not exist")
@@ -247,8 +305,8 @@ class ClipIndex:
             if root.suffix == ".mp4":
                 return cls(root.parent, [_file_clip(root.parent, root)], "files")
             raise DataError(f"{root} is a file: give an ingest output directory or a folder of mp4 clips")
-        if (root / "manifest.parquet").exists():
-            return cls(root, _ingest_clips(root), "ingest")
+        if has_table(str(root), "manifest"):
+            return cls(root, _ingest_clips(str(root)), "ingest")
         stores = sorted((root / "clips").glob("*.tar")) if (root / "clips").is_dir() else []
         if stores:
             return cls(root, _store_clips(stores), "store")
@@ -258,19 +316,19 @@ class ClipIndex:
         mp4s = sorted(p for p in root.rglob("*.mp4") if p.is_file())
         if mp4s:
             return cls(root, _file_clips(root, mp4s), "files")
-        raise DataError(f"{root} holds no clips: expected an ingest output (manifest.parquet, clips/, "
+        raise DataError(f"{root} holds no clips: expected an ingest output (manifest/, clips/, "
                            "shards/) or a folder of .mp4 clips")
 
     # ------------------------------------------------------------------------ reading
     def read(self, key: str) -> bytes:
         c = self.clips[key]
         if c.member is None:
-            return Path(c.path).read_bytes()
+            return fs.read_bytes(c.path)
         idx = self._index(c.path)
         if c.member not in idx:
             raise DataError(f"{c.member} is not in {c.path}")
         off, size = idx[c.member]
-        with open(c.path, "rb") as f:
+        with fs.open_read(c.path) as f:  # a ranged read, in a bucket too
             f.seek(off)
             return f.read(size)
 
@@ -278,7 +336,7 @@ class ClipIndex:
         with self._lock:
             idx = self._tar_index.get(tar_path)
             if idx is None:
-                with tarfile.open(tar_path, "r") as tar:
+                with fs.open_read(tar_path) as f, tarfile.open(fileobj=f, mode="r") as tar:
                     idx = {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
                 self._tar_index[tar_path] = idx
             return idx
@@ -288,33 +346,27 @@ class ClipIndex:
         if c is None:
             return False
         if c.member is None:
-            return Path(c.path).is_file()
+            return fs.exists(c.path) and not fs.isdir(c.path)
         try:
             return c.member in self._index(c.path)
         except (OSError, tarfile.TarError):
             return False
 
 
-def _ingest_clips(root: Path) -> list[ClipInfo]:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(root / "manifest.parquet").to_pylist()
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"cannot read {root / 'manifest.parquet'}: {e}") from None
+def _ingest_clips(root: str) -> list[ClipInfo]:
+    rows = read_rows(root, "manifest")
     strata = _candidate_strata(root)
+    stores = set(fs.glob(fs.join(root, "clips", "*.tar")))
     out = []
     for r in rows:
         channel, game = strata.get(r["video_key"], ("", ""))
-        store = root / "clips" / f"{r['video_key']}.tar"
-        if store.exists():
-            path, member = str(store), f"{r['key']}.mp4"
+        store = fs.join(root, "clips", f"{r['video_key']}.tar")
+        if store in stores:
+            path, member = store, f"{r['key']}.mp4"
         elif r.get("shard"):
-            shard = Path(r["shard"])
-            path = str(shard if shard.is_absolute() else root / "shards" / shard.name)
-            member = f"{r['key']}.mp4"
+            path, member = fs.join(root, "shards", os.path.basename(r["shard"])), f"{r['key']}.mp4"
         else:
-            path, member = str(store), f"{r['key']}.mp4"  # missing: reported when read
+            path, member = store, f"{r['key']}.mp4"  # missing: reported when read
         out.append(ClipInfo(key=r["key"], video_id=str(r["video_id"]), video_key=r["video_key"],
                             source=r.get("source") or "", title=r.get("title") or "",
                             channel=str(r.get("channel") or channel), game=str(r.get("game") or game),
@@ -324,17 +376,12 @@ def _ingest_clips(root: Path) -> list[ClipInfo]:
     return out
 
 
-def _candidate_strata(root: Path) -> dict[str, tuple[str, str]]:
-    """video_key -> (channel, game) from candidates.parquet's `extra` where discovery recorded
+def _candidate_strata(root: str) -> dict[str, tuple[str, str]]:
+    """video_key -> (channel, game) from the candidates table's `extra` where discovery recorded
     them (a search result's channel/uploader; a catalog's game, else the search query)."""
-    import pyarrow.parquet as pq
-
-    path = root / "candidates.parquet"
-    if not path.exists():
-        return {}
     try:
-        rows = pq.read_table(path, columns=["video_key", "extra"]).to_pylist()
-    except Exception:  # noqa: BLE001 — strata are a nicety; the sample works without them
+        rows = read_rows(root, "candidates", columns=["video_key", "extra"])
+    except DataError:  # strata are a nicety; the sample works without them
         return {}
     out = {}
     for r in rows:

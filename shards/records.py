@@ -132,7 +132,7 @@ class Candidate:
 
 @dataclass
 class ClipRow:
-    """One clip, kept or rejected: a row of manifest.parquet."""
+    """One clip, kept or rejected: a row of the manifest table."""
 
     key: str
     video_key: str

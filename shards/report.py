@@ -25,7 +25,7 @@ import numpy as np
 
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipFormatError, decode_clip
-from genie_pipeline.shards.reader import ClipIndex, DataError, read_rows, read_stats
+from genie_pipeline.shards.reader import ClipIndex, DataError, has_table, read_rows, read_stats
 
 REPORT = "report.html"
 SCORES = ("motion", "dark_fraction", "unique_fraction", "cuts_per_min", "quality_score")
@@ -72,8 +72,8 @@ def write_report(out: str, thresholds: dict[str, Threshold] | None = None, sheet
 
 
 def load_output(out: str) -> Output:
-    if not (fs.exists(fs.join(out, "stats.json")) or fs.exists(fs.join(out, "manifest.parquet"))):
-        raise DataError(f"{out} is not an ingest output (no stats.json or manifest.parquet)")
+    if not (fs.exists(fs.join(out, "stats.json")) or has_table(out, "manifest")):
+        raise DataError(f"{out} is not an ingest output (no stats.json or manifest table)")
     data = Output(out=out, stats=read_stats(out), manifest=read_rows(out, "manifest"), videos=read_rows(out, "videos"),
                   failures=read_rows(out, "failures"), candidates=read_rows(out, "candidates"), channel={}, game={})
     for c in data.candidates:

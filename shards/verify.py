@@ -8,8 +8,8 @@ from collections import Counter
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec, check_clip
 from genie_pipeline.shards.commit import JOURNAL
-from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, existing_shards, iter_tar_samples, read_rows, read_spec,
-                                          stats_name)
+from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, existing_shards, has_table, iter_tar_samples, read_rows,
+                                          read_spec, stats_name)
 from genie_pipeline.shards.records import TABLES
 
 REQUIRED_JSON = {"key": str, "video_key": str, "video_id": str, "source": str, "start_s": (int, float),
@@ -28,8 +28,8 @@ def verify(out_dir: str, spec: ClipSpec | None = None, decode: bool = True) -> l
     if fs.exists(fs.join(out_dir, JOURNAL)):
         problems.append(f"{JOURNAL}: an interrupted commit is pending (re-run ingest to finish it)")
     for name in TABLES:
-        if not fs.exists(fs.join(out_dir, f"{name}.parquet")):
-            problems.append(f"{name}.parquet is missing")
+        if not has_table(out_dir, name):
+            problems.append(f"table {name} is missing (no {name}/ part files)")
     manifest = read_rows(out_dir, "manifest")
     expected: dict[str, set[str]] = {}
     for r in manifest:

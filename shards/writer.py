@@ -1,9 +1,11 @@
 """Rolling WebDataset shards: kept clips copied from the clip store into tars of a target size."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import time
+import uuid
 import zlib
 from typing import Callable, Iterable, Iterator
 
@@ -65,32 +67,40 @@ class ShardRoller:
 def write_shards_for(videos: Iterable[VideoResult], roller: ShardRoller,
                      load_clips: Callable[[VideoResult], dict[str, bytes]] | None = None
                      ) -> Iterator[ShardRecord | VideoResult]:
-    """Copy the videos' kept clips from their clip stores into rolling shards, interleaved:
-    clips are written in order of their relative position in their video (`interleave`),
-    so a long video is spread over every shard of the roller instead of filling one.
+    """Copy the videos' kept clips from their clip stores into rolling shards, interleaved
+    (`interleaved_clips`), so a long video is spread over every shard of the roller instead
+    of filling one.
 
     Yields finished ShardRecords (their `keys` say which clips they hold), then each
-    VideoResult with `shard` set (to the temporary shard path) on its kept clips. Clip bytes
-    are loaded window by window (`roller.max_clips` clips at a time), so memory holds the
-    clips of about one shard, at the cost of reading a store once per window it has clips in."""
-    load_clips = load_clips or (lambda v: read_store(v.store)[1])
+    VideoResult with `shard` set (to the temporary shard path) on its kept clips."""
     videos = list(videos)
-    order = interleave(videos)
-    for start in range(0, len(order), roller.max_clips):
-        window = order[start: start + roller.max_clips]
-        data: dict[str, bytes] = {}
-        for v in {id(v): v for v, _ in window}.values():
-            wanted = {c.key for w, c in window if w is v}
-            data.update((k, b) for k, b in load_clips(v).items() if k in wanted)
-        for _, c in window:
-            c.shard = fs.join(roller.tmp_dir, f"{roller.prefix}-{roller.n:04d}.tar")
-            rec = roller.add(c, data[c.key])
-            if rec is not None:
-                yield rec
+    for _, c, data in interleaved_clips(videos, roller.max_clips, load_clips):
+        c.shard = fs.join(roller.tmp_dir, f"{roller.prefix}-{roller.n:04d}.tar")
+        rec = roller.add(c, data)
+        if rec is not None:
+            yield rec
     rec = roller.close()
     if rec is not None:
         yield rec
     yield from videos
+
+
+def interleaved_clips(videos: list[VideoResult], window: int,
+                      load_clips: Callable[[VideoResult], dict[str, bytes]] | None = None
+                      ) -> Iterator[tuple[VideoResult, ClipRow, bytes]]:
+    """(video, clip, its bytes) for the kept clips of `videos` in `interleave` order. Clip
+    bytes are loaded `window` clips at a time, so memory holds the clips of about one shard,
+    at the cost of reading a store once per window it has clips in."""
+    load_clips = load_clips or (lambda v: read_store(v.store)[1])
+    order = interleave(videos)
+    for start in range(0, len(order), window):
+        win = order[start: start + window]
+        data: dict[str, bytes] = {}
+        for v in {id(v): v for v, _ in win}.values():
+            wanted = {c.key for w, c in win if w is v}
+            data.update((k, b) for k, b in load_clips(v).items() if k in wanted)
+        for v, c in win:
+            yield v, c, data[c.key]
 
 
 def interleave(videos: list[VideoResult]) -> list[tuple[VideoResult, ClipRow]]:
@@ -105,7 +115,65 @@ def interleave(videos: list[VideoResult]) -> list[tuple[VideoResult, ClipRow]]:
     return [(v, c) for *_, v, c in ranked]
 
 
-def writer_of(clip_key: str, parallelism: int) -> int:
-    """The shard writer (of `parallelism`) a clip goes to: by clip, not by video, so one
-    video's clips are spread over every writer."""
-    return zlib.crc32(clip_key.encode()) % parallelism
+def spread(v: VideoResult, chunk: int) -> Iterator[VideoResult]:
+    """A video's kept clips in parts of about `chunk` clips, each part a random-looking subset
+    (by clip key) rather than a stretch of time: parts go to different writers, so a long
+    video ends up spread over many shards, each holding a sample of it."""
+    kept = [c for c in v.clips if c.kept]
+    n = max(1, -(-len(kept) // max(1, chunk)))
+    parts: dict[int, list[ClipRow]] = {}
+    for c in kept:
+        parts.setdefault(zlib.crc32(c.key.encode()) % n, []).append(c)
+    for _, clips in sorted(parts.items()):
+        yield dataclasses.replace(v, clips=clips)
+
+
+class StreamingShards:
+    """Shards of one writer, one rolling tar per split, named
+    `{split}-{run_id}-{writer}-{n:04d}.tar` (unique in the output: no renumbering at commit).
+    `write` and `close` yield each finished shard with the rows of the clips in it (their
+    `shard` set to the shard's name); `leftovers` hands back, instead, the clips of the shards
+    still open, as video parts, for another writer to finish (so that many writers do not
+    leave many small tails)."""
+
+    def __init__(self, tmp_dir: str, run_id: str, target_bytes: int, max_clips: int, spec: ClipSpec,
+                 load_clips: Callable[[VideoResult], dict[str, bytes]] | None = None):
+        self.tmp_dir, self.run_id, self.target_bytes, self.max_clips, self.spec = (
+            tmp_dir, run_id, target_bytes, max_clips, spec)
+        self.load_clips = load_clips
+        self.writer = uuid.uuid4().hex[:8]
+        self.rollers: dict[str, ShardRoller] = {}
+        self.open: dict[str, list[tuple[VideoResult, ClipRow]]] = {}
+
+    def write(self, parts: list[VideoResult]) -> Iterator[tuple[ShardRecord, list[ClipRow]]]:
+        """Add the kept clips of `parts`, interleaved (the parts of one video as one)."""
+        merged: dict[tuple[str, str | None], VideoResult] = {}
+        for v in parts:
+            m = merged.get((v.video_key, v.store))
+            merged[(v.video_key, v.store)] = v if m is None else dataclasses.replace(m, clips=m.clips + v.clips)
+        for v, c, data in interleaved_clips(list(merged.values()), self.max_clips, self.load_clips):
+            roller = self.rollers.get(v.split)
+            if roller is None:
+                roller = self.rollers[v.split] = ShardRoller(
+                    self.tmp_dir, f"{v.split}-{self.run_id}-{self.writer}", v.split, self.target_bytes,
+                    self.max_clips, self.spec)
+            c = dataclasses.replace(c, shard=f"{roller.prefix}-{roller.n:04d}.tar")
+            self.open.setdefault(v.split, []).append((v, c))
+            rec = roller.add(c, data)
+            if rec is not None:
+                yield rec, [c for _, c in self.open.pop(v.split)]
+
+    def close(self) -> Iterator[tuple[ShardRecord, list[ClipRow]]]:
+        for split, roller in sorted(self.rollers.items()):
+            rec = roller.close()
+            if rec is not None:
+                yield rec, [c for _, c in self.open.pop(split)]
+
+    def leftovers(self) -> list[VideoResult]:
+        parts: dict[int, tuple[VideoResult, list[ClipRow]]] = {}
+        for pending in self.open.values():
+            for v, c in pending:
+                parts.setdefault(id(v), (v, []))[1].append(dataclasses.replace(c, shard=None))
+        self.open.clear()
+        self.rollers.clear()
+        return [dataclasses.replace(v, clips=clips) for v, clips in parts.values()]

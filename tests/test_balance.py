@@ -5,9 +5,9 @@ import json
 import pytest
 
 from genie_pipeline.shards.clip import ClipSpec, encode_clip
-from genie_pipeline.shards.commit import commit_run, rebuild_shards
+from genie_pipeline.shards.commit import commit_run, reshard
 from genie_pipeline.shards.dedupe import curate, spread_order
-from genie_pipeline.shards.reader import read_rows
+
 from genie_pipeline.shards.records import ClipRow, ShardRecord, VideoResult, clip_key
 from genie_pipeline.shards.store import store_path, write_store
 from genie_pipeline.shards.writer import ShardRoller, write_shards_for
@@ -83,7 +83,7 @@ def test_a_long_video_is_spread_over_every_shard(tmp_path, clip_bytes):
         assert sum(k.startswith("t_longplay") for k in rec.keys) <= 10  # written video by video: 12 of 12
 
 
-def test_wids_opens_the_index_at_commit_and_after_rebuild(tmp_path, clip_bytes):
+def test_wids_opens_the_index_at_commit_and_after_refilter(tmp_path, clip_bytes):
     wids = pytest.importorskip("wids")
     videos = [make_video(tmp_path, f"v{i}", 3, clip_bytes, split="val" if i == 0 else "train") for i in range(4)]
     recs = []
@@ -102,12 +102,14 @@ def test_wids_opens_the_index_at_commit_and_after_rebuild(tmp_path, clip_bytes):
     assert len(wids.ShardListDataset(str(tmp_path / "shards" / "val.index.json"),
                                      cache_dir=str(tmp_path / "cache2"))) == 3
 
-    rows = read_rows(str(tmp_path), "manifest")
-    for r in rows:
-        r["kept"] = r["video_key"] == "t_v1"
-    rebuild_shards(str(tmp_path), rows, 1 << 30, 4)
+    def decide(rows):
+        for r in rows:
+            r["kept"] = r["video_key"] == "t_v1"
+
+    reshard(str(tmp_path), decide, 1 << 30, 4)
     index = json.loads((tmp_path / "shards" / "train.index.json").read_text())
-    assert [s["nsamples"] for s in index["shardlist"]] == [3]
+    # refilter rewrites the shards that lost clips (and drops the emptied ones) rather than all
+    assert sum(s["nsamples"] for s in index["shardlist"]) == 3 and all(s["nsamples"] for s in index["shardlist"])
     assert not (tmp_path / "shards" / "val.index.json").exists()  # no val shard left
     assert len(wids.ShardListDataset(str(tmp_path / "shards" / "train.index.json"),
                                      cache_dir=str(tmp_path / "cache3"))) == 3

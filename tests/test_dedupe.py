@@ -177,7 +177,7 @@ def test_refilter_reelects_a_representative_the_threshold_rejects():
     """A duplicate group must not lose its last kept clip when refilter rejects the one it kept:
     the best member that passes the new threshold (longest video, then score) takes its place."""
     from genie_pipeline.filtering.quality.threshold import apply_threshold
-    from genie_pipeline.shards.dedupe import reelect
+    from genie_pipeline.shards.dedupe import apply_reelections, reelect
 
     def row(key, video, seconds, score, kept=True, reason="", dup=None):
         return {"key": key, "video_key": video, "duration_s": seconds, "quality_score": score, "kept": kept,
@@ -191,10 +191,10 @@ def test_refilter_reelects_a_representative_the_threshold_rejects():
             row("y", "vy", 16, 0.10, False, "duplicate", "x")]
     apply_threshold(rows, 0.5)
     passes = lambda r: r["quality_score"] >= 0.5  # noqa: E731
-    assert reelect(rows, passes) == 1
+    assert apply_reelections(rows, reelect(lambda: rows, passes)) == 1
     by = {r["key"]: r for r in rows}
     assert by["a"]["reason"] == "quality" and not by["a"]["kept"]
     assert by["c"]["kept"] and by["c"]["reason"] == "" and by["c"]["duplicate_of"] is None
     assert by["b"]["duplicate_of"] == "c" and by["d"]["duplicate_of"] == "c" and not by["b"]["kept"]
     assert not by["x"]["kept"] and by["y"]["duplicate_of"] == "x" and not by["y"]["kept"]
-    assert reelect(rows, passes) == 0  # idempotent
+    assert reelect(lambda: rows, passes) == {}  # idempotent

@@ -28,7 +28,7 @@ def test_quality_output_is_a_verified_ingest_output(tmp_path):
     assert len(manifest) == 12 and len(read_rows(str(out), "videos")) == len(read_rows(str(out), "candidates")) == 6
     index = ClipIndex.open(out)
     assert index.kind == "ingest" and set(index.clips) == {r["key"] for r in manifest}
-    assert all(c.channel and c.game for c in index.clips.values())  # strata from candidates.parquet
+    assert all(c.channel and c.game for c in index.clips.values())  # strata from the candidates table
     for r in manifest:
         assert decode_clip(index.read(r["key"])).shape == SMALL.spec.shape_THWC
         assert r["kept"] == (r["reason"] != "black") and bool(r["shard"]) == r["kept"]

@@ -30,7 +30,7 @@ def huge_gif(path, width: int = 16000, height: int = 16000, frames: int = 50) ->
 
 
 def _tables(out):
-    return {t: pq.read_table(out / f"{t}.parquet").to_pylist() for t in ("candidates", "manifest", "videos", "failures")}
+    return {t: pq.read_table(out / t).to_pylist() for t in ("candidates", "manifest", "videos", "failures")}
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +198,8 @@ def test_disk_full_is_one_line_and_the_output_stays_consistent(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)])
         p = _cli("ingest", "-c", str(cfg), "-o", str(mnt / "out"), timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
-        assert pq.read_table(mnt / "out" / "manifest.parquet").num_rows == 3
-        assert pq.read_table(mnt / "out" / "failures.parquet").num_rows == 0
+        assert pq.read_table(mnt / "out" / "manifest").num_rows == 3
+        assert pq.read_table(mnt / "out" / "failures").num_rows == 0
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
 

@@ -39,7 +39,7 @@ def config_dict(corpus: Path, server_url: str, out: Path, extra_rows: Path) -> d
         ],
         "download": {"retries": 2, "backoff_s": 0.05, "backoff_max_s": 0.2, "timeout_s": 2, "per_host_rate": 50,
                      "allow_private_networks": True},
-        "shards": {"val_fraction": 0.3, "max_clips": 4, "parallelism": 2},
+        "shards": {"val_fraction": 0.3, "max_clips": 4},
         "output": {"dir": str(out)},
     }
 
@@ -72,7 +72,7 @@ def ingested(small_corpus, corpus_server, tmp_path_factory):
 
 
 def table(out: Path, name: str) -> list[dict]:
-    return pq.read_table(out / f"{name}.parquet").to_pylist()
+    return pq.read_table(out / name).to_pylist()
 
 
 def test_keyword_verdicts_match_the_catalog(ingested, small_corpus):
@@ -131,7 +131,7 @@ def test_failures_are_recorded_with_reasons(ingested, small_corpus):
     assert (cat_fails["refused"]["stage"], cat_fails["refused"]["error_type"]) == ("download", "ConnectionRefused")
     assert (cat_fails["hang"]["stage"], cat_fails["hang"]["error_type"]) == ("download", "Timeout")
     assert any(f["stage"] == "discover" and "neither" in f["message"] for f in cat_fails.values())
-    # videos.parquet: every failed video has status failed; the flaky (429) video succeeded
+    # the videos table: every failed video has status failed; the flaky (429) video succeeded
     videos = {(r["source"], r["video_id"]): r for r in table(ingested["out"], "videos")}
     for (src, vid), f in fails.items():
         if f["stage"] != "discover":
@@ -212,7 +212,7 @@ def test_sigkill_mid_run_then_resume_gives_the_clean_key_set(ingested, tmp_path)
     assert proc.poll() is None, "ingest finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out / "manifest.parquet").exists()
+    assert not (out / "manifest").exists()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     clean = sorted(x["key"] for x in table(ingested["out"], "manifest"))

@@ -17,8 +17,8 @@ def run(tmp_path, rows, **extra):
            "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
            "output": {"dir": str(tmp_path / "out")}, **extra}
     stats = run_ingest(parse_config(cfg))
-    fails = pq.read_table(tmp_path / "out" / "failures.parquet").to_pylist()
-    manifest = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    fails = pq.read_table(tmp_path / "out" / "failures").to_pylist()
+    manifest = pq.read_table(tmp_path / "out" / "manifest").to_pylist()
     return stats, fails, manifest
 
 
@@ -66,9 +66,9 @@ def test_retry_failed_replaces_the_failure(tmp_path):
                         "runner": {"running_mode": "in_memory"}, "output": {"dir": str(tmp_path / "out")}})
     run_ingest(cfg, retry_failed=True)
     out = tmp_path / "out"
-    assert pq.read_table(out / "failures.parquet").num_rows == 0
-    assert [r["status"] for r in pq.read_table(out / "videos.parquet").to_pylist()] == ["done"]
-    assert pq.read_table(out / "manifest.parquet").num_rows == 1
+    assert pq.read_table(out / "failures").num_rows == 0
+    assert [r["status"] for r in pq.read_table(out / "videos").to_pylist()] == ["done"]
+    assert pq.read_table(out / "manifest").num_rows == 1
     assert verify(str(out)) == []
 
 
@@ -101,12 +101,12 @@ def test_a_second_run_on_a_busy_output_stops_and_touches_nothing(tmp_path, capsy
         assert main(["ingest", "--config", str(y), "--output", str(out)]) == 1
         err = capsys.readouterr().err
         assert "in use by another run" in err and f'"pid": {holder.pid}' in err and "ingest" in err
-        assert staged.exists() and not (out / "manifest.parquet").exists()
+        assert staged.exists() and not (out / "manifest").exists()
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert main(["ingest", "--config", str(y), "--output", str(out)]) == 0  # the kernel released the lock
-    assert len(pq.read_table(out / "manifest.parquet")) == 1
+    assert len(pq.read_table(out / "manifest")) == 1
 
 
 def test_an_output_keeps_one_clip_spec(tmp_path, capsys):

@@ -130,7 +130,7 @@ def test_clip_index_kinds(fixture, tmp_path):
     assert ingest.kind == "ingest" and len(ingest) == 12
     key = next(iter(ingest.clips))
     assert ingest.read(key)[4:8] == b"ftyp"
-    # strata: source / channel / game, from what discovery recorded (candidates.parquet)
+    # strata: source / channel / game, from what discovery recorded (the candidates table)
     c0 = ingest[key]
     assert c0.stratum == f"{c0.source}/{c0.channel}/{c0.game}" and c0.channel.startswith("channel") and c0.game
     shards = ClipIndex.open(fixture / "shards")

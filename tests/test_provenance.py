@@ -21,7 +21,7 @@ def test_catalog_provenance_reaches_manifest_and_shards_and_unknown_is_null(tmp_
     run_ingest(parse_config({"sources": [{"type": "catalog", "name": "c", "path": str(tmp_path / "c.jsonl"),
                                           "keywords": "none"}],
                              "runner": {"running_mode": "in_memory"}, "output": {"dir": str(out)}}))
-    table = pq.read_table(out / "manifest.parquet")
+    table = pq.read_table(out / "manifest")
     assert table.schema.metadata[b"genie_pipeline.schema_version"] == str(SCHEMA_VERSION).encode()
     by = {r["video_id"]: r for r in table.to_pylist()}
     assert (by["a"]["channel"], by["a"]["uploader"], by["a"]["upload_date"], by["a"]["license"]) == \

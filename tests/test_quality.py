@@ -283,18 +283,20 @@ def test_apply_threshold_rules():
 def test_refilter_rewrites_shards_from_manifest(tmp_path):
     out = tmp_path / "out"
     write_quality_output(out, n_good=2, n_bad=2, clips_per_video=2, seed=5)
-    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    rows = pq.read_table(out / "manifest").to_pylist()
     for i, r in enumerate(rows):
         r["quality_score"] = (i + 0.5) / len(rows)
     import pyarrow as pa
 
     from genie_pipeline.shards.records import SCHEMAS
 
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS["manifest"]), out / "manifest.parquet")
+    for part in (out / "manifest").glob("*.parquet"):  # the manifest with the new scores, as one part
+        part.unlink()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMAS["manifest"]), out / "manifest" / "part-scored.parquet")
     with pytest.raises(QualityError, match="no manifest"):
         refilter(str(tmp_path / "nothing"), 0.5, ShardsConfig(), ClipsConfig().spec)
     r = refilter(str(out), 0.5, ShardsConfig(), ClipsConfig().spec)
-    after = {x["key"]: x for x in pq.read_table(out / "manifest.parquet").to_pylist()}
+    after = {x["key"]: x for x in pq.read_table(out / "manifest").to_pylist()}
     for x in rows:
         a = after[x["key"]]
         if x["reason"] not in ("", "quality"):
@@ -318,7 +320,7 @@ def test_reference_labels_label_every_clip_by_video(fixture, tmp_path):
     out, info = fixture
     labels = reference_labels(str(out), info["catalog"])
     catalog = {json.loads(l)["id"]: json.loads(l)["quality_label"] for l in open(info["catalog"])}
-    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(out / "manifest").to_pylist()
     assert len(labels) == len(manifest)
     for lab in labels:
         assert lab["label"] == catalog[lab["video_id"]]

@@ -166,7 +166,7 @@ def test_refilter_rescore_cli(fixture, trained, tmp_path, capsys):
     assert main(["refilter", str(out), "--rescore", *_sets(model=trained)]) == 0
     assert "refilter" in capsys.readouterr().out
     threshold = read_metadata(trained)["threshold"]
-    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    rows = pq.read_table(out / "manifest").to_pylist()
     assert all(not math.isnan(r["quality_score"]) for r in rows)
     for r in rows:
         if r["reason"] not in ("", "quality"):
@@ -204,7 +204,7 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
     shutil.copy(info["catalog"], corpus / "catalog.jsonl")
     summary = demo_quality(cfg, corpus, progress=False)
     assert "ROC-AUC" in summary and (out / "quality" / "model.pt").exists()
-    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    rows = pq.read_table(out / "manifest").to_pylist()
     assert all(r["quality_score"] == r["quality_score"] for r in rows)  # no NaN
 
 

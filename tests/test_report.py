@@ -92,7 +92,7 @@ def hms(seconds: float) -> str:
 
 
 def rows(out: Path, name: str) -> list[dict]:
-    return pq.read_table(out / f"{name}.parquet").to_pylist()
+    return pq.read_table(out / name).to_pylist()
 
 
 # ----------------------------------------------------------------------- the real run

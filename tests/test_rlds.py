@@ -201,7 +201,7 @@ def ingested(tmp_path_factory):
 
 
 def table(out: Path, name: str) -> list[dict]:
-    return pq.read_table(out / f"{name}.parquet").to_pylist()
+    return pq.read_table(out / name).to_pylist()
 
 
 def test_ingest_cuts_10_fps_clips_from_5_and_15_hz_episodes(ingested):

@@ -9,7 +9,7 @@ from genie_pipeline.shards.records import ClipRow, VideoResult, clip_key, video_
 from genie_pipeline.shards.clip import encode_clip
 from genie_pipeline.ingest.decode import iter_clips
 from genie_pipeline.shards import commit
-from genie_pipeline.shards.commit import commit_run, rebuild_shards, recover
+from genie_pipeline.shards.commit import commit_run, recover, reshard
 from genie_pipeline.shards.reader import read_rows
 from genie_pipeline.shards.verify import verify
 from genie_pipeline.shards.writer import ShardRoller, write_shards_for
@@ -101,14 +101,18 @@ def test_rebuild_applies_new_kept_flags(tmp_path, clips):
     videos = make_videos(tmp_path, clips, 3)
     recs, done = shard_all(tmp_path, videos)
     commit_run(str(tmp_path), candidates=[], failures=[], videos=done, shard_records=recs, stats={}, spec=CFG.clips.spec, cleanup=[])
-    rows = read_rows(str(tmp_path), "manifest")
-    for r in rows:  # reject everything of vid0, bring back the static clip of vid1
-        r["kept"] = r["video_id"] != "vid0"
-        r["reason"] = "" if r["kept"] else "quality"
-    rebuild_shards(str(tmp_path), rows, int(CFG.shards.target_mb * 2**20), CFG.shards.max_clips)
+    kept_before = sum(r["kept"] for r in read_rows(str(tmp_path), "manifest"))
+
+    def decide(rows):  # reject everything of vid0, bring back the static clip of vid1
+        for r in rows:
+            r["kept"] = r["video_id"] != "vid0"
+            r["reason"] = "" if r["kept"] else "quality"
+
+    _, moved = reshard(str(tmp_path), decide, int(CFG.shards.target_mb * 2**20), CFG.shards.max_clips)
     assert verify(str(tmp_path)) == []
     after = read_rows(str(tmp_path), "manifest")
     assert sum(r["kept"] for r in after) == 4
+    assert moved["kept"] - moved["rejected"] == 4 - kept_before and moved["rejected"] >= 1
     assert all(r["shard"] is None for r in after if r["video_id"] == "vid0")
 
 

@@ -30,6 +30,11 @@ def test_catalog_formats_and_field_mapping(tmp_path):
         assert cands[1].path == str(tmp_path / "v" / "b.mp4")  # relative to the catalog
         if ext == "jsonl":
             assert any(isinstance(f, Failure) and "line 3" in f.message for f in out)
+    import gzip  # a compressed catalog: its format from the extension under .gz, read decompressed
+
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress((tmp_path / "c.jsonl").read_bytes()))
+    out = list(discover(src({"type": "catalog", "name": "c", "path": str(tmp_path / "c.jsonl.gz"), "fields": fields})))
+    assert [c.video_id for c in out if isinstance(c, Candidate)] == ["a1", "a2"]
     missing = list(discover(src({"type": "catalog", "name": "c", "path": str(tmp_path / "none.jsonl")})))
     assert len(missing) == 1 and isinstance(missing[0], Failure) and missing[0].stage == "discover"
 

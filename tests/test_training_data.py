@@ -62,7 +62,7 @@ def one_epoch(ds: WindowDataset, stream: int) -> list[dict]:
 def test_resolve_inputs(ingest_out):
     ss = resolve_inputs([str(ingest_out)])
     assert [os.path.basename(s) for s in ss.shards] == [f"train-00000{i}.tar" for i in range(4)]
-    assert ss.manifests == [str(ingest_out / "manifest.parquet")]
+    assert ss.manifests == [str(ingest_out)]
     assert len(resolve_inputs([str(ingest_out / "shards" / "val-*.tar")]).shards) == 1
     assert len(resolve_inputs([str(ingest_out / "shards")], split="val").shards) == 1
     with pytest.raises(DataError):

@@ -103,23 +103,22 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-def describe_manifest(path: str) -> dict:
-    """What run.json records of a manifest: path, sha256, rows, kept rows, rows per split."""
-    info: dict[str, Any] = {"path": path}
-    try:
-        data = fs.read_bytes(path)
-        info["sha256"] = hashlib.sha256(data).hexdigest()
-        import pyarrow.parquet as pq
+def describe_manifest(out_dir: str) -> dict:
+    """What run.json records of an ingest output's manifest: its table folder, a sha256 over
+    its part files (in order), rows, kept rows, rows per split."""
+    from genie_pipeline.shards.reader import iter_part_batches, table_dir, table_files
 
-        table = pq.read_table(io.BytesIO(data))
-        info["rows"] = table.num_rows
-        if "kept" in table.column_names:
-            info["kept"] = int(sum(bool(x) for x in table.column("kept").to_pylist()))
-        if "split" in table.column_names:
-            splits: dict[str, int] = {}
-            for s in table.column("split").to_pylist():
-                splits[str(s)] = splits.get(str(s), 0) + 1
-            info["splits"] = splits
+    info: dict[str, Any] = {"path": table_dir(out_dir, "manifest")}
+    try:
+        digest, rows, kept, splits = hashlib.sha256(), 0, 0, {}
+        for path in table_files(out_dir, "manifest"):
+            digest.update(fs.read_bytes(path))
+            for b in iter_part_batches(path, ["kept", "split"]):
+                rows += b.num_rows
+                kept += sum(bool(x) for x in b["kept"].to_pylist())
+                for sp in b["split"].to_pylist():
+                    splits[str(sp)] = splits.get(str(sp), 0) + 1
+        info.update(sha256=digest.hexdigest(), rows=rows, kept=kept, splits=splits)
     except Exception as e:  # noqa: BLE001 — recorded, not fatal: training reads the shards, not the manifest
         info["error"] = f"{type(e).__name__}: {e}"
     return info

@@ -23,7 +23,7 @@ from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.frames import sample_frames
 from genie_pipeline.filtering.quality.model import QualityNet, read_metadata, use_bf16
 from genie_pipeline.shards import fs
-from genie_pipeline.shards.reader import read_rows, table_path
+from genie_pipeline.shards.reader import has_table, read_rows
 from genie_pipeline.shards.records import ClipRow, VideoResult, from_row
 from genie_pipeline.shards.store import read_store, store_path
 
@@ -207,8 +207,8 @@ def score_manifest(out_dir: str, quality_cfg: QualityConfig, workers: int = 1) -
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     out_dir = str(out_dir)
-    if not fs.exists(table_path(out_dir, "manifest")):
-        raise QualityError(f"{out_dir} has no manifest.parquet: is it an ingest output directory?")
+    if not has_table(out_dir, "manifest"):
+        raise QualityError(f"{out_dir} has no manifest table: is it an ingest output directory?")
     if not fs.isdir(fs.join(out_dir, "clips")):
         raise QualityError(f"{out_dir} has no clip store (clips/): it is kept with shards.keep_clip_store: true")
     rows = read_rows(out_dir, "manifest")

@@ -1,8 +1,8 @@
 """Refilter: re-apply a quality threshold to an ingest output without decoding any source.
 
 kept/reason come from each clip's stored quality_score (or from new scores, `score_manifest`),
-then shards and manifest are rewritten from the clip store by `shards.commit.rebuild_shards`
-under the output's lock.
+then shards and manifest are brought into agreement by `shards.commit.reshard` under the
+output's lock, one manifest part at a time.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
-from genie_pipeline.shards.commit import rebuild_shards
+from genie_pipeline.shards.commit import reshard
 from genie_pipeline.shards.config import ShardsConfig
-from genie_pipeline.shards.dedupe import reelect
-from genie_pipeline.shards.reader import read_rows, table_path
+from genie_pipeline.shards.dedupe import apply_reelections, reelect
+from genie_pipeline.shards.reader import has_table, iter_part_batches, table_files
 
 
 def apply_threshold(rows: list[dict], threshold: float) -> dict[str, int]:
@@ -46,29 +46,60 @@ def _score(r: dict) -> float | None:
 
 def refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpec | None,
              rows: list[dict] | None = None) -> dict[str, Any]:
-    """Apply `threshold` to the output's manifest (or to `rows`, the manifest with new
-    scores) and rewrite its shards. `spec`: the clip spec for an output whose stats.json
-    records none. Returns threshold, clips, kept_before, kept_after, the changes (kept,
-    rejected, unscored) and the output's new stats."""
+    """Apply `threshold` to the output's manifest (with the new scores of `rows`, the manifest
+    as `score_manifest` returns it, where given) and make the shards agree
+    (`shards.commit.reshard`), streaming the manifest part by part. A duplicate group whose
+    kept clip the threshold rejects keeps its best member that passes (shards.dedupe.reelect).
+    `spec`: the clip spec for an output whose stats.json records none. Returns threshold,
+    clips, kept_before, kept_after, the changes (kept, rejected, unscored) and the output's new
+    stats."""
     if not 0 <= threshold <= 1:
         raise QualityError(f"threshold: must be between 0 and 1, got {threshold}")
     out_dir = str(out_dir)
-    manifest = table_path(out_dir, "manifest")
-    if rows is None:
-        if not fs.exists(manifest):
-            raise QualityError(f"{out_dir} has no manifest.parquet: is it an ingest output directory?")
-        rows = read_rows(out_dir, "manifest")
-    if not any(r.get("quality_score") is not None and not math.isnan(r["quality_score"]) for r in rows):
-        raise QualityError(f"no clip in {manifest} has a quality_score: run the ingest with "
+    if not has_table(out_dir, "manifest"):
+        raise QualityError(f"{out_dir} has no manifest table: is it an ingest output directory?")
+    scores = None if rows is None else {r["key"]: r.get("quality_score") for r in rows}
+    before, unscored, scored = 0, 0, False
+    for r in _rows(out_dir, scores, None):
+        before += bool(r["kept"])
+        scored = scored or _score(r) is not None
+        unscored += r.get("reason") in ("", None) and _score(r) is None
+    if not scored:
+        raise QualityError(f"no clip in the manifest of {out_dir} has a quality_score: run the ingest with "
                            "filters.quality.mode score_only or filter first")
     if not fs.isdir(fs.join(out_dir, "clips")):
         raise QualityError(f"{out_dir} has no clip store (clips/) to rewrite shards from: refilter needs "
                            "shards.keep_clip_store: true at ingest")
-    before = sum(bool(r["kept"]) for r in rows)
-    changed = apply_threshold(rows, threshold)
-    # a group whose kept clip the threshold now rejects keeps its best member that passes
-    changed["kept"] += reelect(rows, lambda r: _score(r) is None or _score(r) >= threshold)
+    new_rep_of = reelect(lambda: _rows(out_dir, scores, threshold),
+                         lambda r: _score(r) is None or _score(r) >= threshold)
+
+    def decide(part: list[dict]) -> None:
+        _rescore(part, scores)
+        apply_threshold(part, threshold)
+        apply_reelections(part, new_rep_of)
+
     with fs.output_lock(out_dir, "refilter"):
-        stats = rebuild_shards(out_dir, rows, int(shards.target_mb * 2**20), shards.max_clips, spec)
-    return {"threshold": threshold, "clips": len(rows), "kept_before": before,
-            "kept_after": sum(bool(r["kept"]) for r in rows), **changed, "stats": stats}
+        stats, moved = reshard(out_dir, decide, int(shards.target_mb * 2**20), shards.max_clips, spec)
+    return {"threshold": threshold, "clips": stats["clips"], "kept_before": before, "kept_after": stats["clips_kept"],
+            **moved, "unscored": unscored, "stats": stats}
+
+
+_RANKING = ["key", "video_key", "duration_s", "kept", "reason", "quality_score", "duplicate_of"]
+
+
+def _rescore(rows: list[dict], scores: dict[str, float] | None) -> None:
+    if scores is not None:
+        for r in rows:
+            r["quality_score"] = scores.get(r["key"], r.get("quality_score"))
+
+
+def _rows(out_dir: str, scores: dict | None, threshold: float | None):
+    """The manifest's ranking columns, row by row, with the new scores and (unless None) the
+    threshold applied: one record batch in memory at a time."""
+    for path in table_files(out_dir, "manifest"):
+        for b in iter_part_batches(path, _RANKING):
+            rows = b.to_pylist()
+            _rescore(rows, scores)
+            if threshold is not None:
+                apply_threshold(rows, threshold)
+            yield from rows

@@ -13,17 +13,15 @@ from typing import Any
 
 from genie_pipeline.filtering.quality import (LABELS, QualityError, refilter, resolve_labels, score_manifest,
                                               train_quality)
-from genie_pipeline.shards import fs
-from genie_pipeline.shards.reader import ClipIndex, read_rows, table_path
+from genie_pipeline.shards.reader import ClipIndex, has_table, read_rows
 
 
 def reference_labels(ingest_out_dir: str, catalog_path: str) -> list[dict[str, Any]]:
     """Labels for every clip of an ingest output from the corpus catalog: each clip gets its
     video's `quality_label` (clip -> video through the manifest's video_id)."""
     ingest_out_dir = str(ingest_out_dir)
-    mp = table_path(ingest_out_dir, "manifest")
-    if not fs.exists(mp):
-        raise QualityError(f"{ingest_out_dir} has no manifest.parquet: run the ingest first")
+    if not has_table(ingest_out_dir, "manifest"):
+        raise QualityError(f"{ingest_out_dir} has no manifest table: run the ingest first")
     by_video: dict[str, str] = {}
     try:
         lines = Path(catalog_path).read_text().splitlines()
@@ -47,7 +45,7 @@ def reference_labels(ingest_out_dir: str, catalog_path: str) -> list[dict[str, A
                "labeller": "reference", "labelled_at": None}
               for r in rows if str(r["video_id"]) in by_video]
     if not labels:
-        raise QualityError(f"no clip of {mp} belongs to a video labelled in {catalog_path}")
+        raise QualityError(f"no clip of {ingest_out_dir} belongs to a video labelled in {catalog_path}")
     return labels
 
 

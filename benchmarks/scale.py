@@ -1,0 +1,244 @@
+"""Scale of the output's bookkeeping (issue 9 part 6): synthetic run records, no video.
+
+For N videos of 30 clips each (10^4, 10^5, 10^6 by default), an output is made the way a job
+leaves it: N videos' table parts staged and published by `commit_parts` (the job's last step)
+with tiny stand-in shards (2000 clips each). Then, each in a fresh process so its peak RSS is
+its own:
+
+- `commit_first`: the commit of that run of N videos (its parts and shards staged first by
+  another process, as a job's workers leave them);
+- `commit_next`: the commit of a further run of 1000 videos onto the N (what every incremental
+  run pays: old rows are not loaded, only the totals' columns streamed);
+- `resume`: the resume markers a worker reads from the output (done keys, staged stores);
+- `graph`: the serialized job request (`Pipeline.to_runner_api()`) built for that output;
+- `refilter_tables`: refilter's table side (threshold, streamed duplicate re-election, every
+  manifest part decided and written again).
+
+Goals: no process above 1 GiB at 10^6 videos; the job request flat in the number of done
+videos; time linear. Results in benchmarks/results/scale.json.
+
+    python benchmarks/scale.py [--videos 10000 100000 1000000] [--work DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS_PER_VIDEO = 30
+SHARD_CLIPS = 2000
+NEXT_RUN = 1000
+
+
+# ------------------------------------------------------------------------- synthetic rows
+def write_run(out: str, run_id: str, first: int, n_videos: int) -> tuple[dict, list]:
+    """Stage one run's parts (columns built whole, 100k rows a part) and stand-in shards;
+    returns (parts by table, shard records)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from genie_pipeline.shards.commit import PART_ROWS, _write_table, part_file
+    from genie_pipeline.shards.records import SCHEMAS, ShardRecord
+
+    staged = os.path.join(out, "_runs", run_id)
+    parts: dict[str, list[str]] = {t: [] for t in SCHEMAS}
+    step = PART_ROWS // CLIPS_PER_VIDEO
+    for lo in range(first, first + n_videos, step):
+        hi = min(first + n_videos, lo + step)
+        vids = np.arange(lo, hi)
+        vkeys = [f"syn_v{v:08d}" for v in vids]
+        videos = {"video_key": vkeys, "video_id": [k[4:] for k in vkeys], "source": ["syn"] * len(vids),
+                  "title": ["a platformer run"] * len(vids), "status": ["done"] * len(vids),
+                  "n_clips": [CLIPS_PER_VIDEO] * len(vids), "n_kept": [CLIPS_PER_VIDEO] * len(vids),
+                  "seconds_in": [600.0] * len(vids), "seconds_out": [480.0] * len(vids), "error": [None] * len(vids),
+                  "split": ["train"] * len(vids)}
+        cand = {"video_key": vkeys, "source": ["syn"] * len(vids), "video_id": videos["video_id"],
+                "title": videos["title"], "keyword_verdict": ["keep"] * len(vids)}
+        n = len(vids) * CLIPS_PER_VIDEO
+        clip_v = np.repeat(vids, CLIPS_PER_VIDEO)
+        clip_i = np.tile(np.arange(CLIPS_PER_VIDEO), len(vids))
+        keys = [f"syn_v{v:08d}_{i * 16000:09d}" for v, i in zip(clip_v, clip_i)]
+        rng = np.random.default_rng(lo)
+        dup = rng.random(n) < 0.05  # 5 % duplicates of the clip before them
+        manifest = {"key": keys, "video_key": [f"syn_v{v:08d}" for v in clip_v], "video_id": [f"v{v:08d}" for v in clip_v],
+                    "source": ["syn"] * n, "title": ["a platformer run"] * n, "start_s": clip_i * 16.0,
+                    "duration_s": [16.0] * n, "n_frames": [160] * n, "bytes": [90_000] * n, "split": ["train"] * n,
+                    "kept": ~dup, "reason": np.where(dup, "duplicate", "").tolist(),
+                    "shard": [f"train-{run_id}-00000000-{(j // SHARD_CLIPS) % 10000:04d}.tar" for j in range(n)],
+                    "quality_score": rng.random(n), "fingerprint": [f"v2:{x:016x}" for x in rng.integers(0, 2**62, n)],
+                    "duplicate_of": [keys[j - 1] if dup[j] and j else None for j in range(n)]}
+        for table, cols in (("videos", videos), ("candidates", cand), ("manifest", manifest)):
+            schema = SCHEMAS[table]
+            arrays = [pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(len(cols["video_key"] if table != "manifest" else keys), f.type)
+                      for f in schema]
+            path = part_file(os.path.join(staged, table), run_id, "syn" if table == "candidates" else "")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _write_table(path, table, pa.Table.from_arrays(arrays, schema=schema))
+            parts[table].append(path)
+    records = []
+    shard_tmp = os.path.join(out, "shards", "_tmp", run_id)
+    os.makedirs(shard_tmp, exist_ok=True)
+    n_clips = n_videos * CLIPS_PER_VIDEO
+    for s in range(-(-n_clips // SHARD_CLIPS)):
+        path = os.path.join(shard_tmp, f"train-{run_id}-{s // 10000:08x}-{s % 10000:04d}.tar")
+        Path(path).write_bytes(b"")
+        k = min(SHARD_CLIPS, n_clips - s * SHARD_CLIPS)
+        records.append(ShardRecord(path=path, split="train", order=str(s), keys=[],
+                                   stats={"n_samples": k, "n_videos": k // CLIPS_PER_VIDEO, "bytes": 90_000 * k,
+                                          "seconds": 16.0 * k, "sha256": ""}))
+        Path(path[:-4] + ".stats.json").write_text("{}")
+    return parts, records
+
+
+# ------------------------------------------------------------------------------- steps
+def step_stage(out: str, first: int, n: int, run_id: str) -> dict:
+    """What a job's workers leave for the commit: parts and shards (not measured as the commit)."""
+    parts, records = write_run(out, run_id, first, n)
+    Path(out, "_runs", run_id, "staged.json").write_text(json.dumps({"parts": parts,
+                                                                      "records": [r.to_json() for r in records]}))
+    return {"s": 0.0}
+
+
+def step_commit(out: str, run_id: str) -> dict:
+    from genie_pipeline.shards.commit import commit_parts
+    from genie_pipeline.shards.config import ClipsConfig
+    from genie_pipeline.shards.records import ShardRecord
+
+    staged = json.loads(Path(out, "_runs", run_id, "staged.json").read_text())
+    parts, records = staged["parts"], [ShardRecord(**r) for r in staged["records"]]
+    t0 = time.perf_counter()
+    stats = commit_parts(out, run_id=run_id, parts=parts, shard_records=records, spec=ClipsConfig().spec,
+                         sources=["syn"], run_stats={"run_id": run_id}, cleanup=[os.path.join(out, "_runs", run_id)],
+                         redone=set())
+    return {"s": time.perf_counter() - t0, "clips_total": stats["clips"], "videos_total": stats["videos_done"]}
+
+
+def step_resume(out: str) -> dict:
+    from genie_pipeline.ingest.pipeline import resume_markers
+
+    t0 = time.perf_counter()
+    n = sum(1 for _ in resume_markers(out, retry_failed=False))
+    return {"s": time.perf_counter() - t0, "markers": n}
+
+
+def step_graph(out: str) -> dict:
+    from genie_pipeline.config import parse_config
+    from genie_pipeline.ingest.pipeline import prepare_job
+
+    cat = os.path.join(out, "..", "catalog.jsonl")
+    Path(cat).write_text(json.dumps({"id": "new", "url": "https://example.org/new.mp4", "title": "x"}) + "\n")
+    cfg = parse_config({"sources": [{"type": "catalog", "name": "syn", "path": cat, "keywords": "none"}],
+                        "runner": {"running_mode": "in_memory", "direct_num_workers": 1}, "output": {"dir": out}})
+    t0 = time.perf_counter()
+    p, *_ = prepare_job(cfg, out)
+    size = len(p.to_runner_api().SerializeToString())
+    return {"s": time.perf_counter() - t0, "request_bytes": size}
+
+
+def step_refilter_tables(out: str) -> dict:
+    """Refilter's table side as `refilter` runs it (threshold 0.5): the streamed duplicate
+    re-election, then each manifest part decided and written again. The shard side, which
+    copies the samples of each shard that loses clips one shard at a time, needs real tars
+    and is left out."""
+    from genie_pipeline.filtering.quality.threshold import _rows, _score, apply_threshold
+    from genie_pipeline.shards.commit import _row_batches, _write_streamed, part_file
+    from genie_pipeline.shards.dedupe import apply_reelections, reelect
+    from genie_pipeline.shards.reader import table_files
+
+    t0 = time.perf_counter()
+    new_rep_of = reelect(lambda: _rows(out, None, 0.5), lambda r: _score(r) is None or _score(r) >= 0.5)
+    work = os.path.join(out, "_refilter")
+    restored = {"n": 0}
+
+    def decided(path):  # what reshard's second pass does to each part
+        for rows in _row_batches([path]):
+            apply_threshold(rows, 0.5)
+            restored["n"] += apply_reelections(rows, new_rep_of)
+            yield rows
+
+    n = sum(_write_streamed(part_file(work, "20260101T000002-000003"), "manifest", decided(p))
+            for p in table_files(out, "manifest"))
+    return {"s": time.perf_counter() - t0, "rows": n, "groups_reelected": len(new_rep_of), "restored": restored["n"]}
+
+
+STEPS = {"stage": step_stage, "commit": step_commit, "resume": step_resume, "graph": step_graph, "refilter_tables": step_refilter_tables}
+
+
+def child(step: str, args: list[str]) -> None:
+    fn = STEPS[step]
+    res = (fn(args[0], int(args[1]), int(args[2]), args[3]) if step == "stage" else
+           fn(args[0], args[1]) if step == "commit" else fn(args[0]))
+    res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(res))
+
+
+def run_child(step: str, *args) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, __file__, "--child", step, *map(str, args)], capture_output=True, text=True,
+                       env=env, cwd=ROOT)
+    if r.returncode:
+        raise SystemExit(f"{step} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def measure(n: int, work: str) -> dict:
+    out = os.path.join(work, f"out-{n}")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    row = {"videos": n, "clips": n * CLIPS_PER_VIDEO}
+    first, nxt = "20260101T000000-000001", "20260101T000001-000002"
+    run_child("stage", out, 0, n, first)
+    row["commit_first"] = run_child("commit", out, first)
+    run_child("stage", out, n, NEXT_RUN, nxt)
+    row["commit_next"] = run_child("commit", out, nxt)
+    row["resume"] = run_child("resume", out)
+    row["graph"] = run_child("graph", out)
+    row["refilter_tables"] = run_child("refilter_tables", out)
+    row["output_bytes_tables"] = sum(f.stat().st_size for t in ("manifest", "videos", "candidates", "failures")
+                                     for f in Path(out, t).glob("*.parquet"))
+    shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    a = ap.parse_args()
+    work = a.work or tempfile.mkdtemp(prefix="genie-scale-")
+    rows = [measure(n, work) for n in a.videos]
+    big, small = rows[-1], rows[0]
+    steps = ("commit_first", "commit_next", "resume", "graph", "refilter_tables")
+    peak = {k: max(r[k]["peak_rss_mib"] for r in rows) for k in steps}
+    scale = big["videos"] / small["videos"]
+    summary = {
+        "largest_videos": big["videos"],
+        "peak_rss_mib_by_step": peak,
+        "goal_peak_rss_mib": 1024,
+        "request_bytes_by_videos": {r["videos"]: r["graph"]["request_bytes"] for r in rows},
+        "videos_ratio_largest_to_smallest": scale,
+        "time_ratio_largest_to_smallest": {k: round(big[k]["s"] / max(small[k]["s"], 1e-9), 1) for k in steps},
+    }
+    result = {"benchmark": "scale", "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+              "cpus": os.cpu_count(), "clips_per_video": CLIPS_PER_VIDEO, "next_run_videos": NEXT_RUN,
+              "rows": rows, "summary": summary}
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
