@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -153,6 +154,9 @@ def main() -> int:
         # excluded) and the ratio without it, which is what a long run converges to
         "fixed_run_overhead_cpu_s": round(fixed - fixed_bare, 3),
         "ratio_without_fixed_overhead": round(max(pipe - fixed, 0) / max(bare_mean - fixed_bare, 1e-9), 3),
+        # the benchmark process after everything (the in-memory runner's workers are its threads;
+        # with --corpus given, no rendering is in it): what one worker process needs, roughly
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -436,7 +436,8 @@ def commit_parts(out_dir: str, *, run_id: str, parts: dict[str, list[str]], shar
     check_spec(out_dir, spec)
     shard_dir = fs.join(out_dir, "shards")
     names = shard_names or {r.path: os.path.basename(r.path) for r in shard_records}
-    taken = [n for n in names.values() if fs.exists(fs.join(shard_dir, n))]
+    existing = {os.path.basename(p) for split in SPLITS for p in existing_shards(shard_dir, split)}
+    taken = sorted(set(names.values()) & existing)  # one listing, not a request per shard
     if taken:
         raise DataError(f"{out_dir}: shard {taken[0]} already exists; a run's shards need names of their own")
     work = fs.join(out_dir, "_commit", run_id)
