@@ -50,8 +50,8 @@ from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, 
                                           shard_stats_file, small_shards)
 from genie_pipeline.shards.dedupe import curate
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
-from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_rows, read_stats,
-                                          table_files, table_rows)
+from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_stats, table_files,
+                                          table_rows)
 from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row
 from genie_pipeline.shards.report import Threshold, write_report
 from genie_pipeline.shards.store import read_store_result
@@ -143,7 +143,7 @@ def curate_step(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig, shards
     shard is written: a rejected clip never reaches a shard and no committed shard changes."""
     max_distance = dedupe.max_distance if dedupe.enabled else None
     earlier = p | "Output" >> beam.Create([out]) | "CommittedClips" >> beam.Map(
-        lambda o: [{k: r.get(k) for k in CURATE_COLUMNS} for r in read_rows(o, "manifest")])
+        lambda o: list(readable_rows(o, "manifest", list(CURATE_COLUMNS))))
     decisions = (videos
                  | "ClipRows" >> beam.FlatMap(lambda v: [{k: getattr(c, k) for k in CURATE_COLUMNS} for c in v.clips])
                  | "AllClips" >> beam.combiners.ToList()
@@ -155,6 +155,17 @@ def curate_step(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig, shards
 # the manifest columns curation reads
 CURATE_COLUMNS = ("key", "video_key", "source", "start_s", "duration_s", "kept", "quality_score", "fingerprint",
                   "channel", "query")
+
+
+def readable_rows(out: str, table: str, columns: list[str]):
+    """Rows of a table's readable parts: a part that cannot be read is skipped (logged) here
+    and moved aside, with a failure row, by the commit; the run goes on."""
+    for path in table_files(out, table):
+        try:
+            for b in iter_part_batches(path, columns):
+                yield from b.to_pylist()
+        except DataError as e:
+            logging.getLogger(__name__).warning("skipping: %s", e)
 
 
 def apply_curation(v: VideoResult, decisions: dict) -> VideoResult:
@@ -210,11 +221,15 @@ def old_tails(out: str, shards: ShardsConfig):
         return pc.fill_null(pc.is_in(b["shard"], value_set=wanted), False)
 
     for path in table_files(out, "manifest"):
-        if not any(pc.any(hits(b)).as_py() for b in iter_part_batches(path, ["shard"])):
-            continue  # most parts hold no clip of a small shard: only their shard column is read
-        for b in iter_part_batches(path):
-            for r in b.filter(hits(b)).to_pylist():
-                found.setdefault((r["shard"], r["video_key"]), []).append(from_row(ClipRow, r))
+        try:
+            if not any(pc.any(hits(b)).as_py() for b in iter_part_batches(path, ["shard"])):
+                continue  # most parts hold no clip of a small shard: only their shard column is read
+            rows = [r for b in iter_part_batches(path) for r in b.filter(hits(b)).to_pylist()]
+        except DataError as e:  # the commit moves it aside; its shards are not compacted this time
+            logging.getLogger(__name__).warning("skipping: %s", e)
+            continue
+        for r in rows:
+            found.setdefault((r["shard"], r["video_key"]), []).append(from_row(ClipRow, r))
     for (shard, vkey), clips in sorted(found.items()):
         c = clips[0]
         yield c.split, OldTail(shard, VideoResult(video_key=vkey, video_id=c.video_id, source=c.source,
@@ -265,7 +280,7 @@ class WriteShards(beam.DoFn):
             fs.write_bytes(*shard_stats_file(rec, os.path.basename(rec.path)))
             _count("shards_written")
             _count("clips_sharded", len(clips))
-            yield rec
+            yield dataclasses.replace(rec, keys=[])  # the manifest rows name the clips; the commit needs no keys
             for c in clips:
                 yield beam.pvalue.TaggedOutput(MANIFEST, c.row())
 
@@ -315,8 +330,9 @@ def resume_markers(out: str, retry_failed: bool):
     (`done` too unless `retry_failed`, then `redo`: process it and replace its rows) or cut
     without committing (`staged`, its clip store: load it instead of cutting again). Read by a
     worker from the output's tables, so the resume state never travels in the job graph.
-    Where a `videos` part cannot be read (the commit moves it aside, with a failure row), the
-    videos with clips in the manifest count as done: their clips are in shards already."""
+    Where a `videos` part cannot be read, now or by an earlier run (the commit moves it to
+    _corrupt/videos, with a failure row), the videos with clips in the manifest count as
+    done: their clips are in shards already."""
     status: dict[str, str] = {}
     damaged = False
     for path in table_files(out, "videos"):
@@ -326,7 +342,7 @@ def resume_markers(out: str, retry_failed: bool):
         except DataError as e:
             logging.getLogger(__name__).warning("resume: %s", e)
             damaged = True
-    if damaged:
+    if damaged or fs.exists(fs.join(out, "_corrupt", "videos")) or fs.isdir(fs.join(out, "_corrupt", "videos")):
         for path in table_files(out, "manifest"):
             try:
                 for b in iter_part_batches(path, ["video_key"]):
@@ -348,9 +364,9 @@ def route(item):
     markers, cands = list(grouped["markers"]), list(grouped["candidates"])
     if DONE in markers:
         return
-    if any(m == REDO for m in markers):
-        yield beam.pvalue.TaggedOutput(REDO, vkey)
     staged = sorted(m[1] for m in markers if isinstance(m, tuple) and m[0] == STAGED)
+    if (staged or cands) and REDO in markers:  # only a video processed again replaces its rows
+        yield beam.pvalue.TaggedOutput(REDO, vkey)
     if staged:
         yield beam.pvalue.TaggedOutput(STAGED, staged[0])
     elif cands:
@@ -358,13 +374,15 @@ def route(item):
 
 
 def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out: str, run_id: str, spec: ClipSpec,
-               sources: list[str], cleanup: list[str]) -> Iterator[dict]:
+               cleanup: list[str]) -> Iterator[dict]:
     """The job's last step: publish this run (shards/commit.py commit_parts). It runs on a
     worker once every part and shard is written, so a job commits with no launcher alive."""
     by_table: dict[str, list[str]] = {}
     for table, path in parts:
         by_table.setdefault(table, []).append(path)
-    yield commit_parts(out, run_id=run_id, parts=by_table, shard_records=list(shards), spec=spec, sources=sources,
+    # a source counts as discovered again when this run wrote candidates for it (its parts are
+    # named by source): one whose listing failed keeps its earlier candidates
+    yield commit_parts(out, run_id=run_id, parts=by_table, shard_records=list(shards), spec=spec,
                        run_stats={"run_id": run_id, "committed_by": "job"}, cleanup=cleanup, redone=set(redone),
                        compacted=dict(compacted))
 
@@ -445,12 +463,12 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
     parts = ([rows | f"Write{t.title()}" >> beam.ParDo(WriteParts(fs.join(paths.run_dir, t), t, paths.run_id))
               for t, rows in tables.items()]
              | "AllParts" >> beam.Flatten())
-    # one run at a time per output (fs.output_lock): the staging folders go whole
-    cleanup = [fs.join(paths.out, "_runs"), fs.join(paths.out, "shards", "_tmp"), fs.join(paths.out, "_commit")]
+    # this run's own staging only: a later run's must survive this job's commit
+    cleanup = [paths.run_dir, paths.tmp_shards, fs.join(paths.out, "_commit", paths.run_id)]
     (p | "Commit" >> beam.Create([None])
        | "CommitRun" >> beam.FlatMap(commit_job, beam.pvalue.AsList(parts), beam.pvalue.AsList(shards),
                                      beam.pvalue.AsList(routed[REDO]), beam.pvalue.AsList(tails[COMPACTED]),
-                                     paths.out, paths.run_id, spec, [src.name for src in cfg.sources], cleanup))
+                                     paths.out, paths.run_id, spec, cleanup))
 
 
 def pipeline_options(runner_cfg: RunnerConfig, extra_args: list[str]) -> tuple[Any, PipelineOptions, int]:

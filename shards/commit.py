@@ -126,18 +126,21 @@ def write_parts(dest_dir: str, table: str, run_id: str, rows: Iterable[dict[str,
 
 # ------------------------------------------------------------------------------ journal
 def _apply(out_dir: str, journal: dict) -> None:
-    # deletes first: a rebuild reuses the old shard names. A path already renamed into place
-    # by an interrupted earlier attempt (its source is gone) is new, not old: keep it.
-    done = {dst for src, dst in journal["renames"] if not fs.exists(src)}
-    for path in journal.get("deletes", []):
-        if path not in done:
-            fs.remove(path)
-    todo = []
+    # every rename checked before anything is deleted: a journal that cannot complete stops
+    # with the output untouched. Deletes first (reshard rewrites shards under their names); a
+    # path already renamed into place by an interrupted earlier attempt (its source is gone)
+    # is new, not old: keep it.
+    todo, done = [], set()
     for src, dst in journal["renames"]:
         if fs.exists(src):
             todo.append((src, dst))
-        elif not fs.exists(dst):
+        elif fs.exists(dst):
+            done.add(dst)
+        else:
             raise RuntimeError(f"commit journal names {src} but neither it nor {dst} exists")
+    for path in journal.get("deletes", []):
+        if path not in done:
+            fs.remove(path)
     fs.rename_many(todo)
     shard_dir = fs.join(out_dir, "shards")
     if "indexes" in journal:
@@ -433,6 +436,9 @@ def commit_parts(out_dir: str, *, run_id: str, parts: dict[str, list[str]], shar
     earlier runs whose clips this run wrote again, into its own shards: the old shards go, and
     so do their manifest rows (the new ones are in `parts`). Returns the output's new stats."""
     recover(out_dir)
+    prev = read_stats(out_dir)
+    if run_id and prev.get("last_run", {}).get("run_id") == run_id:
+        return prev  # this run is committed already (a retried commit step)
     check_spec(out_dir, spec)
     shard_dir = fs.join(out_dir, "shards")
     names = shard_names or {r.path: os.path.basename(r.path) for r in shard_records}
@@ -506,7 +512,8 @@ def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Fail
             "candidates": [c.row() for c in candidates]}
     parts = {t: write_parts(fs.join(staged, t), t, run_id, rs) for t, rs in rows.items()}
     return commit_parts(out_dir, run_id=run_id, parts=parts, shard_records=shard_records, shard_names=names,
-                        spec=spec, sources=sources, run_stats=stats, cleanup=list(cleanup) + [staged])
+                        spec=spec, sources=sources, run_stats={**stats, "run_id": stats.get("run_id", run_id)},
+                        cleanup=list(cleanup) + [staged])
 
 
 def _run_id() -> str:

@@ -131,7 +131,7 @@ def stats_name(tar_name: str) -> str:
 
 # a shard's name after its split: a number (`train-000012.tar`, numbered at commit) or the
 # run, writer and number that wrote it (`train-20261202T071500-1a2b3c-9f8e7d6c-0003.tar`)
-_SHARD_ID = re.compile(r"(\d{6}|\d{8}T\d{6}-[0-9a-f]{6}-[0-9a-f]{8}-\d{4})\.tar")
+_SHARD_ID = re.compile(r"(\d{6,}|\d{8}T\d{6}-[0-9a-f]{6}-[0-9a-f]{8}-\d{4,})\.tar")
 
 
 def existing_shards(shard_dir: str, split: str) -> list[str]:

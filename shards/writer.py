@@ -96,9 +96,12 @@ def interleaved_clips(videos: list[VideoResult], window: int,
     for start in range(0, len(order), window):
         win = order[start: start + window]
         data: dict[str, bytes] = {}
-        for v in {id(v): v for v, _ in win}.values():
-            wanted = {c.key for w, c in win if w is v}
-            data.update((k, b) for k, b in load_clips(v).items() if k in wanted)
+        def source(v: VideoResult):  # each file read once per window (an old shard holds many videos)
+            return v.store or id(v)
+
+        for first in {source(v): v for v, _ in win}.values():
+            wanted = {c.key for w, c in win if source(w) == source(first)}
+            data.update((k, b) for k, b in load_clips(first).items() if k in wanted)
         for v, c in win:
             yield v, c, data[c.key]
 

@@ -59,6 +59,12 @@ def refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpe
     if not has_table(out_dir, "manifest"):
         raise QualityError(f"{out_dir} has no manifest table: is it an ingest output directory?")
     scores = None if rows is None else {r["key"]: r.get("quality_score") for r in rows}
+    with fs.output_lock(out_dir, "refilter"):  # no ingest commits between reading and rewriting
+        return _refilter(out_dir, threshold, shards, spec, scores)
+
+
+def _refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpec | None,
+              scores: dict | None) -> dict[str, Any]:
     before, unscored, scored = 0, 0, False
     for r in _rows(out_dir, scores, None):
         before += bool(r["kept"])
@@ -78,8 +84,7 @@ def refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpe
         apply_threshold(part, threshold)
         apply_reelections(part, new_rep_of)
 
-    with fs.output_lock(out_dir, "refilter"):
-        stats, moved = reshard(out_dir, decide, int(shards.target_mb * 2**20), shards.max_clips, spec)
+    stats, moved = reshard(out_dir, decide, int(shards.target_mb * 2**20), shards.max_clips, spec)
     return {"threshold": threshold, "clips": stats["clips"], "kept_before": before, "kept_after": stats["clips_kept"],
             **moved, "unscored": unscored, "stats": stats}
 
