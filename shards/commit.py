@@ -41,14 +41,15 @@ import pyarrow.parquet as pq
 
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
-from genie_pipeline.shards.reader import (SPLITS, DataError, existing_shards, iter_part_batches, read_spec,
-                                          read_stats, shard_name, stats_name, table_dir, table_files)
+from genie_pipeline.shards.reader import (SPLITS, DataError, existing_shards, iter_part_batches, legacy_table_path,
+                                          read_spec, read_stats, shard_name, stats_name, table_dir, table_files)
 from genie_pipeline.shards.records import (SCHEMA_VERSION, SCHEMAS, TABLES, Candidate, ClipRow, Failure, ShardRecord,
                                            VideoResult, from_row)
 from genie_pipeline.shards.store import store_path
 from genie_pipeline.shards.writer import StreamingShards
 
 JOURNAL = "_commit.json"
+LEGACY_PART = "part-00000000T000000-000000-00000000.parquet"  # where an old layout's table file goes
 PART_ROWS = 100_000  # rows per part file: a part is the unit a commit reads or rewrites whole
 _PART = re.compile(r"^part-(?P<run>[0-9A-Za-z]+-[0-9a-f]+)-(?:src-(?P<source>[a-z0-9]+)-)?[0-9a-f]{8}\.parquet$")
 
@@ -459,6 +460,10 @@ def commit_parts(out_dir: str, *, run_id: str, parts: dict[str, list[str]], shar
     for table in TABLES:
         for path in table_files(out_dir, table):
             _merge_old_part(out_dir, table, path, work, run_id, replaced, plan)
+        legacy = legacy_table_path(out_dir, table)
+        if fs.exists(legacy) and legacy not in plan.deletes and legacy not in {s for s, _ in plan.renames}:
+            # an old layout's one file joins the table's folder: one pattern reads the whole table
+            plan.renames.append((legacy, fs.join(table_dir(out_dir, table), LEGACY_PART)))
         for path in parts.get(table, []):
             for b in iter_part_batches(path, Totals.COLUMNS[table]):
                 plan.totals.add(table, b)

@@ -89,6 +89,10 @@ def test_an_output_in_the_old_layout_opens_and_takes_new_runs(tmp_path):
     assert not any(f["video_id"] == "late" for f in read_rows(str(out), "failures"))
     assert len(read_rows(str(out), "manifest")) == 4
     assert read_stats(str(out))["videos_done"] == 3
+    # the old files joined their tables' folders: one pattern (DuckDB, BigQuery) reads each table
+    for name in ("manifest", "videos", "failures", "candidates"):
+        assert not (out / f"{name}.parquet").exists() and pq.read_table(out / name).num_rows == \
+            len(read_rows(str(out), name))
 
 
 def test_a_corrupt_table_part_is_named_in_a_failure_and_the_run_goes_on(tmp_path):
