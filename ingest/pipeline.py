@@ -2,8 +2,11 @@
 
     Discover → Reshuffle → KeywordFilter ─┐
     ResumeMarkers (done/failed/staged, read from OUT's tables by a worker) ─┴→ GroupByVideo → Route
-      → DownloadAndCut (+ LoadStaged) → ScoreQuality → AssignSplit → Curate
-      → SpreadVideos → WriteShards (per bundle, as videos arrive) → WriteTails (one per split)
+      → DownloadAndCut (+ LoadStaged) → ScoreQuality → AssignSplit
+      → WriteAsCut (shards written in the bundle that cut the videos, many videos per shard)
+        → what a bundle cannot mix: SpreadVideos → WriteShards (one per worker) → WriteTails (one per split)
+      → Curate (near duplicates and caps over the whole output, from clip rows)
+        → ApplyDecisions (manifest rows) → PurgeShards (the shards that hold a rejected clip)
       → table parts (candidates, failures, videos, manifest) → CommitRun (the job's last step)
 
 The stages are Beam-free (sources.Discover, process.KeywordVerdict, process.VideoProcessor);
@@ -47,7 +50,7 @@ from genie_pipeline.ingest.sources import Discover, check_sources
 from genie_pipeline.shards import fs, objstore
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, failed_video_row, recover,
-                                          shard_stats_file, small_shards)
+                                          rewrite_without, shard_stats_file, small_shards)
 from genie_pipeline.shards.dedupe import curate
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_stats, table_files,
@@ -55,11 +58,11 @@ from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar
 from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row
 from genie_pipeline.shards.report import Threshold, write_report
 from genie_pipeline.shards.store import read_store_result
-from genie_pipeline.shards.writer import StreamingShards, spread
+from genie_pipeline.shards.writer import ShardMixer, StreamingShards, spread
 
 NS = "ingest"
 FAILURES = "failures"
-MANIFEST, LEFTOVER, COMPACTED = "manifest", "leftover", "compacted"
+MANIFEST, LEFTOVER, COMPACTED, PURGE, REJECTED = "manifest", "leftover", "compacted", "purge", "rejected"
 
 
 class IngestConfig(Protocol):
@@ -136,20 +139,22 @@ def assign_split(v: VideoResult, val_fraction: float, seed: int) -> VideoResult:
     return v
 
 
-def curate_step(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig, shards: ShardsConfig):
-    """Near duplicates and balance caps over the whole output (shards/dedupe.py), decided
-    once from every clip of this run and the committed manifest (read by a worker, so a
-    large manifest never passes through the graph), then applied to each video before any
-    shard is written: a rejected clip never reaches a shard and no committed shard changes."""
+def curation_decisions(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig, shards: ShardsConfig):
+    """(clip key, (reason, duplicate_of)) for each clip of this run that curation rejects:
+    near duplicates and balance caps over the whole output (shards/dedupe.py), decided once
+    from the clip rows of this run and the committed manifest (read by a worker, so a large
+    manifest never passes through the graph). It waits for every video of the run, a barrier
+    on clip rows only: the shards are written meanwhile, and the few that hold a rejected
+    clip are rewritten without it (`purge_shard`) before the commit publishes them."""
     max_distance = dedupe.max_distance if dedupe.enabled else None
     earlier = p | "Output" >> beam.Create([out]) | "CommittedClips" >> beam.Map(
         lambda o: list(readable_rows(o, "manifest", list(CURATE_COLUMNS))))
-    decisions = (videos
-                 | "ClipRows" >> beam.FlatMap(lambda v: [{k: getattr(c, k) for k in CURATE_COLUMNS} for c in v.clips])
-                 | "AllClips" >> beam.combiners.ToList()
-                 | "Curate" >> beam.Map(lambda new, old: curate(new, old, max_distance=max_distance, caps=shards.caps),
-                                        beam.pvalue.AsSingleton(earlier)))
-    return videos | "ApplyCuration" >> beam.Map(apply_curation, beam.pvalue.AsSingleton(decisions))
+    return (videos
+            | "ClipRows" >> beam.FlatMap(lambda v: [{k: getattr(c, k) for k in CURATE_COLUMNS} for c in v.clips])
+            | "AllClips" >> beam.combiners.ToList()
+            | "Curate" >> beam.Map(lambda new, old: curate(new, old, max_distance=max_distance, caps=shards.caps),
+                                   beam.pvalue.AsSingleton(earlier))
+            | "Decisions" >> beam.FlatMap(lambda decided: sorted(decided.items())))
 
 
 # the manifest columns curation reads
@@ -168,19 +173,40 @@ def readable_rows(out: str, table: str, columns: list[str]):
             logging.getLogger(__name__).warning("skipping: %s", e)
 
 
-def apply_curation(v: VideoResult, decisions: dict) -> VideoResult:
-    """`v` with the decided clips rejected; a copy where anything changes (Beam elements are
-    never mutated in place: the curation branch reads the same ones)."""
-    if not any(c.key in decisions for c in v.clips):
-        return v
-    clips = []
-    for c in v.clips:
-        if c.key in decisions:
-            reason, duplicate_of = decisions[c.key]
-            c = dataclasses.replace(c, kept=False, reason=reason, duplicate_of=duplicate_of)
-            _count(f"clips_rejected_{reason.replace(':', '_')}")
-        clips.append(c)
-    return dataclasses.replace(v, clips=clips)
+def apply_decision(item):
+    """One clip's manifest row and curation decision (if any): the row, rejected where
+    decided; a rejected clip's shard is named (PURGE, (shard, key)) for `purge_shard`, and its
+    video (REJECTED) for the video's kept count."""
+    key, grouped = item
+    decision = next(iter(grouped["decision"]), None)
+    for row in grouped["row"]:
+        if decision is None:
+            yield row
+            continue
+        reason, duplicate_of = decision
+        _count(f"clips_rejected_{reason.replace(':', '_')}")
+        if row.get("shard"):
+            yield beam.pvalue.TaggedOutput(PURGE, (row["shard"], key))
+        yield beam.pvalue.TaggedOutput(REJECTED, row["video_key"])
+        yield {**row, "kept": False, "reason": reason, "duplicate_of": duplicate_of, "shard": None}
+
+
+def purge_shard(item):
+    """A written shard without the clips curation rejected: rewritten in place (tar members
+    copied, nothing decoded) where it holds any, deleted where it holds nothing else."""
+    _, grouped = item
+    drop = set(grouped["drop"])
+    for rec in grouped["shard"]:
+        if not drop:
+            yield rec
+            continue
+        _count("shards_purged")
+        stats = rewrite_without(rec.path, rec.path, drop)
+        if stats is None:
+            for path in (rec.path, shard_stats_file(rec, "")[0]):
+                fs.remove(path)
+        else:
+            yield dataclasses.replace(rec, stats=stats)
 
 
 def spread_chunk(shards: ShardsConfig) -> int:
@@ -266,23 +292,58 @@ class WriteShards(beam.DoFn):
         for name in sorted({t.shard for t in tails}):
             yield beam.pvalue.TaggedOutput(COMPACTED, (name, [c.key for t in tails if t.shard == name
                                                               for c in t.video.clips]))
-        writer = StreamingShards(self.tmp_dir, self.run_id, int(self.shards.target_mb * 2**20),
-                                 self.shards.max_clips, self.spec, load_clips=mp4_members)
-        yield from self._emit(writer.write(parts + [t.video for t in tails]))
+        writer = shard_writer(self.tmp_dir, self.run_id, self.shards, self.spec)
+        yield from emit_shards(writer.write(parts + [t.video for t in tails]))
         if self.leftovers:
             for v in writer.leftovers():
                 yield beam.pvalue.TaggedOutput(LEFTOVER, v)
         else:
-            yield from self._emit(writer.close())
+            yield from emit_shards(writer.close())
 
-    def _emit(self, finished):
-        for rec, clips in finished:
-            fs.write_bytes(*shard_stats_file(rec, os.path.basename(rec.path)))
-            _count("shards_written")
-            _count("clips_sharded", len(clips))
-            yield dataclasses.replace(rec, keys=[])  # the manifest rows name the clips; the commit needs no keys
-            for c in clips:
-                yield beam.pvalue.TaggedOutput(MANIFEST, c.row())
+
+class WriteAsCut(beam.DoFn):
+    """Shards written as the videos are cut, in the bundle that cut them (no shuffle before
+    it): a ShardMixer pools each video's kept clips and writes a shard whenever it holds one
+    of many videos. At the end of the bundle what is left, the pool and the open shard, goes
+    out tagged LEFTOVER to the writers that see every bundle's leftovers (WriteShards)."""
+
+    def __init__(self, tmp_dir: str, run_id: str, shards: ShardsConfig, spec: ClipSpec):
+        self.tmp_dir, self.run_id, self.shards, self.spec = tmp_dir, run_id, shards, spec
+
+    def setup(self):
+        _quiet_worker()
+
+    def start_bundle(self):
+        self.mixer = ShardMixer(shard_writer(self.tmp_dir, self.run_id, self.shards, self.spec),
+                                spread_chunk(self.shards))
+
+    def process(self, v: VideoResult):
+        yield from emit_shards(self.mixer.add(v))
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.timestamp import MIN_TIMESTAMP
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for part in self.mixer.leftovers():
+            yield beam.pvalue.TaggedOutput(LEFTOVER, WindowedValue(part, MIN_TIMESTAMP, [GlobalWindow()]))
+
+
+def shard_writer(tmp_dir: str, run_id: str, shards: ShardsConfig, spec: ClipSpec) -> StreamingShards:
+    return StreamingShards(tmp_dir, run_id, int(shards.target_mb * 2**20), shards.max_clips, spec,
+                           load_clips=mp4_members)
+
+
+def emit_shards(finished):
+    """Each finished shard's record (its stats file written beside it) and, tagged MANIFEST,
+    the rows of its clips."""
+    for rec, clips in finished:
+        fs.write_bytes(*shard_stats_file(rec, os.path.basename(rec.path)))
+        _count("shards_written")
+        _count("clips_sharded", len(clips))
+        yield dataclasses.replace(rec, keys=[])  # the manifest rows name the clips; the commit needs no keys
+        for c in clips:
+            yield beam.pvalue.TaggedOutput(MANIFEST, c.row())
 
 
 class WriteParts(beam.DoFn):
@@ -311,12 +372,14 @@ class WriteParts(beam.DoFn):
 
 
 def video_rows(item):
-    """The `videos` row of each video of the run: its result, else (it failed before it was
-    cut) its first failure."""
+    """The `videos` row of each video of the run: its result (less the clips curation
+    rejected), else (it failed before it was cut) its first failure."""
     _, grouped = item
     results, failures = list(grouped["videos"]), list(grouped["failures"])
     if results:
-        yield results[0].row()
+        row = results[0].row()
+        row["n_kept"] -= sum(grouped["rejected"])  # by curation, after the clips were cut
+        yield row
     elif failures:
         yield failed_video_row(failures[0])
 
@@ -432,12 +495,15 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
         videos = videos | "ScoreQuality" >> ScoreQuality(cfg.filters.quality, workers)
     s = cfg.shards
     videos = videos | "AssignSplit" >> beam.Map(assign_split, s.val_fraction, s.seed)
-    videos = curate_step(p, videos, paths.out, cfg.filters.dedupe, s)
 
-    # shards: parts of each video to every writer (one per worker of the job), then the
-    # writers' unfinished shards finished by one writer per split
+    # shards: written as videos are cut, in the cutting bundle (WriteAsCut); what a bundle
+    # cannot mix goes in parts to every writer (one per worker of the job), and what those
+    # leave unfinished to one writer per split
     spec = cfg.clips.spec
-    written = (videos
+    live = (videos
+            | "WriteAsCut" >> beam.ParDo(WriteAsCut(paths.tmp_shards, paths.run_id, s, spec))
+            .with_outputs(MANIFEST, LEFTOVER, main="shards"))
+    written = (live[LEFTOVER]
                | "SpreadVideos" >> beam.FlatMap(to_writers, spread_chunk(s), job_workers)
                | "ToWriters" >> beam.GroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShards(paths.tmp_shards, paths.run_id, s, spec, leftovers=True))
@@ -449,16 +515,28 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
              | "GroupLeftovers" >> beam.GroupByKey()
              | "WriteTails" >> beam.ParDo(WriteShards(paths.tmp_shards, paths.run_id, s, spec, leftovers=False))
              .with_outputs(MANIFEST, COMPACTED, main="shards"))
-    shards = (written.shards, tails.shards) | "AllShards" >> beam.Flatten()
+    # curation decided over the whole run, applied to the rows and the shards already written
+    decisions = curation_decisions(p, videos, paths.out, cfg.filters.dedupe, s)
+    sharded = ((live[MANIFEST], written[MANIFEST], tails[MANIFEST]) | "ShardedRows" >> beam.Flatten()
+               | "RowByKey" >> beam.Map(lambda r: (r["key"], r)))
+    curated = ({"row": sharded, "decision": decisions}
+               | "GroupDecisions" >> beam.CoGroupByKey()
+               | "ApplyDecisions" >> beam.FlatMap(apply_decision).with_outputs(PURGE, REJECTED, main="rows"))
+    shards = ({"shard": ((live.shards, written.shards, tails.shards) | "AllShards" >> beam.Flatten()
+                         | "ShardByName" >> beam.Map(lambda r: (os.path.basename(r.path), r))),
+               "drop": curated[PURGE]}
+              | "GroupPurges" >> beam.CoGroupByKey()
+              | "PurgeShards" >> beam.FlatMap(purge_shard))
 
     failures = (found[FAILURES], routed[FAILURES], cut[FAILURES]) | "AllFailures" >> beam.Flatten()
     rejected = videos | "RejectedClips" >> beam.FlatMap(lambda v: [c.row() for c in v.clips if not c.kept])
     vrows = ({"videos": videos | "VideoByKey" >> beam.Map(lambda v: (v.video_key, v)),
               "failures": (failures | "VideoFailures" >> beam.Filter(lambda f: f.stage != "discover")
-                           | "FailureByKey" >> beam.Map(lambda f: (f.video_key, f)))}
+                           | "FailureByKey" >> beam.Map(lambda f: (f.video_key, f))),
+              "rejected": curated[REJECTED] | "RejectedByVideo" >> beam.Map(lambda vkey: (vkey, 1))}
              | "GroupVideoRows" >> beam.CoGroupByKey()
              | "VideoRows" >> beam.FlatMap(video_rows))
-    manifest = (written[MANIFEST], tails[MANIFEST], rejected) | "ManifestRows" >> beam.Flatten()
+    manifest = (curated.rows, rejected) | "ManifestRows" >> beam.Flatten()
     tables = {"candidates": candidates, "failures": failures, "videos": vrows, "manifest": manifest}
     parts = ([rows | f"Write{t.title()}" >> beam.ParDo(WriteParts(fs.join(paths.run_dir, t), t, paths.run_id))
               for t, rows in tables.items()]

@@ -597,7 +597,8 @@ def reshard(out_dir: str, decide: Callable[[list[dict]], None], target_bytes: in
                 added.setdefault(r["video_key"], []).append(from_row(ClipRow, r))
     renames, deletes, entries = [], [], {}
     for name, keys in sorted(dropped.items()):
-        entry = _rewrite_without(fs.join(shard_dir, name), fs.join(tmp, name), keys)
+        left = rewrite_without(fs.join(shard_dir, name), fs.join(tmp, name), keys)
+        entry = None if left is None else {"nsamples": left["n_samples"], "filesize": left["bytes"]}
         deletes += [fs.join(shard_dir, name), fs.join(shard_dir, stats_name(name))]
         if entry is not None:
             renames += [(fs.join(tmp, name), fs.join(shard_dir, name)),
@@ -651,9 +652,10 @@ def _row_batches(paths: list[str], batch_rows: int = 16384):
             yield b.to_pylist()
 
 
-def _rewrite_without(src: str, dest: str, drop: set[str]) -> dict | None:
-    """Copy shard `src` to `dest` without the samples `drop` names, with its stats file beside
-    it; its index entry, or None where nothing is left."""
+def rewrite_without(src: str, dest: str, drop: set[str]) -> dict | None:
+    """Copy shard `src` to `dest` (which may be `src`: it is read whole first) without the
+    samples `drop` names, with its stats file beside it; its new stats (ShardRecord.stats),
+    or None where nothing is left (nothing is written then)."""
     import hashlib
     import io
 
@@ -676,7 +678,8 @@ def _rewrite_without(src: str, dest: str, drop: set[str]) -> dict | None:
     name = os.path.basename(dest)
     fs.write_bytes(dest, data)
     split = name.split("-", 1)[0]
-    fs.write_bytes(dest[: -len(".tar")] + ".stats.json", json.dumps(
-        {"shard": name, "split": split, "n_samples": keys, "n_videos": len(videos), "bytes": len(data),
-         "seconds": round(seconds, 3), "sha256": hashlib.sha256(data).hexdigest()}, indent=1).encode())
-    return {"nsamples": keys, "filesize": len(data)}
+    stats = {"n_samples": keys, "n_videos": len(videos), "bytes": len(data), "seconds": round(seconds, 3),
+             "sha256": hashlib.sha256(data).hexdigest()}
+    fs.write_bytes(dest[: -len(".tar")] + ".stats.json",
+                   json.dumps({"shard": name, "split": split, **stats}, indent=1).encode())
+    return stats

@@ -3,8 +3,10 @@ run over this run's clips and every clip already committed.
 
 Both rules are pure functions of manifest rows (dicts with ClipRow's columns) and return
 what to reject: {clip key: (reason, duplicate_of)}. The ingest runs `curate` as one global
-step just before writing shards, so a rejected clip never reaches a shard and committed
-shards are never rewritten: a clip already in the output is never rejected by a later run.
+step once the run's clips are cut; the shards it wrote meanwhile are purged of the rejected
+clips before the commit publishes them, so a rejected clip never reaches a published shard
+and committed shards are never rewritten: a clip already in the output is never rejected by
+a later run.
 
 Near duplicates. Only kept clips with a fingerprint take part. A clip duplicates another
 when their fingerprints are of one version (the "vN:" before the 64 bits; 16 bare hex digits

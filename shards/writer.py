@@ -178,5 +178,54 @@ class StreamingShards:
             for v, c in pending:
                 parts.setdefault(id(v), (v, []))[1].append(dataclasses.replace(c, shard=None))
         self.open.clear()
+        for roller in self.rollers.values():
+            roller.writer.close()  # its clips go elsewhere: the half-written tar is dropped
         self.rollers.clear()
         return [dataclasses.replace(v, clips=clips) for v, clips in parts.values()]
+
+
+class ShardMixer:
+    """A writer fed one video at a time, as videos are cut, that still mixes many videos in
+    every shard. Each video's kept clips wait in a pool as `spread` parts of `chunk` clips; a
+    shard is written as soon as the pool holds a shard's worth (`max_clips`) from at least
+    `min_videos` videos, taking one part of every waiting video in turn (round-robin, videos
+    in key-hash order), so a shard holds at most `chunk` clips of a video per turn. The pool
+    holds clip records, not bytes (the clips stay in their stores); past `hold_clips` a
+    shard is written from the fewer videos there are. `leftovers` hands back what is left,
+    the pool and the open shard, as video parts for writers that see more videos."""
+
+    def __init__(self, shards: StreamingShards, chunk: int, min_videos: int = 16, hold_clips: int | None = None):
+        self.shards, self.chunk, self.min_videos = shards, max(1, chunk), min_videos
+        self.hold_clips = hold_clips or 16 * shards.max_clips
+        self.pool: dict[str, list[VideoResult]] = {}
+        self.waiting = 0
+
+    def add(self, v: VideoResult) -> Iterator[tuple[ShardRecord, list[ClipRow]]]:
+        for part in spread(v, self.chunk):
+            if part.clips:
+                self.pool.setdefault(v.video_key, []).append(part)
+                self.waiting += len(part.clips)
+        while self.waiting >= self.shards.max_clips and (
+                len(self.pool) >= self.min_videos or self.waiting >= self.hold_clips):
+            yield from self.shards.write(self._take(self.shards.max_clips))
+
+    def _take(self, n: int) -> list[VideoResult]:
+        taken: list[VideoResult] = []
+        count = 0
+        while count < n and self.pool:
+            for vkey in sorted(self.pool, key=lambda k: (zlib.crc32(k.encode()), k)):
+                part = self.pool[vkey].pop(0)
+                if not self.pool[vkey]:
+                    del self.pool[vkey]
+                taken.append(part)
+                count += len(part.clips)
+                if count >= n:
+                    break
+        self.waiting -= count
+        return taken
+
+    def leftovers(self) -> list[VideoResult]:
+        parts = [p for ps in self.pool.values() for p in ps] + self.shards.leftovers()
+        self.pool.clear()
+        self.waiting = 0
+        return parts
