@@ -169,6 +169,12 @@ class TorchCodecDecoder(ClipDecoder):
         # a clip, and as an ImportError so that "auto" goes on to the next backend
         try:
             importlib.import_module("torchcodec.decoders")
+            # torchcodec ≥ 0.17 imports without FFmpeg (its image decoders need none) and loads
+            # the FFmpeg-dependent libraries at first use: load them now (memoized there)
+            load = getattr(importlib.import_module("torchcodec._internally_replaced_utils"),
+                           "load_core_libraries", None)
+            if load is not None:
+                load()
         except (RuntimeError, OSError) as e:  # torchcodec is there but found no usable FFmpeg
             raise ImportError(f"torchcodec cannot load FFmpeg's libraries: {type(e).__name__}: {e}") from None
 
