@@ -90,3 +90,52 @@ def test_curation_purges_the_shards_written_before_it(tmp_path):
     videos = {r["video_id"]: r["n_kept"] for r in pq.read_table(out / "videos").to_pylist()}
     assert sorted(videos.values()) == [0, len(kept)]
     assert verify(str(out)) == []
+
+
+def test_no_shuffle_between_cutting_and_writing_with_the_quality_filter_on(tmp_path):
+    """In a batch job every shuffle (GroupByKey) waits for all of its input: none may lie on a
+    path from DownloadAndCut to WriteAsCut, the quality classifier's included."""
+    import torch
+
+    from genie_pipeline.filtering.quality.model import QualityNet, save_quality_model
+
+    torch.manual_seed(0)
+    model = tmp_path / "model.pt"
+    save_quality_model(QualityNet(frames_per_clip=2).eval(), model, {"threshold": 0.5, "bf16": {"keeps_accuracy": False}})
+    (tmp_path / "c.jsonl").write_text("")
+    cfg = parse_config({"sources": [{"type": "catalog", "name": "c", "path": str(tmp_path / "c.jsonl"),
+                                     "keywords": "none"}],
+                        "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
+                        "filters": {"quality": {"mode": "filter", "model": str(model)}},
+                        "output": {"dir": str(tmp_path / "out")}})
+    p, _, _, _ = prepare_job(cfg, str(tmp_path / "out"))
+    proto = p.to_runner_api().components
+    leaves = {tid: t for tid, t in proto.transforms.items() if not t.subtransforms}
+    consumers: dict[str, list[str]] = {}
+    producer: dict[str, str] = {}
+    for tid, t in leaves.items():
+        for pc in t.inputs.values():
+            consumers.setdefault(pc, []).append(tid)
+        for pc in t.outputs.values():
+            producer[pc] = tid
+
+    def walk(start: list[str], step) -> set[str]:
+        seen, todo = set(start), list(start)
+        while todo:
+            for nxt in step(todo.pop()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    def named(suffix):
+        return [tid for tid, t in leaves.items() if t.unique_name.split("/")[0] == suffix]
+
+    cut, write = named("DownloadAndCut"), named("WriteAsCut")
+    assert cut and write
+    after_cut = walk(cut, lambda tid: [c for pc in leaves[tid].outputs.values() for c in consumers.get(pc, [])])
+    before_write = walk(write, lambda tid: [producer[pc] for pc in leaves[tid].inputs.values() if pc in producer])
+    between = after_cut & before_write
+    assert any(leaves[t].unique_name.startswith("ScoreQuality") for t in between)  # the classifier is on the path
+    shuffles = [leaves[t].unique_name for t in between if leaves[t].spec.urn == "beam:transform:group_by_key:v1"]
+    assert shuffles == []

@@ -19,7 +19,7 @@ class QualityConfig(Section):
     mode: Literal["off", "score_only", "filter"] = "off"
     model: str | None = None  # path to the model file written by `genie-pipeline train-quality`
     threshold: float | None = Field(default=None, ge=0, le=1)  # default: the one stored with the model
-    batch_size: int = Field(default=16, ge=1, description="clips per RunInference batch (x frames_per_clip images)")
+    batch_size: int = Field(default=16, ge=1, description="clips per forward pass of the classifier (x frames_per_clip images)")
     channels_last: bool = True
     # bf16 autocast for inference: auto = only where training measured that it keeps accuracy
     bf16: Literal["auto", "on", "off"] = "auto"

@@ -2,8 +2,8 @@
 `score_manifest` for refilter --rescore) and outside it (`score_clips`).
 
 Each clip's mp4 is read from its video's clip store, K frames are sampled exactly as in
-training (`frames.sample_frames`), and RunInference (the PyTorch handler, batched, the model
-loaded once per worker process) scores them.
+training (`frames.sample_frames`), and RunInference (the PyTorch handler over whole videos,
+clips batched across them, the model loaded once per worker process) scores them.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -50,62 +50,29 @@ def default_torch_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-class _SampleClipFrames(beam.DoFn):
-    """VideoResult -> ((video_key, clip_key), uint8 frames) per clip; the video itself on 'videos';
-    clips that cannot be read on 'errors'."""
-
-    def __init__(self, k: int):
-        self.k = k
-
-    def setup(self):
-        self.failed = _counter("quality_clips_unreadable")
-        self.cpu_ms = _counter("quality_sample_cpu_ms")
-
-    def process(self, video):
-        yield beam.pvalue.TaggedOutput("videos", (video.video_key, video))
-        if video.status != "done" or not video.clips:
-            return
-        # CPU is counted around the work only: a yield runs the fused downstream stages
-        # (batching, inference) on this thread
-        t0 = time.thread_time()
-        try:
-            data = read_store(video.store)[1] if video.store else {}
-        except Exception as e:  # noqa: BLE001 — a broken store must not kill the pipeline
-            log.warning("quality: cannot read clip store %s: %s", video.store, e)
-            data = {}
-        out, failed = [], []
-        for clip in video.clips:
-            try:
-                if clip.key not in data:
-                    raise QualityError(f"{clip.key}.mp4 not in clip store {video.store}")
-                out.append(((video.video_key, clip.key), sample_frames(data[clip.key], self.k)))
-            except Exception as e:  # noqa: BLE001
-                log.warning("quality: clip %s unreadable: %s", clip.key, e)
-                failed.append(clip.key)
-        self.cpu_ms.inc(int((time.thread_time() - t0) * 1000))
-        for key in failed:
-            self.failed.inc()
-            yield beam.pvalue.TaggedOutput("errors", (video.video_key, (key, float("nan"))))
-        yield from out
-
-
 def _counter(name: str):
     # namespace "ingest": the ingest driver copies these counters into stats.json
     return beam.metrics.Metrics.counter("ingest", name)
 
 
-def _infer(batch: Sequence[np.ndarray], model: QualityNet, device, inference_args=None, model_id=None):
-    """Stack a batch of uint8 (K, H, W, 3) clips, score them; CPU time goes to a counter
-    (thread time when torch runs on this thread alone, else the process's)."""
-    from apache_beam.ml.inference.base import PredictionResult
-
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
-    t0 = clock()
-    with torch.inference_mode():
-        scores = model(torch.from_numpy(np.stack(batch))).tolist()
-    _counter("quality_infer_cpu_ms").inc(int((clock() - t0) * 1000))
-    _counter("quality_clips_scored").inc(len(scores))
-    return [PredictionResult(None, s, model_id) for s in scores]
+def _video_frames(video: VideoResult, k: int) -> Iterator[tuple[str, np.ndarray | None]]:
+    """(clip key, K sampled uint8 frames, or None where the clip cannot be read) for each
+    clip of a done video, decoded one clip at a time from its clip store."""
+    if video.status != "done" or not video.clips:
+        return
+    try:
+        data = read_store(video.store)[1] if video.store else {}
+    except Exception as e:  # noqa: BLE001 — a broken store must not kill the pipeline
+        log.warning("quality: cannot read clip store %s: %s", video.store, e)
+        data = {}
+    for clip in video.clips:
+        try:
+            if clip.key not in data:
+                raise QualityError(f"{clip.key}.mp4 not in clip store {video.store}")
+            yield clip.key, sample_frames(data[clip.key], k)
+        except Exception as e:  # noqa: BLE001
+            log.warning("quality: clip %s unreadable: %s", clip.key, e)
+            yield clip.key, None
 
 
 def _handler_base():
@@ -115,49 +82,93 @@ def _handler_base():
 
 
 class QualityModelHandler(_handler_base()):
-    """PyTorch model handler for uint8 frame arrays: the model is loaded once per worker
-    process (RunInference shares it), torch threads are set for the worker count."""
+    """RunInference handler whose examples are whole videos: the model is loaded once per
+    worker process (RunInference shares it), torch threads are set for the worker count.
+    A batch of videos is scored as one stream of their clips, `batch_size` clips per
+    forward pass, each clip's frames decoded just before its pass, so memory holds one
+    pass's frames and one clip store whatever the videos' lengths. Each video's prediction
+    is {clip key: probability}, NaN for a clip that cannot be read."""
 
     def __init__(self, model_path: str, model_params: dict, batch_size: int, torch_threads: int):
         super().__init__(state_dict_path=model_path, model_class=QualityNet, model_params=model_params,
-                         device="CPU", inference_fn=_infer, load_model_args={"weights_only": True},
+                         device="CPU", load_model_args={"weights_only": True},
                          min_batch_size=1, max_batch_size=batch_size)
-        self._torch_threads = torch_threads
+        self._torch_threads, self._clips_per_pass = torch_threads, batch_size
+        self._k = int(model_params["frames_per_clip"])
 
     def load_model(self):
         torch.set_num_threads(self._torch_threads)
         return super().load_model()
 
+    def run_inference(self, batch, model, inference_args=None):
+        from apache_beam.ml.inference.base import PredictionResult
+
+        scores: dict[str, dict[str, float]] = {v.video_key: {} for v in batch}
+        sample_ms, unreadable = _counter("quality_sample_cpu_ms"), _counter("quality_clips_unreadable")
+        pending: list[tuple[str, str, np.ndarray]] = []
+
+        def score_pending():
+            # thread time when torch runs on this thread alone, else the process's
+            clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
+            t0 = clock()
+            with torch.inference_mode():
+                probs = model(torch.from_numpy(np.stack([f for *_, f in pending]))).tolist()
+            _counter("quality_infer_cpu_ms").inc(int((clock() - t0) * 1000))
+            _counter("quality_clips_scored").inc(len(probs))
+            for (vkey, key, _), p in zip(pending, probs):
+                scores[vkey][key] = float(p)
+            pending.clear()
+
+        for video in batch:
+            frames = _video_frames(video, self._k)
+            while True:
+                t0 = time.thread_time()
+                item = next(frames, None)
+                sample_ms.inc(int((time.thread_time() - t0) * 1000))
+                if item is None:
+                    break
+                key, f = item
+                if f is None:
+                    unreadable.inc()
+                    scores[video.video_key][key] = float("nan")
+                    continue
+                pending.append((video.video_key, key, f))
+                if len(pending) == self._clips_per_pass:
+                    score_pending()
+        if pending:
+            score_pending()
+        return [PredictionResult(v, scores[v.video_key]) for v in batch]
+
     def get_num_bytes(self, batch) -> int:
-        return sum(int(a.nbytes) for a in batch)
+        return sum(len(v.clips) for v in batch)
 
     def get_metrics_namespace(self) -> str:
         return "quality"
 
 
-def _apply_scores(kv, mode: str, threshold: float):
-    vkey, grouped = kv
-    scores = dict(grouped["scores"])
-    for video in grouped["videos"]:
-        video = copy.deepcopy(video)
-        for clip in video.clips:
-            s = scores.get(clip.key)
-            if s is None:
-                continue  # not scored (video not done)
-            clip.quality_score = float(s)
-            # an unreadable clip (NaN) is rejected too: fail closed
-            if mode == "filter" and clip.kept and not (s >= threshold):
-                clip.kept, clip.reason = False, "quality"
-                _counter("quality_rejected").inc()
-        yield video
+def _apply_scores(prediction, mode: str, threshold: float):
+    """The video with each clip's score, and in filter mode below-threshold clips rejected."""
+    scores = prediction.inference
+    video = copy.deepcopy(prediction.example)
+    for clip in video.clips:
+        s = scores.get(clip.key)
+        if s is None:
+            continue  # not scored (video not done)
+        clip.quality_score = float(s)
+        # an unreadable clip (NaN) is rejected too: fail closed
+        if mode == "filter" and clip.kept and not (s >= threshold):
+            clip.kept, clip.reason = False, "quality"
+            _counter("quality_rejected").inc()
+    return video
 
 
 class ScoreQuality(beam.PTransform):
     """PCollection[VideoResult] -> PCollection[VideoResult] with quality_score per clip.
 
-    Each clip's mp4 is read from the video's clip store, K frames are sampled exactly as in
-    training, RunInference (PyTorch handler, keyed by clip, batched) scores them, and the
-    scores are regrouped per video. `filter` mode rejects clips below the threshold with
+    RunInference takes whole videos (QualityModelHandler): each clip's mp4 is read from the
+    video's clip store, K frames are sampled exactly as in training and scored in batches of
+    clips across the batched videos. No shuffle: a video leaves the stage in the bundle that
+    brought it, so shards are written as videos are cut. `filter` mode rejects clips below the threshold with
     reason "quality" (a clip already rejected keeps its reason); `score_only` keeps all;
     `off` is the identity."""
 
@@ -175,7 +186,6 @@ class ScoreQuality(beam.PTransform):
         except QualityError as e:
             raise QualityError(f"filters.quality.model: {e}") from None
         self.threshold = quality_cfg.threshold if quality_cfg.threshold is not None else float(self.meta["threshold"])
-        self.k = int(self.meta["model_params"]["frames_per_clip"])
         self.model_params = {**self.meta["model_params"], "channels_last": quality_cfg.channels_last,
                              "bf16": use_bf16(quality_cfg.bf16, self.meta)}
         self.threads = quality_cfg.torch_threads or default_torch_threads(workers)
@@ -183,19 +193,12 @@ class ScoreQuality(beam.PTransform):
     def expand(self, videos):
         if self.cfg.mode == "off":
             return videos | "QualityOff" >> beam.Map(lambda v: v)
-        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+        from apache_beam.ml.inference.base import RunInference
 
-        parts = videos | "QualitySample" >> beam.ParDo(_SampleClipFrames(self.k)).with_outputs(
-            "videos", "errors", main="frames")
-        handler = KeyedModelHandler(QualityModelHandler(self.cfg.model, self.model_params,
-                                                        self.cfg.batch_size, self.threads))
-        scored = (parts.frames
-                  | "QualityInference" >> RunInference(handler)
-                  | "QualityByVideo" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], float(kv[1].inference)))))
-        scores = (scored, parts.errors) | "QualityScores" >> beam.Flatten()
-        return ({"videos": parts.videos, "scores": scores}
-                | "QualityRegroup" >> beam.CoGroupByKey()
-                | "QualityApply" >> beam.FlatMap(_apply_scores, self.cfg.mode, self.threshold))
+        handler = QualityModelHandler(self.cfg.model, self.model_params, self.cfg.batch_size, self.threads)
+        return (videos
+                | "QualityInference" >> RunInference(handler)
+                | "QualityApply" >> beam.Map(_apply_scores, self.cfg.mode, self.threshold))
 
 
 def score_manifest(out_dir: str, quality_cfg: QualityConfig, workers: int = 1) -> list[dict]:
