@@ -2,7 +2,7 @@
 
     Discover → Reshuffle → KeywordFilter ─┐
     ResumeMarkers (done/failed/staged, read from OUT's tables by a worker) ─┴→ GroupByVideo → Route
-      → DownloadAndCut (+ LoadStaged) → ScoreQuality → AssignSplit
+      → DownloadAndCut (or a staged clip store loaded) → ScoreQuality → AssignSplit
       → WriteAsCut (shards written in the bundle that cut the videos, many videos per shard)
         → what a bundle cannot mix: SpreadVideos → WriteShards (one per worker) → WriteTails (one per split)
       → Curate (near duplicates and caps over the whole output, from clip rows)
@@ -421,8 +421,8 @@ def resume_markers(out: str, retry_failed: bool):
 
 
 def route(item):
-    """One video's candidates and resume markers: nothing if done; its clip store if staged;
-    else its one candidate (one_per_video). A video with earlier rows is also marked REDO."""
+    """One video's candidates and resume markers: nothing if done; its clip store (Staged) if
+    staged; else its one candidate (one_per_video). A video with earlier rows is also marked REDO."""
     vkey, grouped = item
     markers, cands = list(grouped["markers"]), list(grouped["candidates"])
     if DONE in markers:
@@ -431,9 +431,29 @@ def route(item):
     if (staged or cands) and REDO in markers:  # only a video processed again replaces its rows
         yield beam.pvalue.TaggedOutput(REDO, vkey)
     if staged:
-        yield beam.pvalue.TaggedOutput(STAGED, staged[0])
+        yield Staged(staged[0])
     elif cands:
         yield from one_per_video((vkey, cands))
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A video cut by an earlier run that was stopped before it committed: its clip store."""
+
+    store: str
+
+
+class CutOrLoad:
+    """The DownloadAndCut stage: a candidate is downloaded and cut (`cut`, a VideoProcessor
+    factory); a Staged video is loaded from its clip store instead of cut again. One stage for
+    both, so both reach the shard writers in the bundle that produced them: a Flatten of two
+    branches makes a local runner store the whole collection before the next stage."""
+
+    def __init__(self, cut: Callable[..., Callable[[Any], Any]], count: Callable[..., None]):
+        self.cut = cut(count=count)
+
+    def __call__(self, item):
+        return read_store_result(item.store) if isinstance(item, Staged) else self.cut(item)
 
 
 def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out: str, run_id: str, spec: ClipSpec,
@@ -480,14 +500,14 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
             | "ByVideo" >> beam.Map(lambda c: (c.video_key, c)))
     routed = ({"candidates": kept, "markers": markers}
               | "GroupByVideo" >> beam.CoGroupByKey()
-              | "Route" >> beam.FlatMap(route).with_outputs(FAILURES, STAGED, REDO, main="candidates"))
+              | "Route" >> beam.FlatMap(route).with_outputs(FAILURES, REDO, main="candidates"))
     processor = functools.partial(VideoProcessor, cfg.download, cfg.clips, cfg.filters.heuristics,
                                   paths.out, paths.scratch, job_workers=job_workers)
+    # candidates cut, and videos cut by an earlier run that was stopped before it committed loaded
     cut = (routed.candidates
-           | "DownloadAndCut" >> beam.ParDo(StageFn(processor)).with_outputs(FAILURES, main="videos"))
-    # videos cut by an earlier run that was stopped before it committed
-    resumed = routed[STAGED] | "LoadStaged" >> beam.Map(read_store_result)
-    videos = (cut.videos, resumed) | "AllVideos" >> beam.Flatten()
+           | "DownloadAndCut" >> beam.ParDo(StageFn(functools.partial(CutOrLoad, processor)))
+           .with_outputs(FAILURES, main="videos"))
+    videos = cut.videos
 
     if cfg.filters.quality.mode != "off":
         from genie_pipeline.filtering.quality import ScoreQuality

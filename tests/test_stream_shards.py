@@ -139,3 +139,37 @@ def test_no_shuffle_between_cutting_and_writing_with_the_quality_filter_on(tmp_p
     assert any(leaves[t].unique_name.startswith("ScoreQuality") for t in between)  # the classifier is on the path
     shuffles = [leaves[t].unique_name for t in between if leaves[t].spec.urn == "beam:transform:group_by_key:v1"]
     assert shuffles == []
+
+
+def test_shards_are_written_while_videos_are_still_being_cut(tmp_path, monkeypatch):
+    """20 one-clip videos in one bundle, 4 clips per shard: the first shard is written once
+    16 videos are cut, before the last ones are (the whole job runs in this process)."""
+    import genie_pipeline.ingest.process as process
+    from genie_pipeline.shards import fs
+
+    events = []
+    write_bytes, write_store = fs.write_bytes, process.write_store
+    monkeypatch.setattr(fs, "write_bytes", lambda dest, data: (events.append(("shard", dest))
+                                                               if dest.endswith(".tar") else None,
+                                                               write_bytes(dest, data))[1])
+    monkeypatch.setattr(process, "write_store", lambda path, *a: (events.append(("cut", path)),
+                                                                  write_store(path, *a))[1])
+    rows = []
+    for i in range(20):
+        make_video(tmp_path / f"v{i}.mp4", 17, size="320x180", extra=["-vf", f"hue=h={i * 17}"])
+        rows.append(json.dumps({"id": f"v{i}", "path": str(tmp_path / f"v{i}.mp4"), "title": f"v{i}"}))
+    (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    cfg = parse_config({"sources": [{"type": "catalog", "name": "c", "path": str(tmp_path / "c.jsonl"),
+                                     "keywords": "none"}],
+                        "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
+                        "shards": {"max_clips": 4, "val_fraction": 0.0}, "filters": {"dedupe": {"enabled": False}},
+                        "output": {"dir": str(out)}})
+    p, _, _, _ = prepare_job(cfg, str(out))
+    p.run().wait_until_finish()
+    kinds = [k for k, _ in events]
+    assert kinds.count("cut") == 20 and kinds.count("shard") == 5
+    assert kinds.index("shard") == 16  # after the 16th video, before the 17th
+    assert sorted(k for t in (out / "shards").glob("*.tar") for k, _ in iter_tar_samples(str(t))) == \
+        sorted(r["key"] for r in pq.read_table(out / "manifest").to_pylist())
+    assert verify(str(out)) == []
