@@ -53,6 +53,7 @@ from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, 
                                           rewrite_without, shard_stats_file, small_shards)
 from genie_pipeline.shards.dedupe import curate
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
+from genie_pipeline.shards.lease import release_job
 from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_stats, table_files,
                                           table_rows)
 from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row
@@ -457,9 +458,10 @@ class CutOrLoad:
 
 
 def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out: str, run_id: str, spec: ClipSpec,
-               cleanup: list[str]) -> Iterator[dict]:
+               cleanup: list[str], lease_owner: str | None = None) -> Iterator[dict]:
     """The job's last step: publish this run (shards/commit.py commit_parts). It runs on a
-    worker once every part and shard is written, so a job commits with no launcher alive."""
+    worker once every part and shard is written, so a job commits with no launcher alive; a
+    detached job then frees the output lease its launcher handed it (`lease_owner`)."""
     by_table: dict[str, list[str]] = {}
     for table, path in parts:
         by_table.setdefault(table, []).append(path)
@@ -468,6 +470,8 @@ def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out:
     yield commit_parts(out, run_id=run_id, parts=by_table, shard_records=list(shards), spec=spec,
                        run_stats={"run_id": run_id, "committed_by": "job"}, cleanup=cleanup, redone=set(redone),
                        compacted=dict(compacted))
+    if lease_owner is not None:
+        release_job(fs.join(out, ".lock"), lease_owner)
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -481,7 +485,7 @@ class RunPaths:
 
 
 def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_failed: bool, workers: int,
-                   job_workers: int) -> None:
+                   job_workers: int, lease_owner: str | None = None) -> None:
     """The whole ingest as one job, its commit included: run it and the output is updated.
     `workers`: worker processes on this machine (local runners); `job_workers`: worker
     processes of the whole job (ingest/politeness.py), which share the per-host download
@@ -566,7 +570,7 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
     (p | "Commit" >> beam.Create([None])
        | "CommitRun" >> beam.FlatMap(commit_job, beam.pvalue.AsList(parts), beam.pvalue.AsList(shards),
                                      beam.pvalue.AsList(routed[REDO]), beam.pvalue.AsList(tails[COMPACTED]),
-                                     paths.out, paths.run_id, spec, cleanup))
+                                     paths.out, paths.run_id, spec, cleanup, lease_owner))
 
 
 def pipeline_options(runner_cfg: RunnerConfig, extra_args: list[str]) -> tuple[Any, PipelineOptions, int]:
@@ -632,14 +636,15 @@ def run_ingest(cfg: IngestConfig, extra_beam_args: list[str] | None = None,
     if not fs.is_remote(out):
         out = os.path.abspath(out)
     check_spec(out, cfg.clips.spec)
-    with fs.output_lock(out, "ingest"):
-        return _run_ingest(cfg, out, extra_beam_args, retry_failed, detach)
+    with fs.output_lock(out, "ingest") as lease:
+        return _run_ingest(cfg, out, extra_beam_args, retry_failed, detach, lease)
 
 
 def prepare_job(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None = None,
-                retry_failed: bool = False) -> tuple[beam.Pipeline, Any, int, RunPaths]:
+                retry_failed: bool = False, job_lease: bool = False) -> tuple[beam.Pipeline, Any, int, RunPaths]:
     """The ingest job into `out`, built and not started: (pipeline, runner, local workers,
-    paths). Running it to its end updates the output: the commit is its last step. Finishes
+    paths). Running it to its end updates the output: the commit is its last step (with
+    `job_lease`, it also frees the output lease handed to the job under its run id). Finishes
     a commit a killed run left half-done and drops the staging of runs killed before theirs
     (their clip stores stay: the job resumes from them)."""
     fs.makedirs(out)
@@ -655,22 +660,36 @@ def prepare_job(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None =
     runner, options, workers = pipeline_options(cfg.runner, extra_beam_args or [])
     job_workers = job_worker_processes(cfg.runner, extra_beam_args or [], cfg.download.job_workers)
     p = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(p, cfg, paths, retry_failed, workers, job_workers)
+    build_pipeline(p, cfg, paths, retry_failed, workers, job_workers, run_id if job_lease else None)
     return p, runner, workers, paths
 
 
 def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, retry_failed: bool,
-                detach: bool) -> dict:
+                detach: bool, lease=None) -> dict:
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
     wall0, cpu0 = time.time(), cpu_seconds()
     already = table_rows(out, "videos")
     print(f"ingest: {len(cfg.sources)} source(s) → {out} ({already} video(s) recorded by earlier runs)",
           file=sys.stderr, flush=True)
-    p, runner, workers, paths = prepare_job(cfg, out, extra_beam_args, retry_failed)
+    # a detached job outlives this process: it holds the output itself (until its commit, or
+    # output.job_lease_h). A template only stages a job, which holds nothing.
+    job_lease = detach and lease is not None
+    p, runner, workers, paths = prepare_job(cfg, out, extra_beam_args, retry_failed, job_lease=job_lease)
+    if p.options.view_as(GoogleCloudOptions).template_location:
+        job_lease = False
+    if job_lease:
+        job_lease = lease.hand_over(paths.run_id, f"ingest job {paths.run_id}", cfg.output.job_lease_h * 3600)
     if detach or p.options.view_as(GoogleCloudOptions).template_location:
-        p.run()
-        print(f"ingest: job {paths.run_id} submitted; it commits {out} when it finishes", file=sys.stderr, flush=True)
+        try:
+            p.run()
+        except BaseException:
+            if job_lease:
+                release_job(lease.path, paths.run_id)
+            raise
+        held = f"; it holds {out}/.lock until then (output.job_lease_h at most)" if job_lease else ""
+        print(f"ingest: job {paths.run_id} submitted; it commits {out} when it finishes{held}", file=sys.stderr,
+              flush=True)
         return {"run_id": paths.run_id, "submitted": True}
     try:
         result = _run_job(p, runner, already=already)

@@ -100,3 +100,6 @@ class ShardsConfig(Section):
 
 class OutputConfig(Section):
     dir: str = "out/ingest"
+    # how long a detached job (ingest --detach, flex template) holds a bucket output: its commit
+    # frees it; a job that dies holds it until then (delete OUT/.lock to free it at once)
+    job_lease_h: float = Field(default=48, gt=0)

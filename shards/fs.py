@@ -172,6 +172,20 @@ def write_bytes(dest: str, data: bytes) -> None:
         f.write(data)
 
 
+def copy(src: str, dst: str) -> None:
+    """Copy the file `src` to `dst`, each local or on an object store, byte for byte (no
+    decompression by extension), the destination appearing whole (see `atomic_output`).
+    Within one object store the copy is made by the store itself: no bytes pass through
+    this machine (a checkpoint's `latest.pt` from its `step-N.pt`)."""
+    if is_remote(src) and is_remote(dst) and src.split("://", 1)[0] == dst.split("://", 1)[0]:
+        _beam().copy([src], [dst])
+        return
+    opened = (_beam().open(src, compression_type=CompressionTypes.UNCOMPRESSED) if is_remote(src)
+              else open(local(src), "rb"))
+    with opened as fin, atomic_output(dst) as tmp, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 22)
+
+
 def check_writable(path: str) -> None:
     """StorageError unless files can be written in the folder or bucket prefix `path` (made
     if missing) and deleted again: for an output directory, before any work starts. On an
@@ -200,14 +214,15 @@ def output_lock(out: str, what: str, lease_s: float = LEASE_S) -> Iterator[None]
     refilter on the same directory would otherwise delete the first one's staged files.
     The kernel drops the lock when its holder dies, so a killed run never blocks the next.
     Object stores have no flock: there the lock is a lease object with an expiry that the
-    holder renews (shards/lease.py); a dead holder's lease lapses after `lease_s`."""
+    holder renews (shards/lease.py); a dead holder's lease lapses after `lease_s`. Yields the
+    Lease there (a detached job is handed it: `Lease.hand_over`), None for a local output."""
     if is_remote(out):
         lease = Lease(join(out, ".lock"), what, lambda holder: OutputBusy(
             f"{out} is in use by another run ({holder}); wait for it to finish or write to another "
             "output directory"), lease_s=lease_s)
         lease.acquire()
         try:
-            yield
+            yield lease
         finally:
             lease.release()
         return

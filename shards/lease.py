@@ -115,6 +115,22 @@ class Lease:
             except Exception as e:  # noqa: BLE001 — a failed renewal is retried at the next tick
                 log.warning("could not renew the output lease %s: %s", self.path, e)
 
+    def hand_over(self, owner: str, what: str, lease_s: float) -> bool:
+        """Give the held lease to a job that outlives this process (a detached Dataflow job):
+        rewritten once with `owner`, no process or host (so nothing but `expires`, `lease_s`
+        from now, makes it stale) and no renewal; `release_job` frees it when the job is done.
+        False (logged) where the lease was lost meanwhile."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        now = time.strftime("%Y-%m-%d %H:%M:%S")
+        record = json.dumps({"owner": owner, "what": what, "pid": None, "host": "(a detached job)", "boot": "",
+                             "since": now, "expires": time.time() + lease_s}).encode()
+        if not objstore.write_if(self.path, record, self.version):
+            log.error("lost the output lease %s before handing it to %s", self.path, what)
+            return False
+        return True
+
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -122,6 +138,19 @@ class Lease:
         current = objstore.read_versioned(self.path)
         if current is not None and _parse(current[0]).get("owner") == self.owner:
             objstore.delete(self.path)
+
+
+def holder(path: str) -> dict | None:
+    """The lease record at `path`, or None where there is none."""
+    current = objstore.read_versioned(path)
+    return None if current is None else _parse(current[0])
+
+
+def release_job(path: str, owner: str) -> None:
+    """Delete the lease at `path` if `owner` (a job handed it by `hand_over`) still holds it."""
+    current = holder(path)
+    if current is not None and current.get("owner") == owner:
+        objstore.delete(path)
 
 
 def _parse(data: bytes) -> dict:
