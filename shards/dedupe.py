@@ -109,44 +109,66 @@ def representative_rank(rows: Iterable[dict], seconds: dict[str, float] | None =
 
 
 def reelect(rows_of: Callable[[], Iterable[dict]], eligible: Callable[[dict], bool]) -> dict[str, str]:
-    """After kept flags changed (refilter): for every duplicate group whose representative is
-    no longer kept, its new one — the best member by `representative_rank` among those
-    `eligible` (e.g. passing the new quality threshold) — as {old representative: new}. A
-    group with no eligible member gets none and stays without a kept clip. `rows_of()` gives
-    the manifest rows afresh for each of its three passes (a stream: memory holds the groups'
-    keys, not the rows). Apply the answer with `apply_reelections`."""
+    """After kept flags changed (refilter): each duplicate group's representative under the
+    new flags, where it changes, as {group: new representative}. A group is keyed by the key
+    its members' `duplicate_of` name (its representative when it was formed or last
+    re-elected); its members are that clip and every clip naming it, a former representative
+    rejected by quality included (`apply_reelections` keeps it in the group). The new
+    representative is the best member by `representative_rank` among those `eligible` (e.g.
+    passing the new threshold) and not rejected for another reason. A group listed is one
+    whose best member is not its representative, or that holds more than one kept clip (a
+    former representative a lower threshold lets back in). A group with no eligible member
+    is not listed and keeps no clip; nor is one whose representative was rejected for
+    another reason than quality (a cap: re-electing would bypass it). `rows_of()` gives the
+    manifest rows afresh for each of its two passes (a stream: memory holds the groups' keys,
+    not the rows). Apply the answer with `apply_reelections`."""
     seconds: dict[str, float] = defaultdict(float)
-    referenced: set[str] = set()
+    groups: set[str] = set()
     for r in rows_of():
         seconds[r["video_key"]] += r["duration_s"] or 0.0
-        if r.get("reason") == "duplicate" and r.get("duplicate_of"):
-            referenced.add(r["duplicate_of"])
-    failing = set(referenced)
-    for r in rows_of():
-        if r["key"] in referenced and r["kept"]:
-            failing.discard(r["key"])
+        if r.get("duplicate_of"):
+            groups.add(r["duplicate_of"])
     rank = representative_rank((), seconds)
     best: dict[str, tuple] = {}
+    kept: dict[str, int] = defaultdict(int)
+    blocked: set[str] = set()
     for r in rows_of():
-        group = r.get("duplicate_of")
-        if r.get("reason") == "duplicate" and group in failing and eligible(r):
+        group = r["key"] if r["key"] in groups else r.get("duplicate_of")
+        if group is None:
+            continue
+        if r["key"] == group and r.get("reason") not in REELECTABLE:
+            blocked.add(group)
+        kept[group] += bool(r["kept"])
+        if r.get("reason") in REELECTABLE and eligible(r):
             key = rank(r)
             if group not in best or key < best[group]:
                 best[group] = key
-    return {group: key[-1] for group, key in best.items()}
+    return {group: key[-1] for group, key in best.items()
+            if group not in blocked and (key[-1] != group or kept[group] > 1)}
+
+
+# a clip rejected for one of these reasons may become its group's representative
+REELECTABLE = ("", None, "quality", "duplicate")
 
 
 def apply_reelections(rows: Iterable[dict], new_rep_of: dict[str, str]) -> int:
-    """Update rows (in place) by `reelect`'s answer: each new representative is kept, the
-    other members point to it. Returns the number of clips restored."""
+    """Update rows (in place) by `reelect`'s answer: each new representative is kept; every
+    other member of its group names it in `duplicate_of`, and one that would be kept
+    becomes a duplicate (one failing quality keeps that reason). Returns the number of
+    clips restored."""
     restored = 0
-    new_reps = set(new_rep_of.values())
     for r in rows:
-        if r["key"] in new_reps and not r["kept"]:
+        group = r["key"] if r["key"] in new_rep_of else r.get("duplicate_of")
+        if group not in new_rep_of:
+            continue
+        elected = new_rep_of[group]
+        if r["key"] == elected:
+            restored += not r["kept"]
             r.update(kept=True, reason="", duplicate_of=None)
-            restored += 1
-        elif r.get("duplicate_of") in new_rep_of and r["key"] not in new_reps:
-            r["duplicate_of"] = new_rep_of[r["duplicate_of"]]
+        elif r.get("reason") == "quality":
+            r["duplicate_of"] = elected
+        else:
+            r.update(kept=False, reason="duplicate", duplicate_of=elected)
     return restored
 
 

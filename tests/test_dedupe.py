@@ -193,8 +193,29 @@ def test_refilter_reelects_a_representative_the_threshold_rejects():
     passes = lambda r: r["quality_score"] >= 0.5  # noqa: E731
     assert apply_reelections(rows, reelect(lambda: rows, passes)) == 1
     by = {r["key"]: r for r in rows}
-    assert by["a"]["reason"] == "quality" and not by["a"]["kept"]
+    assert by["a"]["reason"] == "quality" and not by["a"]["kept"] and by["a"]["duplicate_of"] == "c"  # still a member
     assert by["c"]["kept"] and by["c"]["reason"] == "" and by["c"]["duplicate_of"] is None
     assert by["b"]["duplicate_of"] == "c" and by["d"]["duplicate_of"] == "c" and not by["b"]["kept"]
     assert not by["x"]["kept"] and by["y"]["duplicate_of"] == "x" and not by["y"]["kept"]
     assert reelect(lambda: rows, passes) == {}  # idempotent
+
+    # a lower threshold lets the first representative back in: one kept clip per group, still
+    apply_threshold(rows, 0.3)
+    assert by["a"]["kept"] and by["c"]["kept"]  # the threshold alone would keep both copies
+    passes = lambda r: r["quality_score"] >= 0.3  # noqa: E731
+    apply_reelections(rows, reelect(lambda: rows, passes))
+    assert [k for k in "abcd" if by[k]["kept"]] == ["c"]  # c (0.95) outranks a (0.40) at equal length
+    assert by["a"]["reason"] == "duplicate" and by["a"]["duplicate_of"] == "c"
+    assert by["x"]["kept"] and not by["y"]["kept"]  # x passes 0.3 again; y (0.10) does not
+
+
+def test_refilter_never_reelects_past_a_cap():
+    """A group whose representative a cap rejected keeps no clip: electing a member would
+    bypass the cap that refilter does not re-evaluate."""
+    from genie_pipeline.shards.dedupe import reelect
+
+    rows = [{"key": "a", "video_key": "va", "duration_s": 16, "quality_score": 0.9, "kept": False,
+             "reason": "cap:channel", "duplicate_of": None},
+            {"key": "b", "video_key": "vb", "duration_s": 16, "quality_score": 0.9, "kept": False,
+             "reason": "duplicate", "duplicate_of": "a"}]
+    assert reelect(lambda: rows, lambda r: True) == {}
