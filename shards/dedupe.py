@@ -109,42 +109,48 @@ def representative_rank(rows: Iterable[dict], seconds: dict[str, float] | None =
 
 
 def reelect(rows_of: Callable[[], Iterable[dict]], eligible: Callable[[dict], bool]) -> dict[str, str]:
-    """After kept flags changed (refilter): each duplicate group's representative under the
-    new flags, where it changes, as {group: new representative}. A group is keyed by the key
-    its members' `duplicate_of` name (its representative when it was formed or last
+    """After kept flags changed (refilter): the duplicate groups that no longer hold exactly
+    one kept clip, each with its representative, as {group: representative}. A group is keyed
+    by the key its members' `duplicate_of` name (its representative when it was formed or last
     re-elected); its members are that clip and every clip naming it, a former representative
-    rejected by quality included (`apply_reelections` keeps it in the group). The new
-    representative is the best member by `representative_rank` among those `eligible` (e.g.
-    passing the new threshold) and not rejected for another reason. A group listed is one
-    whose best member is not its representative, or that holds more than one kept clip (a
-    former representative a lower threshold lets back in). A group with no eligible member
-    is not listed and keeps no clip; nor is one whose representative was rejected for
-    another reason than quality (a cap: re-electing would bypass it). `rows_of()` gives the
-    manifest rows afresh for each of its two passes (a stream: memory holds the groups' keys,
-    not the rows). Apply the answer with `apply_reelections`."""
+    rejected by quality included (`apply_reelections` keeps it in the group).
+
+    - A group whose representative is no longer kept gets the best member by
+      `representative_rank` among those `eligible` (e.g. passing the new threshold) and not
+      rejected for another reason; with none, it is not listed and keeps no clip.
+    - A group with a kept member besides its kept representative (a former representative a
+      lower threshold lets back in) keeps its representative; the others become duplicates.
+    - A group whose representative was rejected for another reason than quality (a cap) is
+      not listed: re-electing would bypass a cap that refilter does not re-evaluate.
+
+    Groups that hold one kept clip are left alone, so a refilter moves no clip it need not.
+    `rows_of()` gives the manifest rows afresh for each of its three passes (a stream: memory
+    holds the groups' keys, not the rows). Apply the answer with `apply_reelections`."""
     seconds: dict[str, float] = defaultdict(float)
     groups: set[str] = set()
     for r in rows_of():
         seconds[r["video_key"]] += r["duration_s"] or 0.0
         if r.get("duplicate_of"):
             groups.add(r["duplicate_of"])
+    failing, crowded, blocked = set(groups), set(), set()
+    for r in rows_of():
+        if r["key"] in groups:
+            if r["kept"] or r.get("reason") not in REELECTABLE:
+                failing.discard(r["key"])
+            if not r["kept"] and r.get("reason") not in REELECTABLE:
+                blocked.add(r["key"])
+        elif r["kept"] and r.get("duplicate_of") in groups:
+            crowded.add(r["duplicate_of"])
     rank = representative_rank((), seconds)
     best: dict[str, tuple] = {}
-    kept: dict[str, int] = defaultdict(int)
-    blocked: set[str] = set()
     for r in rows_of():
-        group = r["key"] if r["key"] in groups else r.get("duplicate_of")
-        if group is None:
-            continue
-        if r["key"] == group and r.get("reason") not in REELECTABLE:
-            blocked.add(group)
-        kept[group] += bool(r["kept"])
-        if r.get("reason") in REELECTABLE and eligible(r):
+        group = r["key"] if r["key"] in failing else r.get("duplicate_of")
+        if group in failing and r.get("reason") in REELECTABLE and eligible(r):
             key = rank(r)
             if group not in best or key < best[group]:
                 best[group] = key
-    return {group: key[-1] for group, key in best.items()
-            if group not in blocked and (key[-1] != group or kept[group] > 1)}
+    return {**{group: group for group in crowded - failing - blocked},
+            **{group: key[-1] for group, key in best.items()}}
 
 
 # a clip rejected for one of these reasons may become its group's representative

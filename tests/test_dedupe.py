@@ -219,3 +219,5 @@ def test_refilter_never_reelects_past_a_cap():
             {"key": "b", "video_key": "vb", "duration_s": 16, "quality_score": 0.9, "kept": False,
              "reason": "duplicate", "duplicate_of": "a"}]
     assert reelect(lambda: rows, lambda r: True) == {}
+    rows[1].update(kept=True, reason="")  # a kept member of a capped group: the cap still stands
+    assert reelect(lambda: rows, lambda r: True) == {}
