@@ -129,13 +129,42 @@ def test_code_usage_and_majority_probe():
 
     true = np.array([0, 1, 2, 0, 0, 0])
     latent = (true + 5) % 8  # latent action k always means true action k - 5
-    p = em.majority_probe(latent, true, latent, true)
-    assert p == {"accuracy": 1.0, "constant": pytest.approx(4 / 6), "chance": pytest.approx(4 / 6)}
-    p = em.majority_probe(np.zeros(6, int), true, np.array([0, 7]), np.array([0, 1]))  # 7 unseen: majority
-    assert p["accuracy"] == 0.5 and p["constant"] == 0.5
-    # the fit clips' majority (0) is not the test clips' (1): a constant guess scores below the best constant
-    p = em.majority_probe(np.zeros(4, int), np.array([0, 0, 0, 1]), np.zeros(4, int), np.array([1, 1, 1, 0]))
-    assert p["constant"] == 0.25 and p["chance"] == 0.75 and p["accuracy"] == 0.25
+    assert em.majority_probe(latent, true, latent).tolist() == true.tolist()
+    # latent 7 is unseen in the fit set: it predicts the fit set's most common true action, 0
+    assert em.majority_probe(np.zeros(6, int), true, np.array([0, 7])).tolist() == [0, 0]
+
+
+def test_probe_scores_cross_validate_over_clips_against_their_chance_levels():
+    """Each clip is predicted by a probe fit on the other clips; `constant` is the same probe
+    fed no latent information and `shuffled` the probe fed latents unrelated to the truth: the
+    probe's own chance levels, measured the same way as its accuracy."""
+    rng = np.random.default_rng(0)
+    true_BA = rng.integers(0, 3, (6, 20))
+    true_BA[:, :10] = 2  # 2 is the most common true action in every clip
+    exact = em.probe_scores((true_BA + 5) % 8, true_BA)  # latent k always means true action k - 5
+    assert exact["accuracy"] == 1.0 and exact["clips"] == 6 and exact["transitions"] == 120
+    share_of_2 = float((true_BA == 2).mean())
+    assert exact["constant"] == pytest.approx(share_of_2) == exact["best_constant"]
+    assert exact["shuffled"] < exact["accuracy"]
+    # latent actions independent of the true ones: the probe scores about its chance levels
+    noise = em.probe_scores(rng.integers(0, 8, (6, 20)), true_BA)
+    assert noise["accuracy"] <= noise["constant"] + 0.05 and abs(noise["accuracy"] - noise["shuffled"]) < 0.1
+    # unlabelled transitions (-1) and a clip without labels are left out
+    partial = true_BA.copy()
+    partial[0] = -1
+    partial[1, :5] = -1
+    p = em.probe_scores((true_BA + 5) % 8, partial)
+    assert p["clips"] == 5 and p["transitions"] == 95 and p["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="at least 2 clips"):
+        em.probe_scores(true_BA[:2], np.stack([true_BA[0], -np.ones(20, int)]))
+
+
+def test_constant_baseline_is_the_majority_of_the_other_clips():
+    """Clips whose majorities differ: a constant guess from the other clips scores 0 on each,
+    while the share of the overall majority (hindsight) is 0.5."""
+    true_BA = np.array([[0, 0, 0, 0], [1, 1, 1, 1]])
+    p = em.probe_scores(np.zeros((2, 4), int), true_BA)
+    assert p["constant"] == 0.0 and p["accuracy"] == 0.0 and p["best_constant"] == 0.5
 
 
 def test_infer_actions_over_windows_longer_than_training():
@@ -323,3 +352,64 @@ def test_bad_inputs_exit_2_and_write_nothing(tiny_run, tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", str(loose / "genie.pt"), "--out", str(out)]) == 2
     assert "--data" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_latent_vs_true_also_scores_coinrun_effect_classes():
+    """CoinRun ids that do the same (RIGHT and RIGHT+DOWN; none and the keys 9-14) cannot be
+    told apart by a latent action: a latent that names the effect class scores NMI 1 against
+    the classes, below 1 against the raw ids, and both are reported."""
+    from genie_pipeline.training.eval import EFFECT_CLASSES, latent_vs_true
+
+    names, class_of = EFFECT_CLASSES["procgen:coinrun:15"]
+    true_BA = torch.tensor(np.random.default_rng(0).integers(0, 15, (4, 30)))
+    latent_BA = torch.tensor(class_of)[true_BA]
+    out = latent_vs_true(latent_BA, true_BA, ["procgen:coinrun:15"] * 4)
+    eff = out["effect_classes"]
+    assert eff["names"] == names and eff["nmi"] == pytest.approx(1.0) and eff["probe"]["accuracy"] == 1.0
+    assert out["nmi"] < 0.9 and out["probe"]["accuracy"] < 1.0
+    # another action space, or clips of several: raw ids only
+    assert "effect_classes" not in latent_vs_true(latent_BA, true_BA, ["ale:Pong:6"] * 4)
+    assert "effect_classes" not in latent_vs_true(latent_BA, true_BA, ["procgen:coinrun:15", "ale:Pong:6"] * 2)
+
+
+def test_coinrun_effect_classes_match_procgen():
+    """From random states, 3 steps of every id of one class give the same frames, except the
+    two differences the classes ignore (DOWN on a crate, UP in the air, which does nothing
+    there); and ids of the three horizontal moves give different frames on the ground."""
+    procgen = pytest.importorskip("procgen")
+    from genie_pipeline.training.eval import EFFECT_CLASSES
+
+    _, class_of = EFFECT_CLASSES["procgen:coinrun:15"]
+    env = procgen.ProcgenGym3Env(num=1, env_name="coinrun", start_level=3, num_levels=0, distribution_mode="easy")
+    rng = np.random.default_rng(0)
+    same_class_same_frames = horizontal_differs = 0
+    for _ in range(12):
+        for _ in range(int(rng.integers(3, 20))):
+            env.act(np.array([rng.choice([1, 4, 5, 7, 8])]))
+        state = env.get_state()
+        frames = []
+        for a in range(15):
+            env.set_state(state)
+            for _ in range(3):
+                env.act(np.array([a]))
+            frames.append(env.observe()[1]["rgb"][0].copy())
+        env.set_state(state)
+        for a in (3, 9, 10, 11, 12, 13, 14):  # DOWN and the keys: always the frames of "none"
+            assert np.array_equal(frames[a], frames[4]), a
+        same_class_same_frames += all(np.array_equal(frames[a], frames[b]) for a in range(15) for b in range(15)
+                                      if class_of[a] == class_of[b])
+        horizontal_differs += not (np.array_equal(frames[1], frames[4]) or np.array_equal(frames[7], frames[4]))
+    assert same_class_same_frames >= 10 and horizontal_differs >= 10
+
+
+def test_world_model_benchmark_finds_the_camera_shift():
+    """benchmarks/world_model.py's reference for the LAM: the global shift between frames."""
+    from benchmarks.world_model import camera_shift
+
+    frame = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0))
+    moves = [(0, 0), (2, -1), (-5, 3), (0, 7)]
+    frames = [frame]
+    for dy, dx in moves[1:]:
+        frames.append(torch.roll(frames[-1], shifts=(dy, dx), dims=(1, 2)))  # the content moves by (dy, dx)
+    shift = camera_shift(torch.stack(frames)[None])
+    assert shift[0].tolist() == [list(m) for m in moves[1:]]

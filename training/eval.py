@@ -22,8 +22,10 @@ clips of the validation split (`val-*.tar` of the run's inputs, or of `data`), p
 - the LAM's codebook usage and perplexity over every transition of the windows, and the
   action atlas: each latent action repeated 5 times from several start frames;
 - latent against true actions, for clips whose data records them (`true_actions` of the
-  loader's batches, -1 unknown): normalised mutual information, and the accuracy of a
-  majority-vote probe fit on half of the clips and scored on the other half, against chance.
+  loader's batches, -1 unknown): normalised mutual information against that of shuffled
+  labels, and the accuracy of a majority-vote probe cross-validated over clips against its
+  chance levels (eval_metrics.probe_scores); for action spaces whose ids include duplicates
+  (`EFFECT_CLASSES`: procgen CoinRun) the same against classes of ids with one effect, labelled.
 
 Bad input (a checkpoint that is not one, an I3D file that is not I3D, data without a
 validation split, too few clips) raises `TrainingError` or `DataError` before anything is
@@ -69,11 +71,29 @@ Rollout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Windows:
-    """Validation windows: float video in [0, 1], their clip keys, true actions or None."""
+    """Validation windows: float video in [0, 1], their clip keys, true actions or None, and
+    each clip's action space (None where it records none)."""
 
     video_BTCHW: torch.Tensor
     keys: list[str]
     true_actions_BA: torch.Tensor | None
+    action_spaces: list[str | None] | None = None
+
+
+# True actions with the same effect on the screen, per action space: `latent_vs_true` also
+# scores latent actions against these classes (labelled as such, beside the raw ids), since a
+# latent action cannot tell apart true actions that do the same thing.
+# procgen CoinRun's 15 ids are procgen's button combos: 0 LEFT+DOWN, 1 LEFT, 2 LEFT+UP, 3 DOWN,
+# 4 none, 5 UP, 6 RIGHT+DOWN, 7 RIGHT, 8 RIGHT+UP, 9-14 the keys D A W S Q E. CoinRun reads
+# id // 3 - 1 as the horizontal move and id % 3 == 2 as a jump, and ids >= 9 as none (procgen
+# maps them to move 4); DOWN only drops the agent through a crate. Checked in procgen: from 40
+# random states, 3 steps of ids 3 and 9-14 always gave the frames of id 4, and ids with the
+# same class the same frames except on crates (LEFT+DOWN vs LEFT) and, in the air, jump vs no
+# jump (a jump needs ground under the agent).
+EFFECT_CLASSES: dict[str, tuple[list[str], list[int]]] = {
+    "procgen:coinrun:15": (["left", "left+jump", "none", "jump", "right", "right+jump"],
+                           [0, 0, 1, 2, 2, 3, 4, 4, 5, 2, 2, 2, 2, 2, 2]),
+}
 
 
 # ============================================================================ the command
@@ -83,7 +103,8 @@ def run_eval(checkpoint: str | os.PathLike, data: list[str] | None = None, out_d
     `data` (default: the inputs recorded in the run's run.json); write eval.json, eval.html,
     atlas.png and rollout.gif into `out_dir` (default RUN/eval) and return the report."""
     if clips < 2:
-        raise TrainingError("eval.clips", f"needs at least 2 clips (bootstrap intervals, probe halves), got {clips}")
+        raise TrainingError("eval.clips", f"needs at least 2 clips (bootstrap intervals, the probe's "
+                                          f"cross-validation), got {clips}")
     run_dir = find_run_dir(checkpoint)
     shards = eval_shards(run_dir, data)
     genie = load_genie(checkpoint, device)
@@ -163,23 +184,25 @@ def load_i3d(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.
     return net.to(device).eval()
 
 
-def read_windows(shards: list[str], height: int, width: int, clips: int, seed: int) -> Windows:
-    """One FVD_FRAMES-frame window from each of up to `clips` clips of `shards`, at
+def read_windows(shards: list[str], height: int, width: int, clips: int, seed: int,
+                 frames: int = FVD_FRAMES) -> Windows:
+    """One `frames`-frame window from each of up to `clips` clips of `shards`, at
     height×width; which clips and windows is a function of `seed`."""
-    ds = WindowDataset(shards, batch_size=clips, frames=FVD_FRAMES, seed=seed, windows_per_clip=1,
+    ds = WindowDataset(shards, batch_size=clips, frames=frames, seed=seed, windows_per_clip=1,
                        clips_per_group=8, shuffle_buffer=4 * clips, resolution=(height, width), infinite=False)
-    videos, keys, true = [], [], []
+    videos, keys, true, spaces = [], [], [], []
     for batch in ds:
         videos.append(batch["video"])
         keys += batch["keys"]
         true.append(batch.get("true_actions"))
+        spaces += batch.get("action_spaces") or [None] * len(batch["keys"])
         if len(keys) >= clips:
             break
     if len(keys) < 2:
-        raise DataError(f"{len(keys)} usable {FVD_FRAMES}-frame windows in {shards[0]}…: eval needs at least 2")
+        raise DataError(f"{len(keys)} usable {frames}-frame windows in {shards[0]}…: eval needs at least 2")
     video = torch.cat(videos)[:clips].float().div_(255.0)
     true_actions = torch.cat(true)[:clips].long() if all(t is not None for t in true) else None
-    return Windows(video, keys[:clips], true_actions)
+    return Windows(video, keys[:clips], true_actions, spaces[:clips])
 
 
 # ============================================================================ the model's side
@@ -239,7 +262,7 @@ def evaluate(genie: Genie, windows: Windows, i3d: nn.Module | None, seed: int) -
                 else {"available": False, "reason": "no I3D weights given (--i3d PATH)"}),
         "lam": em.code_usage(actions, cfg.lam.num_actions) | {"num_actions": cfg.lam.num_actions,
                                                               "transitions": int(actions.numel())},
-        "true_actions": latent_vs_true(actions, windows.true_actions_BA),
+        "true_actions": latent_vs_true(actions, windows.true_actions_BA, windows.action_spaces),
     }
     media = {"atlas": action_atlas(rollout, video[:ATLAS_STARTS, 0], cfg.lam.num_actions),
              "rollout_frames": [video_rows_grid([torch.stack([target[i, t], pred[i, t], pred_random[i, t]])
@@ -305,24 +328,36 @@ def fvd(i3d: nn.Module, real_BTCHW: torch.Tensor, fake_BTCHW: torch.Tensor, devi
                                *em.feature_stats(i3d_features(i3d, fake_BTCHW, device)))
 
 
-def latent_vs_true(latent_BA: torch.Tensor, true_BA: torch.Tensor | None) -> dict:
-    """NMI of latent and true actions over the labelled transitions (true ≥ 0), and the
-    majority-vote probe fit on the first half of the clips, scored on the second half."""
+def latent_vs_true(latent_BA: torch.Tensor, true_BA: torch.Tensor | None,
+                   action_spaces: list[str | None] | None = None) -> dict:
+    """Latent against true actions over the labelled transitions (true >= 0): `nmi` with
+    `nmi_chance` (the NMI of the same labels shuffled) and `probe` (`em.probe_scores`: a
+    majority-vote probe cross-validated over clips, with its chance levels).
+
+    Where every labelled clip has one action space of `EFFECT_CLASSES`, `effect_classes` holds
+    the same scores against the classes of true actions with the same effect (their `names`);
+    the raw-id scores stay the headline."""
     if true_BA is None or not bool((true_BA >= 0).any()):
         return {"available": False, "reason": "the data records no true actions"}
+    out = {"available": True, **_scores_against(latent_BA.numpy(), true_BA.numpy())}
+    labelled_spaces = {s for s, row in zip(action_spaces or [], true_BA) if bool((row >= 0).any())}
+    space = labelled_spaces.pop() if len(labelled_spaces) == 1 else None
+    if space in EFFECT_CLASSES and int(true_BA.max()) < len(EFFECT_CLASSES[space][1]):
+        names, class_of = EFFECT_CLASSES[space]
+        true_np = true_BA.numpy()
+        classes_BA = np.where(true_np >= 0, np.asarray(class_of)[true_np.clip(min=0)], -1)
+        out["effect_classes"] = {"action_space": space, "names": names, **_scores_against(latent_BA.numpy(), classes_BA)}
+    return out
+
+
+def _scores_against(latent_BA: np.ndarray, true_BA: np.ndarray) -> dict:
     labelled = true_BA >= 0
-    half = len(true_BA) // 2
-    fit, test = labelled.clone(), labelled.clone()
-    fit[half:], test[:half] = False, False
-    true, latent = true_BA[labelled].numpy(), latent_BA[labelled].numpy()
-    out = {"available": True, "transitions": int(labelled.sum()), "nmi": em.nmi(true, latent),
-           "nmi_chance": em.nmi_chance(true, latent)}
-    if fit.any() and test.any():
-        out["probe"] = em.majority_probe(latent_BA[fit].numpy(), true_BA[fit].numpy(),
-                                         latent_BA[test].numpy(), true_BA[test].numpy())
-        out["probe"].update(fit_clips=half, test_clips=len(true_BA) - half)
+    true, latent = true_BA[labelled], latent_BA[labelled]
+    out = {"transitions": int(labelled.sum()), "nmi": em.nmi(true, latent), "nmi_chance": em.nmi_chance(true, latent)}
+    if int(labelled.any(axis=1).sum()) >= 2:
+        out["probe"] = em.probe_scores(latent_BA, true_BA)
     else:
-        out["probe"] = {"available": False, "reason": "true actions on only one half of the clips"}
+        out["probe"] = {"available": False, "reason": "true actions in fewer than 2 clips"}
     return out
 
 
@@ -430,12 +465,18 @@ def _summary_rows(r: dict) -> list[tuple[str, str]]:
             ("LAM codebook", f"{r['lam']['usage'] * 100:.0f} % of {r['lam']['num_actions']} actions used, "
                              f"perplexity {_fmt(r['lam']['perplexity'])}")]
     if tr["available"]:
-        rows.append(("latent vs true actions: NMI", f"{tr['nmi']:.3f} over {tr['transitions']} transitions "
-                                                    f"(independent labels: {tr['nmi_chance']:.3f})"))
-        p = tr["probe"]
-        rows.append(("probe accuracy (true from latent)",
-                     f"{p['accuracy']:.3f}; a constant guess from the fit clips {p['constant']:.3f}, the best "
-                     f"constant {p['chance']:.3f}" if "accuracy" in p else f"unavailable: {p['reason']}"))
+        groups = [("true actions", tr)]
+        if "effect_classes" in tr:
+            groups.append((f"true effect classes ({', '.join(tr['effect_classes']['names'])})", tr["effect_classes"]))
+        for label, g in groups:
+            rows.append((f"latent vs {label}: NMI", f"{g['nmi']:.3f} over {g['transitions']} transitions "
+                                                    f"(shuffled labels: {g['nmi_chance']:.3f})"))
+            p = g["probe"]
+            rows.append((f"probe of {label} from latent actions", (
+                f"accuracy {p['accuracy']:.3f} (leave-one-clip-out over {p['clips']} clips); chance: the probe "
+                f"with no latent information {p['constant']:.3f}, with shuffled latents {p['shuffled']:.3f}; "
+                f"the most common label's share {p['best_constant']:.3f}")
+                if "accuracy" in p else f"unavailable: {p['reason']}"))
     else:
         rows.append(("latent vs true actions", f"unavailable: {tr['reason']}"))
     return rows

@@ -8,7 +8,7 @@
 - `feature_stats`, `frechet_distance`: FVD's distance between two Gaussians fitted to features.
 - `bootstrap_ci`: percentile bootstrap interval of a mean over clips.
 - `code_usage`: how many latent actions are used, and the perplexity of their use.
-- `nmi`, `majority_probe`: latent actions against true actions.
+- `nmi`, `nmi_chance`, `majority_probe`, `probe_scores`: latent actions against true actions.
 """
 from __future__ import annotations
 
@@ -137,19 +137,59 @@ def nmi_chance(labels_a, labels_b, shuffles: int = 20, seed: int = 0) -> float:
     return float(np.mean([nmi(a, rng.permutation(b)) for _ in range(shuffles)]))
 
 
-def majority_probe(latent_fit, true_fit, latent_test, true_test) -> dict:
+def majority_probe(latent_fit, true_fit, latent_test) -> np.ndarray:
     """The smallest probe of true actions from latent ones: each latent action predicts the
-    true action it most often came with in the fit set (one unseen there predicts the fit
-    set's most common true action). Returns its `accuracy` on the test set, `constant`, the
-    accuracy of always guessing the fit set's most common true action (what the probe scores
-    when latent actions carry nothing), and `chance`, the share of the test set's most common
-    true action (the best any constant guess could score)."""
+    true action it most often came with in the fit set (ties: the smaller id); a latent action
+    unseen there predicts the fit set's most common true action. Returns the predictions for
+    `latent_test`."""
     latent_fit, true_fit = np.asarray(latent_fit).ravel(), np.asarray(true_fit).ravel()
-    latent_test, true_test = np.asarray(latent_test).ravel(), np.asarray(true_test).ravel()
-    if latent_fit.size == 0 or latent_test.size == 0:
-        raise ValueError("majority_probe needs labelled transitions in both the fit and the test set")
+    if latent_fit.size == 0:
+        raise ValueError("majority_probe needs labelled transitions to fit on")
     fallback = np.bincount(true_fit).argmax()
     table = {int(a): np.bincount(true_fit[latent_fit == a]).argmax() for a in np.unique(latent_fit)}
-    pred = np.array([table.get(int(a), fallback) for a in latent_test])
-    return {"accuracy": float((pred == true_test).mean()), "constant": float((true_test == fallback).mean()),
-            "chance": float(np.bincount(true_test).max() / true_test.size)}
+    return np.array([table.get(int(a), fallback) for a in np.asarray(latent_test).ravel()], dtype=np.int64)
+
+
+def probe_scores(latent_BA, true_BA, shuffles: int = 20, seed: int = 0) -> dict:
+    """How well latent actions predict true ones, by clip-level cross-validation: for each clip
+    (row) a `majority_probe` fit on the labelled transitions (true >= 0) of all other clips
+    predicts that clip's. Every labelled transition is scored once, by a probe that never saw
+    its clip; clips, not transitions, are held out because neighbouring transitions of one
+    clip share their true action.
+
+    - `accuracy`: the probe's share of correct predictions;
+    - `constant`: the same cross-validation with every latent action replaced by one code, so
+      each clip is predicted as the most common true action of the other clips: what this
+      probe scores when latent actions carry nothing (its chance level);
+    - `shuffled`: the mean accuracy over `shuffles` runs with the latent actions permuted across
+      the labelled transitions (the codes keep their frequencies, lose any link to the true
+      actions): chance for a probe that overfits rare codes;
+    - `best_constant`: the share of the most common true action over all labelled transitions,
+      the best any constant guess could score chosen in hindsight (an upper bound for a
+      constant, not a level a probe can reach without the answers);
+    - `clips`, `transitions`: the clips with labels (at least 2 are needed) and their transitions.
+    """
+    latent_BA, true_BA = np.asarray(latent_BA), np.asarray(true_BA)
+    if latent_BA.shape != true_BA.shape or latent_BA.ndim != 2:
+        raise ValueError(f"expected latent and true actions of one (clips, transitions) shape, got "
+                         f"{latent_BA.shape} and {true_BA.shape}")
+    labelled_BA = true_BA >= 0
+    clips = [i for i in range(len(true_BA)) if labelled_BA[i].any()]
+    if len(clips) < 2:
+        raise ValueError(f"probe_scores needs labelled transitions in at least 2 clips, got {len(clips)}")
+    true = true_BA[labelled_BA]
+    clip_of = np.broadcast_to(np.arange(len(true_BA))[:, None], true_BA.shape)[labelled_BA]
+
+    def cross_validated(latent) -> float:
+        correct = 0
+        for i in clips:
+            held = clip_of == i
+            correct += int((majority_probe(latent[~held], true[~held], latent[held]) == true[held]).sum())
+        return correct / true.size
+
+    latent = latent_BA[labelled_BA]
+    rng = np.random.default_rng(seed)
+    return {"accuracy": cross_validated(latent), "constant": cross_validated(np.zeros_like(latent)),
+            "shuffled": float(np.mean([cross_validated(rng.permutation(latent)) for _ in range(shuffles)])),
+            "best_constant": float(np.bincount(true).max() / true.size), "clips": len(clips),
+            "transitions": int(true.size)}
