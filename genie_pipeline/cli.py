@@ -140,6 +140,8 @@ def cmd_label(args, _) -> int:
 
 def cmd_train_quality(args, _) -> int:
     from genie_pipeline.filtering.quality import load_labels, resolve_labels, train_quality
+    from genie_pipeline.filtering.quality.model import metadata_path
+    from genie_pipeline.shards import fs
     from genie_pipeline.shards.reader import ClipIndex
 
     cfg = _config(args)
@@ -153,10 +155,10 @@ def cmd_train_quality(args, _) -> int:
     else:
         source = _labels_db(cfg, input_dir)
         events = load_labels(source)
-    out = q.model or str(Path(input_dir) / "quality" / "model.pt")
+    out = args.out or q.model or fs.join(input_dir, "quality", "model.pt")
     meta = train_quality(index, resolve_labels(events), out, q, label_source=source,
                          progress=not args.no_progress, ignore_missing=args.ignore_missing)
-    print(f"wrote {out} (+ {Path(out).with_suffix('.json').name}, {', '.join(meta['pictures'].values())})")
+    print(f"wrote {out} (+ {os.path.basename(metadata_path(out))}, {', '.join(meta['pictures'].values())})")
     print(_quality_summary(meta))
     return 0
 
@@ -203,7 +205,8 @@ def _train(cfg: PipelineConfig, args) -> int:
     check_train(cfg)
     inputs = list(getattr(args, "inputs", None) or cfg.train.data or [cfg.output.dir])
     try:
-        summary = train_main(cfg.train, stage=args.stage, inputs=inputs, resume=args.resume)
+        summary = train_main(cfg.train, stage=args.stage, inputs=inputs, resume=args.resume,
+                             out_dir=getattr(args, "out", None))
     except DataError as e:  # shards went missing or corrupt past the threshold: the run failed
         print(f"genie-pipeline: training data: {e}", file=sys.stderr)
         return 1
@@ -281,15 +284,42 @@ def cmd_export(args, _) -> int:
 
 
 def cmd_eval(args, _) -> int:
+    """A checkpoint or run dir in a bucket is evaluated from a local copy of its checkpoint file
+    and run.json (eval reads run folders directly); its report goes to the bucket's RUN/eval
+    unless --out says otherwise, and a bucket --out is uploaded the same way."""
+    import tempfile
+
+    from genie_pipeline.shards import fs
+    from genie_pipeline.training.bundle import resolve, run_dir_of
+    from genie_pipeline.training.bundle import local_run_copy
     from genie_pipeline.training.eval import run_eval
 
-    report = run_eval(args.checkpoint, data=args.data, out_dir=args.out, i3d=args.i3d, clips=args.clips,
-                      seed=args.seed, device=args.device)
+    remote_out = args.out if args.out and fs.is_remote(args.out) else None
+    if remote_out is None and args.out is None and fs.is_remote(args.checkpoint):
+        remote_out = fs.join(str(run_dir_of(resolve(args.checkpoint))), "eval")
+    if remote_out:
+        fs.check_writable(remote_out)  # before minutes of rollouts
+    with local_run_copy(args.checkpoint) as checkpoint, tempfile.TemporaryDirectory(prefix="genie-eval-") as tmp:
+        report = run_eval(checkpoint, data=args.data, out_dir=tmp if remote_out else args.out, i3d=args.i3d,
+                          clips=args.clips, seed=args.seed, device=args.device)
+        out = report["out_dir"]
+        if remote_out:
+            for folder, _, names in os.walk(tmp):  # every file the report wrote, listed or not
+                for name in names:
+                    path = os.path.join(folder, name)
+                    if checkpoint != args.checkpoint and name.endswith((".json", ".html")):
+                        # the report names the checkpoint it was given: the bucket's, not the local copy
+                        with open(path, encoding="utf-8") as f:
+                            text = f.read().replace(checkpoint, args.checkpoint)
+                        with open(path, "w", encoding="utf-8") as f:
+                            f.write(text)
+                    rel = os.path.relpath(path, tmp)
+                    fs.copy(path, fs.join(remote_out, *rel.split(os.sep)))
+            out = remote_out
     d = report["delta_psnr"]
     print(f"ΔtPSNR@{d['t']} {d['value']:.2f} dB (95 % interval {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}) "
           f"on {report['clips']} clips")
-    out = Path(report["out_dir"])
-    print("\n".join(str(out / name) for name in report["files"].values()))
+    print("\n".join((fs.join(out, name) if remote_out else str(Path(out) / name)) for name in report["files"].values()))
     return 0
 
 
@@ -401,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-catalog", default=None, metavar="CATALOG",
                    help="instead of labels: each clip gets its video's quality_label from a sample-corpus catalog")
     p.add_argument("--ignore-missing", action="store_true", help="skip labels of clips that don't exist")
+    p.add_argument("--out", default=None, metavar="MODEL.pt",
+                   help="model file to write, local or gs://, s3:// (MODEL.json and pictures beside it; "
+                        "default filters.quality.model, else INPUT/quality/model.pt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = command("refilter", cmd_refilter, "re-apply the quality threshold (filters.quality.threshold, else "
@@ -413,12 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ingest output dirs, shard dirs, .tar files or globs (local or gs://, s3://); "
                         "default: train.data, else output.dir")
     _train_flags(p)
+    p.add_argument("--out", default=None, metavar="RUN_DIR",
+                   help="run directory, local or gs://, s3:// (overrides train.out_dir)")
 
     p = command("run", cmd_run, "ingest, then train on what was ingested", config_required=True)
     _ingest_flags(p)
     _train_flags(p)
 
-    checkpoint_help = "a run directory (its genie.pt), a genie.pt, a phase-2 checkpoint or an export bundle"
+    checkpoint_help = ("a run directory (its genie.pt), a genie.pt, a phase-2 checkpoint or an export bundle; "
+                       "local or gs://, s3://")
     p = command("play", cmd_play, "prompt a trained Genie with a picture and step latent actions → MP4 + GIF")
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
     p.add_argument("--prompt", "--image", dest="prompt", default=None,

@@ -370,3 +370,246 @@ def test_tiny_training_reads_its_shards_from_a_bucket(any_sprite_out, tmp_path):
     summary = train_main(TrainConfig(**TINY, tokenizer_steps=2, dynamics_steps=2), stage="all",
                          inputs=[any_sprite_out["out"]], out_dir=tmp_path / "run")
     assert summary["shards"] == 2 and set(summary["phases"]) == {"tokenizer", "dynamics"}
+
+
+# ------------------------------------------------------------------ training into a bucket
+def _bucket_files(run: str) -> list[str]:
+    return [p[len(run) + 1:] for p, _ in fs.list_files(fs.join(run, "**"))]
+
+
+def _load_weights_only(path: str) -> dict:
+    """A checkpoint in the bucket, read the way a user's own code would: bytes, then
+    torch.load(weights_only=True), no help from our loader."""
+    import io
+
+    import torch
+
+    return torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
+
+
+def test_training_into_a_bucket_resumes_from_it(any_sprite_out, tmp_path, monkeypatch):
+    """`train --out BUCKET/run`: checkpoints (keep-last pruned in the bucket too), metrics,
+    run.json, TensorBoard, samples and genie.pt land in the bucket; a second invocation
+    with a fresh staging folder (as on another machine) resumes from the bucket's
+    latest.pt; the staging copy is gone after each run; play/export read the bucket run."""
+    from genie_pipeline.training import checkpoint as ckpt_lib
+    from genie_pipeline.training.bundle import export_bundle, load_genie
+    from genie_pipeline.training.config import TrainConfig
+    from genie_pipeline.training.errors import TrainingError
+    from genie_pipeline.training.metrics import read_metrics
+    from genie_pipeline.training.run import train_main
+    from tests.test_training_loop import TINY
+
+    monkeypatch.setenv(ckpt_lib.STAGING_ENV, str(tmp_path / "staging"))
+    root = any_sprite_out["out"].rsplit("/", 1)[0]
+    run = f"{root}/run-{time.time_ns()}"  # the sprite output's bucket is shared by the module
+    cfg = dict(TINY, checkpoint_every=1, keep_checkpoints=1, sample_every=2)
+    first = train_main(TrainConfig(**cfg, tokenizer_steps=2, dynamics_steps=2), stage="all",
+                       inputs=[any_sprite_out["out"]], out_dir=run)
+    assert first["out_dir"] == run and first["genie_checkpoint"] == f"{run}/genie.pt"
+    assert first["phases"]["dynamics"]["checkpoint"] == f"{run}/checkpoints/dynamics/latest.pt"
+    files = _bucket_files(run)
+    for phase in ("tokenizer", "dynamics"):  # step-1 was uploaded, then pruned (keep 1)
+        assert [f for f in files if f.startswith(f"checkpoints/{phase}/")] == [
+            f"checkpoints/{phase}/latest.pt", f"checkpoints/{phase}/step-00000002.pt"]
+    assert {"genie.pt", "metrics.csv", "run.json"} <= set(files)
+    assert any(f.startswith("tensorboard/events.out.tfevents") for f in files)
+    assert any(f.startswith("samples/dynamics-step00000002") for f in files)
+    assert json.loads(fs.read_bytes(f"{run}/run.json"))["summary"]["out_dir"] == run
+    assert not any((tmp_path / "staging").rglob("*.pt"))  # the staging copy is deleted
+
+    # without --resume a run with checkpoints is refused, naming the bucket's file
+    with pytest.raises(TrainingError, match=f"{run}/checkpoints/tokenizer/latest.pt.*--resume"):
+        train_main(TrainConfig(**cfg, tokenizer_steps=2, dynamics_steps=4), stage="all",
+                   inputs=[any_sprite_out["out"]], out_dir=run)
+    second = train_main(TrainConfig(**cfg, tokenizer_steps=2, dynamics_steps=4), stage="all",
+                        inputs=[any_sprite_out["out"]], out_dir=run, resume=True)
+    assert second["phases"]["tokenizer"]["skipped"] and second["phases"]["tokenizer"]["resumed_from"] == 2
+    assert second["phases"]["dynamics"]["resumed_from"] == 2 and second["phases"]["dynamics"]["steps"] == 4
+    latest = _load_weights_only(f"{run}/checkpoints/dynamics/latest.pt")
+    assert latest["step"] == 4 and latest["format"] == ckpt_lib.FORMAT and "dynamics" in latest["model"]
+    assert [f for f in _bucket_files(run) if f.startswith("checkpoints/dynamics/")] == [
+        "checkpoints/dynamics/latest.pt", "checkpoints/dynamics/step-00000004.pt"]
+    local = tmp_path / "metrics.csv"
+    local.write_bytes(fs.read_bytes(f"{run}/metrics.csv"))
+    # one row per step of both invocations: the resumed run appended to the bucket's file
+    assert [s for _, s, _ in read_metrics(local, "loss", "dynamics")] == [1, 2, 3, 4]
+    assert [s for _, s, _ in read_metrics(local, "loss", "tokenizer")] == [1, 2]
+    assert _load_weights_only(f"{run}/genie.pt")["steps"]["dynamics"] == 4
+
+    # play/export/eval take the bucket run dir or a checkpoint file in it
+    genie = load_genie(run)
+    assert genie.cfg.image_height == 48
+    assert export_bundle(f"{run}/checkpoints/dynamics/latest.pt", f"{run}/bundle.pt") == f"{run}/bundle.pt"
+    assert _load_weights_only(f"{run}/bundle.pt")["kind"] == "bundle"
+    assert load_genie(f"{run}/bundle.pt").cfg.lam.num_actions == genie.cfg.lam.num_actions
+
+
+def test_eval_reads_a_bucket_run_and_writes_its_report_there(any_sprite_out, tmp_path, capsys):
+    """`eval --checkpoint BUCKET/run`: the run's inputs from its run.json in the bucket, the
+    report into BUCKET/run/eval."""
+    from genie_pipeline.cli import main
+    from genie_pipeline.training.config import TrainConfig
+    from genie_pipeline.training.run import train_main
+    from tests.test_training_loop import TINY
+
+    root = any_sprite_out["out"].rsplit("/", 1)[0]
+    run = f"{root}/eval-run-{time.time_ns()}"
+    train_main(TrainConfig(**TINY, tokenizer_steps=1, dynamics_steps=1), stage="all",
+               inputs=[any_sprite_out["out"]], out_dir=run)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", run, "--clips", "2"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert f"{run}/eval/eval.json" in printed
+    report = json.loads(fs.read_bytes(f"{run}/eval/eval.json"))
+    assert report["clips"] == 2 and all(s.startswith(any_sprite_out["out"]) for s in report["data"])
+    assert report["checkpoint"] == run  # as given, not the local copy it was read from
+    assert fs.exists(f"{run}/eval/eval.html") and fs.exists(f"{run}/eval/rollout.gif")
+
+
+def test_train_into_a_missing_bucket_exits_2_naming_it(sprite_out, tmp_path, capsys):
+    """Before any step: the message names the bucket, nothing is trained."""
+    from genie_pipeline.cli import main
+
+    capsys.readouterr()
+    rc = main(["train", sprite_out["out"], "--out", "s3://no-such-bucket-here/run",
+               "--set", "train.model=tiny", "--set", "train.tokenizer_steps=1", "--set", "train.dynamics_steps=1"])
+    captured = capsys.readouterr()
+    assert rc == 2
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "s3://no-such-bucket-here/run" in err[0] and "does not exist" in err[0], err
+    assert "[train" not in captured.out + captured.err  # no step was logged
+
+
+def _train_cmd(config, out: str, resume: bool = False) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "genie_pipeline.cli", "train", "-c", str(config), "--set",
+            f"train.out_dir={out}", *(["--resume"] if resume else [])]
+
+
+@pytest.mark.slow
+def test_training_into_a_bucket_is_killed_and_resumes_from_it(sprite_out, tmp_path):
+    """SIGKILL a `genie-pipeline train` writing to a bucket once a phase-2 checkpoint is there;
+    the same command with --resume continues from that checkpoint, not from step 0."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import ROOT
+    from tests.test_training_loop import TINY
+
+    run = f"{sprite_out['out'].rsplit('/', 1)[0]}/killed-run"
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps({"train": dict(TINY, data=[sprite_out["out"]], tokenizer_steps=2,
+                                                dynamics_steps=400, checkpoint_every=2, keep_checkpoints=1)}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENIE_PIPELINE_STAGING": str(tmp_path / "staging")}
+    proc = subprocess.Popen(_train_cmd(config, run), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while (time.time() < deadline and proc.poll() is None
+           and not fs.exists(f"{run}/checkpoints/dynamics/latest.pt")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished or failed before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _load_weights_only(f"{run}/checkpoints/dynamics/latest.pt")["step"]
+    assert killed_at >= 2
+
+    config.write_text(json.dumps({"train": dict(TINY, data=[sprite_out["out"]], tokenizer_steps=2,
+                                                dynamics_steps=killed_at + 2, checkpoint_every=2,
+                                                keep_checkpoints=1)}))
+    r = subprocess.run(_train_cmd(config, run, resume=True), cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["phases"]["dynamics"]["resumed_from"] == killed_at > 0
+    assert _load_weights_only(f"{run}/checkpoints/dynamics/latest.pt")["step"] == killed_at + 2
+    assert [f for f in _bucket_files(run) if f.startswith("checkpoints/dynamics/step-")] == [
+        f"checkpoints/dynamics/step-{killed_at + 2:08d}.pt"]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_into_a_bucket_and_resume_from_it(sprite_out, tmp_path):
+    """torchrun with 2 processes and a bucket out_dir: rank 0 writes and uploads, rank 1 has
+    only its own staging folder and must fetch phase 1's tokenizer from the bucket for phase
+    2 (else it fails: no tokenizer checkpoint); then both resume from the bucket."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_training_loop import TINY
+
+    run = f"{sprite_out['out'].rsplit('/', 1)[0]}/two-rank-run"
+    config = tmp_path / "train.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENIE_PIPELINE_STAGING": str(tmp_path / "staging")}
+    summaries = []
+    for dynamics_steps, resume in ((2, False), (3, True)):
+        config.write_text(json.dumps({"train": dict(TINY, data=[sprite_out["out"]], tokenizer_steps=2,
+                                                    dynamics_steps=dynamics_steps, checkpoint_every=1,
+                                                    keep_checkpoints=1)}))
+        cmd = _train_cmd(config, run, resume)
+        # its own process group: on a timeout the ranks go too, not only torchrun
+        proc = subprocess.Popen([cmd[0], "-m", "torch.distributed.run", "--nproc_per_node", "2", *cmd[1:]],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        assert proc.returncode == 0, stderr[-3000:]
+        summaries.append(json.loads(stdout[stdout.index("{"):]))
+    assert summaries[0]["world_size"] == 2 and summaries[0]["phases"]["dynamics"]["steps"] == 2
+    assert summaries[1]["phases"]["dynamics"]["resumed_from"] == 2
+    latest = _load_weights_only(f"{run}/checkpoints/dynamics/latest.pt")
+    assert latest["step"] == 3 and len(latest["ranks"]) == 2
+    assert not any((tmp_path / "staging").rglob("*.pt"))
+
+
+# ------------------------------------------------------------------ train-quality into a bucket
+# torch_threads=1: scoring sets its thread count for the process, and a second training after
+# it (the next bucket's) with two OpenMP threads on a shared 2-core machine runs ~7x slower
+QUALITY_TINY = dict(epochs=2, min_epochs=1, patience=2, frames_per_clip=2, train_batch_size=8, train_frame_pool=4,
+                    steps_per_epoch=2, torch_threads=1)
+
+
+def test_train_quality_writes_its_model_to_a_bucket_and_scoring_reads_it(bucket, tmp_path, capsys):
+    """`train-quality --out BUCKET/q/model.pt`: model, metadata and pictures in the bucket;
+    the scoring stage (refilter --rescore's) scores every clip with the model from there."""
+    import math
+
+    from genie_pipeline.cli import main
+    from genie_pipeline.filtering.quality import load_quality_model
+    from genie_pipeline.filtering.quality.config import QualityConfig
+    from genie_pipeline.filtering.quality.score import score_manifest
+    from tests.fixtures.output import write_quality_output
+
+    out = tmp_path / "out"
+    info = write_quality_output(out, n_good=2, n_bad=2, clips_per_video=2, seed=5)
+    model = f"{bucket}/q/model.pt"
+    sets = [a for k, v in QUALITY_TINY.items() for a in ("--set", f"filters.quality.{k}={v}")]
+    assert main(["train-quality", str(out), "--reference-catalog", str(info["catalog"]), "--no-progress",
+                 "--out", model, *sets]) == 0
+    assert f"wrote {model} (+ model.json" in capsys.readouterr().out
+    meta = json.loads(fs.read_bytes(f"{bucket}/q/model.json"))
+    assert sorted(_bucket_files(f"{bucket}/q")) == sorted(["model.pt", "model.json", *meta["pictures"].values()])
+    assert set(_load_weights_only(model)) == set(load_quality_model(model, bf16="off")[0].state_dict())
+    rows = score_manifest(str(out), QualityConfig(model=model, bf16="off", torch_threads=1))
+    assert rows and all(0.0 <= r["quality_score"] <= 1.0 and not math.isnan(r["quality_score"]) for r in rows)
+
+
+def test_train_quality_into_a_missing_bucket_exits_2_naming_it(tmp_path, s3, capsys):
+    from genie_pipeline.cli import main
+    from tests.fixtures.output import write_quality_output
+
+    out = tmp_path / "out"
+    info = write_quality_output(out, n_good=2, n_bad=2, clips_per_video=1, seed=5)
+    capsys.readouterr()
+    assert main(["train-quality", str(out), "--reference-catalog", str(info["catalog"]), "--no-progress",
+                 "--out", "s3://no-such-bucket-here/q/model.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "s3://no-such-bucket-here/q" in err and "does not exist" in err, err

@@ -6,7 +6,9 @@
   (`checkpoints/dynamics/latest.pt`);
 - `RUN/genie.pt` (kind "genie"), written when phase 2 ends;
 - a phase-2 checkpoint (`step-N.pt`, `latest.pt`: weights under "model");
-- a bundle (kind "bundle") from `export_bundle`.
+- a bundle (kind "bundle") from `export_bundle`;
+
+each local or on an object store (`gs://…`, `s3://…`, read through `shards.fs`).
 
 A bundle is one file, readable with `torch.load(weights_only=True)` (only dicts, tensors,
 strings and numbers): the format marker, `model_config` (as `config_to_dict`), the state
@@ -22,9 +24,13 @@ model config.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -38,8 +44,19 @@ COMPONENTS = ("tokenizer", "lam", "dynamics")
 ACTIONS_FILE = "actions.json"
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """The checkpoint file behind `path` (a file, or a run directory)."""
+def resolve(path: str | os.PathLike) -> Path | str:
+    """The checkpoint file behind `path` (a file, or a run directory), local or on an object
+    store (gs://, s3://: then a string, as such paths stay)."""
+    if ckpt_lib.is_remote(str(path)):
+        fs = ckpt_lib._fs()
+        p = str(path).rstrip("/")
+        if fs.exists(p) or not fs.isdir(p):
+            return p  # a file, or nothing: ckpt_lib.load names what is wrong
+        for candidate in (fs.join(p, "genie.pt"), fs.join(p, "checkpoints", "dynamics", "latest.pt")):
+            if fs.exists(candidate):
+                return candidate
+        raise TrainingError("checkpoint", f"{p} is a directory but not a training run "
+                            "(no genie.pt, no checkpoints/dynamics/latest.pt)")
     path = Path(path)
     if not path.is_dir():
         return path
@@ -72,13 +89,14 @@ def load_genie(path: str | os.PathLike, device: str | torch.device = "cpu") -> G
     return _build(load_bundle(path), path).to(device).eval()
 
 
-def export_bundle(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the inference bundle of `path` (any accepted form) to `out`, atomically.
+def export_bundle(path: str | os.PathLike, out: str | os.PathLike) -> Path | str:
+    """Write the inference bundle of `path` (any accepted form) to `out` (local or a bucket
+    path), atomically.
     The weights are checked to build first: nothing is written for a broken source."""
     bundle = load_bundle(path)
     _build(bundle, path)
     ckpt_lib.save_atomic(bundle, out)
-    return Path(out)
+    return out if ckpt_lib.is_remote(str(out)) else Path(out)
 
 
 def _build(bundle: dict, source: str | os.PathLike) -> Genie:
@@ -94,15 +112,32 @@ def _build(bundle: dict, source: str | os.PathLike) -> Genie:
     return genie
 
 
-def _run_action_names(file: Path, num_actions: int) -> list[str] | None:
+def run_dir_of(file: Path | str) -> Path | str:
+    """The run directory a checkpoint file belongs to: RUN for RUN/genie.pt and
+    RUN/checkpoints/PHASE/step-N.pt; a loose file's own folder."""
+    if ckpt_lib.is_remote(str(file)):
+        parts = str(file).rsplit("/", 3)
+        return parts[0] if len(parts) == 4 and parts[1] == "checkpoints" else str(file).rsplit("/", 1)[0]
+    file = Path(file)
+    return file.parents[2] if file.parent.parent.name == "checkpoints" else file.parent
+
+
+def _run_action_names(file: Path | str, num_actions: int) -> list[str] | None:
     """RUN/actions.json of the run the checkpoint belongs to, if it has one."""
-    # RUN/genie.pt or RUN/checkpoints/dynamics/step-N.pt; a loose file looks beside itself
-    run = file.parents[2] if file.parent.parent.name == "checkpoints" else file.parent
-    candidate = run / ACTIONS_FILE
-    if not candidate.is_file():
-        return None
+    run = run_dir_of(file)
+    if ckpt_lib.is_remote(str(file)):
+        fs = ckpt_lib._fs()
+        candidate = fs.join(str(run), ACTIONS_FILE)
+        if not fs.exists(candidate):
+            return None
+        read = lambda: fs.read_bytes(candidate)  # noqa: E731
+    else:
+        candidate = run / ACTIONS_FILE
+        if not candidate.is_file():
+            return None
+        read = candidate.read_bytes
     try:
-        data = json.loads(candidate.read_text())
+        data = json.loads(read())
     except (OSError, ValueError) as e:
         raise TrainingError("checkpoint", f"{candidate} is not readable JSON ({e})") from None
     names = data.get("names") if isinstance(data, dict) else data
@@ -110,3 +145,26 @@ def _run_action_names(file: Path, num_actions: int) -> list[str] | None:
         raise TrainingError("checkpoint", f"{candidate} must be a list of {num_actions} action names "
                             "(or {\"names\": [...]})")
     return names
+
+
+@contextlib.contextmanager
+def local_run_copy(path: str) -> Iterator[str]:
+    """A local stand-in for a checkpoint or run directory in a bucket, for code that reads run
+    folders directly (eval): the checkpoint file behind `path` (see `resolve`) and its
+    run's run.json and actions.json, at their places under a temp folder. Yields the local
+    path that stands for `path` (a folder for a run dir, else the file); a local `path` is
+    yielded unchanged."""
+    if not ckpt_lib.is_remote(str(path)):
+        yield str(path)
+        return
+    fs = ckpt_lib._fs()
+    file = str(resolve(path))
+    run = run_dir_of(file)
+    tmp = tempfile.mkdtemp(prefix="genie-run-copy-")
+    try:
+        for src in (file, fs.join(run, "run.json"), fs.join(run, "actions.json")):
+            if fs.exists(src):
+                fs.copy(src, os.path.join(tmp, *src[len(run) + 1:].split("/")))
+        yield tmp if file != str(path).rstrip("/") else os.path.join(tmp, *file[len(run) + 1:].split("/"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

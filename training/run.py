@@ -5,6 +5,9 @@
 The run directory holds `run.json` (configs, inputs, shard list with sizes, the manifests'
 row counts and checksums, every invocation, the last summary), `metrics.csv`, TensorBoard
 logs, samples, the phases' checkpoints and, after phase 2, `genie.pt` for play and eval.
+It may be a bucket (`gs://…/run`, `s3://…/run`): training then writes a local staging copy
+whose checkpoints, logs and samples are uploaded as each checkpoint is saved, and a run
+started again with the same out_dir resumes from the bucket (see `checkpoint.RunMirror`).
 Settings that cannot work raise `TrainingError` (dotted `train.…` key);
 `check_train_config` runs every check that needs only the config, before any data is read.
 """
@@ -182,43 +185,90 @@ def train_main(cfg: TrainConfig, stage: str = "all", inputs: list[str] | None = 
 
     Raises `TrainingError` (dotted `train.…` key) for settings that cannot work, among them an
     out_dir that already holds a checkpoint without `resume`, and `shards.reader.DataError`
-    for missing inputs or corrupt data past `train.max_bad_shard_fraction`."""
+    for missing inputs or corrupt data past `train.max_bad_shard_fraction`. A bucket out_dir
+    (gs://, s3://) that cannot be written is a `StorageError` before anything is read; its
+    checkpoints and logs are uploaded as each checkpoint is saved (`checkpoint.RunMirror`)."""
     if stage not in STAGES:
         raise TrainingError("stage", f"must be one of {STAGES}, got {stage!r}")
-    out = Path(out_dir or cfg.out_dir)
+    out_arg = str(out_dir or cfg.out_dir)
     inputs = list(inputs or cfg.data)
     if not inputs:
         raise TrainingError("train.data", "no training inputs: give INPUTS or set train.data")
     mcfg = build_model_config(cfg)
+    if fs.is_remote(out_arg):
+        # a missing bucket, no credentials, no write permission: StorageError (exit 2) naming
+        # it now, not at the first checkpoint after minutes or hours of training
+        fs.check_writable(out_arg)
     info = dist_lib.setup(cfg.device)
     try:
-        check_parallel(cfg, info.world_size)
-        shardset = resolve_inputs(inputs, cfg.split)
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_run_json(out, cfg, mcfg, shardset, stage, info, resume)
-        dist_lib.barrier()
-        summary: dict[str, Any] = {"out_dir": str(out), "stage": stage, "world_size": info.world_size,
-                                   "device": str(info.device), "shards": len(shardset.shards),
-                                   "phases": _train_phases(cfg, mcfg, out, info, shardset.shards, stage, resume)}
-        if info.is_main and ckpt_lib.latest_path(out, "dynamics").exists() and "dynamics" in summary["phases"]:
-            summary["genie_checkpoint"] = str(export_genie(out, mcfg))
-        if info.is_main:
-            _write_run_json(out, {**_read_run_json(out), "summary": summary})
-        summary["run_json"] = str(out / "run.json")
-        dist_lib.barrier()
+        with ckpt_lib.staged_run_dir(out_arg, info.rank) as (out, mirror):
+            try:
+                summary = _train_into(cfg, mcfg, out, mirror, info, inputs, stage, resume)
+            except BaseException as e:
+                if mirror is None:
+                    raise
+                if info.is_main:
+                    _push_after_failure(mirror)
+                if isinstance(e, TrainingError):  # name the bucket's files, not the staging copy's
+                    raise TrainingError(e.key, mirror.to_remote(e.message)) from None
+                raise
         return summary
     finally:
         dist_lib.teardown(info)
 
 
+def _train_into(cfg: TrainConfig, mcfg: GenieConfig, out: Path, mirror: ckpt_lib.RunMirror | None,
+                info: dist_lib.DistInfo, inputs: list[str], stage: str, resume: bool) -> dict:
+    """`train_main` in the local folder `out` (for a bucket run dir its staging copy, pushed
+    to the bucket by `mirror` at each checkpoint and here at the end); the summary, with the
+    bucket's paths for a bucket run dir."""
+    check_parallel(cfg, info.world_size)
+    shardset = resolve_inputs(inputs, cfg.split)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_json(out, cfg, mcfg, shardset, stage, info, resume)
+    dist_lib.barrier()
+    summary: dict[str, Any] = {"out_dir": str(out), "stage": stage, "world_size": info.world_size,
+                               "device": str(info.device), "shards": len(shardset.shards),
+                               "phases": _train_phases(cfg, mcfg, out, info, shardset.shards, stage, resume,
+                                                       mirror)}
+    if info.is_main and ckpt_lib.latest_path(out, "dynamics").exists() and "dynamics" in summary["phases"]:
+        summary["genie_checkpoint"] = str(export_genie(out, mcfg))
+    if mirror is not None:
+        summary = mirror.to_remote(summary)
+    if info.is_main:
+        _write_run_json(out, {**_read_run_json(out), "summary": summary})
+        if mirror is not None:  # genie.pt, run.json and the logs written since the last checkpoint
+            mirror.push()
+    summary["run_json"] = mirror.remote_path(out / "run.json") if mirror else str(out / "run.json")
+    dist_lib.barrier()
+    return summary
+
+
+def _push_after_failure(mirror: ckpt_lib.RunMirror) -> None:
+    """Upload a failed run's logs (metrics, samples, run.json) for its post-mortem; a failure
+    to upload them is reported, and never hides the error that stopped the run."""
+    try:
+        mirror.push()
+    except Exception as e:  # noqa: BLE001 — the run's own error is the one to raise
+        print(f"[train] could not upload the logs of the failed run to {mirror.remote}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+
+
 def _train_phases(cfg: TrainConfig, mcfg: GenieConfig, out: Path, info: dist_lib.DistInfo, shards: list[str],
-                  stage: str, resume: bool) -> dict[str, dict]:
+                  stage: str, resume: bool, mirror: ckpt_lib.RunMirror | None = None) -> dict[str, dict]:
     """Each phase of `stage` that has steps, in order: {phase: its summary}."""
     results: dict[str, dict] = {}
     for phase in PHASES if stage == "all" else (stage,):
         if (cfg.tokenizer_steps if phase == "tokenizer" else cfg.dynamics_steps) == 0:
             continue
+        if mirror is not None and results:
+            # only rank 0 writes checkpoints, into its own staging copy: the other ranks (on
+            # other nodes too) take the phases' checkpoints rank 0 uploaded since they started
+            dist_lib.barrier()
+            if not info.is_main:
+                for ph in PHASES:
+                    mirror.pull(f"checkpoints/{ph}/latest.pt", refresh=True)
         trainer = PhaseTrainer(phase, cfg, mcfg, out, info, shards, resume=resume)
         results[phase] = trainer.run()
         del trainer  # free this phase's models (and DDP reducers) before the next phase builds its own

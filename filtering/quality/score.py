@@ -225,12 +225,14 @@ def score_manifest(out_dir: str, quality_cfg: QualityConfig, workers: int = 1) -
                                   title=rs[0]["title"], status="done", clips=clips, split=rs[0]["split"],
                                   store=store_path(out_dir, vk)))
     stage = ScoreQuality(quality_cfg.model_copy(update={"mode": "score_only"}), workers)
+    threads = torch.get_num_threads()  # the in-process runner's model load sets them for the stage
     with tempfile.TemporaryDirectory() as tmp:
         with beam.Pipeline(runner=FnApiRunner()) as p:
             (p | beam.Create(videos) | stage
              | beam.FlatMap(lambda v: [json.dumps([c.key, c.quality_score]) for c in v.clips])
              | beam.io.WriteToText(f"{tmp}/scores", file_name_suffix=".jsonl"))
         scores = dict(json.loads(line) for f in sorted(Path(tmp).glob("scores*")) for line in f.read_text().splitlines())
+    torch.set_num_threads(threads)
     for r in rows:
         r["quality_score"] = float(scores.get(r["key"], float("nan")))
     return rows

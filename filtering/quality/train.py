@@ -29,6 +29,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -44,8 +45,10 @@ from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.frames import FRAME_H, FRAME_W, sample_frames, sample_indices
 from genie_pipeline.filtering.quality.labels import LABELS, label_set_hash
 from genie_pipeline.filtering.quality.metrics import choose_threshold, clip_metrics, roc_auc, write_plots
-from genie_pipeline.filtering.quality.model import (POOLINGS, QualityNet, load_backbone_weights, native_bf16,
-                                                    pool_logits, read_metadata, save_quality_model, train_bf16)
+from genie_pipeline.filtering.quality.model import (POOLINGS, QualityNet, load_backbone_weights, metadata_path,
+                                                    native_bf16, pool_logits, read_metadata, save_quality_model,
+                                                    train_bf16)
+from genie_pipeline.shards import fs
 from genie_pipeline.shards.reader import ClipIndex
 
 MIN_STEPS_PER_EPOCH = 8  # small label sets: an "epoch" is still enough steps to move a network from scratch
@@ -90,10 +93,14 @@ def train_quality(index: ClipIndex, labels: dict[str, str], out_path: str | os.P
                   *, label_source: str, progress: bool = True, ignore_missing: bool = False,
                   split: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Train on `labels` (clip key -> good|bad) of `index`'s clips, choose the threshold,
-    write model + metadata + pictures to `out_path`; returns the metadata.
+    write model + metadata + pictures to `out_path` (local, or `gs://`/`s3://`); returns the
+    metadata. An output folder or bucket that cannot be written is a StorageError before
+    any clip is read.
 
     `split`: {"train"|"val"|"test": [video ids]} to use instead of the seeded random split
     (cross-validation); videos it does not name are not used."""
+    if fs.is_remote(str(out_path)):
+        fs.check_writable(str(out_path).rsplit("/", 1)[0])
     t_start = time.time()
     data = split_labels(index, check_labels(labels, index, label_source, ignore_missing), qcfg, split)
     frames, pool = sample_clips(index, data, qcfg, progress)
@@ -491,7 +498,19 @@ def _bf16_check(model: QualityNet, frames: np.ndarray, y: np.ndarray, threshold:
 # ---------------------------------------------------------------------------------- write
 def write_model(model: QualityNet, out_path: str | os.PathLike, data: LabelledClips, ev: Evaluation,
                 qcfg: QualityConfig, training: dict[str, Any], label_source: str, input_dir: str) -> dict[str, Any]:
-    """MODEL.pt, MODEL.json and the two pictures; returns the metadata as written."""
+    """MODEL.pt, MODEL.json and the two pictures; returns the metadata as written. For a
+    bucket path they are written to a local folder first and uploaded through `shards.fs`:
+    the pictures, the model, then MODEL.json last, since readers take the model file's
+    existence plus its metadata as a finished model."""
+    if fs.is_remote(str(out_path)):
+        remote = str(out_path)
+        with tempfile.TemporaryDirectory(prefix="quality-model-") as tmp:
+            meta = write_model(model, Path(tmp) / remote.rsplit("/", 1)[1], data, ev, qcfg, training,
+                               label_source, input_dir)
+            names = [*meta["pictures"].values(), meta["model_file"], metadata_path(meta["model_file"])]
+            for name in names:
+                fs.copy(os.path.join(tmp, name), fs.join(remote.rsplit("/", 1)[0], name))
+        return read_metadata(remote)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pics = {"pr_curve": f"{out_path.stem}_pr_curve.png", "score_hist": f"{out_path.stem}_score_hist.png"}
