@@ -613,3 +613,33 @@ def test_train_quality_into_a_missing_bucket_exits_2_naming_it(tmp_path, s3, cap
                  "--out", "s3://no-such-bucket-here/q/model.pt"]) == 2
     err = capsys.readouterr().err
     assert "s3://no-such-bucket-here/q" in err and "does not exist" in err, err
+
+
+def test_an_ingest_job_writes_into_a_gcs_bucket_and_runs_again_on_it(gcs, tmp_path):
+    """The whole job (local runner) into the GCS emulator: clip store, staged parts, shards,
+    the commit's journal and renames, the lease; then a second run finds every video done."""
+    from genie_pipeline.config import parse_config
+    from genie_pipeline.ingest.pipeline import run_ingest
+    from genie_pipeline.shards.reader import read_rows
+    from genie_pipeline.shards.verify import verify
+    from tests.conftest import make_video
+
+    out = fs.join(gcs.bucket(), "out")
+    rows = []
+    for i, seconds in enumerate((35, 17)):
+        make_video(tmp_path / f"v{i}.mp4", seconds, src=("testsrc2", "testsrc")[i])  # not duplicates
+        rows.append(json.dumps({"id": f"v{i}", "path": str(tmp_path / f"v{i}.mp4"), "title": f"v{i}"}))
+    (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
+    cfg = parse_config({"sources": [{"type": "catalog", "name": "c", "path": str(tmp_path / "c.jsonl"),
+                                     "keywords": "none"}],
+                        "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
+                        "shards": {"val_fraction": 0.0, "max_clips": 2}, "output": {"dir": out}})
+    stats = run_ingest(cfg)
+    assert stats["videos_done"] == 2 and stats["clips_kept"] == 3
+    assert all(r["kept"] and r["shard"] for r in read_rows(out, "manifest"))
+    assert len(fs.glob(fs.join(out, "shards", "train-*.tar"))) == 2  # 2 clips per shard
+    assert verify(out) == []
+    assert not fs.exists(fs.join(out, ".lock"))
+    again = run_ingest(cfg)
+    assert again["videos_done"] == 2 and len(read_rows(out, "manifest")) == 3  # nothing cut twice
+    assert verify(out) == []
