@@ -28,6 +28,7 @@ from the old index and the new shards' records, without reading every shard's st
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -155,6 +156,10 @@ def _apply(out_dir: str, journal: dict) -> None:
     fs.remove(fs.join(out_dir, JOURNAL))
     for d in journal.get("cleanup", []):
         fs.rmtree(d)
+    if not fs.is_remote(out_dir):  # staging parents left empty (object stores have no folders)
+        for d in ("_runs", "_commit", os.path.join("shards", "_tmp")):
+            with contextlib.suppress(OSError):  # not empty: another run's staging is in it
+                os.rmdir(os.path.join(fs.local(out_dir), d))
 
 
 def recover(out_dir: str) -> bool:
