@@ -252,8 +252,9 @@ def evaluate(work: Path, args, result: dict) -> int:
     d, t = result["eval"]["delta_psnr"], result["eval"]["true_actions"]
     e = t.get("effect_classes", {})
     wl, wm = result["whole_val_episodes"]["lam"], result["whole_val_episodes"]["camera_motion_reference"]
-    print(f"[world_model] whole val episodes ({wl['transitions']} transitions): NMI vs true ids LAM {wl['nmi']:.3f}, "
-          f"camera motion {wm['nmi']:.3f}, shuffled {wl['nmi_chance']:.3f}")
+    if wl.get("available", True) and "nmi" in wl:
+        print(f"[world_model] whole val episodes ({wl['transitions']} transitions): NMI vs true ids LAM "
+              f"{wl['nmi']:.3f}, camera motion {wm['nmi']:.3f}, shuffled {wl['nmi_chance']:.3f}")
     print(f"[world_model] ΔtPSNR@{d['t']} {d['value']:.2f} dB (95 % {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}); "
           f"NMI vs true ids {t.get('nmi', float('nan')):.3f} (shuffled {t.get('nmi_chance', float('nan')):.3f}), "
           f"probe {t.get('probe', {}).get('accuracy', float('nan')):.3f} (no-information probe "

@@ -307,10 +307,11 @@ def cmd_eval(args, _) -> int:
             for folder, _, names in os.walk(tmp):  # every file the report wrote, listed or not
                 for name in names:
                     path = os.path.join(folder, name)
-                    if checkpoint != args.checkpoint and name.endswith((".json", ".html")):
-                        # the report names the checkpoint it was given: the bucket's, not the local copy
+                    if name.endswith((".json", ".html")):
+                        # the report names the checkpoint and folder it was given: the bucket's, not
+                        # the local copies
                         with open(path, encoding="utf-8") as f:
-                            text = f.read().replace(checkpoint, args.checkpoint)
+                            text = f.read().replace(checkpoint, args.checkpoint).replace(tmp, remote_out)
                         with open(path, "w", encoding="utf-8") as f:
                             f.write(text)
                     rel = os.path.relpath(path, tmp)

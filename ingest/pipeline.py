@@ -53,7 +53,8 @@ from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, 
                                           rewrite_without, shard_stats_file, small_shards)
 from genie_pipeline.shards.dedupe import curate
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
-from genie_pipeline.shards.lease import release_job
+from genie_pipeline.shards.lease import describe, release_job
+from genie_pipeline.shards.lease import holder as lease_holder
 from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_stats, table_files,
                                           table_rows)
 from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row
@@ -194,17 +195,22 @@ def apply_decision(item):
 
 def purge_shard(item):
     """A written shard without the clips curation rejected: rewritten in place (tar members
-    copied, nothing decoded) where it holds any, deleted where it holds nothing else."""
+    copied, nothing decoded) where it holds any, deleted where it holds nothing else. A retry
+    finds the same result: a rewritten shard loses nothing more, a deleted one is gone."""
     _, grouped = item
     drop = set(grouped["drop"])
     for rec in grouped["shard"]:
         if not drop:
             yield rec
             continue
+        if not fs.exists(rec.path):  # deleted by an earlier attempt of this bundle
+            continue
         _count("shards_purged")
         stats = rewrite_without(rec.path, rec.path, drop)
+        _count("clips_sharded", (stats or {}).get("n_samples", 0) - rec.stats["n_samples"])
         if stats is None:
-            for path in (rec.path, shard_stats_file(rec, "")[0]):
+            _count("shards_written", -1)
+            for path in (shard_stats_file(rec, "")[0], rec.path):
                 fs.remove(path)
         else:
             yield dataclasses.replace(rec, stats=stats)
@@ -461,7 +467,18 @@ def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out:
                cleanup: list[str], lease_owner: str | None = None) -> Iterator[dict]:
     """The job's last step: publish this run (shards/commit.py commit_parts). It runs on a
     worker once every part and shard is written, so a job commits with no launcher alive; a
-    detached job then frees the output lease its launcher handed it (`lease_owner`)."""
+    detached job then frees the output lease its launcher handed it (`lease_owner`), and
+    commits nothing where that lease is no longer its own (it lapsed and another run may be
+    writing the output)."""
+    if lease_owner is not None:
+        held = lease_holder(fs.join(out, ".lock"))
+        if (held or {}).get("owner") != lease_owner:
+            if read_stats(out).get("last_run", {}).get("run_id") == run_id:
+                return  # a retry of this step after it committed and freed the lease
+            raise fs.OutputBusy(
+                f"{out}: this job's lease on the output was lost (now held by "
+                f"{describe(held) if held else 'nobody'}); run {run_id} is not committed: its clip stores "
+                "stay, and the next run picks them up")
     by_table: dict[str, list[str]] = {}
     for table, path in parts:
         by_table.setdefault(table, []).append(path)
@@ -678,8 +695,8 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
     p, runner, workers, paths = prepare_job(cfg, out, extra_beam_args, retry_failed, job_lease=job_lease)
     if p.options.view_as(GoogleCloudOptions).template_location:
         job_lease = False
-    if job_lease:
-        job_lease = lease.hand_over(paths.run_id, f"ingest job {paths.run_id}", cfg.output.job_lease_h * 3600)
+    if job_lease and not lease.hand_over(paths.run_id, f"ingest job {paths.run_id}", cfg.output.job_lease_h * 3600):
+        raise fs.OutputBusy(f"{out}: lost the output lease before submitting the job; nothing was submitted")
     if detach or p.options.view_as(GoogleCloudOptions).template_location:
         try:
             p.run()

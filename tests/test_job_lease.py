@@ -86,3 +86,22 @@ def test_detached_ingest_runs_under_the_job_lease_and_its_commit_frees_it(s3, tm
     assert "in use by another run" in seen["second"] and f"ingest job {run_id}" in seen["second"]
     assert holder(fs.join(out, ".lock")) is None  # freed by the job's commit
     assert json.loads(fs.read_bytes(fs.join(out, "stats.json")))["last_run"]["committed_by"] == "job"
+
+
+def test_a_job_whose_lease_lapsed_commits_nothing(s3):
+    """Another run took the output over after the job's lease expired: the job's commit step
+    refuses (its clip stores stay for the next run); a retry of a commit that went through
+    and freed the lease is a no-op."""
+    from genie_pipeline.ingest.pipeline import commit_job
+    from genie_pipeline.shards.config import ClipsConfig
+
+    out = fs.join(s3.bucket(), "out")
+    other = Lease(fs.join(out, ".lock"), "ingest", _busy)
+    other.acquire()
+    try:
+        with pytest.raises(fs.OutputBusy, match="lease on the output was lost"):
+            list(commit_job(None, [], [], [], [], out, "RUNX", ClipsConfig().spec, [], lease_owner="RUNX"))
+    finally:
+        other.release()
+    fs.write_bytes(fs.join(out, "stats.json"), json.dumps({"last_run": {"run_id": "RUNX"}}).encode())
+    assert list(commit_job(None, [], [], [], [], out, "RUNX", ClipsConfig().spec, [], lease_owner="RUNX")) == []

@@ -169,9 +169,18 @@ _MIRRORS: dict[Path, "RunMirror"] = {}
 
 
 def staging_root() -> Path:
-    """Where staging copies of bucket run dirs live: $GENIE_PIPELINE_STAGING, else a folder in
-    the temp dir (it must hold a few checkpoints: point TMPDIR or that variable at a big disk)."""
-    return Path(os.environ.get(STAGING_ENV) or os.path.join(tempfile.gettempdir(), "genie-pipeline-staging"))
+    """Where staging copies of bucket run dirs live: $GENIE_PIPELINE_STAGING, else a folder of
+    this user's in the temp dir (it must hold a few checkpoints: point TMPDIR or that variable
+    at a big disk). The temp dir's folder is made private, and refused when another user owns
+    it or it is a link: checkpoints are read back from there."""
+    if os.environ.get(STAGING_ENV):
+        return Path(os.environ[STAGING_ENV])
+    root = Path(tempfile.gettempdir()) / f"genie-pipeline-staging-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    st = root.lstat()
+    if root.is_symlink() or st.st_uid != os.getuid():
+        raise TrainingError(STAGING_ENV, f"{root} is not a folder of this user's: remove it or set {STAGING_ENV}")
+    return root
 
 
 class RunMirror:

@@ -508,6 +508,8 @@ def write_model(model: QualityNet, out_path: str | os.PathLike, data: LabelledCl
             meta = write_model(model, Path(tmp) / remote.rsplit("/", 1)[1], data, ev, qcfg, training,
                                label_source, input_dir)
             names = [*meta["pictures"].values(), meta["model_file"], metadata_path(meta["model_file"])]
+            # an older model's metadata goes first: new weights never pair with an old threshold
+            fs.remove(fs.join(remote.rsplit("/", 1)[0], metadata_path(meta["model_file"])))
             for name in names:
                 fs.copy(os.path.join(tmp, name), fs.join(remote.rsplit("/", 1)[0], name))
         return read_metadata(remote)
