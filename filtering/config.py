@@ -58,9 +58,9 @@ class HeuristicsConfig(Section):
 
 class DedupeConfig(Section):
     enabled: bool = True
-    # 12: every copy the tests make of the sample corpus (re-encodes, 8 % and 5 % corner crops)
-    # is within 12 bits, clips of different games 14 or more apart (tests/test_dedupe.py)
-    max_distance: int = Field(default=12, ge=0, le=24, description="fingerprint bits two clips of one footage may differ in")
+    # 24 of 128: every copy the tests make of the sample corpus (re-encodes, 8 % and 5 % corner
+    # crops) is within 24 bits, windows of different games 36 or more apart (tests/test_dedupe.py)
+    max_distance: int = Field(default=24, ge=0, le=40, description="fingerprint bits (of 128) two clips of one footage may differ in")
 
 
 class FiltersConfig(Section):

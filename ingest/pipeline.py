@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 import zlib
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -51,7 +52,8 @@ from genie_pipeline.shards import fs, objstore
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, failed_video_row, recover,
                                           rewrite_without, shard_stats_file, small_shards)
-from genie_pipeline.shards.dedupe import curate
+from genie_pipeline.shards.dedupe import (CAPS, RunClips, add_clip, cap_counts, cap_group, entry_parts, first_round, match,
+                                          nearest_new, over_cap, query_parts, second_round)
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 from genie_pipeline.shards.lease import describe, release_job
 from genie_pipeline.shards.lease import holder as lease_holder
@@ -143,20 +145,124 @@ def assign_split(v: VideoResult, val_fraction: float, seed: int) -> VideoResult:
 
 def curation_decisions(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig, shards: ShardsConfig):
     """(clip key, (reason, duplicate_of)) for each clip of this run that curation rejects:
-    near duplicates and balance caps over the whole output (shards/dedupe.py), decided once
-    from the clip rows of this run and the committed manifest (read by a worker, so a large
-    manifest never passes through the graph). It waits for every video of the run, a barrier
-    on clip rows only: the shards are written meanwhile, and the few that hold a rejected
-    clip are rewritten without it (`purge_shard`) before the commit publishes them."""
+    near duplicates and balance caps over the whole output (shards/dedupe.py), as a join
+    spread over the workers. The committed manifest's parts are read by as many workers
+    (nothing of earlier runs passes through the graph); each (version, band, prefix)
+    partition of the fingerprints is matched on one worker; two rounds over the neighbour
+    lists decide; each cap group is counted on one worker. It waits for every video of the
+    run, a barrier on clip rows only: the shards are written meanwhile, and the few that
+    hold a rejected clip are rewritten without it (`purge_shard`) before the commit
+    publishes them."""
     max_distance = dedupe.max_distance if dedupe.enabled else None
-    earlier = p | "Output" >> beam.Create([out]) | "CommittedClips" >> beam.Map(
-        lambda o: list(readable_rows(o, "manifest", list(CURATE_COLUMNS))))
-    return (videos
-            | "ClipRows" >> beam.FlatMap(lambda v: [{k: getattr(c, k) for k in CURATE_COLUMNS} for c in v.clips])
-            | "AllClips" >> beam.combiners.ToList()
-            | "Curate" >> beam.Map(lambda new, old: curate(new, old, max_distance=max_distance, caps=shards.caps),
-                                   beam.pvalue.AsSingleton(earlier))
-            | "Decisions" >> beam.FlatMap(lambda decided: sorted(decided.items())))
+    caps = {name: shards.caps[name] for name in CAPS if shards.caps.get(name) is not None}
+    if max_distance is None and not caps:
+        return p | "NoCuration" >> beam.Create([])
+    clips = videos | "ClipRows" >> beam.FlatMap(lambda v: [{k: getattr(c, k) for k in CURATE_COLUMNS} for c in v.clips])
+    run = beam.pvalue.AsSingleton(clips | "RunClips" >> beam.CombineGlobally(RunSummary()))
+    committed = (p | "Output" >> beam.Create([out])
+                 | "ManifestParts" >> beam.FlatMap(lambda o: table_files(o, "manifest"))
+                 | "SpreadParts" >> beam.Reshuffle()
+                 | "ReadCommitted" >> beam.FlatMap(committed_entries, run, max_distance, list(caps))
+                 .with_outputs(COUNTS, main="entries"))
+    decisions = []
+    if max_distance is not None:
+        batches = (clips | "ClipBatches" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
+                   | "JoinBatches" >> beam.FlatMap(lambda rows, r: r.batches(rows, new=True), run))
+        entries = ((committed.entries, batches | "NewEntries" >> beam.FlatMap(entry_parts))
+                   | "AllEntries" >> beam.Flatten())
+        queries = batches | "Queries" >> beam.FlatMap(query_parts, max_distance)
+        first = ({"e": entries, "q": queries}
+                 | "ByPartition" >> beam.CoGroupByKey()
+                 | "Match" >> beam.FlatMap(lambda kv: match(kv[0], kv[1]["e"], kv[1]["q"], max_distance))
+                 | "EdgesByClip" >> beam.GroupByKey()
+                 | "FirstRound" >> beam.FlatMap(ask_neighbours).with_outputs(ASKS, main="decided"))
+        second = (first[ASKS]
+                  | "AsksByNeighbour" >> beam.GroupByKey()
+                  | "SecondRound" >> beam.FlatMap(answer_askers)
+                  | "AnswersByClip" >> beam.GroupByKey()
+                  | "Representative" >> beam.Map(lambda kv: (kv[0], min(kv[1])[1])))
+        decisions.append((first.decided, second) | "Duplicates" >> beam.Flatten()
+                         | "DuplicateReason" >> beam.Map(lambda kv: (kv[0], ("duplicate", kv[1]))))
+    if caps:
+        survivors = clips | "KeptClips" >> beam.Filter(lambda r: r["kept"])
+        if decisions:
+            survivors = without(survivors, decisions[0], "Unduplicated")
+        counts = committed[COUNTS] | "CommittedPerGroup" >> beam.CombinePerKey(sum)
+        for name, cap in caps.items():
+            label = name.title()
+            over = ({"rows": survivors | f"By{label}" >> beam.Map(lambda r, n=name: ((n, cap_group(r, n)), r)),
+                     "used": counts | f"Used{label}" >> beam.Filter(lambda kv, n=name: kv[0][0] == n)}
+                    | f"Group{label}" >> beam.CoGroupByKey()
+                    | f"Over{label}" >> beam.FlatMap(lambda kv, c=cap: over_cap(list(kv[1]["rows"]), sum(kv[1]["used"]), c))
+                    | f"Reason{label}" >> beam.Map(lambda k, n=name: (k, (f"cap:{n}", None))))
+            decisions.append(over)
+            survivors = without(survivors, over, f"Within{label}")
+    return decisions | "Decided" >> beam.Flatten()
+
+
+ASKS, COUNTS = "asks", "counts"
+
+
+class RunSummary(beam.CombineFn):
+    """The run's `RunClips` from its clip rows: seconds per video and fingerprint versions."""
+
+    def create_accumulator(self):
+        return defaultdict(float), set()
+
+    def add_input(self, acc, row):
+        add_clip(acc, row)
+        return acc
+
+    def merge_accumulators(self, accs):
+        seconds, versions = self.create_accumulator()
+        for s, v in accs:
+            for k, x in s.items():
+                seconds[k] += x
+            versions |= v
+        return seconds, versions
+
+    def extract_output(self, acc):
+        return RunClips.build(*acc)
+
+
+def committed_entries(path: str, run: RunClips, max_distance: int | None, caps: list[str]):
+    """One committed manifest part for curation: its kept clips as join entries by partition,
+    and (COUNTS) kept clips per cap group. Rows of videos this run redoes take no part; a
+    part that cannot be read is skipped here (logged) and moved aside by the commit."""
+    rows = [r for r in part_rows(path, list(CURATE_COLUMNS)) if not run.redoes(r["video_key"])]
+    if max_distance is not None:
+        for batch in run.batches(rows, new=False):
+            yield from entry_parts(batch)
+    for name in caps:
+        for group, n in cap_counts(rows, name).items():
+            yield beam.pvalue.TaggedOutput(COUNTS, ((name, group), n))
+
+
+def ask_neighbours(item):
+    """First round for one clip with neighbours above it: its decision when one is committed;
+    else it flags itself (it does not represent) and asks its nearest new neighbours (ASKS)."""
+    q, edges = item
+    edges = list(edges)
+    yield beam.pvalue.TaggedOutput(ASKS, (q, None))
+    rep = first_round(q, edges)
+    if rep is not None:
+        yield q, rep
+        return
+    for rank, nbr in nearest_new(edges):
+        yield beam.pvalue.TaggedOutput(ASKS, (nbr, (q, rank)))
+
+
+def answer_askers(item):
+    nbr, values = item
+    values = list(values)
+    yield from second_round(nbr, [v for v in values if v is not None], has_edges=None in values)
+
+
+def without(rows, rejected, label: str):
+    """The clip rows whose key `rejected` ((key, decision) pairs) does not name."""
+    return ({"row": rows | f"{label}Key" >> beam.Map(lambda r: (r["key"], r)), "out": rejected}
+            | f"{label}Join" >> beam.CoGroupByKey()
+            | label >> beam.FlatMap(lambda kv: [] if list(kv[1]["out"]) else list(kv[1]["row"])))
 
 
 # the manifest columns curation reads
@@ -164,15 +270,14 @@ CURATE_COLUMNS = ("key", "video_key", "source", "start_s", "duration_s", "kept",
                   "channel", "query")
 
 
-def readable_rows(out: str, table: str, columns: list[str]):
-    """Rows of a table's readable parts: a part that cannot be read is skipped (logged) here
-    and moved aside, with a failure row, by the commit; the run goes on."""
-    for path in table_files(out, table):
-        try:
-            for b in iter_part_batches(path, columns):
-                yield from b.to_pylist()
-        except DataError as e:
-            logging.getLogger(__name__).warning("skipping: %s", e)
+def part_rows(path: str, columns: list[str]):
+    """Rows of one table part; a part that cannot be read is skipped (logged) here and moved
+    aside, with a failure row, by the commit; the run goes on."""
+    try:
+        for b in iter_part_batches(path, columns):
+            yield from b.to_pylist()
+    except DataError as e:
+        logging.getLogger(__name__).warning("skipping: %s", e)
 
 
 def apply_decision(item):

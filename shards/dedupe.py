@@ -1,52 +1,66 @@
 """Curation over the whole output: near-duplicate groups and balance caps, decided once per
-run over this run's clips and every clip already committed.
+run over this run's clips and every clip already committed, as a join that a Beam job spreads
+over its workers (ingest/pipeline.py) and that `curate` runs in one process.
 
-Both rules are pure functions of manifest rows (dicts with ClipRow's columns) and return
-what to reject: {clip key: (reason, duplicate_of)}. The ingest runs `curate` as one global
-step once the run's clips are cut; the shards it wrote meanwhile are purged of the rejected
-clips before the commit publishes them, so a rejected clip never reaches a published shard
-and committed shards are never rewritten: a clip already in the output is never rejected by
-a later run.
+Decisions are {clip key: (reason, duplicate_of)}. The shards a run wrote meanwhile are purged
+of the rejected clips before the commit publishes them, so a rejected clip never reaches a
+published shard and a clip already in the output is never rejected by a later run.
 
-Near duplicates. Only kept clips with a fingerprint take part. A clip duplicates another
-when their fingerprints are of one version (the "vN:" before the 64 bits; 16 bare hex digits
-are version 1), differ in at most `max_distance` bits and they come from different videos
-(neighbouring clips of one video look alike but are different footage). Clips are visited
-in priority order, and each either joins the first representative it matches or becomes
-one; so every duplicate is within `max_distance` of its representative (no chains).
-Priority: already in the output first, then the longer video (more seconds cut), then the
-higher quality_score (unscored last), then the smaller key. Candidates are found without
-comparing all pairs: the 64 bits are cut into BANDS bands of 16; two fingerprints within
-`max_distance` agree within `max_distance // BANDS` bits on at least one band (pigeonhole),
-so each clip looks up only the band values that close to its own: whatever `max_distance`,
-no pair within it is missed (at the default 12, 697 values per band). Fingerprints of another
-version than a clip's are other measurements, never compared: an output holding clips of
-an older version keeps them, and only a rerun of their videos makes them comparable.
+Near duplicates. Only kept clips with a fingerprint of a version this run produces take part.
+Two clips are neighbours when their fingerprints differ in at most `max_distance` bits and
+they come from different videos (neighbouring clips of one video look alike but are other
+footage). Priority: committed clips first, then the longer video (its clips' seconds in this
+run), then the higher quality_score (unscored last), then the smaller key. The rule:
 
-Caps. Clips over `max_clips_per_{channel,query,source}` (None: no cap) get "cap:channel",
-"cap:query" or "cap:source". Committed kept clips count first and always stay. New clips
-are taken round-robin over videos (videos in a fixed hash order, each video's clips in an
-order that spreads any prefix evenly over the video), so a cap keeps a little of every
-video rather than all of the first ones. A video without a channel (or query) counts as its
-own channel (query).
+- a committed clip represents; a new clip with no neighbour of higher priority represents;
+- a new clip with a committed neighbour duplicates the nearest one (then the smaller key);
+- otherwise it duplicates its highest-priority neighbour that represents, and with none
+  (every neighbour above it duplicates another) it represents itself.
+
+So every duplicate is within `max_distance` of the clip it names, which represents. The rule
+needs two rounds over the neighbour lists, not a walk in priority order: in a chain of four
+or more clips each near the next but not the ones beyond, two kept clips can be neighbours.
+
+The join (no all-pairs): a fingerprint of B = bits / 16 bands of 16 bits is within d bits of
+another only if one band differs in at most r = d // B bits (pigeonhole), so every pair
+within d is found by looking up, for each band, the values within r of a clip's own (697 at
+r = 3). Work is cut into partitions by (version, band, top PREFIX_BITS bits of the band
+value): a partition holds the entries (committed and new clips) whose band has its prefix,
+and receives the new clips whose band value is within r of it as queries; it looks up only
+the values with its prefix. Memory per partition is 1/(16 B) of the clips; a query goes to
+the partitions within r of its prefix (15 of 16 at r = 3), as part of a batch of clips.
+
+Caps. Clips over `max_clips_per_{source,query,channel}` (None: no cap) get "cap:source",
+"cap:query" or "cap:channel", applied in that order (broadest first), each group on its own.
+Committed kept clips count first and always stay. Within a group new clips are taken
+round-robin over videos (videos in a fixed hash order, each video's clips in an order that
+spreads any prefix evenly over the video), so a cap keeps a little of every video rather
+than all of the first ones. A video without a channel (or query) counts as its own channel
+(query).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 import zlib
 from collections import defaultdict
-from typing import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping
 
-BITS = 64
-BANDS = 4
-BAND_BITS = BITS // BANDS
-CAPS = ("channel", "query", "source")
+import numpy as np
+
+BAND_BITS = 16
+PREFIX_BITS = 4  # partitions per band: 2**PREFIX_BITS
+NEIGHBOURS = 8  # higher-priority new neighbours a clip keeps for the second round
+CAPS = ("source", "query", "channel")  # the order caps apply in
 
 Decision = tuple[str, "str | None"]  # (reason, duplicate_of)
+Rank = tuple  # an edge's sort key: (0, distance, 0.0, key) to a committed clip, (1, -seconds, -quality, key) else
 
 
 def parse(fp: str) -> tuple[str, int]:
-    """(version, 64 bits) of a fingerprint: "vN:" and 16 hex digits, or 16 bare hex digits (v1)."""
+    """(version, bits) of a fingerprint: "vN:" and hex digits, or 16 bare hex digits (v1)."""
     version, _, bits = fp.rpartition(":")
     return version or "v1", int(bits, 16)
 
@@ -63,38 +77,256 @@ def curate(new: list[dict], earlier: Iterable[dict], *, max_distance: int | None
            caps: Mapping[str, int | None]) -> dict[str, Decision]:
     """Which of `new` (this run's clip rows) to reject, given `earlier` (the committed
     manifest; rows of videos this run redoes are ignored). `max_distance` None: no dedupe.
-    `caps` maps "channel", "query", "source" to a limit or None."""
-    redone = {r["video_key"] for r in new}
-    earlier = [r for r in earlier if r["video_key"] not in redone]
+    `caps` maps "channel", "query", "source" to a limit or None. The same steps the ingest
+    job runs distributed, in one process."""
+    run = RunClips.of(new)
+    earlier = [r for r in earlier if not run.redoes(r["video_key"])]
     decisions: dict[str, Decision] = {}
     if max_distance is not None:
         decisions.update((k, ("duplicate", rep)) for k, rep in duplicates(new, earlier, max_distance).items())
-    if any(v is not None for v in caps.values()):
-        survivors = [r for r in new if r["kept"] and r["key"] not in decisions]
-        decisions.update((k, (reason, None)) for k, reason in over_caps(survivors, earlier, caps).items())
+    survivors = [r for r in new if r["kept"] and r["key"] not in decisions]
+    for name in CAPS:
+        if caps.get(name) is None:
+            continue
+        used = cap_counts(earlier, name)
+        groups: dict[str, list[dict]] = defaultdict(list)
+        for r in survivors:
+            groups[cap_group(r, name)].append(r)
+        over = {k for g, rows in groups.items() for k in over_cap(rows, used.get(g, 0), caps[name])}
+        decisions.update((k, (f"cap:{name}", None)) for k in over)
+        survivors = [r for r in survivors if r["key"] not in over]
     return decisions
 
 
 # ---------------------------------------------------------------------------- duplicates
 def duplicates(new: list[dict], earlier: list[dict], max_distance: int) -> dict[str, str]:
-    """{key of a new clip: key of the representative it duplicates}."""
-    rank = representative_rank(itertools.chain(earlier, new))
-    pool = [(True, r) for r in earlier if r["kept"] and r.get("fingerprint")]
-    pool += [(False, r) for r in new if r["kept"] and r.get("fingerprint")]
-    pool.sort(key=lambda x: (not x[0], rank(x[1])))
-    radius = max_distance // BANDS
-    # keyed by (fingerprint version, band, band value): versions never meet
-    buckets: dict[tuple[str, int, int], list[tuple[int, str, int, str]]] = defaultdict(list)
-    out: dict[str, str] = {}
-    for order, (committed, r) in enumerate(pool):
-        (version, fp), vkey = parse(r["fingerprint"]), r["video_key"]
-        rep = None if committed else _first_match(version, fp, vkey, buckets, radius, max_distance)
-        if rep is not None:
-            out[r["key"]] = rep
-            continue
-        for band, value in enumerate(_bands(fp)):
-            buckets[(version, band, value)].append((order, r["key"], fp, vkey))
+    """{key of a new clip: key of the representative it duplicates}, in one process."""
+    run = RunClips.of(new)
+    parts: dict[tuple, list[Batch]] = defaultdict(list)
+    queries: dict[tuple, list[Batch]] = defaultdict(list)
+    for batch in (*run.batches(new, new=True), *run.batches(earlier, new=False)):
+        for key, part in entry_parts(batch):
+            parts[key].append(part)
+    for batch in run.batches(new, new=True):
+        for key, part in query_parts(batch, max_distance):
+            queries[key].append(part)
+    edges: dict[str, list[tuple[Rank, str]]] = defaultdict(list)
+    for key in queries:
+        for q, edge in match(key, parts.get(key, []), queries[key], max_distance):
+            edges[q].append(edge)
+    out, asks = {}, defaultdict(list)
+    for q, found in edges.items():
+        decided = first_round(q, found)
+        if decided is not None:
+            out[q] = decided
+        else:
+            for rank, nbr in nearest_new(found):
+                asks[nbr].append((q, rank))
+    answers = defaultdict(list)
+    for nbr, askers in asks.items():
+        for q, edge in second_round(nbr, askers, nbr in edges):
+            answers[q].append(edge)
+    out.update((q, min(found)[1]) for q, found in answers.items())
     return out
+
+
+@dataclass
+class RunClips:
+    """What every partition of a run's join needs to know of the run: its videos (whose
+    committed rows it redoes) and the seconds each cut, as sorted 64-bit hashes."""
+    videos: np.ndarray  # sorted uint64 hashes of this run's video keys
+    seconds: np.ndarray  # float64, seconds of clips cut per video, aligned with `videos`
+    versions: frozenset[str]  # fingerprint versions of this run's clips
+
+    @classmethod
+    def of(cls, rows: Iterable[dict]) -> "RunClips":
+        acc = defaultdict(float), set()
+        for r in rows:
+            add_clip(acc, r)
+        return cls.build(*acc)
+
+    @classmethod
+    def build(cls, seconds: Mapping[int, float], versions: set[str]) -> "RunClips":
+        videos = np.array(sorted(seconds), np.uint64)
+        return cls(videos, np.array([seconds[v] for v in videos.tolist()], np.float64), frozenset(versions))
+
+    def redoes(self, video_key: str) -> bool:
+        h = np.uint64(video_hash(video_key))
+        i = int(np.searchsorted(self.videos, h))
+        return i < len(self.videos) and self.videos[i] == h
+
+    def batches(self, rows: Iterable[dict], *, new: bool) -> list["Batch"]:
+        """The kept, fingerprinted rows as join batches (one per version this run has);
+        committed rows of a video this run redoes are left out."""
+        by_version: dict[str, list[tuple[dict, int]]] = defaultdict(list)
+        for r in rows:
+            if not r["kept"] or not r.get("fingerprint"):
+                continue
+            version, bits = parse(r["fingerprint"])
+            if version in self.versions and (new or not self.redoes(r["video_key"])):
+                by_version[version].append((r, bits))
+        out = []
+        for version, items in by_version.items():
+            words = max((width_of(r["fingerprint"]) + 63) // 64 for r, _ in items)
+            mask = (1 << 64) - 1
+            vids = np.array([video_hash(r["video_key"]) for r, _ in items], np.uint64)
+            pos = np.minimum(np.searchsorted(self.videos, vids), max(len(self.videos) - 1, 0))
+            out.append(Batch(
+                version=version,
+                words=np.array([[(b >> (64 * w)) & mask for w in range(words)] for _, b in items], np.uint64),
+                video=vids, new=np.full(len(items), new),
+                seconds=self.seconds[pos] if new else np.zeros(len(items)),
+                quality=np.array([r.get("quality_score") if r.get("quality_score") is not None else -1.0
+                                  for r, _ in items], np.float64),
+                keys=np.array([r["key"] for r, _ in items], dtype=str)))
+        return out
+
+
+def add_clip(acc: tuple[dict[int, float], set[str]], row: dict) -> None:
+    """Count one clip row of the run into (seconds per video hash, versions)."""
+    seconds, versions = acc
+    seconds[video_hash(row["video_key"])] += row["duration_s"] or 0.0
+    if row.get("fingerprint"):
+        versions.add(parse(row["fingerprint"])[0])
+
+
+def width_of(fp: str) -> int:
+    """Bits of a fingerprint: 4 per hex digit."""
+    return 4 * len(fp.rpartition(":")[2])
+
+
+def video_hash(video_key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(video_key.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass
+class Batch:
+    """Clips in the near-duplicate join, as columns; all of one fingerprint version."""
+    version: str
+    words: np.ndarray  # (n, W) uint64: the fingerprint's bits, least significant word first
+    video: np.ndarray  # (n,) uint64 video hashes: clips of one video never pair
+    new: np.ndarray  # (n,) bool: of this run (committed clips represent and never lose)
+    seconds: np.ndarray  # (n,) float64: seconds its video cut in this run
+    quality: np.ndarray  # (n,) float64; -1 when unscored
+    keys: np.ndarray  # (n,) str
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, idx) -> "Batch":
+        return Batch(self.version, self.words[idx], self.video[idx], self.new[idx], self.seconds[idx],
+                     self.quality[idx], self.keys[idx])
+
+    @staticmethod
+    def concat(batches: list["Batch"]) -> "Batch":
+        width = max(b.words.shape[1] for b in batches)
+        words = [np.pad(b.words, ((0, 0), (0, width - b.words.shape[1]))) for b in batches]
+        return Batch(batches[0].version, np.concatenate(words), *(np.concatenate([getattr(b, f) for b in batches])
+                     for f in ("video", "new", "seconds", "quality", "keys")))
+
+    def bands(self) -> int:
+        return self.words.shape[1] * 64 // BAND_BITS
+
+    def band(self, i: int) -> np.ndarray:
+        word, shift = divmod(i * BAND_BITS, 64)
+        return ((self.words[:, word] >> np.uint64(shift)) & np.uint64((1 << BAND_BITS) - 1)).astype(np.int64)
+
+    def outranks(self, i: np.ndarray, other: "Batch", j: np.ndarray) -> np.ndarray:
+        """Whether clip i of self comes before clip j of `other` in priority order."""
+        a = (self.new[i], -self.seconds[i], -self.quality[i])
+        b = (other.new[j], -other.seconds[j], -other.quality[j])
+        before, tied = np.zeros(len(i), bool), np.ones(len(i), bool)
+        for x, y in zip(a, b):
+            before |= tied & (x < y)
+            tied &= x == y
+        return before | (tied & (self.keys[i] < other.keys[j]))
+
+
+def radius(batch: Batch, max_distance: int) -> int:
+    return max_distance // batch.bands()
+
+
+def prefix(values: np.ndarray) -> np.ndarray:
+    return values >> (BAND_BITS - PREFIX_BITS)
+
+
+def entry_parts(batch: Batch) -> Iterator[tuple[tuple, Batch]]:
+    """The batch cut by partition, (version, band, prefix): each clip once per band."""
+    for band in range(batch.bands()):
+        pre = prefix(batch.band(band))
+        for p in np.unique(pre).tolist():
+            yield (batch.version, band, p), batch.take(pre == p)
+
+
+def query_parts(batch: Batch, max_distance: int) -> Iterator[tuple[tuple, Batch]]:
+    """The batch's new clips sent to each partition that may hold a neighbour: per band, the
+    prefixes within the radius of their own."""
+    batch = batch.take(batch.new)
+    r = radius(batch, max_distance) if len(batch) else 0
+    for band in range(batch.bands() if len(batch) else 0):
+        pre = prefix(batch.band(band))
+        for p in range(1 << PREFIX_BITS):
+            sel = np.bitwise_count(pre ^ p) <= r
+            if sel.any():
+                yield (batch.version, band, p), batch.take(sel)
+
+
+@functools.lru_cache(maxsize=8)
+def _masks(r: int) -> np.ndarray:
+    """Every BAND_BITS-bit mask of at most r set bits."""
+    return np.array([sum(1 << b for b in flips) for k in range(r + 1)
+                     for flips in itertools.combinations(range(BAND_BITS), k)], np.int64)
+
+
+def match(part: tuple, entries: Iterable[Batch], queries: Iterable[Batch], max_distance: int,
+          chunk: int = 2048) -> Iterator[tuple[str, tuple[Rank, str]]]:
+    """Edges of one partition: (query key, (rank, neighbour key)) for each neighbour of higher
+    priority among the partition's entries. Memory: the entries and `chunk` queries' probes."""
+    entries = [e for e in entries if len(e)]
+    if not entries:
+        return
+    _, band, p = part
+    e = Batch.concat(entries)
+    values = e.band(band)
+    order = np.argsort(values, kind="stable")
+    values = values[order]
+    for q in queries:
+        masks = _masks(radius(q, max_distance))
+        for start in range(0, len(q), chunk):
+            qc = q.take(slice(start, start + chunk))
+            probes = qc.band(band)[:, None] ^ masks[None, :]
+            qi, mi = np.nonzero(prefix(probes) == p)
+            probe = probes[qi, mi]
+            lo, hi = np.searchsorted(values, probe, "left"), np.searchsorted(values, probe, "right")
+            count = hi - lo
+            qi = np.repeat(qi, count)
+            ei = order[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())]
+            width = min(qc.words.shape[1], e.words.shape[1])
+            dist = np.bitwise_count(qc.words[qi, :width] ^ e.words[ei, :width]).sum(axis=1)
+            ok = (dist <= max_distance) & (qc.video[qi] != e.video[ei]) & e.outranks(ei, qc, qi)
+            for a, b, d in zip(qi[ok].tolist(), ei[ok].tolist(), dist[ok].tolist()):
+                rank = (0, d, 0.0, e.keys[b]) if not e.new[b] else (1, -e.seconds[b], -e.quality[b], e.keys[b])
+                yield str(qc.keys[a]), (tuple(x.item() if hasattr(x, "item") else x for x in rank), str(e.keys[b]))
+
+
+def first_round(q: str, edges: Iterable[tuple[Rank, str]]) -> str | None:
+    """A clip's decision from its edges where it needs no second round: the nearest committed
+    neighbour it duplicates, else None (its neighbours are new: `nearest_new`)."""
+    best = min(edges)
+    return best[1] if best[0][0] == 0 else None
+
+
+def nearest_new(edges: Iterable[tuple[Rank, str]]) -> list[tuple[Rank, str]]:
+    """The NEIGHBOURS highest-priority new neighbours (an edge found in several bands once)."""
+    return sorted(set(edges))[:NEIGHBOURS]
+
+
+def second_round(nbr: str, askers: Iterable[tuple[str, Rank]], has_edges: bool) -> Iterator[tuple[str, tuple[Rank, str]]]:
+    """A neighbour answers the clips that asked it: one without edges of its own (nothing
+    above it) represents, and each asker may name it."""
+    if not has_edges:
+        for q, rank in askers:
+            yield q, (rank, nbr)
 
 
 def representative_rank(rows: Iterable[dict], seconds: dict[str, float] | None = None):
@@ -178,53 +410,23 @@ def apply_reelections(rows: Iterable[dict], new_rep_of: dict[str, str]) -> int:
     return restored
 
 
-def _bands(fp: int) -> list[int]:
-    return [(fp >> (band * BAND_BITS)) & ((1 << BAND_BITS) - 1) for band in range(BANDS)]
-
-
-def _near(value: int, radius: int) -> Iterable[int]:
-    """Every band value within `radius` bits of `value`."""
-    for r in range(radius + 1):
-        for flips in itertools.combinations(range(BAND_BITS), r):
-            yield value ^ sum(1 << b for b in flips)
-
-
-def _first_match(version: str, fp: int, vkey: str, buckets, radius: int, max_distance: int) -> str | None:
-    """The representative of highest priority within `max_distance` of `fp` (of `version`)
-    from another video."""
-    best = None
-    for band, value in enumerate(_bands(fp)):
-        for near in _near(value, radius):
-            for order, key, rep_fp, rep_video in buckets.get((version, band, near), ()):
-                if rep_video != vkey and (best is None or order < best[0]) \
-                        and (rep_fp ^ fp).bit_count() <= max_distance:
-                    best = (order, key)
-    return None if best is None else best[1]
-
-
 # ---------------------------------------------------------------------------------- caps
-def over_caps(new: list[dict], earlier: list[dict], caps: Mapping[str, int | None]) -> dict[str, str]:
-    """{key of a new clip: "cap:channel" | "cap:query" | "cap:source"} for the kept clips of
-    `new` beyond a cap, counting the kept clips of `earlier` first."""
-    active = {name: caps[name] for name in CAPS if caps.get(name) is not None}
-    used: dict[tuple[str, str], int] = defaultdict(int)
-    for r in earlier:
-        if r["kept"]:
-            for name in active:
-                used[(name, _group(r, name))] += 1
-    out = {}
-    for r in round_robin(new):
-        full = next((name for name in active if used[(name, _group(r, name))] >= active[name]), None)
-        if full is not None:
-            out[r["key"]] = f"cap:{full}"
-            continue
-        for name in active:
-            used[(name, _group(r, name))] += 1
-    return out
-
-
-def _group(r: dict, name: str) -> str:
+def cap_group(r: dict, name: str) -> str:
     return r["source"] if name == "source" else (r.get(name) or r["video_key"])
+
+
+def cap_counts(rows: Iterable[dict], name: str) -> dict[str, int]:
+    """Kept clips per group of cap `name` among committed rows."""
+    used: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r["kept"]:
+            used[cap_group(r, name)] += 1
+    return dict(used)
+
+
+def over_cap(rows: list[dict], used: int, cap: int) -> list[str]:
+    """Keys of one group's new clips beyond `cap`, with `used` committed clips counted first."""
+    return [r["key"] for r in round_robin(rows)[max(cap - used, 0):]]
 
 
 def round_robin(rows: list[dict]) -> list[dict]:
