@@ -12,7 +12,9 @@ its own:
 - `resume`: the resume markers a worker reads from the output (done keys, staged stores);
 - `graph`: the serialized job request (`Pipeline.to_runner_api()`) built for that output;
 - `refilter_tables`: refilter's table side (threshold, streamed duplicate re-election, every
-  manifest part decided and written again).
+  manifest part decided and written again);
+- `curate_next`: curation (the near-duplicate join) of that further run onto the N videos,
+  with 1000 planted copies of committed clips that it must find.
 
 Goals: no process above 1 GiB at 10^6 videos; the job request flat in the number of done
 videos; time linear. Results in benchmarks/results/scale.json.
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIPS_PER_VIDEO = 30
 SHARD_CLIPS = 2000
 NEXT_RUN = 1000
+PLANTED = 1000  # clips of the next run that copy a committed clip (curation must find each)
 
 
 # ------------------------------------------------------------------------- synthetic rows
@@ -74,7 +77,9 @@ def write_run(out: str, run_id: str, first: int, n_videos: int) -> tuple[dict, l
                     "duration_s": [16.0] * n, "n_frames": [160] * n, "bytes": [90_000] * n, "split": ["train"] * n,
                     "kept": ~dup, "reason": np.where(dup, "duplicate", "").tolist(),
                     "shard": [f"train-{run_id}-00000000-{(j // SHARD_CLIPS) % 10000:04d}.tar" for j in range(n)],
-                    "quality_score": rng.random(n), "fingerprint": [f"v2:{x:016x}" for x in rng.integers(0, 2**62, n)],
+                    "quality_score": rng.random(n),
+                    "fingerprint": [f"v3:{x:016x}{y:016x}" for x, y in zip(rng.integers(0, 2**63, n).tolist(),
+                                                                            rng.integers(0, 2**63, n).tolist())],
                     "duplicate_of": [keys[j - 1] if dup[j] and j else None for j in range(n)]}
         for table, cols in (("videos", videos), ("candidates", cand), ("manifest", manifest)):
             schema = SCHEMAS[table]
@@ -170,7 +175,92 @@ def step_refilter_tables(out: str) -> dict:
     return {"s": time.perf_counter() - t0, "rows": n, "groups_reelected": len(new_rep_of), "restored": restored["n"]}
 
 
-STEPS = {"stage": step_stage, "commit": step_commit, "resume": step_resume, "graph": step_graph, "refilter_tables": step_refilter_tables}
+def step_curate(out: str) -> dict:
+    """Curation of a further run of NEXT_RUN videos (30 clips each, random fingerprints, PLANTED
+    of them copies of committed clips within 20 bits) onto the output, by the functions the
+    job's workers run, in one process: every committed manifest part read into its partitions'
+    entries (spooled to disk, as the job's shuffle does), then the partitions matched one after
+    another, then the two rounds. A job runs the parts and the partitions on many workers, so
+    its peak per worker is at most this process's."""
+    import pickle
+
+    import numpy as np
+
+    from genie_pipeline.filtering.config import DedupeConfig
+    from genie_pipeline.ingest.pipeline import committed_entries
+    from genie_pipeline.shards.dedupe import RunClips, decide, entry_parts, match, query_parts
+    from genie_pipeline.shards.reader import iter_part_batches, table_files
+
+    d = DedupeConfig().max_distance
+    rng = np.random.default_rng(1)
+    parts = table_files(out, "manifest")
+    first = next(iter_part_batches(parts[0], ["key", "kept", "fingerprint"])).to_pylist()
+    originals = [r for r in first if r["kept"]][:PLANTED]
+    new = []
+    for v in range(NEXT_RUN):
+        for c in range(CLIPS_PER_VIDEO):
+            j = v * CLIPS_PER_VIDEO + c
+            if j < len(originals):
+                bits = int(originals[j]["fingerprint"][3:], 16) ^ sum(1 << int(b) for b in rng.permutation(128)[:20])
+            else:
+                bits = int.from_bytes(rng.bytes(16), "little")
+            new.append({"key": f"new_v{v:06d}_{c:03d}", "video_key": f"new_v{v:06d}", "duration_s": 16.0,
+                        "kept": True, "quality_score": float(rng.random()), "fingerprint": f"v3:{bits:032x}"})
+    t0 = time.perf_counter()
+    run = RunClips.of(new)
+    spool = Path(out, "_spool")
+    spool.mkdir()
+    files, entries_n = {}, {}
+
+    def put(kind, key, batch):
+        name = f"{kind}-" + "-".join(map(str, key))
+        if name not in files:
+            files[name] = open(spool / name, "ab")
+        pickle.dump(batch, files[name])
+        if kind == "e":
+            entries_n[key] = entries_n.get(key, 0) + len(batch)
+
+    for path in parts:
+        for key, batch in committed_entries(path, run, d, []):
+            put("e", key, batch)
+    for batch in run.batches(new, new=True):
+        for key, part in entry_parts(batch):
+            put("e", key, part)
+        for key, part in query_parts(batch, d):
+            put("q", key, part)
+    for f in files.values():
+        f.close()
+    t_read = time.perf_counter()
+
+    def load(kind, key):
+        path = spool / (f"{kind}-" + "-".join(map(str, key)))
+        with open(path, "rb") if path.exists() else open(os.devnull, "rb") as f:
+            while True:
+                try:
+                    yield pickle.load(f)
+                except EOFError:
+                    return
+
+    edges, slowest = {}, 0.0
+    for key in entries_n:
+        t = time.perf_counter()
+        for q, edge in match(key, list(load("e", key)), load("q", key), d):
+            edges.setdefault(q, []).append(edge)
+        slowest = max(slowest, time.perf_counter() - t)
+    t_match = time.perf_counter()
+    decided = decide(edges)
+    t_end = time.perf_counter()
+    shutil.rmtree(spool)
+    planted = {f"new_v{j // CLIPS_PER_VIDEO:06d}_{j % CLIPS_PER_VIDEO:03d}": r["key"] for j, r in enumerate(originals)}
+    return {"s": t_end - t0, "read_s": t_read - t0, "match_s": t_match - t_read, "slowest_partition_s": slowest,
+            "partitions": len(entries_n), "largest_partition_entries": max(entries_n.values()),
+            "new_clips": len(new), "planted_copies": len(planted),
+            "planted_found": sum(decided.get(k) == v for k, v in planted.items()),
+            "other_duplicates": sum(k not in planted for k in decided)}
+
+
+STEPS = {"stage": step_stage, "commit": step_commit, "resume": step_resume, "graph": step_graph,
+         "refilter_tables": step_refilter_tables, "curate": step_curate}
 
 
 def child(step: str, args: list[str]) -> None:
@@ -200,6 +290,7 @@ def measure(n: int, work: str) -> dict:
     row["commit_first"] = run_child("commit", out, first)
     run_child("stage", out, n, NEXT_RUN, nxt)
     row["commit_next"] = run_child("commit", out, nxt)
+    row["curate_next"] = run_child("curate", out)
     row["resume"] = run_child("resume", out)
     row["graph"] = run_child("graph", out)
     row["refilter_tables"] = run_child("refilter_tables", out)
@@ -222,7 +313,7 @@ def main() -> None:
     work = a.work or tempfile.mkdtemp(prefix="genie-scale-")
     rows = [measure(n, work) for n in a.videos]
     big, small = rows[-1], rows[0]
-    steps = ("commit_first", "commit_next", "resume", "graph", "refilter_tables")
+    steps = ("commit_first", "commit_next", "curate_next", "resume", "graph", "refilter_tables")
     peak = {k: max(r[k]["peak_rss_mib"] for r in rows) for k in steps}
     scale = big["videos"] / small["videos"]
     summary = {

@@ -226,16 +226,27 @@ class RunSummary(beam.CombineFn):
 
 
 def committed_entries(path: str, run: RunClips, max_distance: int | None, caps: list[str]):
-    """One committed manifest part for curation: its kept clips as join entries by partition,
-    and (COUNTS) kept clips per cap group. Rows of videos this run redoes take no part; a
-    part that cannot be read is skipped here (logged) and moved aside by the commit."""
-    rows = [r for r in part_rows(path, list(CURATE_COLUMNS)) if not run.redoes(r["video_key"])]
-    if max_distance is not None:
-        for batch in run.batches(rows, new=False):
-            yield from entry_parts(batch)
-    for name in caps:
-        for group, n in cap_counts(rows, name).items():
-            yield beam.pvalue.TaggedOutput(COUNTS, ((name, group), n))
+    """One committed manifest part for curation, a record batch at a time: its kept clips as
+    join entries by partition, and (COUNTS) kept clips per cap group. Rows of videos this run
+    redoes take no part; a part that cannot be read is skipped here (logged) and moved aside,
+    with a failure row, by the commit."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    try:
+        for b in iter_part_batches(path, list(CURATE_COLUMNS)):
+            cols = {name: b.column(name).to_pylist() for name in CURATE_COLUMNS}
+            if max_distance is not None:
+                for batch in run.batches(new=False, columns=cols):
+                    yield from entry_parts(batch)
+            if caps:
+                rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
+                rows = [r for r in rows if not run.redoes(r["video_key"])]
+                for name in caps:
+                    for group, n in cap_counts(rows, name).items():
+                        counts[(name, group)] += n
+    except DataError as e:
+        logging.getLogger(__name__).warning("skipping: %s", e)
+    for key, n in counts.items():
+        yield beam.pvalue.TaggedOutput(COUNTS, (key, n))
 
 
 def ask_neighbours(item):
@@ -268,16 +279,6 @@ def without(rows, rejected, label: str):
 # the manifest columns curation reads
 CURATE_COLUMNS = ("key", "video_key", "source", "start_s", "duration_s", "kept", "quality_score", "fingerprint",
                   "channel", "query")
-
-
-def part_rows(path: str, columns: list[str]):
-    """Rows of one table part; a part that cannot be read is skipped (logged) here and moved
-    aside, with a failure row, by the commit; the run goes on."""
-    try:
-        for b in iter_part_batches(path, columns):
-            yield from b.to_pylist()
-    except DataError as e:
-        logging.getLogger(__name__).warning("skipping: %s", e)
 
 
 def apply_decision(item):

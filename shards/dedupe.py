@@ -114,6 +114,12 @@ def duplicates(new: list[dict], earlier: list[dict], max_distance: int) -> dict[
     for key in queries:
         for q, edge in match(key, parts.get(key, []), queries[key], max_distance):
             edges[q].append(edge)
+    return decide(edges)
+
+
+def decide(edges: Mapping[str, list[tuple[Rank, str]]]) -> dict[str, str]:
+    """{clip: the representative it duplicates} from every clip's edges, both rounds in one
+    process (the job runs them as `first_round`, `nearest_new` and `second_round` by key)."""
     out, asks = {}, defaultdict(list)
     for q, found in edges.items():
         decided = first_round(q, found)
@@ -151,35 +157,49 @@ class RunClips:
         return cls(videos, np.array([seconds[v] for v in videos.tolist()], np.float64), frozenset(versions))
 
     def redoes(self, video_key: str) -> bool:
-        h = np.uint64(video_hash(video_key))
-        i = int(np.searchsorted(self.videos, h))
-        return i < len(self.videos) and self.videos[i] == h
+        return bool(self.redone(np.array([video_hash(video_key)], np.uint64))[0])
 
-    def batches(self, rows: Iterable[dict], *, new: bool) -> list["Batch"]:
-        """The kept, fingerprinted rows as join batches (one per version this run has);
-        committed rows of a video this run redoes are left out."""
-        by_version: dict[str, list[tuple[dict, int]]] = defaultdict(list)
-        for r in rows:
-            if not r["kept"] or not r.get("fingerprint"):
-                continue
-            version, bits = parse(r["fingerprint"])
-            if version in self.versions and (new or not self.redoes(r["video_key"])):
-                by_version[version].append((r, bits))
+    def redone(self, vids: np.ndarray) -> np.ndarray:
+        """Per video hash: whether this run redoes (cuts again) that video."""
+        if not len(self.videos):
+            return np.zeros(len(vids), bool)
+        i = np.minimum(np.searchsorted(self.videos, vids), len(self.videos) - 1)
+        return self.videos[i] == vids
+
+    def batches(self, rows: Iterable[dict] | None = None, *, new: bool,
+                columns: Mapping[str, list] | None = None) -> list["Batch"]:
+        """The kept, fingerprinted clips as join batches (one per version this run has), from
+        rows or from columns (JOIN_COLUMNS, as a table part's record batch gives them);
+        committed clips of a video this run redoes are left out."""
+        cols = columns if columns is not None else {k: [r.get(k) for r in rows] for k in JOIN_COLUMNS}
+        n = len(cols["key"])
+        vids = np.fromiter((video_hash(v) for v in cols["video_key"]), np.uint64, n)
+        fps = cols["fingerprint"]
+        version = np.array([(f.rpartition(":")[0] or "v1") if f else "" for f in fps])
+        ok = np.fromiter((bool(k) for k in cols["kept"]), bool, n)
+        if not new:
+            ok &= ~self.redone(vids)
+        pos = np.minimum(np.searchsorted(self.videos, vids), max(len(self.videos) - 1, 0))
         out = []
-        for version, items in by_version.items():
-            words = max((width_of(r["fingerprint"]) + 63) // 64 for r, _ in items)
-            mask = (1 << 64) - 1
-            vids = np.array([video_hash(r["video_key"]) for r, _ in items], np.uint64)
-            pos = np.minimum(np.searchsorted(self.videos, vids), max(len(self.videos) - 1, 0))
+        for v in sorted(self.versions):
+            idx = np.flatnonzero(ok & (version == v))
+            if not len(idx):
+                continue
+            digits = [fps[i].rpartition(":")[2] for i in idx.tolist()]
+            width = -(-max(len(d) for d in digits) // 16) * 16
+            raw = np.frombuffer(bytes.fromhex("".join(d.rjust(width, "0") for d in digits)), ">u8")
             out.append(Batch(
-                version=version,
-                words=np.array([[(b >> (64 * w)) & mask for w in range(words)] for _, b in items], np.uint64),
-                video=vids, new=np.full(len(items), new),
-                seconds=self.seconds[pos] if new else np.zeros(len(items)),
-                quality=np.array([r.get("quality_score") if r.get("quality_score") is not None else -1.0
-                                  for r, _ in items], np.float64),
-                keys=np.array([r["key"] for r, _ in items], dtype=str)))
+                version=v, words=raw.reshape(len(idx), width // 16)[:, ::-1].astype(np.uint64),
+                video=vids[idx], new=np.full(len(idx), new),
+                seconds=self.seconds[pos[idx]] if new and len(self.videos) else np.zeros(len(idx)),
+                quality=np.array([-1.0 if q is None else q for q in (cols["quality_score"][i] for i in idx.tolist())],
+                                 np.float64),
+                keys=np.array([cols["key"][i].encode() for i in idx.tolist()], dtype=bytes)))
         return out
+
+
+# what the join reads of a clip row
+JOIN_COLUMNS = ("key", "video_key", "kept", "fingerprint", "quality_score")
 
 
 def add_clip(acc: tuple[dict[int, float], set[str]], row: dict) -> None:
@@ -188,11 +208,6 @@ def add_clip(acc: tuple[dict[int, float], set[str]], row: dict) -> None:
     seconds[video_hash(row["video_key"])] += row["duration_s"] or 0.0
     if row.get("fingerprint"):
         versions.add(parse(row["fingerprint"])[0])
-
-
-def width_of(fp: str) -> int:
-    """Bits of a fingerprint: 4 per hex digit."""
-    return 4 * len(fp.rpartition(":")[2])
 
 
 def video_hash(video_key: str) -> int:
@@ -208,7 +223,7 @@ class Batch:
     new: np.ndarray  # (n,) bool: of this run (committed clips represent and never lose)
     seconds: np.ndarray  # (n,) float64: seconds its video cut in this run
     quality: np.ndarray  # (n,) float64; -1 when unscored
-    keys: np.ndarray  # (n,) str
+    keys: np.ndarray  # (n,) bytes: clip keys are ASCII, and a byte a character halves what is shuffled
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -272,16 +287,19 @@ def query_parts(batch: Batch, max_distance: int) -> Iterator[tuple[tuple, Batch]
 
 
 @functools.lru_cache(maxsize=8)
-def _masks(r: int) -> np.ndarray:
-    """Every BAND_BITS-bit mask of at most r set bits."""
-    return np.array([sum(1 << b for b in flips) for k in range(r + 1)
-                     for flips in itertools.combinations(range(BAND_BITS), k)], np.int64)
+def _masks(r: int) -> list[np.ndarray]:
+    """Every BAND_BITS-bit mask of at most r set bits, by the prefix it flips."""
+    masks = np.array([sum(1 << b for b in flips) for k in range(r + 1)
+                      for flips in itertools.combinations(range(BAND_BITS), k)], np.int64)
+    return [masks[prefix(masks) == t] for t in range(1 << PREFIX_BITS)]
 
 
 def match(part: tuple, entries: Iterable[Batch], queries: Iterable[Batch], max_distance: int,
-          chunk: int = 2048) -> Iterator[tuple[str, tuple[Rank, str]]]:
+          budget: int = 1 << 21) -> Iterator[tuple[str, tuple[Rank, str]]]:
     """Edges of one partition: (query key, (rank, neighbour key)) for each neighbour of higher
-    priority among the partition's entries. Memory: the entries and `chunk` queries' probes."""
+    priority among the partition's entries. Each query looks up only the band values within
+    the radius that carry the partition's prefix. Memory: the entries, and about `budget`
+    candidate pairs at a time."""
     entries = [e for e in entries if len(e)]
     if not entries:
         return
@@ -289,24 +307,50 @@ def match(part: tuple, entries: Iterable[Batch], queries: Iterable[Batch], max_d
     e = Batch.concat(entries)
     values = e.band(band)
     order = np.argsort(values, kind="stable")
-    values = values[order]
+    e, values = e.take(order), values[order]
+    words = [np.ascontiguousarray(e.words[:, w]) for w in range(e.words.shape[1])]
+    # where each band value of this prefix starts among the sorted entries: a probe's
+    # entries are first[v] .. first[v + 1] (a gather, not a binary search)
+    suffix = BAND_BITS - PREFIX_BITS
+    first = np.searchsorted(values, (p << suffix) + np.arange((1 << suffix) + 1))
+    low = (1 << suffix) - 1
     for q in queries:
-        masks = _masks(radius(q, max_distance))
-        for start in range(0, len(q), chunk):
-            qc = q.take(slice(start, start + chunk))
-            probes = qc.band(band)[:, None] ^ masks[None, :]
-            qi, mi = np.nonzero(prefix(probes) == p)
-            probe = probes[qi, mi]
-            lo, hi = np.searchsorted(values, probe, "left"), np.searchsorted(values, probe, "right")
-            count = hi - lo
-            qi = np.repeat(qi, count)
-            ei = order[np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())]
-            width = min(qc.words.shape[1], e.words.shape[1])
-            dist = np.bitwise_count(qc.words[qi, :width] ^ e.words[ei, :width]).sum(axis=1)
-            ok = (dist <= max_distance) & (qc.video[qi] != e.video[ei]) & e.outranks(ei, qc, qi)
-            for a, b, d in zip(qi[ok].tolist(), ei[ok].tolist(), dist[ok].tolist()):
-                rank = (0, d, 0.0, e.keys[b]) if not e.new[b] else (1, -e.seconds[b], -e.quality[b], e.keys[b])
-                yield str(qc.keys[a]), (tuple(x.item() if hasattr(x, "item") else x for x in rank), str(e.keys[b]))
+        qband, by_flip = q.band(band), _masks(radius(q, max_distance))
+        flip = prefix(qband) ^ p
+        for t in np.unique(flip).tolist():
+            masks = by_flip[t]
+            rows = np.flatnonzero(flip == t)
+            probes = (qband[rows][:, None] ^ masks[None, :]).ravel()
+            owner = np.repeat(rows, len(masks))
+            lo, hi = first[probes & low], first[(probes & low) + 1]
+            keep = hi > lo
+            owner, lo, count = owner[keep], lo[keep], (hi - lo)[keep]
+            ends = np.cumsum(count)
+            start = 0
+            while start < len(count):  # slices of about `budget` candidate pairs
+                stop = max(int(np.searchsorted(ends, ends[start] - count[start] + budget, "right")), start + 1)
+                yield from _verify(e, words, q, owner[start:stop], lo[start:stop], count[start:stop], max_distance)
+                start = stop
+
+
+def _verify(e: Batch, words: list[np.ndarray], q: Batch, owner, lo, count, max_distance: int):
+    """The candidate pairs (query owner[i], entries lo[i] .. lo[i] + count[i]) that are
+    neighbours, the entry above the query, as edges. `words`: e's fingerprint words, each
+    contiguous (gathers from 1-D arrays are several times faster than from rows)."""
+    qi = np.repeat(owner, count)
+    ei = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
+    dist = np.zeros(len(qi), np.uint8)
+    for w, ew in enumerate(words[:q.words.shape[1]]):
+        dist += np.bitwise_count(q.words[:, w][qi] ^ ew[ei])
+    ok = dist <= max_distance
+    qi, ei, dist = qi[ok], ei[ok], dist[ok]
+    ok = q.video[qi] != e.video[ei]
+    qi, ei, dist = qi[ok], ei[ok], dist[ok]
+    ok = e.outranks(ei, q, qi)
+    for a, b, d in zip(qi[ok].tolist(), ei[ok].tolist(), dist[ok].tolist()):
+        key = e.keys[b].decode()
+        rank = (1, -float(e.seconds[b]), -float(e.quality[b]), key) if e.new[b] else (0, d, 0.0, key)
+        yield q.keys[a].decode(), (rank, key)
 
 
 def first_round(q: str, edges: Iterable[tuple[Rank, str]]) -> str | None:
