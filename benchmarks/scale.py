@@ -189,7 +189,7 @@ def step_curate(out: str) -> dict:
     from genie_pipeline.filtering.config import DedupeConfig
     from genie_pipeline.ingest.pipeline import committed_entries
     from genie_pipeline.shards.dedupe import RunClips, decide, entry_parts, match, query_parts
-    from genie_pipeline.shards.reader import iter_part_batches, table_files
+    from genie_pipeline.shards.reader import iter_part_batches, table_files, table_rows
 
     d = DedupeConfig().max_distance
     rng = np.random.default_rng(1)
@@ -207,7 +207,7 @@ def step_curate(out: str) -> dict:
             new.append({"key": f"new_v{v:06d}_{c:03d}", "video_key": f"new_v{v:06d}", "duration_s": 16.0,
                         "kept": True, "quality_score": float(rng.random()), "fingerprint": f"v3:{bits:032x}"})
     t0 = time.perf_counter()
-    run = RunClips.of(new)
+    run = RunClips.of(new, d, committed=table_rows(out, "manifest"))
     spool = Path(out, "_spool")
     spool.mkdir()
     files, entries_n = {}, {}
@@ -253,7 +253,8 @@ def step_curate(out: str) -> dict:
     shutil.rmtree(spool)
     planted = {f"new_v{j // CLIPS_PER_VIDEO:06d}_{j % CLIPS_PER_VIDEO:03d}": r["key"] for j, r in enumerate(originals)}
     return {"s": t_end - t0, "read_s": t_read - t0, "match_s": t_match - t_read, "slowest_partition_s": slowest,
-            "partitions": len(entries_n), "largest_partition_entries": max(entries_n.values()),
+            "band_bits": next(iter(entries_n))[1], "partitions": len(entries_n),
+            "largest_partition_entries": max(entries_n.values()),
             "new_clips": len(new), "planted_copies": len(planted),
             "planted_found": sum(decided.get(k) == v for k, v in planted.items()),
             "other_duplicates": sum(k not in planted for k in decided)}

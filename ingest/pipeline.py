@@ -158,7 +158,13 @@ def curation_decisions(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig,
     if max_distance is None and not caps:
         return p | "NoCuration" >> beam.Create([])
     clips = videos | "ClipRows" >> beam.FlatMap(lambda v: [{k: getattr(c, k) for k in CURATE_COLUMNS} for c in v.clips])
-    run = beam.pvalue.AsSingleton(clips | "RunClips" >> beam.CombineGlobally(RunSummary()))
+    # the committed clips' count (from the manifest parts' footers) sizes the join's bands
+    committed_clips = beam.pvalue.AsSingleton(p | "Committed" >> beam.Create([out])
+                                              | "CommittedClips" >> beam.Map(lambda o: table_rows(o, "manifest")))
+    run = beam.pvalue.AsSingleton(
+        clips | "RunClips" >> beam.CombineGlobally(RunSummary())
+        | "RunAndCommitted" >> beam.Map(lambda acc, n: RunClips.build(acc[0], acc[1], clips=n + acc[2][0],
+                                                                      max_distance=max_distance or 0), committed_clips))
     committed = (p | "Output" >> beam.Create([out])
                  | "ManifestParts" >> beam.FlatMap(lambda o: table_files(o, "manifest"))
                  | "SpreadParts" >> beam.Reshuffle()
@@ -204,25 +210,28 @@ ASKS, COUNTS = "asks", "counts"
 
 
 class RunSummary(beam.CombineFn):
-    """The run's `RunClips` from its clip rows: seconds per video and fingerprint versions."""
+    """What `RunClips` needs of the run's clip rows: (seconds per video, fingerprint
+    versions, [clips])."""
 
     def create_accumulator(self):
-        return defaultdict(float), set()
+        return defaultdict(float), set(), [0]
 
     def add_input(self, acc, row):
-        add_clip(acc, row)
+        add_clip(acc[:2], row)
+        acc[2][0] += 1
         return acc
 
     def merge_accumulators(self, accs):
-        seconds, versions = self.create_accumulator()
-        for s, v in accs:
+        seconds, versions, n = self.create_accumulator()
+        for s, v, m in accs:
             for k, x in s.items():
                 seconds[k] += x
             versions |= v
-        return seconds, versions
+            n[0] += m[0]
+        return seconds, versions, n
 
     def extract_output(self, acc):
-        return RunClips.build(*acc)
+        return acc
 
 
 def committed_entries(path: str, run: RunClips, max_distance: int | None, caps: list[str]):

@@ -12,7 +12,7 @@ from genie_pipeline.filtering.config import DedupeConfig
 from genie_pipeline.filtering.fingerprint import fingerprint
 from genie_pipeline.ingest.decode import iter_frames
 from genie_pipeline.shards.config import ClipsConfig
-from genie_pipeline.shards.dedupe import curate, duplicates, hamming
+from genie_pipeline.shards.dedupe import band_bits_for, curate, duplicates, hamming
 from tests.fixtures.footage import sprite_frames
 
 CLIPS = ClipsConfig()
@@ -154,10 +154,14 @@ def test_a_later_run_never_rejects_a_committed_clip_and_rejects_its_copies():
     assert curate(new, earlier, max_distance=None, caps={}) == {}
 
 
-def test_lookup_by_bands_finds_every_pair_within_the_distance():
+@pytest.mark.parametrize("clips, width", [(None, 16), (30_000_000, 25)])
+def test_lookup_by_bands_finds_every_pair_within_the_distance(clips, width):
     """At the default distance, against brute force on random 128-bit fingerprints with
     planted near copies at 0..MAX_DISTANCE+3 bits, split between this run and committed
-    clips, with some flips spread evenly over the bands (the pigeonhole's worst case)."""
+    clips, some flips spread evenly over the bands (the pigeonhole's worst case); with the
+    bands chosen for this handful of clips and for 30M (wider bands, a larger radius)."""
+    assert band_bits_for(128, clips or 300, MAX_DISTANCE) == width
+    bands = 128 // width
     rng = np.random.default_rng(0)
     base = [int.from_bytes(rng.bytes(16), "little") for _ in range(150)]
     earlier = [row(f"v{i}_0", f"v{i}", f"v3:{fp:032x}") for i, fp in enumerate(base) if i % 2]
@@ -165,12 +169,12 @@ def test_lookup_by_bands_finds_every_pair_within_the_distance():
     dist = {}
     for i in range(150):
         n = int(rng.integers(0, MAX_DISTANCE + 4))
-        # a third spread evenly over the 8 bands, as many flips in each: the pigeonhole's worst case
-        pool = rng.permutation(128)[:n] if i % 3 else [16 * (j % 8) + j // 8 for j in range(n)]
+        # a third spread evenly over the bands, as many flips in each
+        pool = rng.permutation(128)[:n] if i % 3 else [width * (j % bands) + j // bands for j in range(n)]
         fp = base[i] ^ sum(1 << int(b) for b in pool)
         new.append(row(f"w{i}_0", f"w{i}", f"v3:{fp:032x}", seconds=1.0))
         dist[i] = n
-    dup = duplicates(new, earlier, MAX_DISTANCE)
+    dup = duplicates(new, earlier, MAX_DISTANCE, clips=clips)
     for i in range(150):
         near = dup.get(f"w{i}_0")
         assert (near == f"v{i}_0") == (dist[i] <= MAX_DISTANCE), (i, dist[i], near)
