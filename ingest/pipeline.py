@@ -174,12 +174,13 @@ def curation_decisions(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig,
     if max_distance is not None:
         batches = (clips | "ClipBatches" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
                    | "JoinBatches" >> beam.FlatMap(lambda rows, r: r.batches(rows, new=True), run))
-        entries = ((committed.entries, batches | "NewEntries" >> beam.FlatMap(entry_parts))
-                   | "AllEntries" >> beam.Flatten())
-        queries = batches | "Queries" >> beam.FlatMap(query_parts, max_distance)
-        first = ({"e": entries, "q": queries}
-                 | "ByPartition" >> beam.CoGroupByKey()
-                 | "Match" >> beam.FlatMap(lambda kv: match(kv[0], kv[1]["e"], kv[1]["q"], max_distance))
+        tagged = [committed.entries | "TagCommitted" >> beam.MapTuple(lambda k, b: (k, (ENTRY, b))),
+                  batches | "NewEntries" >> beam.FlatMap(entry_parts) | "TagNew" >> beam.MapTuple(lambda k, b: (k, (ENTRY, b))),
+                  batches | "Queries" >> beam.FlatMap(query_parts, max_distance)
+                  | "TagQueries" >> beam.MapTuple(lambda k, b: (k, (QUERY, b)))]
+        first = (tagged | "AllBatches" >> beam.Flatten()
+                 | "ByPartition" >> beam.GroupByKey()
+                 | "Match" >> beam.FlatMap(match_partition, max_distance)
                  | "EdgesByClip" >> beam.GroupByKey()
                  | "FirstRound" >> beam.FlatMap(ask_neighbours).with_outputs(ASKS, main="decided"))
         second = (first[ASKS]
@@ -207,6 +208,17 @@ def curation_decisions(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig,
 
 
 ASKS, COUNTS = "asks", "counts"
+ENTRY, QUERY = 0, 1
+
+
+def match_partition(item, max_distance: int):
+    """One partition's edges. Its values are iterated twice: the entries are gathered first,
+    then the queries stream past them (a GroupByKey's values can be iterated again, and on
+    Dataflow they are paged in), so memory holds the entries, not the queries: a first run
+    of millions of new clips queries each partition with most of them."""
+    _, values = item
+    entries = [b for tag, b in values if tag == ENTRY]
+    yield from match(item[0], entries, (b for tag, b in values if tag == QUERY), max_distance)
 
 
 class RunSummary(beam.CombineFn):
