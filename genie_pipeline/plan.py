@@ -11,13 +11,19 @@ table it prints, so a plan changes when the measurements do and never on a guess
 - quality scoring: `quality.json` `cost.clips_per_scoring_cpu_s` on CPU workers; on GPU
   workers (`--gpu`) a rate you measured on your accelerator (`--gpu-clips-per-s`; none
   was measured here, so without it GPU-hours are left unknown rather than guessed);
-- output size: `ingest.json` `bytes_per_clip` (the mean size of a kept clip's mp4).
+- output size: `ingest.json` `bytes_per_clip` (the mean size of a kept clip's mp4);
+- curation (the near-duplicate join): `scale.json` `curate_next`, the join's CPU-s per new
+  clip measured against outputs of 0.3M to 30M clips. A run of K clips after the heuristics
+  queries a join of K clips, so it costs K times the rate at K (interpolated between the
+  measured sizes on log scales; past the largest, grown in proportion to the size, which
+  overstates it). Without scale.json the figure is unknown and left out of the totals.
 
 Not in the plan: download bandwidth and egress, storage price, Dataflow's per-job overhead
 and the memory part of its price (pass a `--price-per-vcpu-hour` that folds it in).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -40,6 +46,22 @@ class Rates:
     bytes_per_clip: float | None
     source_pixels: float | None  # mean source frame size the ingest rate was measured on
     sources: dict[str, str]
+    # (clips in the join, curation CPU-s per new clip), by size; empty: not measured
+    curate_cpu_per_clip: tuple[tuple[float, float], ...] = ()
+
+    def curate_cpu_s(self, clips: float) -> float | None:
+        """CPU-s for `clips` new clips to go through a join of that many (None: not measured)."""
+        points = self.curate_cpu_per_clip
+        if not points:
+            return None
+        if clips <= points[0][0]:
+            return clips * points[0][1]
+        for (n0, r0), (n1, r1) in zip(points, points[1:]):
+            if clips <= n1:
+                t = math.log(clips / n0) / math.log(n1 / n0)
+                return clips * math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0)))
+        n, r = points[-1]
+        return clips * r * clips / n
 
 
 def read_rates(results_dir: str | Path = RESULTS) -> Rates:
@@ -63,6 +85,17 @@ def read_rates(results_dir: str | Path = RESULTS) -> Rates:
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise ConfigError("plan.results", f"{results_dir} lacks a measured rate ({type(e).__name__}: {e}); "
                                           "re-run benchmarks/ingest.py and benchmarks/quality.py") from None
+    if (results_dir / "scale.json").exists():
+        scale = _load(results_dir / "scale.json")
+        try:
+            points = sorted((float(r["clips"] + scale["next_run_videos"] * scale["clips_per_video"]),
+                             float(r["curate_next"]["match_s"]) / float(r["curate_next"]["new_clips"]))
+                            for r in scale["rows"] if "curate_next" in r)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            raise ConfigError("plan.results", f"{results_dir / 'scale.json'} lacks a curation measurement "
+                                              f"({type(e).__name__}: {e}); re-run benchmarks/scale.py") from None
+        rates = dataclasses.replace(rates, curate_cpu_per_clip=tuple(points), sources={
+            **rates.sources, "scale": f"{results_dir / 'scale.json'} ({scale.get('date', 'undated')})"})
     return rates
 
 
@@ -104,7 +137,9 @@ def make_plan(rates: Rates, source_hours: float, *, workers: int | None = None, 
         gpu_h = kept / gpu_clips_per_s / 3600 if gpu_clips_per_s else None
     else:
         scoring_vcpu_h, gpu_h = kept / rates.scoring_clips_per_cpu_s / 3600, 0.0
-    vcpu_h = ingest_vcpu_h + scoring_vcpu_h
+    curate_s = rates.curate_cpu_s(kept)
+    curate_vcpu_h = None if curate_s is None else curate_s / 3600
+    vcpu_h = ingest_vcpu_h + scoring_vcpu_h + (curate_vcpu_h or 0.0)
     if workers is None:
         workers = max(1, math.ceil(vcpu_h / (wall_hours * vcpus_per_worker)))
     wall_h = vcpu_h / (workers * vcpus_per_worker)
@@ -112,7 +147,8 @@ def make_plan(rates: Rates, source_hours: float, *, workers: int | None = None, 
     if gpu:
         cost = cost + gpu_h * price_per_gpu_hour if gpu_h is not None and price_per_gpu_hour is not None else None
     return {"source_hours": source_hours, "clips_cut": clips, "clips_after_heuristics": kept,
-            "ingest_vcpu_hours": ingest_vcpu_h, "scoring_vcpu_hours": scoring_vcpu_h, "vcpu_hours": vcpu_h,
+            "ingest_vcpu_hours": ingest_vcpu_h, "scoring_vcpu_hours": scoring_vcpu_h,
+            "curation_vcpu_hours": curate_vcpu_h, "vcpu_hours": vcpu_h,
             "gpu_hours": gpu_h, "workers": workers, "vcpus_per_worker": vcpus_per_worker, "wall_hours": wall_h,
             "output_bytes": kept * rates.bytes_per_clip if rates.bytes_per_clip else None, "cost": cost}
 
@@ -129,7 +165,8 @@ def format_plan(plan: dict, rates: Rates, price_per_vcpu_hour: float) -> str:
         f"workers                 {plan['workers']} × {plan['vcpus_per_worker']} vCPU",
         f"wall time               {num(plan['wall_hours'], ' h', 1)}",
         f"vCPU-hours              {num(plan['vcpu_hours'])}  (ingest {num(plan['ingest_vcpu_hours'])}, "
-        f"scoring {num(plan['scoring_vcpu_hours'])})",
+        f"scoring {num(plan['scoring_vcpu_hours'])}, curation {num(plan['curation_vcpu_hours'])}"
+        + (", not in the total)" if plan["curation_vcpu_hours"] is None else ")"),
         f"GPU-hours               {num(plan['gpu_hours'], '', 1)}",
         f"output                  {num(None if plan['output_bytes'] is None else plan['output_bytes'] / 1e12, ' TB', 2)}",
         f"cost                    {num(plan['cost'], ' (currency of the prices given)', 0)} "
@@ -141,6 +178,9 @@ def format_plan(plan: dict, rates: Rates, price_per_vcpu_hour: float) -> str:
         f"  {rates.kept_fraction:.3f} of clips kept by heuristics  ingest",
         f"  {rates.scoring_clips_per_cpu_s:.1f} clips scored per CPU-s     quality       {rates.sources['quality']}",
         f"  {num(rates.bytes_per_clip, ' bytes per clip')}  ingest",
+        *[f"  {rate * 1000:.2f} CPU-s per 1000 new clips in a join of {n / 1e6:.2f}M clips   curation"
+          + (f"   {rates.sources['scale']}" if i == 0 else "")
+          for i, (n, rate) in enumerate(rates.curate_cpu_per_clip)],
         f"  sources of {num(rates.source_pixels, ' pixels a frame on average')} (decode cost grows with source "
         "pixels: 1080p is ~2.07M; measure a sample of your own sources with benchmarks/ingest.py --corpus)",
         "not included: download bandwidth and egress, storage, Dataflow job overhead",

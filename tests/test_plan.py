@@ -1,5 +1,6 @@
 """`genie-pipeline plan`: figures computed from the benchmark results given, by hand here."""
 import json
+import math
 
 import pytest
 
@@ -67,3 +68,27 @@ def test_missing_or_incomplete_results_exit_2(tmp_path, capsys):
     _results(tmp_path, pipeline_cpu_per_source_s=None)
     with pytest.raises(ConfigError, match="lacks a measured rate"):
         read_rates(tmp_path)
+
+
+def test_curation_rests_on_the_scale_benchmark(tmp_path, capsys):
+    """Two measured sizes: a run of K kept clips costs K × the per-clip rate at K, interpolated
+    on log scales; past the largest size, grown in proportion; without scale.json, unknown."""
+    results = _results(tmp_path)
+    rates = read_rates(results)
+    assert make_plan(rates, 1000, workers=10)["curation_vcpu_hours"] is None
+    rows = [{"clips": n - 30_000, "curate_next": {"match_s": 30_000 * r, "new_clips": 30_000}}
+            for n, r in ((1e5, 1e-4), (1e7, 4e-4))]
+    (results / "scale.json").write_text(json.dumps({"next_run_videos": 1000, "clips_per_video": 30, "rows": rows}))
+    rates = read_rates(results)
+    kept = 1000 * 3600 * 0.05 * 0.8  # 144,000 clips: between the two sizes
+    rate = math.exp(math.log(1e-4) + math.log(kept / 1e5) / math.log(100) * math.log(4))
+    p = make_plan(rates, 1000, workers=10)
+    assert p["curation_vcpu_hours"] == pytest.approx(kept * rate / 3600)
+    assert p["vcpu_hours"] == pytest.approx(p["ingest_vcpu_hours"] + p["scoring_vcpu_hours"] + p["curation_vcpu_hours"])
+    big = make_plan(rates, 1_000_000, workers=10)  # 144M clips: past 10M, in proportion
+    assert big["curation_vcpu_hours"] == pytest.approx(144e6 * 4e-4 * 14.4 / 3600)
+    assert main(["plan", "--results", str(results), "--source-hours", "10", "--workers", "3"]) == 0
+    assert "CPU-s per 1000 new clips in a join of 10.00M clips" in capsys.readouterr().out
+    (results / "scale.json").write_text(json.dumps({"rows": [{"clips": 1, "curate_next": {}}]}))
+    with pytest.raises(ConfigError, match="scale.json lacks a curation measurement"):
+        read_rates(results)
