@@ -332,7 +332,7 @@ def match(part: tuple, entries: Iterable[Batch], queries: Iterable[Batch], max_d
     """Edges of one partition: (query key, (rank, neighbour key)) for each neighbour of higher
     priority among the partition's entries. Each query looks up only the band values within
     the radius that carry the partition's prefix. Memory: the entries, and about `budget`
-    candidate pairs at a time."""
+    probes and candidate pairs at a time."""
     entries = [e for e in entries if len(e)]
     if not entries:
         return
@@ -352,18 +352,20 @@ def match(part: tuple, entries: Iterable[Batch], queries: Iterable[Batch], max_d
         flip = prefix(qband, width) ^ p
         for t in np.unique(flip).tolist():
             masks = by_flip[t]
-            rows = np.flatnonzero(flip == t)
-            probes = (qband[rows][:, None] ^ masks[None, :]).ravel()
-            owner = np.repeat(rows, len(masks))
-            lo, hi = first[probes & low], first[(probes & low) + 1]
-            keep = hi > lo
-            owner, lo, count = owner[keep], lo[keep], (hi - lo)[keep]
-            ends = np.cumsum(count)
-            start = 0
-            while start < len(count):  # slices of about `budget` candidate pairs
-                stop = max(int(np.searchsorted(ends, ends[start] - count[start] + budget, "right")), start + 1)
-                yield from _verify(e, words, q, owner[start:stop], lo[start:stop], count[start:stop], max_distance)
-                start = stop
+            matching = np.flatnonzero(flip == t)
+            step = max(1, budget // max(len(masks), 1))  # about `budget` probes at a time
+            for rows in (matching[i:i + step] for i in range(0, len(matching), step)):
+                probes = (qband[rows][:, None] ^ masks[None, :]).ravel()
+                lo, hi = first[probes & low], first[(probes & low) + 1]
+                keep = hi > lo
+                owner, lo, count = np.repeat(rows, len(masks))[keep], lo[keep], (hi - lo)[keep]
+                ends = np.cumsum(count)
+                start = 0
+                while start < len(count):  # slices of about `budget` candidate pairs
+                    stop = max(int(np.searchsorted(ends, ends[start] - count[start] + budget, "right")), start + 1)
+                    yield from _verify(e, words, q, owner[start:stop], lo[start:stop], count[start:stop],
+                                       max_distance)
+                    start = stop
 
 
 def _verify(e: Batch, words: list[np.ndarray], q: Batch, owner, lo, count, max_distance: int):
