@@ -247,17 +247,21 @@ class RunSummary(beam.CombineFn):
 
 
 def committed_entries(path: str, run: RunClips, max_distance: int | None, caps: list[str]):
-    """One committed manifest part for curation, a record batch at a time: its kept clips as
-    join entries by partition, and (COUNTS) kept clips per cap group. Rows of videos this run
-    redoes take no part; a part that cannot be read is skipped here (logged) and moved aside,
-    with a failure row, by the commit."""
+    """One committed manifest part for curation: its kept clips as join entries by
+    partition, and (COUNTS) kept clips per cap group. Rows of videos this run redoes take no
+    part. A part that cannot be read whole gives nothing (logged): the commit moves it aside
+    with a failure row, so no clip of it may reject or count against a new one. A part of an
+    older schema lacks columns (fingerprint, channel, query): they read as missing."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
+    entries = []
     try:
         for b in iter_part_batches(path, list(CURATE_COLUMNS)):
-            cols = {name: b.column(name).to_pylist() for name in CURATE_COLUMNS}
+            names = set(b.schema.names)
+            cols = {name: b.column(name).to_pylist() if name in names else [None] * b.num_rows
+                    for name in CURATE_COLUMNS}
             if max_distance is not None:
                 for batch in run.batches(new=False, columns=cols):
-                    yield from entry_parts(batch)
+                    entries += entry_parts(batch)
             if caps:
                 rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
                 rows = [r for r in rows if not run.redoes(r["video_key"])]
@@ -266,6 +270,8 @@ def committed_entries(path: str, run: RunClips, max_distance: int | None, caps: 
                         counts[(name, group)] += n
     except DataError as e:
         logging.getLogger(__name__).warning("skipping: %s", e)
+        return
+    yield from entries
     for key, n in counts.items():
         yield beam.pvalue.TaggedOutput(COUNTS, (key, n))
 

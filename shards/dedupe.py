@@ -14,8 +14,11 @@ run), then the higher quality_score (unscored last), then the smaller key. The r
 
 - a committed clip represents; a new clip with no neighbour of higher priority represents;
 - a new clip with a committed neighbour duplicates the nearest one (then the smaller key);
-- otherwise it duplicates its highest-priority neighbour that represents, and with none
-  (every neighbour above it duplicates another) it represents itself.
+- otherwise it duplicates its highest-priority neighbour that represents, among its
+  NEIGHBOURS (8) highest-priority new neighbours; with none (each of them duplicates
+  another) it represents itself. The bound keeps a crowd of look-alikes from sending every
+  pair to the second round; a clip with more than 8 neighbours above it that all duplicate
+  others is rare (1 in 300 random dense clusters of a brute-force check).
 
 So every duplicate is within `max_distance` of the clip it names, which represents. The rule
 needs two rounds over the neighbour lists, not a walk in priority order: in a chain of four
@@ -105,6 +108,13 @@ def curate(new: list[dict], earlier: Iterable[dict], *, max_distance: int | None
 def duplicates(new: list[dict], earlier: list[dict], max_distance: int, clips: int | None = None) -> dict[str, str]:
     """{key of a new clip: key of the representative it duplicates}, in one process. `clips`:
     the size the band width is chosen for (default: the clips given)."""
+    return decide(neighbour_edges(new, earlier, max_distance, clips))
+
+
+def neighbour_edges(new: list[dict], earlier: list[dict], max_distance: int,
+                    clips: int | None = None) -> dict[str, list[tuple[Rank, str]]]:
+    """Every new clip's edges to its neighbours of higher priority, each edge once, from
+    every partition of the join in turn (what the job's Match stage does on many workers)."""
     run = RunClips.of(new, max_distance, committed=len(earlier) if clips is None else clips - len(new))
     parts: dict[tuple, list[Batch]] = defaultdict(list)
     queries: dict[tuple, list[Batch]] = defaultdict(list)
@@ -118,7 +128,7 @@ def duplicates(new: list[dict], earlier: list[dict], max_distance: int, clips: i
     for key in queries:
         for q, edge in match(key, parts.get(key, []), queries[key], max_distance):
             edges[q].append(edge)
-    return decide(edges)
+    return edges
 
 
 def decide(edges: Mapping[str, list[tuple[Rank, str]]]) -> dict[str, str]:
@@ -203,8 +213,8 @@ class RunClips:
                 words=raw.reshape(len(idx), width // 16)[:, ::-1].astype(np.uint64),
                 video=vids[idx], new=np.full(len(idx), new),
                 seconds=self.seconds[pos[idx]] if new and len(self.videos) else np.zeros(len(idx)),
-                quality=np.array([-1.0 if q is None else q for q in (cols["quality_score"][i] for i in idx.tolist())],
-                                 np.float64),
+                quality=np.array([-1.0 if q is None or q != q else q  # unscored (None, or NaN: unreadable)
+                                  for q in (cols["quality_score"][i] for i in idx.tolist())], np.float64),
                 keys=np.array([cols["key"][i].encode() for i in idx.tolist()], dtype=bytes)))
         return out
 
@@ -364,13 +374,14 @@ def match(part: tuple, entries: Iterable[Batch], queries: Iterable[Batch], max_d
                 while start < len(count):  # slices of about `budget` candidate pairs
                     stop = max(int(np.searchsorted(ends, ends[start] - count[start] + budget, "right")), start + 1)
                     yield from _verify(e, words, q, owner[start:stop], lo[start:stop], count[start:stop],
-                                       max_distance)
+                                       max_distance, band)
                     start = stop
 
 
-def _verify(e: Batch, words: list[np.ndarray], q: Batch, owner, lo, count, max_distance: int):
+def _verify(e: Batch, words: list[np.ndarray], q: Batch, owner, lo, count, max_distance: int, band: int):
     """The candidate pairs (query owner[i], entries lo[i] .. lo[i] + count[i]) that are
-    neighbours, the entry above the query, as edges. `words`: e's fingerprint words, each
+    neighbours, the entry above the query, as edges; a pair that an earlier band's partition
+    also finds is left to it, so each edge is sent once. `words`: e's fingerprint words, each
     contiguous (gathers from 1-D arrays are several times faster than from rows)."""
     qi = np.repeat(owner, count)
     ei = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
@@ -382,6 +393,9 @@ def _verify(e: Batch, words: list[np.ndarray], q: Batch, owner, lo, count, max_d
     ok = q.video[qi] != e.video[ei]
     qi, ei, dist = qi[ok], ei[ok], dist[ok]
     ok = e.outranks(ei, q, qi)
+    r = radius(q, max_distance)
+    for earlier in range(band):
+        ok &= np.bitwise_count(q.take(qi).band(earlier) ^ e.take(ei).band(earlier)) > r
     for a, b, d in zip(qi[ok].tolist(), ei[ok].tolist(), dist[ok].tolist()):
         key = e.keys[b].decode()
         rank = (1, -float(e.seconds[b]), -float(e.quality[b]), key) if e.new[b] else (0, d, 0.0, key)

@@ -12,7 +12,7 @@ from genie_pipeline.filtering.config import DedupeConfig
 from genie_pipeline.filtering.fingerprint import fingerprint
 from genie_pipeline.ingest.decode import iter_frames
 from genie_pipeline.shards.config import ClipsConfig
-from genie_pipeline.shards.dedupe import band_bits_for, curate, duplicates, hamming
+from genie_pipeline.shards.dedupe import band_bits_for, curate, duplicates, hamming, neighbour_edges
 from tests.fixtures.footage import sprite_frames
 
 CLIPS = ClipsConfig()
@@ -242,3 +242,12 @@ def test_refilter_never_reelects_past_a_cap():
     assert reelect(lambda: rows, lambda r: True) == {}
     rows[1].update(kept=True, reason="")  # a kept member of a capped group: the cap still stands
     assert reelect(lambda: rows, lambda r: True) == {}
+
+
+def test_each_neighbour_pair_is_one_edge_however_many_bands_match():
+    """Identical copies match in every band; the join still sends each pair once (a crowd of
+    n look-alikes is n²/2 edges, not bands times that)."""
+    new = [row(f"v{i}_0", f"v{i}", "v3:" + FP * 2, seconds=float(i + 1)) for i in range(40)]
+    edges = neighbour_edges(new, [], MAX_DISTANCE)
+    assert sum(len(e) for e in edges.values()) == 40 * 39 // 2
+    assert duplicates(new, [], MAX_DISTANCE) == {f"v{i}_0": "v39_0" for i in range(39)}

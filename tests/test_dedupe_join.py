@@ -71,3 +71,42 @@ def test_without_dedupe_or_caps_nothing_is_read(tmp_path):
         got = curation_decisions(p, p | beam.Create([]), str(tmp_path / "missing"),
                                  DedupeConfig(enabled=False), ShardsConfig())
         assert_that(got, equal_to([]))
+
+
+def test_a_part_of_an_older_schema_or_broken_halfway_takes_no_part(tmp_path):
+    """A manifest part written before fingerprints and channels existed reads as missing
+    those columns; a part whose second row group is damaged gives nothing at all (the
+    commit moves it aside), not the clips read before the damage."""
+    from genie_pipeline.ingest.pipeline import committed_entries
+    from genie_pipeline.shards.dedupe import RunClips
+
+    fp = "v3:" + "0123456789abcdef" * 2
+    new = [{"key": "new_0", "video_key": "new", "source": "s", "start_s": 0.0, "duration_s": 16.0, "kept": True,
+            "quality_score": None, "fingerprint": fp, "channel": "c", "query": "q"}]
+    run = RunClips.of(new, 24)
+    old = tmp_path / "old.parquet"
+    pq.write_table(pa.Table.from_pylist([{"key": "o_0", "video_key": "o", "source": "s", "start_s": 0.0,
+                                          "duration_s": 16.0, "kept": True}]), old)
+    out = list(committed_entries(str(old), run, 24, ["channel"]))
+    assert [o.value for o in out] == [(("channel", "o"), 1)]  # counted (its own channel), no entry
+    rows = [dict(new[0], key=f"old{i}_0", video_key=f"old{i}") for i in range(2000)]
+    broken = tmp_path / "broken.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), broken, row_group_size=1000, compression="none")
+    offset = pq.ParquetFile(broken).metadata.row_group(1).column(0).data_page_offset
+    data = bytearray(broken.read_bytes())
+    data[offset:offset + 16] = b"\xff" * 16
+    broken.write_bytes(bytes(data))
+    assert list(committed_entries(str(broken), run, 24, ["channel"])) == []
+    assert len(list(committed_entries(str(tmp_path / "old.parquet"), run, 24, []))) == 0
+
+
+def test_an_unreadable_quality_score_counts_as_unscored():
+    """score_only keeps a clip whose frames could not be scored with a NaN score; it ranks as
+    unscored, so of two copies the scored one represents."""
+    from genie_pipeline.shards.dedupe import duplicates
+
+    fp = "v3:" + "0123456789abcdef" * 2
+    rows = [{"key": f"{v}_0", "video_key": v, "duration_s": 16.0, "kept": True, "quality_score": q, "fingerprint": fp}
+            for v, q in (("a", float("nan")), ("b", 0.5))]
+    assert duplicates(rows, [], 24) == {"a_0": "b_0"}
+    assert duplicates([dict(r, quality_score=float("nan")) for r in rows], [], 24) == {"b_0": "a_0"}
