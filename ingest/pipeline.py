@@ -5,7 +5,8 @@
       → DownloadAndCut (or a staged clip store loaded) → ScoreQuality → AssignSplit
       → WriteAsCut (shards written in the bundle that cut the videos, many videos per shard)
         → what a bundle cannot mix: SpreadVideos → WriteShards (one per worker) → WriteTails (one per split)
-      → Curate (near duplicates and caps over the whole output, from clip rows)
+      → Curate (near duplicates and caps over the whole output: a join of fingerprint bands by
+        partition over the workers, committed manifest parts read in parallel, two rounds)
         → ApplyDecisions (manifest rows) → PurgeShards (the shards that hold a rejected clip)
       → table parts (candidates, failures, videos, manifest) → CommitRun (the job's last step)
 
