@@ -17,8 +17,7 @@ run), then the higher quality_score (unscored last), then the smaller key. The r
 - otherwise it duplicates its highest-priority neighbour that represents, among its
   NEIGHBOURS (8) highest-priority new neighbours; with none (each of them duplicates
   another) it represents itself. The bound keeps a crowd of look-alikes from sending every
-  pair to the second round; a clip with more than 8 neighbours above it that all duplicate
-  others is rare (1 in 300 random dense clusters of a brute-force check).
+  pair to the second round.
 
 So every duplicate is within `max_distance` of the clip it names, which represents. The rule
 needs two rounds over the neighbour lists, not a walk in priority order: in a chain of four
@@ -162,10 +161,11 @@ class RunClips:
 
     @classmethod
     def of(cls, rows: Iterable[dict], max_distance: int, committed: int = 0) -> "RunClips":
-        acc = defaultdict(float), set()
+        acc, n = (defaultdict(float), set()), 0
         for r in rows:
             add_clip(acc, r)
-        return cls.build(*acc, clips=committed + sum(1 for _ in rows), max_distance=max_distance)
+            n += 1
+        return cls.build(*acc, clips=committed + n, max_distance=max_distance)
 
     @classmethod
     def build(cls, seconds: Mapping[int, float], versions: set[str], clips: int, max_distance: int) -> "RunClips":
@@ -309,7 +309,7 @@ def prefix(values: np.ndarray, band_bits: int) -> np.ndarray:
 
 
 def entry_parts(batch: Batch) -> Iterator[tuple[tuple, Batch]]:
-    """The batch cut by partition, (version, band, prefix): each clip once per band."""
+    """The batch cut by partition, (version, band width, band, prefix): each clip once per band."""
     for band in range(batch.bands()):
         pre = prefix(batch.band(band), batch.band_bits)
         for p in np.unique(pre).tolist():
