@@ -56,7 +56,7 @@ from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, 
 from genie_pipeline.shards.dedupe import (CAPS, RunClips, add_clip, cap_counts, cap_group, entry_parts, first_round, match,
                                           nearest_new, over_cap, query_parts, second_round)
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
-from genie_pipeline.shards.lease import describe, release_job
+from genie_pipeline.shards.lease import acquire_job, describe, live_holder, release_job
 from genie_pipeline.shards.lease import holder as lease_holder
 from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_stats, table_files,
                                           table_rows)
@@ -144,7 +144,8 @@ def assign_split(v: VideoResult, val_fraction: float, seed: int) -> VideoResult:
     return v
 
 
-def curation_decisions(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig, shards: ShardsConfig):
+def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, dedupe: DedupeConfig,
+                       shards: ShardsConfig):
     """(clip key, (reason, duplicate_of)) for each clip of this run that curation rejects:
     near duplicates and balance caps over the whole output (shards/dedupe.py), as a join
     spread over the workers. The committed manifest's parts are read by as many workers
@@ -153,21 +154,22 @@ def curation_decisions(p: beam.Pipeline, videos, out: str, dedupe: DedupeConfig,
     lists decide; each cap group is counted on one worker. It waits for every video of the
     run, a barrier on clip rows only: the shards are written meanwhile, and the few that
     hold a rejected clip are rewritten without it (`purge_shard`) before the commit
-    publishes them."""
+    publishes them. `out`: the output's path, or a PCollection of it (the job's
+    `TakeOutput` step, so that nothing reads the output before the job holds it)."""
     max_distance = dedupe.max_distance if dedupe.enabled else None
     caps = {name: shards.caps[name] for name in CAPS if shards.caps.get(name) is not None}
     if max_distance is None and not caps:
         return p | "NoCuration" >> beam.Create([])
     clips = videos | "ClipRows" >> beam.FlatMap(lambda v: [{k: getattr(c, k) for k in CURATE_COLUMNS} for c in v.clips])
+    if isinstance(out, str):
+        out = p | "Output" >> beam.Create([out])
     # the committed clips' count (from the manifest parts' footers) sizes the join's bands
-    committed_clips = beam.pvalue.AsSingleton(p | "Committed" >> beam.Create([out])
-                                              | "CommittedClips" >> beam.Map(lambda o: table_rows(o, "manifest")))
+    committed_clips = beam.pvalue.AsSingleton(out | "CommittedClips" >> beam.Map(lambda o: table_rows(o, "manifest")))
     run = beam.pvalue.AsSingleton(
         clips | "RunClips" >> beam.CombineGlobally(RunSummary())
         | "RunAndCommitted" >> beam.Map(lambda acc, n: RunClips.build(acc[0], acc[1], clips=n + acc[2][0],
                                                                       max_distance=max_distance or 0), committed_clips))
-    committed = (p | "Output" >> beam.Create([out])
-                 | "ManifestParts" >> beam.FlatMap(lambda o: table_files(o, "manifest"))
+    committed = (out | "ManifestParts" >> beam.FlatMap(lambda o: table_files(o, "manifest"))
                  | "SpreadParts" >> beam.Reshuffle()
                  | "ReadCommitted" >> beam.FlatMap(committed_entries, run, max_distance, list(caps))
                  .with_outputs(COUNTS, main="entries"))
@@ -597,11 +599,25 @@ class CutOrLoad:
         return read_store_result(item.store) if isinstance(item, Staged) else self.cut(item)
 
 
+def take_output(out: str, run_id: str, job_lease_s: float | None) -> str:
+    """The job's first step, which every step that reads or writes the output waits for;
+    yields `out`. A job that outlives its launcher (`job_lease_s`: detached, a flex template)
+    takes the output's lease here under its run id (shards/lease.py acquire_job), and fails
+    with OutputBusy naming the holder where another run holds it, before anything is written
+    or deleted; then it finishes a commit a killed run left half-done and drops the staging
+    of other runs (they hold no lease: this job does). A retried step finds the lease its own
+    and does the same again. Otherwise the launcher holds the output and did both before."""
+    if job_lease_s is not None:
+        acquire_job(fs.join(out, ".lock"), run_id, f"ingest job {run_id}", job_lease_s, fs.busy(out))
+        clean_staging(out, run_id)
+    return out
+
+
 def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out: str, run_id: str, spec: ClipSpec,
                cleanup: list[str], lease_owner: str | None = None) -> Iterator[dict]:
     """The job's last step: publish this run (shards/commit.py commit_parts). It runs on a
     worker once every part and shard is written, so a job commits with no launcher alive; a
-    detached job then frees the output lease its launcher handed it (`lease_owner`), and
+    detached job then frees the output lease it took in its first step (`lease_owner`), and
     commits nothing where that lease is no longer its own (it lapsed and another run may be
     writing the output)."""
     if lease_owner is not None:
@@ -636,20 +652,25 @@ class RunPaths:
 
 
 def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_failed: bool, workers: int,
-                   job_workers: int, lease_owner: str | None = None) -> None:
+                   job_workers: int, job_lease_s: float | None = None) -> None:
     """The whole ingest as one job, its commit included: run it and the output is updated.
     `workers`: worker processes on this machine (local runners); `job_workers`: worker
     processes of the whole job (ingest/politeness.py), which share the per-host download
-    budget and write the shards."""
+    budget and write the shards. With `job_lease_s`, the job holds the output itself from its
+    first step to its commit (`take_output`)."""
+    # every root that reads or writes the output starts from `output` (or waits for it as a
+    # side input): nothing runs before the job holds the output
+    output = (p | "Output" >> beam.Create([paths.out])
+              | "TakeOutput" >> beam.Map(take_output, paths.run_id, job_lease_s))
     found = (p | "Sources" >> beam.Create(cfg.sources)
+               | "AfterTakeOutput" >> beam.Map(lambda src, _: src, beam.pvalue.AsSingleton(output))
                | "Discover" >> beam.ParDo(StageFn(Discover)).with_outputs(FAILURES, main="candidates"))
     verdicts = functools.partial(KeywordVerdict, cfg.keywords, {s.name: s.keywords for s in cfg.sources})
     candidates = (found.candidates
                   | "Reshuffle" >> beam.Reshuffle()
                   | "KeywordFilter" >> beam.ParDo(StageFn(verdicts)))
 
-    markers = (p | "ResumeFrom" >> beam.Create([paths.out])
-                 | "ResumeMarkers" >> beam.FlatMap(resume_markers, retry_failed))
+    markers = output | "ResumeMarkers" >> beam.FlatMap(resume_markers, retry_failed)
     kept = (candidates
             | "KeptByKeywords" >> beam.Filter(lambda c: c.keyword_verdict == "keep")
             | "ByVideo" >> beam.Map(lambda c: (c.video_key, c)))
@@ -683,15 +704,14 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
                | "ToWriters" >> beam.GroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShards(paths.tmp_shards, paths.run_id, s, spec, leftovers=True))
                .with_outputs(MANIFEST, LEFTOVER, main="shards"))
-    earlier_tails = (p | "TailsOf" >> beam.Create([paths.out])
-                     | "OldTails" >> beam.FlatMap(old_tails, s))
+    earlier_tails = output | "OldTails" >> beam.FlatMap(old_tails, s)
     tails = ((written[LEFTOVER] | "LeftoversBySplit" >> beam.Map(lambda v: (v.split, v)), earlier_tails)
              | "AllTails" >> beam.Flatten()
              | "GroupLeftovers" >> beam.GroupByKey()
              | "WriteTails" >> beam.ParDo(WriteShards(paths.tmp_shards, paths.run_id, s, spec, leftovers=False))
              .with_outputs(MANIFEST, COMPACTED, main="shards"))
     # curation decided over the whole run, applied to the rows and the shards already written
-    decisions = curation_decisions(p, videos, paths.out, cfg.filters.dedupe, s)
+    decisions = curation_decisions(p, videos, output, cfg.filters.dedupe, s)
     sharded = ((live[MANIFEST], written[MANIFEST], tails[MANIFEST]) | "ShardedRows" >> beam.Flatten()
                | "RowByKey" >> beam.Map(lambda r: (r["key"], r)))
     curated = ({"row": sharded, "decision": decisions}
@@ -718,10 +738,11 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
              | "AllParts" >> beam.Flatten())
     # this run's own staging only: a later run's must survive this job's commit
     cleanup = [paths.run_dir, paths.tmp_shards, fs.join(paths.out, "_commit", paths.run_id)]
-    (p | "Commit" >> beam.Create([None])
-       | "CommitRun" >> beam.FlatMap(commit_job, beam.pvalue.AsList(parts), beam.pvalue.AsList(shards),
-                                     beam.pvalue.AsList(routed[REDO]), beam.pvalue.AsList(tails[COMPACTED]),
-                                     paths.out, paths.run_id, spec, cleanup, lease_owner))
+    (output
+     | "CommitRun" >> beam.FlatMap(commit_job, beam.pvalue.AsList(parts), beam.pvalue.AsList(shards),
+                                   beam.pvalue.AsList(routed[REDO]), beam.pvalue.AsList(tails[COMPACTED]),
+                                   paths.out, paths.run_id, spec, cleanup,
+                                   paths.run_id if job_lease_s is not None else None))
 
 
 def pipeline_options(runner_cfg: RunnerConfig, extra_args: list[str]) -> tuple[Any, PipelineOptions, int]:
@@ -787,60 +808,97 @@ def run_ingest(cfg: IngestConfig, extra_beam_args: list[str] | None = None,
     if not fs.is_remote(out):
         out = os.path.abspath(out)
     check_spec(out, cfg.clips.spec)
-    with fs.output_lock(out, "ingest") as lease:
-        return _run_ingest(cfg, out, extra_beam_args, retry_failed, detach, lease)
+    if fs.is_remote(out) and (detach or _template_location(cfg, extra_beam_args or [])):
+        return _submit_job(cfg, out, extra_beam_args, retry_failed)
+    with fs.output_lock(out, "ingest"):
+        return _run_ingest(cfg, out, extra_beam_args, retry_failed, detach)
+
+
+def _template_location(cfg: IngestConfig, extra_beam_args: list[str]) -> str | None:
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    return PipelineOptions(list(cfg.runner.options) + list(extra_beam_args)).view_as(GoogleCloudOptions).template_location
+
+
+def _submit_job(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, retry_failed: bool) -> dict:
+    """Submit a job that outlives this process (`--detach`, a flex template's
+    `--template_location`) into the bucket `out`. The job holds the output itself: it takes
+    the lease in its first step and frees it at its commit (`take_output`, `commit_job`), so
+    this launcher holds nothing and touches none of the output's staging (a flex launcher
+    only stages the job, which Dataflow starts after it exits). It refuses early, with
+    OutputBusy, where a run holds the output now; two launches that race past this check
+    leave one job that its first step refuses."""
+    held = live_holder(fs.join(out, ".lock"))
+    if held is not None:
+        raise fs.busy(out)(describe(held))
+    p, _, _, paths = prepare_job(cfg, out, extra_beam_args, retry_failed, job_lease=True)
+    p.run()
+    print(f"ingest: job {paths.run_id} submitted; from its first step it holds {out}/.lock (output.job_lease_h "
+          "at most) and it commits the output when it finishes", file=sys.stderr, flush=True)
+    return {"run_id": paths.run_id, "submitted": True}
+
+
+def clean_staging(out: str, run_id: str) -> None:
+    """Finish a commit a killed run left half-done (shards/commit.py recover) and drop the
+    staging (table parts, shards, commit work) of every run but `run_id`: runs stopped before
+    their commit, or a detached job whose lease lapsed (its commit refuses). Their clip stores
+    stay: the job resumes from them. Only the holder of the output's lock may call it."""
+    recover(out)
+    for parent in (fs.join(out, "_runs"), fs.join(out, "_commit"), fs.join(out, "shards", "_tmp")):
+        for name in _children(parent):
+            if name.removeprefix("staged-") != run_id:  # _commit/staged-RUN is RUN's too
+                fs.rmtree(fs.join(parent, name))
+                fs.remove(fs.join(parent, name))  # a file, not a folder
+
+
+def _children(folder: str) -> set[str]:
+    """The names directly under `folder` (on an object store: the first part of the path of
+    each object under it)."""
+    if not fs.is_remote(folder):
+        return set(os.listdir(fs.local(folder))) if os.path.isdir(fs.local(folder)) else set()
+    prefix = folder.rstrip("/") + "/"
+    return {path[len(prefix):].split("/", 1)[0] for path in fs.glob(prefix + "**")}
 
 
 def prepare_job(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None = None,
                 retry_failed: bool = False, job_lease: bool = False) -> tuple[beam.Pipeline, Any, int, RunPaths]:
     """The ingest job into `out`, built and not started: (pipeline, runner, local workers,
-    paths). Running it to its end updates the output: the commit is its last step (with
-    `job_lease`, it also frees the output lease handed to the job under its run id). Finishes
-    a commit a killed run left half-done and drops the staging of runs killed before theirs
-    (their clip stores stay: the job resumes from them)."""
+    paths). Running it to its end updates the output: the commit is its last step. Without
+    `job_lease`, the caller holds the output (fs.output_lock), and this finishes a commit a
+    killed run left half-done and drops other runs' staging (`clean_staging`); with it, the
+    job does both in its first step, after taking the output's lease under its run id
+    (`take_output`), and frees the lease at its commit."""
     fs.makedirs(out)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     paths = RunPaths(out=out, run_id=run_id, run_dir=fs.join(out, "_runs", run_id),
                      tmp_shards=fs.join(out, "shards", "_tmp", run_id),
                      scratch=cfg.download.scratch_dir or os.path.join(out if not fs.is_remote(out) else "/tmp", "_scratch"))
-    recover(out)
-    for d in (fs.join(out, "shards", "_tmp"), fs.join(out, "_runs"), fs.join(out, "_commit")):
-        fs.rmtree(d)
+    if not job_lease:
+        clean_staging(out, run_id)
     for d in (paths.run_dir, paths.tmp_shards, fs.join(out, "clips"), fs.join(out, "shards")):
         fs.makedirs(d)
     runner, options, workers = pipeline_options(cfg.runner, extra_beam_args or [])
     job_workers = job_worker_processes(cfg.runner, extra_beam_args or [], cfg.download.job_workers)
     p = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(p, cfg, paths, retry_failed, workers, job_workers, run_id if job_lease else None)
+    build_pipeline(p, cfg, paths, retry_failed, workers, job_workers,
+                   cfg.output.job_lease_h * 3600 if job_lease else None)
     return p, runner, workers, paths
 
 
 def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, retry_failed: bool,
-                detach: bool, lease=None) -> dict:
+                detach: bool) -> dict:
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
     wall0, cpu0 = time.time(), cpu_seconds()
     already = table_rows(out, "videos")
     print(f"ingest: {len(cfg.sources)} source(s) → {out} ({already} video(s) recorded by earlier runs)",
           file=sys.stderr, flush=True)
-    # a detached job outlives this process: it holds the output itself (until its commit, or
-    # output.job_lease_h). A template only stages a job, which holds nothing.
-    job_lease = detach and lease is not None
-    p, runner, workers, paths = prepare_job(cfg, out, extra_beam_args, retry_failed, job_lease=job_lease)
-    if p.options.view_as(GoogleCloudOptions).template_location:
-        job_lease = False
-    if job_lease and not lease.hand_over(paths.run_id, f"ingest job {paths.run_id}", cfg.output.job_lease_h * 3600):
-        raise fs.OutputBusy(f"{out}: lost the output lease before submitting the job; nothing was submitted")
+    p, runner, workers, paths = prepare_job(cfg, out, extra_beam_args, retry_failed)
     if detach or p.options.view_as(GoogleCloudOptions).template_location:
-        try:
-            p.run()
-        except BaseException:
-            if job_lease:
-                release_job(lease.path, paths.run_id)
-            raise
-        held = f"; it holds {out}/.lock until then (output.job_lease_h at most)" if job_lease else ""
-        print(f"ingest: job {paths.run_id} submitted; it commits {out} when it finishes{held}", file=sys.stderr,
-              flush=True)
+        # a local output (a bucket's job holds it itself: _submit_job): no remote runner can
+        # write it, and the local runner runs the whole job in p.run(), under our lock
+        p.run()
+        print(f"ingest: job {paths.run_id} submitted; it commits {out} when it finishes", file=sys.stderr, flush=True)
         return {"run_id": paths.run_id, "submitted": True}
     try:
         result = _run_job(p, runner, already=already)

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Iterator
+from typing import Callable, Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -208,6 +208,12 @@ class OutputBusy(RuntimeError):
     """Another run is writing the same output directory."""
 
 
+def busy(out: str) -> Callable[[str], OutputBusy]:
+    """The OutputBusy for `out` held by the run its lease describes (shards/lease.py describe)."""
+    return lambda holder: OutputBusy(f"{out} is in use by another run ({holder}); wait for it to finish or write "
+                                     "to another output directory")
+
+
 @contextlib.contextmanager
 def output_lock(out: str, what: str, lease_s: float = LEASE_S) -> Iterator[None]:
     """Hold OUT/.lock (an exclusive `flock`) while a run rewrites OUT: a second ingest or
@@ -215,11 +221,10 @@ def output_lock(out: str, what: str, lease_s: float = LEASE_S) -> Iterator[None]
     The kernel drops the lock when its holder dies, so a killed run never blocks the next.
     Object stores have no flock: there the lock is a lease object with an expiry that the
     holder renews (shards/lease.py); a dead holder's lease lapses after `lease_s`. Yields the
-    Lease there (a detached job is handed it: `Lease.hand_over`), None for a local output."""
+    Lease there, None for a local output. (A job that outlives its launcher takes a lease of
+    its own instead: lease.acquire_job.)"""
     if is_remote(out):
-        lease = Lease(join(out, ".lock"), what, lambda holder: OutputBusy(
-            f"{out} is in use by another run ({holder}); wait for it to finish or write to another "
-            "output directory"), lease_s=lease_s)
+        lease = Lease(join(out, ".lock"), what, busy(out), lease_s=lease_s)
         lease.acquire()
         try:
             yield lease

@@ -16,6 +16,10 @@ between one run's read and its write: two runs that both read "free" before eith
 can both believe they hold it until the next renewal, which finds the other's lease and
 stops renewing (logged). That window is a few milliseconds; stores that honour conditional
 writes (S3, GCS) have none.
+
+A job that outlives its launcher (`ingest --detach`, a flex template) takes the lease itself
+(`acquire_job`) under its run id, in its first step, and frees it at its commit; it has no
+process to watch and no renewal, so it expires after `output.job_lease_h`.
 """
 from __future__ import annotations
 
@@ -78,17 +82,11 @@ class Lease:
                            "boot": _boot_id(), "since": since or time.strftime("%Y-%m-%d %H:%M:%S"),
                            "expires": time.time() + self.lease_s}).encode()
 
-    def _stale(self, holder: dict) -> bool:
-        if float(holder.get("expires", 0)) < time.time():
-            return True
-        same_machine = holder.get("host") == socket.gethostname() and holder.get("boot") == _boot_id()
-        return same_machine and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
-
     def acquire(self) -> None:
         current = objstore.read_versioned(self.path)
         if current is not None:
             holder = _parse(current[0])
-            if not self._stale(holder):
+            if not stale(holder):
                 raise self.busy(describe(holder))
             log.warning("taking over the expired lease %s (%s)", self.path, describe(holder))
         self.since = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -115,22 +113,6 @@ class Lease:
             except Exception as e:  # noqa: BLE001 — a failed renewal is retried at the next tick
                 log.warning("could not renew the output lease %s: %s", self.path, e)
 
-    def hand_over(self, owner: str, what: str, lease_s: float) -> bool:
-        """Give the held lease to a job that outlives this process (a detached Dataflow job):
-        rewritten once with `owner`, no process or host (so nothing but `expires`, `lease_s`
-        from now, makes it stale) and no renewal; `release_job` frees it when the job is done.
-        False (logged) where the lease was lost meanwhile."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        now = time.strftime("%Y-%m-%d %H:%M:%S")
-        record = json.dumps({"owner": owner, "what": what, "pid": None, "host": "(a detached job)", "boot": "",
-                             "since": now, "expires": time.time() + lease_s}).encode()
-        if not objstore.write_if(self.path, record, self.version):
-            log.error("lost the output lease %s before handing it to %s", self.path, what)
-            return False
-        return True
-
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -146,8 +128,49 @@ def holder(path: str) -> dict | None:
     return None if current is None else _parse(current[0])
 
 
+def stale(holder: dict) -> bool:
+    """Whether another run may take over the lease `holder`: its expiry has passed, or its
+    holder ran on this machine and its process is gone."""
+    if float(holder.get("expires", 0)) < time.time():
+        return True
+    same_machine = holder.get("host") == socket.gethostname() and holder.get("boot") == _boot_id()
+    return same_machine and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+
+
+def live_holder(path: str) -> dict | None:
+    """The lease record at `path` where it is held (not stale), else None."""
+    current = holder(path)
+    return None if current is None or stale(current) else current
+
+
+def acquire_job(path: str, owner: str, what: str, lease_s: float, busy: Callable[[str], Exception]) -> dict:
+    """Take the lease at `path` for a job that outlives its launcher (a detached Dataflow job,
+    a flex template), as the job's own first step: held under `owner` (the run id), with no
+    process or host (so nothing but `expires`, `lease_s` from now, makes it stale: a worker
+    that dies is replaced, the job goes on) and no renewal; `release_job` frees it at the
+    job's commit. Raises `busy(holder)` where another run holds it and it is not stale, or
+    another run won the race for it. Idempotent: a lease `owner` holds already is kept as it
+    is (Beam retries a failed step). Returns the record held."""
+    current = objstore.read_versioned(path)
+    if current is not None:
+        held = _parse(current[0])
+        if held.get("owner") == owner:
+            return held
+        if not stale(held):
+            raise busy(describe(held))
+        log.warning("taking over the expired lease %s (%s)", path, describe(held))
+    record = json.dumps({"owner": owner, "what": what, "pid": None, "host": "(a detached job)", "boot": "",
+                         "since": time.strftime("%Y-%m-%d %H:%M:%S"), "expires": time.time() + lease_s}).encode()
+    won = objstore.write_if(path, record, None if current is None else current[1])
+    back = objstore.read_versioned(path)
+    held = _parse(back[0]) if back else {}
+    if not won or held.get("owner") != owner:
+        raise busy(describe(held))
+    return held
+
+
 def release_job(path: str, owner: str) -> None:
-    """Delete the lease at `path` if `owner` (a job handed it by `hand_over`) still holds it."""
+    """Delete the lease at `path` if `owner` (a job that took it by `acquire_job`) still holds it."""
     current = holder(path)
     if current is not None and current.get("owner") == owner:
         objstore.delete(path)

@@ -1,6 +1,7 @@
-"""A detached job (ingest --detach, a flex template) holds its bucket output itself: the
-launcher hands the lease to the job, which frees it when it has committed. Against moto's
-real S3 server (tests/emulators.py)."""
+"""A detached job (ingest --detach, a flex template) holds its bucket output itself: it takes
+the lease in its first step, before it reads or writes anything, and frees it when it has
+committed; the launcher holds nothing. Against moto's real S3 server and the GCS emulator
+(tests/emulators.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from genie_pipeline.shards import fs
-from genie_pipeline.shards.lease import Lease, holder, release_job
+from genie_pipeline.shards.lease import Lease, acquire_job, holder, live_holder, release_job
 
 from tests.emulators import s3_emulator
 
@@ -24,31 +25,35 @@ def _busy(msg):
     return fs.OutputBusy(msg)
 
 
-def test_a_handed_over_lease_outlives_its_launcher_until_the_job_frees_it(s3):
+def test_a_job_lease_outlives_its_launcher_until_the_job_frees_it(s3):
     path = fs.join(s3.bucket(), "out", ".lock")
-    launcher = Lease(path, "ingest", _busy)
-    launcher.acquire()
-    assert launcher.hand_over("RUN1", "ingest job RUN1", lease_s=3600)
-    launcher.release()  # the launcher exits: the job's lease stays
+    taken = acquire_job(path, "RUN1", "ingest job RUN1", 3600, _busy)
     held = holder(path)
-    assert held["owner"] == "RUN1" and held["pid"] is None and held["expires"] > time.time() + 3000
+    assert held == taken and held["owner"] == "RUN1" and held["pid"] is None and held["expires"] > time.time() + 3000
+    assert acquire_job(path, "RUN1", "ingest job RUN1", 3600, _busy) == held  # a retried step: kept as it is
     with pytest.raises(fs.OutputBusy, match="ingest job RUN1"):
         Lease(path, "ingest", _busy).acquire()  # same machine, but no process to find dead
+    with pytest.raises(fs.OutputBusy, match="ingest job RUN1"):
+        acquire_job(path, "RUN2", "ingest job RUN2", 3600, _busy)
+    assert live_holder(path) == held
     release_job(path, "RUN2")  # another job's commit frees nothing
     assert holder(path)["owner"] == "RUN1"
     release_job(path, "RUN1")
-    assert holder(path) is None
+    assert holder(path) is None and live_holder(path) is None
 
 
 def test_a_job_that_dies_holds_the_output_only_until_its_lease_expires(s3):
     path = fs.join(s3.bucket(), "out", ".lock")
-    launcher = Lease(path, "ingest", _busy)
-    launcher.acquire()
-    launcher.hand_over("DEAD", "ingest job DEAD", lease_s=0.5)
-    launcher.release()
+    acquire_job(path, "DEAD", "ingest job DEAD", 0.5, _busy)
+    time.sleep(0.6)
+    assert holder(path)["owner"] == "DEAD" and live_holder(path) is None
+    acquire_job(path, "NEXT", "ingest job NEXT", 3600, _busy)  # a job takes it over
+    assert holder(path)["owner"] == "NEXT"
+    release_job(path, "NEXT")
+    acquire_job(path, "DEAD2", "ingest job DEAD2", 0.5, _busy)
     time.sleep(0.6)
     nxt = Lease(path, "ingest", _busy)
-    nxt.acquire()  # taken over
+    nxt.acquire()  # so does an attached run
     assert holder(path)["owner"] == nxt.owner
     nxt.release()
 
