@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
@@ -252,3 +253,45 @@ def check_remote_run(runner: RunnerConfig, extra_args: list[str], paths: dict[st
         if path and not is_remote(path):
             raise PreflightError(key, f"{path!r} is on this machine, which {name}'s workers cannot reach: "
                                       f"use a gs:// path")
+    check_image(options, name)
+
+
+# an image's Beam release and Python minor, as its tag names them: ours as `make
+# dataflow-image` tags it (…:0.1.0-beam2.78.0-py3.11), or Beam's own SDK image
+_TAGGED = re.compile(r":[^/@]*?beam(\d+\.\d+\.\d+(?:rc\d+|\.dev\d+)?)-py(\d+\.\d+)(?![\d.])")
+_BEAM_SDK = re.compile(r"(?:^|/)beam_python(\d+\.\d+)_sdk:(\d+\.\d+\.\d+(?:rc\d+|\.dev\d+)?)(?:@|$)")
+
+
+def image_versions(image: str) -> tuple[str, str] | None:
+    """(Beam release, Python minor) that the SDK container `image` holds, read from its tag;
+    None where the tag does not say."""
+    if m := _TAGGED.search(image):
+        return m[1], m[2]
+    if m := _BEAM_SDK.search(image):
+        return m[2], m[1]
+    return None
+
+
+def check_image(options, runner_name: str) -> None:
+    """PreflightError unless --sdk_container_image is given and holds this launcher's Beam and
+    Python: Dataflow's workers reject every bundle of a job pickled by another release ("Pipeline
+    construction environment and pipeline runtime environment are not compatible"), after the
+    job has started and billed. Both versions come from constraints.txt, for launcher and image."""
+    import apache_beam
+    from apache_beam.options.pipeline_options import WorkerOptions
+
+    image = options.view_as(WorkerOptions).sdk_container_image
+    if not image:
+        raise PreflightError("--sdk_container_image", f"{runner_name} needs the project's image (make "
+                                                      f"dataflow-image): its workers install nothing at boot")
+    ours = (apache_beam.__version__, f"{sys.version_info.major}.{sys.version_info.minor}")
+    theirs = image_versions(image)
+    if theirs is None:
+        raise PreflightError("--sdk_container_image", f"cannot tell which Beam and Python {image} holds: tag it "
+                                                      f"as make dataflow-image does (…-beam{ours[0]}-py{ours[1]})")
+    if theirs != ours:
+        raise PreflightError("--sdk_container_image",
+                             f"{image} holds Beam {theirs[0]} on Python {theirs[1]}, this launcher Beam {ours[0]} "
+                             f"on Python {ours[1]}: workers reject a job built by another release; launch from "
+                             f"an install of the same constraints.txt (pip install -c constraints.txt -e "
+                             f"'.[dataflow]') or build the image from this checkout")

@@ -73,17 +73,85 @@ def load_launcher():
 
 
 # ------------------------------------------------------------------------------ static
-def test_base_image_is_beams_sdk_image_for_our_beam_and_python():
-    import apache_beam
+# what launcher, workers and image must share (tools/lock.py): pinned in the lock, installed
+# here at exactly those versions, and the image's base and build arguments the same
+MUST_MATCH = ("apache-beam", "torch", "torchvision", "pyarrow", "numpy", "yt-dlp")
 
+
+def lock_tool():
+    spec = importlib.util.spec_from_file_location("genie_lock", ROOT / "tools" / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def global_args() -> dict[str, str]:
+    """The Dockerfile's ARG defaults before its first FROM (the ones FROM lines may use)."""
+    instrs = instructions(DOCKERFILE.read_text())
+    first = next(i for i, (kw, _) in enumerate(instrs) if kw == "FROM")
+    return build_args(instrs[:first])
+
+
+def test_the_lock_is_what_is_installed_and_what_the_image_builds_on():
+    import apache_beam
+    from importlib.metadata import PackageNotFoundError, version
+
+    lock = lock_tool()
+    text = (ROOT / "constraints.txt").read_text()
+    pins, python = lock.pins(text), lock.lock_python(text)
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert python == here, f"constraints.txt was resolved on Python {python}, this is {here}"
+    for name in MUST_MATCH:
+        assert version(name).split("+")[0] == pins[name], f"{name}: installed {version(name)}, locked {pins[name]}"
+    for name, pinned in pins.items():  # the rest of the lock too, where installed
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue
+        assert installed.split("+")[0] == pinned, f"{name}: installed {installed}, locked {pinned} (make setup)"
+    # the image: Beam's SDK image at the lock's Beam and Python, and Google's launcher for that Python
+    args = global_args()
+    assert (args["BEAM_VERSION"], args["PYTHON_VERSION"]) == (pins["apache-beam"], python) == \
+        (apache_beam.__version__, here), "make lock moves the Dockerfile's defaults with the lock"
     stage = final_stage()
-    base = stage[0][1]
-    m = re.fullmatch(r"apache/beam_python(\d+)\.(\d+)_sdk:(\S+)", base)
-    assert m, f"the image must build on Beam's SDK image, not {base!r}"
-    assert m[3] == apache_beam.__version__, "the SDK image must be the Beam release the launcher pickles with"
-    assert (int(m[1]), int(m[2])) == sys.version_info[:2]
+    base = stage[0][1].replace("${PYTHON_VERSION}", args["PYTHON_VERSION"]).replace("${BEAM_VERSION}",
+                                                                                   args["BEAM_VERSION"])
+    assert base == f"apache/beam_python{python}_sdk:{pins['apache-beam']}", stage[0]
+    assert f"python{python.replace('.', '')}-template-launcher-base" in args["LAUNCHER_IMAGE"]
     entrypoints = [json.loads(arg) for kw, arg in stage if kw == "ENTRYPOINT"]
     assert entrypoints[-1:] == [BEAM_BOOT], "Dataflow starts workers through Beam's boot"
+    # make dataflow-image passes the lock's versions and tags the image with them
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--build-arg BEAM_VERSION=$(LOCK_BEAM) --build-arg PYTHON_VERSION=$(LOCK_PYTHON)" in makefile
+    assert "-beam$(LOCK_BEAM)-py$(LOCK_PYTHON)" in makefile
+
+
+def test_every_install_takes_the_lock():
+    """make setup, the image's pip steps and the README's launcher install all use constraints.txt."""
+    stage = final_stage()
+    lock_copy = next(i for i, (kw, arg) in enumerate(stage) if kw == "COPY" and arg.startswith("constraints.txt "))
+    for i, (kw, arg) in enumerate(stage):
+        if kw == "RUN" and "pip install" in arg:
+            assert "-c /opt/genie-pipeline/constraints.txt" in arg and i > lock_copy, arg
+    makefile = (ROOT / "Makefile").read_text()
+    setup = makefile[makefile.index("$(STAMP): pyproject.toml $(LOCK)"):makefile.index("setup: $(STAMP)")]
+    installs = [line for line in setup.splitlines() if "pip install" in line]
+    assert len(installs) >= 4 and all("-c $(LOCK)" in line for line in installs), installs
+    assert "STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK)" in makefile, "a new lock reinstalls"
+    readme = (ROOT / "README.md").read_text()
+    launches = [line for line in readme.splitlines() if re.match(r"\s*pip install .*\[dataflow\]", line)]
+    assert launches and all("-c constraints.txt" in line for line in launches), launches
+
+
+def test_lock_tool_moves_the_dockerfile_with_the_lock():
+    lock = lock_tool()
+    moved = lock.set_build_args(DOCKERFILE.read_text(), "2.99.1", "3.12")
+    assert "ARG BEAM_VERSION=2.99.1" in moved and "ARG PYTHON_VERSION=3.12" in moved
+    assert lock.set_build_args(moved, "2.99.1", "3.12") == moved
+    assert lock.pins("# python: 3.12\nApache_Beam==2.99.1\nfoo.bar==1\n-e x\n") == {"apache-beam": "2.99.1",
+                                                                                      "foo-bar": "1"}
+    with pytest.raises(SystemExit):
+        lock.set_build_args("FROM x\n", "2.99.1", "3.12")
 
 
 def test_torch_is_installed_first_from_the_variant_index_at_the_projects_pins():
@@ -91,6 +159,8 @@ def test_torch_is_installed_first_from_the_variant_index_at_the_projects_pins():
     assert build_args(stage)["TORCH_VARIANT"] == "cpu", "the default image is the CPU one"
     installs = pip_installs(stage)
     torch_line = next(i for i in installs if " torch==" in i)
+    pins = lock_tool().pins((ROOT / "constraints.txt").read_text())
+    assert f"torch=={pins['torch']}" in torch_line and f"torchvision=={pins['torchvision']}" in torch_line
     assert "--index-url https://download.pytorch.org/whl/${TORCH_VARIANT}" in torch_line
     project = next(i for i in installs if "[dataflow]" in i)
     assert installs.index(torch_line) < installs.index(project), \

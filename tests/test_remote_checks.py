@@ -4,15 +4,19 @@ contacts Google: every case stops at the check."""
 from __future__ import annotations
 
 import json
+import sys
 
+import apache_beam
 import pytest
 
 from genie_pipeline import cli
 from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.config import PreflightError, check_remote_run
 
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+IMAGE = f"us-central1-docker.pkg.dev/p/genie/genie-pipeline:0.1.0-beam{apache_beam.__version__}-py{PY}"
 DATAFLOW = ["--runner", "DataflowRunner", "--project", "p", "--region", "us-central1",
-            "--temp_location", "gs://bucket/tmp"]
+            "--temp_location", "gs://bucket/tmp", "--sdk_container_image", IMAGE]
 SOURCE = {"type": "search", "name": "gc", "queries": ["pitfall"]}
 
 
@@ -80,3 +84,43 @@ def test_a_complete_dataflow_run_passes():
     with pytest.raises(PreflightError) as e:
         check_remote_run(runner_cfg(), DATAFLOW, {"output.dir": "gs://b/out", "download.cookiefile": "c.txt"})
     assert e.value.key == "download.cookiefile"
+
+
+def skewed(version: str) -> str:
+    """`version` with its last number moved by one: another release of the same series."""
+    head, _, last = version.rpartition(".")
+    return f"{head}.{int(last.split('rc')[0].split('dev')[0] or 0) + 1}"
+
+
+@pytest.mark.parametrize("image, named", [
+    (f"r/genie:0.1.0-beam{skewed(apache_beam.__version__)}-py{PY}",
+     f"Beam {skewed(apache_beam.__version__)} on Python {PY}, this launcher Beam {apache_beam.__version__}"),
+    (f"r/genie:0.1.0-beam{apache_beam.__version__}-py{skewed(PY)}", f"on Python {skewed(PY)}, this launcher"),
+    (f"apache/beam_python{PY}_sdk:{skewed(apache_beam.__version__)}", f"Beam {skewed(apache_beam.__version__)}"),
+    ("r/genie:latest", "cannot tell which Beam and Python r/genie:latest holds"),
+    ("r/genie@sha256:" + "0" * 64, "cannot tell which Beam and Python"),
+])
+def test_a_launcher_refuses_an_image_of_another_beam_or_python(tmp_path, capsys, image, named):
+    """Before any work (nothing reaches Google): exit 2, one line naming both versions."""
+    flags = drop("--sdk_container_image") + ["--sdk_container_image", image]
+    rc, err = ingest(tmp_path, capsys, {}, flags)
+    assert rc == 2, err
+    line = err.strip()
+    assert "\n" not in line and line.startswith("genie-pipeline: --sdk_container_image:") and named in line, err
+
+
+def test_a_dataflow_run_needs_the_image():
+    with pytest.raises(PreflightError) as e:
+        check_remote_run(runner_cfg(), drop("--sdk_container_image"), {"output.dir": "gs://b/out"})
+    assert e.value.key == "--sdk_container_image"
+
+
+@pytest.mark.parametrize("image", [
+    f"r/genie:0.1.0-beam{apache_beam.__version__}-py{PY}",
+    f"r/genie:0.1.0-beam{apache_beam.__version__}-py{PY}-gpu",
+    f"r/genie:0.1.0-beam{apache_beam.__version__}-py{PY}@sha256:" + "0" * 64,
+    f"apache/beam_python{PY}_sdk:{apache_beam.__version__}",
+])
+def test_images_of_this_launchers_beam_and_python_pass(image):
+    flags = drop("--sdk_container_image") + ["--sdk_container_image", image]
+    check_remote_run(runner_cfg(), flags, {"output.dir": "gs://b/out"})
