@@ -69,7 +69,9 @@ def ingest_argv(argv: list[str], folder: str, image: str | None) -> list[str]:
         out += ["--output", params["output"]]
     if retry == "true":
         out.append("--retry-failed")
-    out.append("--detach")  # the launcher exits once the job is submitted; the job commits itself
+    # the launcher exits once the job is submitted: the job holds the output from its first step
+    # (its own lease) and commits it itself
+    out.append("--detach")
     defaults = {"runner": "DataflowRunner", "sdk_location": "container", "sdk_container_image": image}
     for name, value in defaults.items():
         if value and not any(a == f"--{name}" or a.startswith(f"--{name}=") for a in beam):
