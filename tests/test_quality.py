@@ -342,3 +342,93 @@ def test_bf16_auto_only_where_the_cpu_has_it():
     assert use_bf16("on", {}) is True and use_bf16("off", measured_ok) is False
     assert train_bf16(QualityConfig().train_bf16) == native_bf16()
     assert train_bf16(True) is True and train_bf16(False) is False
+
+
+# ------------------------------------------------------------- device, threads, bf16: on the worker
+def test_device_selection_with_cuda_faked(monkeypatch):
+    """`auto` scores on CUDA where a GPU is usable and on CPU elsewhere; `cuda` without one is an
+    error naming the setting and the driver, never a quiet fallback to CPU; a GPU that torch
+    reports but cannot allocate on counts as none."""
+    from genie_pipeline.filtering.quality import model as qm
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert qm.resolve_device("auto") == "cpu" and qm.resolve_device("cpu") == "cpu"
+    with pytest.raises(QualityError, match=r"filters.quality.device is cuda.*580 series"):
+        qm.resolve_device("cuda")
+    if not torch.cuda.device_count():  # on a machine with a GPU the allocation would succeed
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert qm.cuda_usable() is False and qm.resolve_device("auto") == "cpu"
+        with pytest.raises(QualityError, match="is_available\\(\\) = True"):
+            qm.resolve_device("cuda")
+    monkeypatch.setattr(qm, "cuda_usable", lambda: True)
+    assert qm.resolve_device("auto") == "cuda" and qm.resolve_device("cuda") == "cuda"
+    assert qm.resolve_device("cpu") == "cpu"
+    # bf16 `auto` asks the device the model runs on, not the CPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(qm, "native_bf16", lambda: False)
+    ok = {"bf16": {"keeps_accuracy": True}}
+    assert qm.use_bf16("auto", ok, "cuda") is True and qm.use_bf16("auto", ok, "cpu") is False
+
+
+def test_scoring_handler_decides_on_the_worker(model_file, monkeypatch):
+    """The stage built on the launcher carries settings, not decisions: the worker's cores set
+    the torch threads, its CPU or GPU the bf16 and the device, when the model loads. On a GPU
+    the model is shared across the VM's processes; on CPU each process has its own."""
+    from types import SimpleNamespace
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from genie_pipeline.filtering.quality import model as qm
+    from genie_pipeline.filtering.quality import score as qs
+
+    meta = {**read_metadata(str(model_file)), "bf16": {"keeps_accuracy": True}}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    handler = qs.QualityModelHandler(str(model_file), meta, 4, processes=2)  # pickled to the worker here
+    monkeypatch.setattr(qs.os, "cpu_count", lambda: 8)  # the worker: 8 cores, native bf16
+    monkeypatch.setattr(qm, "native_bf16", lambda: True)
+    threads = torch.get_num_threads()
+    try:
+        model = handler.load_model()
+        assert torch.get_num_threads() == 4  # 8 cores over 2 processes
+    finally:
+        torch.set_num_threads(threads)
+    assert model.device == "cpu" and model.net.bf16 is True and not model.net.training
+    assert handler.share_model_across_processes() is False
+    assert qs.QualityModelHandler(str(model_file), meta, 4, bf16="off").load_model().net.bf16 is False
+    torch.set_num_threads(threads)
+    # Dataflow runs one process per vCPU: one thread each; one process per VM takes them all
+    assert qs.default_torch_threads(None) == 1 and qs.default_torch_threads(1) == 8
+    remote = SimpleNamespace(runner=object(), options=PipelineOptions([]))
+    one_per_vm = SimpleNamespace(runner=object(),
+                                 options=PipelineOptions(["--experiments=no_use_multiple_sdk_containers"]))
+    assert qs.processes_per_machine(remote, 3) is None and qs.processes_per_machine(one_per_vm, 3) == 1
+    assert qs.processes_per_machine(SimpleNamespace(runner=FnApiRunner(), options=None), 3) == 3
+    # a worker with a GPU: one model per VM
+    monkeypatch.setattr(qm, "cuda_usable", lambda: True)
+    gpu = qs.QualityModelHandler(str(model_file), meta, 4, device="auto")
+    assert gpu.device() == "cuda" and gpu.share_model_across_processes() is True
+    import pickle
+    assert pickle.loads(pickle.dumps(gpu))._resolved is None  # decided again on each worker
+    assert qs.QualityModelHandler(str(model_file), meta, 4, device="cpu").share_model_across_processes() is False
+
+
+def test_shared_model_scores_through_beams_cross_process_proxy(fixture, model_file):
+    """A GPU worker's processes call the one model through Beam's multi-process proxy: the same
+    scores as the model called in-process (plain numpy in, floats out, nothing pickled that
+    the proxy cannot carry)."""
+    import uuid
+
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+    from genie_pipeline.filtering.quality import score as qs
+
+    _, info = fixture
+    handler = qs.QualityModelHandler(str(model_file), read_metadata(str(model_file)), 2, device="cpu", bf16="off")
+    local = handler.run_inference(info["videos"][:2], handler.load_model())
+    proxy = MultiProcessShared(handler.load_model, tag=f"quality-test-{uuid.uuid4().hex}", always_proxy=True).acquire()
+    shared = handler.run_inference(info["videos"][:2], proxy)
+    assert [p.inference.keys() for p in shared] == [p.inference.keys() for p in local]
+    assert all(len(p.inference) > 0 for p in local)
+    for a, b in zip(local, shared):
+        assert all(b.inference[k] == pytest.approx(a.inference[k], abs=1e-6) for k in a.inference)

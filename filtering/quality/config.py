@@ -21,9 +21,14 @@ class QualityConfig(Section):
     threshold: float | None = Field(default=None, ge=0, le=1)  # default: the one stored with the model
     batch_size: int = Field(default=16, ge=1, description="clips per forward pass of the classifier (x frames_per_clip images)")
     channels_last: bool = True
-    # bf16 autocast for inference: auto = only where training measured that it keeps accuracy
+    # bf16 autocast for inference: auto = where training measured that it keeps accuracy and the
+    # device the worker scores on computes bf16 natively (decided on the worker)
     bf16: Literal["auto", "on", "off"] = "auto"
-    # torch intra-op threads: per scoring worker (default cores // workers); training (default torch's)
+    # where the classifier runs, decided on each worker: auto = CUDA where that worker has a usable
+    # GPU, else CPU; cuda = fail the job on a worker without one (never score on CPU by surprise)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch intra-op threads: per scoring process (default: the worker's cores // its SDK processes,
+    # 1 on Dataflow); training (default torch's)
     torch_threads: int | None = Field(default=None, ge=1)
 
     # ------------------------------------------------------------- input spec (training)

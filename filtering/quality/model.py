@@ -112,7 +112,7 @@ class QualityNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """normalised (N, 3, H, W) -> (N, 512) frame embeddings (the trunk runs in bf16 if asked)."""
         b = self.backbone
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and x.device.type == "cpu"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if hasattr(b, "forward_features"):  # timm
                 f = b.forward_head(b.forward_features(x), pre_logits=True)
             else:  # torchvision
@@ -259,11 +259,54 @@ def native_bf16() -> bool:
         return False
 
 
-def use_bf16(setting: str, meta: dict) -> bool:
+def device_bf16(device: str) -> bool:
+    """Does `device` ("cpu" or "cuda") compute bf16 natively: the CPU's oneDNN check, or a
+    GPU of compute capability 8.0 or later (Ampere: A100, L4, H100)?"""
+    if device == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except (AssertionError, RuntimeError):
+            return False
+    return native_bf16()
+
+
+def use_bf16(setting: str, meta: dict, device: str = "cpu") -> bool:
     """Inference autocast: `on`, or `auto` where training measured that it keeps accuracy and
-    the CPU has native bf16."""
+    `device` has native bf16. Call it where the model runs (a worker), not where the job is
+    launched: the launcher's CPU says nothing about the worker's."""
     return setting == "on" or (setting == "auto" and bool(meta.get("bf16", {}).get("keeps_accuracy"))
-                               and native_bf16())
+                               and device_bf16(device))
+
+
+def cuda_usable() -> bool:
+    """Can torch put a tensor on a GPU here? `is_available` alone can be true where the
+    first allocation fails (a driver too old for the CUDA build, a GPU held by another
+    process in exclusive mode)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        torch.empty(1, device="cuda")
+        return True
+    except (RuntimeError, AssertionError):  # AssertionError: a build without CUDA
+        return False
+
+
+def resolve_device(setting: str) -> str:
+    """The torch device `filters.quality.device` means on this machine: `cpu`; `cuda`, or
+    QualityError where no GPU is usable (a GPU job that quietly scored on CPU would run for
+    days and bill for idle accelerators); `auto`, CUDA where usable, else CPU."""
+    if setting == "cpu":
+        return "cpu"
+    if cuda_usable():
+        return "cuda"
+    if setting == "cuda":
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        raise QualityError(
+            f"filters.quality.device is cuda but this machine has no usable CUDA device (torch {torch.__version__}, "
+            f"{build}, torch.cuda.is_available() = {torch.cuda.is_available()}): run the GPU image "
+            "(make dataflow-image-gpu) on workers with an accelerator and an NVIDIA driver of the 580 series or "
+            "later (worker_accelerator=...;install-nvidia-driver), or set filters.quality.device: auto")
+    return "cpu"
 
 
 def train_bf16(setting: bool | str) -> bool:

@@ -3,11 +3,15 @@
 
 Each clip's mp4 is read from its video's clip store, K frames are sampled exactly as in
 training (`frames.sample_frames`), and RunInference (the PyTorch handler over whole videos,
-clips batched across them, the model loaded once per worker process) scores them.
+clips batched across them) scores them. The device, torch threads and bf16 are decided on
+the worker, from its own CPU and GPU, when the model loads: a CPU worker loads the model in
+each SDK process; a GPU worker loads it once per VM, in one process the others call through
+Beam's multi-process shared model (one copy on the accelerator, not one per vCPU).
 """
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
@@ -21,7 +25,7 @@ import torch
 from genie_pipeline.filtering.quality.config import QualityConfig
 from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.frames import sample_frames
-from genie_pipeline.filtering.quality.model import QualityNet, read_metadata, use_bf16
+from genie_pipeline.filtering.quality.model import QualityNet, read_metadata, resolve_device, use_bf16
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.reader import has_table, read_rows
 from genie_pipeline.shards.records import ClipRow, VideoResult, from_row
@@ -46,8 +50,41 @@ def score_clips(model: QualityNet, clips: Iterable[np.ndarray], batch_size: int 
 
 
 # ----------------------------------------------------------------------- the Beam stage
-def default_torch_threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+def default_torch_threads(processes: int | None) -> int:
+    """Torch threads per SDK process: this machine's cores shared among the `processes` that
+    run on it (None: one process per core, as Dataflow runs them)."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, cores if processes is None else processes))
+
+
+def processes_per_machine(pipeline, local_workers: int) -> int | None:
+    """SDK processes on one worker machine, from the pipeline's runner and options (the
+    launcher knows the job's shape; the worker counts its own cores): a local FnApiRunner runs
+    `local_workers`; Dataflow runs one per vCPU (None), or one per VM with the experiment
+    `no_use_multiple_sdk_containers`."""
+    from apache_beam.options.pipeline_options import DebugOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    if pipeline is None or isinstance(pipeline.runner, FnApiRunner):
+        return local_workers
+    if "no_use_multiple_sdk_containers" in (pipeline.options.view_as(DebugOptions).experiments or []):
+        return 1
+    return None
+
+
+class ScoringModel:
+    """The loaded classifier on its device: called with uint8 (B, K, H, W, 3) clips as a
+    numpy array, returns B probabilities as floats. Plain data in and out, so that it is
+    called the same way in its own process and through Beam's cross-process proxy (the one
+    model of a GPU worker): no tensor bound to a device crosses a process boundary."""
+
+    def __init__(self, net: QualityNet, device: str):
+        self.net, self.device = net, device
+
+    def __call__(self, clips: np.ndarray) -> list[float]:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(clips)).to(self.device, non_blocking=True)
+            return self.net(x).float().cpu().tolist()
 
 
 def _counter(name: str):
@@ -82,23 +119,61 @@ def _handler_base():
 
 
 class QualityModelHandler(_handler_base()):
-    """RunInference handler whose examples are whole videos: the model is loaded once per
-    worker process (RunInference shares it), torch threads are set for the worker count.
+    """RunInference handler whose examples are whole videos. Built on the launcher from the
+    settings (`device`, `bf16`, `torch_threads` of filters.quality, the model's metadata and
+    the SDK processes per machine); everything that depends on the machine is decided in
+    `load_model`, on the worker: the device (`resolve_device`), torch threads (the setting,
+    else the worker's cores over its processes) and bf16 (`use_bf16` for that device). On
+    CUDA the model is shared across the VM's SDK processes (`share_model_across_processes`):
+    one copy on the GPU, loaded by the first process, called by the others through Beam's
+    multi-process proxy; on CPU each process loads its own (RunInference shares it among the
+    process's threads).
     A batch of videos is scored as one stream of their clips, `batch_size` clips per
     forward pass, each clip's frames decoded just before its pass, so memory holds one
     pass's frames and one clip store whatever the videos' lengths. Each video's prediction
     is {clip key: probability}, NaN for a clip that cannot be read."""
 
-    def __init__(self, model_path: str, model_params: dict, batch_size: int, torch_threads: int):
+    def __init__(self, model_path: str, meta: dict, batch_size: int, *, device: str = "auto", bf16: str = "auto",
+                 channels_last: bool = True, torch_threads: int | None = None, processes: int | None = 1):
+        model_params = {**meta["model_params"], "channels_last": channels_last}
         super().__init__(state_dict_path=model_path, model_class=QualityNet, model_params=model_params,
                          device="CPU", load_model_args={"weights_only": True},
                          min_batch_size=1, max_batch_size=batch_size)
-        self._torch_threads, self._clips_per_pass = torch_threads, batch_size
+        self._path, self._meta, self._params = model_path, meta, model_params
+        self._device_setting, self._bf16_setting = device, bf16
+        self._torch_threads, self._processes, self._clips_per_pass = torch_threads, processes, batch_size
         self._k = int(model_params["frames_per_clip"])
+        self._resolved: str | None = None  # the device, once decided on the worker
 
-    def load_model(self):
-        torch.set_num_threads(self._torch_threads)
-        return super().load_model()
+    def __getstate__(self):
+        # a device decided on the launcher must not travel to the workers
+        return {**self.__dict__, "_resolved": None}
+
+    def device(self) -> str:
+        """The torch device on this machine (decided once, where the handler runs)."""
+        if self._resolved is None:
+            self._resolved = resolve_device(self._device_setting)
+        return self._resolved
+
+    def share_model_across_processes(self) -> bool:
+        # asked by RunInference's setup on the worker: one model per GPU VM, one per CPU process
+        return self.device() == "cuda"
+
+    def load_model(self) -> ScoringModel:
+        device = self.device()
+        threads = self._torch_threads or default_torch_threads(self._processes)
+        torch.set_num_threads(threads)
+        bf16 = use_bf16(self._bf16_setting, self._meta, device)
+        net = QualityNet(**self._params, bf16=bf16)
+        try:
+            state = torch.load(io.BytesIO(fs.read_bytes(self._path)), map_location=device, weights_only=True)
+            net.load_state_dict(state)
+        except Exception as e:  # noqa: BLE001
+            raise QualityError(f"cannot load model {self._path}: {type(e).__name__}: {e}") from None
+        net.to(device).eval().requires_grad_(False)
+        log.info("quality model on %s (%s), %d torch thread(s), bf16 %s", device,
+                 torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores", threads, bf16)
+        return ScoringModel(net, device)
 
     def run_inference(self, batch, model, inference_args=None):
         from apache_beam.ml.inference.base import PredictionResult
@@ -112,7 +187,7 @@ class QualityModelHandler(_handler_base()):
             clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
             t0 = clock()
             with torch.inference_mode():
-                probs = model(torch.from_numpy(np.stack([f for *_, f in pending]))).tolist()
+                probs = model(np.stack([f for *_, f in pending]))
             _counter("quality_infer_cpu_ms").inc(int((clock() - t0) * 1000))
             _counter("quality_clips_scored").inc(len(probs))
             for (vkey, key, _), p in zip(pending, probs):
@@ -173,6 +248,8 @@ class ScoreQuality(beam.PTransform):
     `off` is the identity."""
 
     def __init__(self, quality_cfg: QualityConfig, workers: int):
+        """`workers`: SDK processes per machine under a local runner (a remote runner's shape
+        is read from the pipeline's options in `expand`)."""
         super().__init__()
         self.cfg, self.workers = quality_cfg, workers
         self.meta: dict | None = None
@@ -186,16 +263,18 @@ class ScoreQuality(beam.PTransform):
         except QualityError as e:
             raise QualityError(f"filters.quality.model: {e}") from None
         self.threshold = quality_cfg.threshold if quality_cfg.threshold is not None else float(self.meta["threshold"])
-        self.model_params = {**self.meta["model_params"], "channels_last": quality_cfg.channels_last,
-                             "bf16": use_bf16(quality_cfg.bf16, self.meta)}
-        self.threads = quality_cfg.torch_threads or default_torch_threads(workers)
+        # device, threads and bf16 are not decided here, on the launcher: the handler decides
+        # them on each worker from that machine's CPU and GPU
 
     def expand(self, videos):
         if self.cfg.mode == "off":
             return videos | "QualityOff" >> beam.Map(lambda v: v)
         from apache_beam.ml.inference.base import RunInference
 
-        handler = QualityModelHandler(self.cfg.model, self.model_params, self.cfg.batch_size, self.threads)
+        q = self.cfg
+        handler = QualityModelHandler(q.model, self.meta, q.batch_size, device=q.device, bf16=q.bf16,
+                                      channels_last=q.channels_last, torch_threads=q.torch_threads,
+                                      processes=processes_per_machine(videos.pipeline, self.workers))
         return (videos
                 | "QualityInference" >> RunInference(handler)
                 | "QualityApply" >> beam.Map(_apply_scores, self.cfg.mode, self.threshold))
