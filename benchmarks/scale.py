@@ -188,7 +188,8 @@ def step_curate(out: str) -> dict:
 
     from genie_pipeline.filtering.config import DedupeConfig
     from genie_pipeline.ingest.pipeline import committed_entries
-    from genie_pipeline.shards.dedupe import RunClips, decide, entry_parts, match, query_parts
+    from genie_pipeline.shards.dedupe import (ENTRY, QUERY, RunClips, decide, entries_in, join_parts, match, salted,
+                                              salts)
     from genie_pipeline.shards.reader import iter_part_batches, table_files, table_rows
 
     d = DedupeConfig().max_distance
@@ -212,29 +213,26 @@ def step_curate(out: str) -> dict:
     spool.mkdir()
     files, entries_n = {}, {}
 
-    def put(kind, key, batch):
-        name = f"{kind}-" + "-".join(map(str, key))
-        if name not in files:
-            files[name] = open(spool / name, "ab")
-        pickle.dump(batch, files[name])
-        if kind == "e":
-            entries_n[key] = entries_n.get(key, 0) + len(batch)
+    def put(key, value):  # value: (tag, batch)
+        name = "-".join(map(str, key))
+        if key not in files:
+            files[key] = open(spool / name, "ab")
+        pickle.dump(value, files[key])
+        entries_n[key] = entries_n.get(key, 0) + entries_in(value)
 
     for path in parts:
-        for key, batch in committed_entries(path, run, d, []):
-            put("e", key, batch)
+        for key, value in committed_entries(path, run, d, []):
+            put(key, value)
     for batch in run.batches(new, new=True):
-        for key, part in entry_parts(batch):
-            put("e", key, part)
-        for key, part in query_parts(batch, d):
-            put("q", key, part)
+        for key, value in join_parts(batch, d):
+            put(key, value)
     for f in files.values():
         f.close()
+    split = salts(entries_n)
     t_read = time.perf_counter()
 
-    def load(kind, key):
-        path = spool / (f"{kind}-" + "-".join(map(str, key)))
-        with open(path, "rb") if path.exists() else open(os.devnull, "rb") as f:
+    def load(key):
+        with open(spool / "-".join(map(str, key)), "rb") as f:
             while True:
                 try:
                     yield pickle.load(f)
@@ -242,10 +240,15 @@ def step_curate(out: str) -> dict:
                     return
 
     edges, slowest = {}, 0.0
-    for key in entries_n:
+    for key in files:
         t = time.perf_counter()
-        for q, edge in match(key, list(load("e", key)), load("q", key), d):
-            edges.setdefault(q, []).append(edge)
+        shares: dict[tuple, list] = {}
+        for value in load(key):
+            for k, v in salted((key, value), split):
+                shares.setdefault(k, []).append(v)
+        for k, values in shares.items():
+            for q, edge in match(k, [b for tag, b in values if tag != QUERY], [b for tag, b in values if tag != ENTRY], d):
+                edges.setdefault(q, []).append(edge)
         slowest = max(slowest, time.perf_counter() - t)
     t_match = time.perf_counter()
     decided = decide(edges)

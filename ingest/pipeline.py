@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 import re
 import resource
 import sys
@@ -53,8 +54,9 @@ from genie_pipeline.shards import fs, objstore
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, failed_video_row, recover,
                                           rewrite_without, shard_stats_file, small_shards)
-from genie_pipeline.shards.dedupe import (CAPS, RunClips, add_clip, cap_counts, cap_group, entry_parts, first_round, match,
-                                          nearest_new, over_cap, query_parts, second_round)
+from genie_pipeline.shards.dedupe import (CAPS, ENTRY, QUERY, RunClips, add_clip, cap_counts, cap_group, entries_in,
+                                          first_round, join_parts, match, nearest_new, over_cap, salted, salts,
+                                          second_round)
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 from genie_pipeline.shards.lease import acquire_job, describe, live_holder, release_job
 from genie_pipeline.shards.lease import holder as lease_holder
@@ -149,8 +151,9 @@ def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, de
     """(clip key, (reason, duplicate_of)) for each clip of this run that curation rejects:
     near duplicates and balance caps over the whole output (shards/dedupe.py), as a join
     spread over the workers. The committed manifest's parts are read by as many workers
-    (nothing of earlier runs passes through the graph); each (version, band, prefix)
-    partition of the fingerprints is matched on one worker; two rounds over the neighbour
+    (nothing of earlier runs passes through the graph); each partition of the fingerprints
+    (shards/dedupe.py: band, sub-block, prefix, and a share of one a crowd overfills) is
+    matched on one worker; two rounds over the neighbour
     lists decide; each cap group is counted on one worker. It waits for every video of the
     run, a barrier on clip rows only: the shards are written meanwhile, and the few that
     hold a rejected clip are rewritten without it (`purge_shard`) before the commit
@@ -168,7 +171,8 @@ def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, de
     run = beam.pvalue.AsSingleton(
         clips | "RunClips" >> beam.CombineGlobally(RunSummary())
         | "RunAndCommitted" >> beam.Map(lambda acc, n: RunClips.build(acc[0], acc[1], clips=n + acc[2][0],
-                                                                      max_distance=max_distance or 0), committed_clips))
+                                                                      max_distance=max_distance or 0, new=acc[2][0]),
+                                        committed_clips))
     committed = (out | "ManifestParts" >> beam.FlatMap(lambda o: table_files(o, "manifest"))
                  | "SpreadParts" >> beam.Reshuffle()
                  | "ReadCommitted" >> beam.FlatMap(committed_entries, run, max_distance, list(caps))
@@ -177,11 +181,15 @@ def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, de
     if max_distance is not None:
         batches = (clips | "ClipBatches" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
                    | "JoinBatches" >> beam.FlatMap(lambda rows, r: r.batches(rows, new=True), run))
-        tagged = [committed.entries | "TagCommitted" >> beam.MapTuple(lambda k, b: (k, (ENTRY, b))),
-                  batches | "NewEntries" >> beam.FlatMap(entry_parts) | "TagNew" >> beam.MapTuple(lambda k, b: (k, (ENTRY, b))),
-                  batches | "Queries" >> beam.FlatMap(query_parts, max_distance)
-                  | "TagQueries" >> beam.MapTuple(lambda k, b: (k, (QUERY, b)))]
-        first = (tagged | "AllBatches" >> beam.Flatten()
+        parts = ([committed.entries, batches | "NewParts" >> beam.FlatMap(join_parts, max_distance)]
+                 | "AllParts" >> beam.Flatten())
+        # the partitions a crowd of look-alikes overfills, from every partition's entry count
+        split = beam.pvalue.AsSingleton(
+            parts | "EntriesByPartition" >> beam.Map(lambda kv: (kv[0], entries_in(kv[1])))
+            | "PerPartition" >> beam.CombinePerKey(sum)
+            | "AllPartitions" >> beam.combiners.ToDict()
+            | "HotPartitions" >> beam.Map(salts))
+        first = (parts | "Salted" >> beam.FlatMap(salted_part, split)
                  | "ByPartition" >> beam.GroupByKey()
                  | "Match" >> beam.FlatMap(match_partition, max_distance)
                  | "EdgesByClip" >> beam.GroupByKey()
@@ -211,7 +219,6 @@ def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, de
 
 
 ASKS, COUNTS = "asks", "counts"
-ENTRY, QUERY = 0, 1
 
 
 def match_partition(item, max_distance: int):
@@ -220,8 +227,27 @@ def match_partition(item, max_distance: int):
     Dataflow they are paged in), so memory holds the entries, not the queries: a first run
     of millions of new clips queries each partition with most of them."""
     _, values = item
-    entries = [b for tag, b in values if tag == ENTRY]
-    yield from match(item[0], entries, (b for tag, b in values if tag == QUERY), max_distance)
+    entries = [b for tag, b in values if tag != QUERY]
+    queries = [0]
+
+    def stream():
+        for tag, b in values:
+            if tag != ENTRY:
+                queries[0] += len(b)
+                yield b
+    yield from match(item[0], entries, stream(), max_distance)
+    Metrics.distribution(NS, "dedupe_partition_entries").update(sum(len(b) for b in entries))
+    Metrics.distribution(NS, "dedupe_partition_queries").update(queries[0])
+
+
+def salted_part(item, split):
+    """A join part under its GroupByKey key (`salted`), its pickled size and query rows
+    counted: the join's shuffle, and the partitions a query reaches, in the job's metrics."""
+    for kv in salted(item, split):
+        Metrics.counter(NS, "dedupe_shuffle_bytes").inc(len(pickle.dumps(kv, pickle.HIGHEST_PROTOCOL)))
+        if kv[1][0] != ENTRY:
+            Metrics.counter(NS, "dedupe_query_rows").inc(len(kv[1][1]))
+        yield kv
 
 
 class RunSummary(beam.CombineFn):
@@ -264,7 +290,7 @@ def committed_entries(path: str, run: RunClips, max_distance: int | None, caps: 
                     for name in CURATE_COLUMNS}
             if max_distance is not None:
                 for batch in run.batches(new=False, columns=cols):
-                    entries += entry_parts(batch)
+                    entries += join_parts(batch, max_distance)
             if caps:
                 rows = [dict(zip(cols, values)) for values in zip(*cols.values())]
                 rows = [r for r in rows if not run.redoes(r["video_key"])]

@@ -27,12 +27,22 @@ The join (no all-pairs): cut into B = bits // w bands of w bits, a fingerprint w
 bits of another differs in at most r = d // B bits on some band (pigeonhole), so every pair
 within d is found by looking up, for each band, the band values within r of a clip's own.
 The width is chosen per run from the number of clips (`band_bits_for`): narrow bands mean
-few lookups that each find many unrelated clips to verify, wide bands the reverse. Work is
-cut into partitions by (version, w, band, top PREFIX_BITS bits of the band value): a
-partition holds the entries (committed and new clips) whose band has its prefix and receives,
-as queries, the new clips whose band is within r of it (15 of 16 prefixes at r = 3); it looks
-up only the values with its prefix. A partition holds 1/16 of the clips' entries for one
-band; nothing holds them all.
+few lookups that each find many unrelated clips to verify, wide bands the reverse.
+
+Work is cut into partitions, one GroupByKey key each (`layout_for` picks s and P per run):
+each band is cut into s sub-blocks, and a pair within r on the band is within r_s = r // s
+on one of them (pigeonhole again); a partition is (version, w, s, P, band, sub-block j, the
+top P bits of sub-block j, salt). A clip is an entry of one partition per (band, j), and a
+new clip queries the partitions whose prefix is within r_s of its own. With s = r + 1 the
+sub-block matches exactly (r_s = 0): a query reaches B·s partitions, its own, whatever P,
+and P grows with the output so that the partitions do too; with s = 1 the entries are not
+copied but a query reaches every prefix within r. The layout with the fewest shuffled
+records wins: s = r + 1 for a first run (every clip is new), s = 1 with a few prefix bits
+when the committed clips far outnumber the new ones. A new clip that is an entry where it
+queries is sent once (BOTH). A pair is found in one partition only: its first band within
+r, that band's first sub-block within r_s. A partition whose entries exceed HOT × the mean
+or MAX_ENTRIES (a crowd of look-alikes lands in one) is split by clip over several salts,
+and its queries go to each (`salts`, `salted`).
 
 Caps. Clips over `max_clips_per_{source,query,channel}` (None: no cap) get "cap:source",
 "cap:query" or "cap:channel", applied in that order (broadest first), each group on its own.
@@ -56,7 +66,11 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 BAND_BITS = range(16, 26)  # band widths the join chooses from (`band_bits_for`)
-PREFIX_BITS = 4  # partitions per band: 2**PREFIX_BITS
+TARGET_ENTRIES = 1 << 15  # clips per partition the prefix width aims at (partitions grow with the output)
+MAX_TABLE_BITS = 21  # a partition's lookup table has 2**(w - P) slots: P >= w - 21 keeps it to 16 MiB
+HOT = 1.5  # a partition above HOT × the mean entries is split (`salts`)...
+MAX_ENTRIES = 1 << 18  # ... and so is one above this many entries, whatever the mean
+ENTRY, QUERY, BOTH = 0, 1, 2  # a part's role in its partition (BOTH: a new clip, entry and query)
 NEIGHBOURS = 8  # higher-priority new neighbours a clip keeps for the second round
 CAPS = ("source", "query", "channel")  # the order caps apply in
 
@@ -104,28 +118,35 @@ def curate(new: list[dict], earlier: Iterable[dict], *, max_distance: int | None
 
 
 # ---------------------------------------------------------------------------- duplicates
-def duplicates(new: list[dict], earlier: list[dict], max_distance: int, clips: int | None = None) -> dict[str, str]:
+def duplicates(new: list[dict], earlier: list[dict], max_distance: int, clips: int | None = None,
+               **join) -> dict[str, str]:
     """{key of a new clip: key of the representative it duplicates}, in one process. `clips`:
-    the size the band width is chosen for (default: the clips given)."""
-    return decide(neighbour_edges(new, earlier, max_distance, clips))
+    the size the join's layout is chosen for (default: the clips given); `join`: see
+    `neighbour_edges`."""
+    return decide(neighbour_edges(new, earlier, max_distance, clips, **join))
 
 
-def neighbour_edges(new: list[dict], earlier: list[dict], max_distance: int,
-                    clips: int | None = None) -> dict[str, list[tuple[Rank, str]]]:
+def neighbour_edges(new: list[dict], earlier: list[dict], max_distance: int, clips: int | None = None, *,
+                    layout: tuple[int, int, int] | None = None,
+                    max_entries: int = MAX_ENTRIES) -> dict[str, list[tuple[Rank, str]]]:
     """Every new clip's edges to its neighbours of higher priority, each edge once, from
-    every partition of the join in turn (what the job's Match stage does on many workers)."""
-    run = RunClips.of(new, max_distance, committed=len(earlier) if clips is None else clips - len(new))
-    parts: dict[tuple, list[Batch]] = defaultdict(list)
-    queries: dict[tuple, list[Batch]] = defaultdict(list)
-    for batch in (*run.batches(new, new=True), *run.batches(earlier, new=False)):
-        for key, part in entry_parts(batch):
-            parts[key].append(part)
-    for batch in run.batches(new, new=True):
-        for key, part in query_parts(batch, max_distance):
-            queries[key].append(part)
+    every partition of the join in turn (what the job's Match stage does on many workers).
+    `layout` (w, s, P) replaces `layout_for`'s choice; `max_entries` the split threshold."""
+    run = RunClips.of(new, max_distance, committed=len(earlier) if clips is None else clips - len(new), layout=layout)
+    items = [item for batch in (*run.batches(new, new=True), *run.batches(earlier, new=False))
+             for item in join_parts(batch, max_distance)]
+    counts: dict[tuple, int] = defaultdict(int)
+    for key, value in items:
+        counts[key] += entries_in(value)
+    split = salts(counts, max_entries)
+    parts: dict[tuple, list[tuple[int, Batch]]] = defaultdict(list)
+    for item in items:
+        for key, value in salted(item, split):
+            parts[key].append(value)
     edges: dict[str, list[tuple[Rank, str]]] = defaultdict(list)
-    for key in queries:
-        for q, edge in match(key, parts.get(key, []), queries[key], max_distance):
+    for key, values in parts.items():
+        for q, edge in match(key, [b for tag, b in values if tag != QUERY], [b for tag, b in values if tag != ENTRY],
+                             max_distance):
             edges[q].append(edge)
     return edges
 
@@ -158,23 +179,27 @@ class RunClips:
     versions: frozenset[str]  # fingerprint versions of this run's clips
     clips: int  # clips in the join (this run's and the committed ones): sizes the bands
     max_distance: int
+    new: int = 0  # this run's clips (with `clips`, they choose the layout)
+    layout: tuple[int, int, int] | None = None  # (w, s, P) instead of `layout_for`'s (tests, benchmarks)
 
     @classmethod
-    def of(cls, rows: Iterable[dict], max_distance: int, committed: int = 0) -> "RunClips":
+    def of(cls, rows: Iterable[dict], max_distance: int, committed: int = 0,
+           layout: tuple[int, int, int] | None = None) -> "RunClips":
         acc, n = (defaultdict(float), set()), 0
         for r in rows:
             add_clip(acc, r)
             n += 1
-        return cls.build(*acc, clips=committed + n, max_distance=max_distance)
+        return cls.build(*acc, clips=committed + n, max_distance=max_distance, new=n, layout=layout)
 
     @classmethod
-    def build(cls, seconds: Mapping[int, float], versions: set[str], clips: int, max_distance: int) -> "RunClips":
+    def build(cls, seconds: Mapping[int, float], versions: set[str], clips: int, max_distance: int, new: int = 0,
+              layout: tuple[int, int, int] | None = None) -> "RunClips":
         videos = np.array(sorted(seconds), np.uint64)
         return cls(videos, np.array([seconds[v] for v in videos.tolist()], np.float64), frozenset(versions),
-                   clips, max_distance)
+                   clips, max_distance, new, layout)
 
-    def band_bits(self, bits: int) -> int:
-        return band_bits_for(bits, self.clips, self.max_distance)
+    def layout_of(self, bits: int) -> tuple[int, int, int]:
+        return self.layout or layout_for(bits, self.clips, self.new, self.max_distance)
 
     def redoes(self, video_key: str) -> bool:
         return bool(self.redone(np.array([video_hash(video_key)], np.uint64))[0])
@@ -208,8 +233,9 @@ class RunClips:
             digits = [fps[i].rpartition(":")[2] for i in idx.tolist()]
             width = -(-max(len(d) for d in digits) // 16) * 16
             raw = np.frombuffer(bytes.fromhex("".join(d.rjust(width, "0") for d in digits)), ">u8")
+            w, s, p = self.layout_of(width * 4)
             out.append(Batch(
-                version=v, band_bits=self.band_bits(width * 4),
+                version=v, band_bits=w, sub_blocks=s, prefix_bits=p,
                 words=raw.reshape(len(idx), width // 16)[:, ::-1].astype(np.uint64),
                 video=vids[idx], new=np.full(len(idx), new),
                 seconds=self.seconds[pos[idx]] if new and len(self.videos) else np.zeros(len(idx)),
@@ -237,6 +263,41 @@ def band_bits_for(bits: int, clips: int, max_distance: int) -> int:
     return min((w for w in BAND_BITS if w <= bits // 2), key=cost)
 
 
+def layout_for(bits: int, clips: int, new: int, max_distance: int) -> tuple[int, int, int]:
+    """The join's layout (w, s, P) for `clips` fingerprints of `bits` bits, `new` of them
+    this run's: bands of w bits (`band_bits_for`), each cut into s sub-blocks, partitions by
+    the top P bits of a sub-block. P aims at TARGET_ENTRIES clips a partition (at most a
+    sub-block's width; at least w - MAX_TABLE_BITS). Of the s from 1 to r + 1, the one that
+    shuffles the fewest records: per band, s per committed clip and s × (the prefixes
+    within r_s of its own) per new clip; on a tie the larger s (a query reaches fewer
+    partitions)."""
+    w = band_bits_for(bits, clips, max_distance)
+    r = max_distance // (bits // w)
+    want = max(0, math.ceil(math.log2(max(clips, 1) / TARGET_ENTRIES)))
+    best: tuple[float, tuple[int, int, int]] | None = None
+    for s in range(1, r + 2):
+        p = min(max(want, w - MAX_TABLE_BITS), min(_widths(w, s)))
+        if p < w - MAX_TABLE_BITS:
+            continue
+        cost = s * (max(clips - new, 0) + new * sum(math.comb(p, k) for k in range(r // s + 1)))
+        if best is None or cost <= best[0]:
+            best = (cost, (w, s, p))
+    assert best is not None, (w, r)
+    return best[1]
+
+
+@functools.lru_cache(maxsize=64)
+def _widths(w: int, s: int) -> tuple[int, ...]:
+    """Widths of the s sub-blocks of a w-bit band (the first w % s one bit wider)."""
+    return tuple(w // s + (j < w % s) for j in range(s))
+
+
+def _sub_block(w: int, s: int, j: int) -> tuple[int, int]:
+    """(lowest bit, width) of sub-block j of a w-bit band."""
+    widths = _widths(w, s)
+    return sum(widths[:j]), widths[j]
+
+
 def add_clip(acc: tuple[dict[int, float], set[str]], row: dict) -> None:
     """Count one clip row of the run into (seconds per video hash, versions)."""
     seconds, versions = acc
@@ -261,21 +322,33 @@ class Batch:
     seconds: np.ndarray  # (n,) float64: seconds its video cut in this run
     quality: np.ndarray  # (n,) float64; -1 when unscored
     keys: np.ndarray  # (n,) bytes: clip keys are ASCII, and a byte a character halves what is shuffled
+    sub_blocks: int = 1  # s: sub-blocks a band is cut into (`layout_for`)
+    prefix_bits: int = 0  # P: bits of a sub-block that name its partition
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def take(self, idx) -> "Batch":
         return Batch(self.version, self.band_bits, self.words[idx], self.video[idx], self.new[idx],
-                     self.seconds[idx], self.quality[idx], self.keys[idx])
+                     self.seconds[idx], self.quality[idx], self.keys[idx], self.sub_blocks, self.prefix_bits)
 
     @staticmethod
     def concat(batches: list["Batch"]) -> "Batch":
         width = max(b.words.shape[1] for b in batches)
         words = [np.pad(b.words, ((0, 0), (0, width - b.words.shape[1]))) for b in batches]
-        return Batch(batches[0].version, batches[0].band_bits, np.concatenate(words),
+        first = batches[0]
+        return Batch(first.version, first.band_bits, np.concatenate(words),
                      *(np.concatenate([getattr(b, f) for b in batches])
-                     for f in ("video", "new", "seconds", "quality", "keys")))
+                     for f in ("video", "new", "seconds", "quality", "keys")), first.sub_blocks, first.prefix_bits)
+
+    def __reduce__(self):
+        # one buffer instead of six arrays: a first run cuts a batch into B·s·2**P parts of a
+        # few clips each, and each array pickled alone carries about 100 bytes of header
+        n, width = len(self), self.words.shape[1]
+        buf = b"".join(np.ascontiguousarray(a).tobytes() for a in
+                       (self.words, self.video, self.new, self.seconds, self.quality, self.keys))
+        return _unpack, (self.version, self.band_bits, self.sub_blocks, self.prefix_bits, n, width,
+                         self.keys.dtype.itemsize, buf)
 
     def bands(self) -> int:
         return self.words.shape[1] * 64 // self.band_bits
@@ -300,73 +373,164 @@ class Batch:
         return before | (tied & (self.keys[i] < other.keys[j]))
 
 
+def _unpack(version, band_bits, sub_blocks, prefix_bits, n, width, key_size, buf) -> Batch:
+    cols, at = [], 0
+    for dtype, shape in ((np.uint64, (n, width)), (np.uint64, (n,)), (bool, (n,)), (np.float64, (n,)),
+                         (np.float64, (n,)), (f"S{max(key_size, 1)}", (n,))):
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize if n else 0
+        cols.append(np.frombuffer(buf, dtype, int(np.prod(shape)), at).reshape(shape).copy() if n
+                    else np.zeros(shape, dtype))
+        at += size
+    return Batch(version, band_bits, *cols, sub_blocks, prefix_bits)
+
+
 def radius(batch: Batch, max_distance: int) -> int:
     return max_distance // batch.bands()
 
 
-def prefix(values: np.ndarray, band_bits: int) -> np.ndarray:
-    return values >> (band_bits - PREFIX_BITS)
+def sub_prefix(values: np.ndarray, w: int, s: int, p: int, j: int) -> np.ndarray:
+    """The top p bits of sub-block j of each band value: the partition it is an entry of."""
+    lo, width = _sub_block(w, s, j)
+    return (values >> (lo + width - p)) & ((1 << p) - 1)
 
 
-def entry_parts(batch: Batch) -> Iterator[tuple[tuple, Batch]]:
-    """The batch cut by partition, (version, band width, band, prefix): each clip once per band."""
+def squeeze(values: np.ndarray, w: int, s: int, p: int, j: int) -> np.ndarray:
+    """Band values without the partition's p prefix bits (which all its entries share): an
+    index into a table of 2**(w - p) slots."""
+    lo, width = _sub_block(w, s, j)
+    cut = lo + width - p
+    return (values & ((1 << cut) - 1)) | ((values >> (cut + p)) << cut)
+
+
+def entries_in(value: tuple[int, Batch]) -> int:
+    """Entries a tagged part adds to its partition."""
+    tag, batch = value
+    return 0 if tag == QUERY else len(batch)
+
+
+def join_parts(batch: Batch, max_distance: int) -> Iterator[tuple[tuple, tuple[int, Batch]]]:
+    """The batch by partition, (version, w, s, P, band, sub-block, prefix): per band and
+    sub-block, each clip is an entry of the partition of its own prefix (ENTRY), and a new
+    clip queries it and every partition whose prefix is within r_s of its own (BOTH where
+    it is an entry too, else QUERY)."""
+    if not len(batch):
+        return
+    w, s, p = batch.band_bits, batch.sub_blocks, batch.prefix_bits
+    rs = radius(batch, max_distance) // s
+    new = batch.new
+    flips = _ball(p, rs)
     for band in range(batch.bands()):
-        pre = prefix(batch.band(band), batch.band_bits)
-        for p in np.unique(pre).tolist():
-            yield (batch.version, batch.band_bits, band, p), batch.take(pre == p)
+        values = batch.band(band)
+        for j in range(s):
+            pre = sub_prefix(values, w, s, p, j)
+            targets = np.unique(pre if rs == 0 or not new.any() else
+                                np.concatenate([pre, (pre[new][:, None] ^ flips[None, :]).ravel()]))
+            for t in targets.tolist():
+                own = pre == t
+                key = (batch.version, w, s, p, band, j, t)
+                near = (np.bitwise_count(pre ^ t) <= rs) & new & ~own if rs else None
+                for tag, sel in ((ENTRY, own & ~new), (BOTH, own & new), (QUERY, near)):
+                    if sel is not None and sel.any():
+                        yield key, (tag, batch.take(sel))
 
 
-def query_parts(batch: Batch, max_distance: int) -> Iterator[tuple[tuple, Batch]]:
-    """The batch's new clips sent to each partition that may hold a neighbour: per band, the
-    prefixes within the radius of their own."""
-    batch = batch.take(batch.new)
-    r = radius(batch, max_distance) if len(batch) else 0
-    for band in range(batch.bands() if len(batch) else 0):
-        pre = prefix(batch.band(band), batch.band_bits)
-        for p in range(1 << PREFIX_BITS):
-            sel = np.bitwise_count(pre ^ p) <= r
-            if sel.any():
-                yield (batch.version, batch.band_bits, band, p), batch.take(sel)
+@functools.lru_cache(maxsize=16)
+def _ball(p: int, r: int) -> np.ndarray:
+    """Every p-bit value of at most r set bits."""
+    return np.array([sum(1 << b for b in flips) for k in range(min(r, p) + 1)
+                     for flips in itertools.combinations(range(p), k)], np.int64)
 
 
-@functools.lru_cache(maxsize=8)
-def _masks(r: int, band_bits: int) -> list[np.ndarray]:
-    """Every band_bits-bit mask of at most r set bits, by the prefix it flips."""
+def salts(counts: Mapping[tuple, int], max_entries: int = MAX_ENTRIES) -> dict[tuple, int]:
+    """{partition: ways} for the partitions to split, from the entries each holds: one above
+    HOT × the mean, into about mean-sized shares, and one above `max_entries`, into shares
+    of at most that. A crowd of look-alikes lands in the same partitions; split, no key
+    holds much more than the mean."""
+    if not counts:
+        return {}
+    mean = sum(counts.values()) / len(counts)
+    out = {}
+    for key, n in counts.items():
+        ways = max(math.ceil(n / mean) if n > HOT * mean else 1, math.ceil(n / max_entries))
+        if ways > 1:
+            out[key] = ways
+    return out
+
+
+def salted(item: tuple[tuple, tuple[int, Batch]], split: Mapping[tuple, int]) -> Iterator[tuple[tuple, tuple[int, Batch]]]:
+    """A tagged part under its GroupByKey key, (partition, salt): in a split partition each
+    entry goes to one share (by a hash of its key) and each query to every share."""
+    key, (tag, batch) = item
+    ways = split.get(key, 1)
+    if ways == 1:
+        yield key + (0,), (tag, batch)
+        return
+    home = np.fromiter((zlib.crc32(k) % ways for k in batch.keys.tolist()), np.int64, len(batch))
+    for share in range(ways):
+        mine = home == share
+        if tag == QUERY:
+            yield key + (share,), (QUERY, batch)
+            continue
+        if mine.any():
+            yield key + (share,), (tag, batch.take(mine))
+        if tag == BOTH and not mine.all():
+            yield key + (share,), (QUERY, batch.take(~mine))
+
+
+@functools.lru_cache(maxsize=64)
+def _masks(r: int, w: int, s: int, p: int, j: int) -> dict[int, np.ndarray]:
+    """The w-bit masks of at most r set bits that partition j of the band probes, by the
+    prefix bits they flip: at most r_s = r // s in sub-block j, more than r_s in each
+    sub-block before it (a pair is found at its first sub-block within r_s)."""
     masks = np.array([sum(1 << b for b in flips) for k in range(r + 1)
-                      for flips in itertools.combinations(range(band_bits), k)], np.int64)
-    return [masks[prefix(masks, band_bits) == t] for t in range(1 << PREFIX_BITS)]
+                      for flips in itertools.combinations(range(w), k)], np.int64)
+    rs, keep = r // s, np.ones(len(masks), bool)
+    for i in range(j + 1):
+        lo, width = _sub_block(w, s, i)
+        n = np.bitwise_count((masks >> lo) & ((1 << width) - 1))
+        keep &= (n <= rs) if i == j else (n > rs)
+    masks = masks[keep]
+    flip = sub_prefix(masks, w, s, p, j)
+    return {t: masks[flip == t] for t in np.unique(flip).tolist()}
 
 
 def match(part: tuple, entries: Iterable[Batch], queries: Iterable[Batch], max_distance: int,
           budget: int = 1 << 21) -> Iterator[tuple[str, tuple[Rank, str]]]:
     """Edges of one partition: (query key, (rank, neighbour key)) for each neighbour of higher
     priority among the partition's entries. Each query looks up only the band values within
-    the radius that carry the partition's prefix. Memory: the entries, and about `budget`
-    probes and candidate pairs at a time."""
+    the radius that carry the partition's prefix and match at sub-block j first. Memory: the
+    entries, a table of 2**(w - P) slots, and about `budget` probes and candidate pairs at a
+    time."""
     entries = [e for e in entries if len(e)]
     if not entries:
         return
-    _, width, band, p = part
+    _, w, s, p, band, j, t0 = part[:7]
     e = Batch.concat(entries)
-    values = e.band(band)
-    order = np.argsort(values, kind="stable")
-    e, values = e.take(order), values[order]
-    words = [np.ascontiguousarray(e.words[:, w]) for w in range(e.words.shape[1])]
-    # where each band value of this prefix starts among the sorted entries: a probe's
-    # entries are first[v] .. first[v + 1] (a gather, not a binary search)
-    suffix = width - PREFIX_BITS
-    first = np.searchsorted(values, (p << suffix) + np.arange((1 << suffix) + 1))
-    low = (1 << suffix) - 1
+    slots = squeeze(e.band(band), w, s, p, j)
+    order = np.argsort(slots, kind="stable")
+    e, slots = e.take(order), slots[order]
+    words = [np.ascontiguousarray(e.words[:, i]) for i in range(e.words.shape[1])]
+    if (1 << (w - p)) <= 16 * len(slots):
+        # where each slot starts among the sorted entries: a probe's entries are first[v] ..
+        # first[v + 1] (a gather, several times faster than a binary search)
+        first = np.searchsorted(slots, np.arange((1 << (w - p)) + 1))
+        span = lambda probes: (first[probes], first[probes + 1])  # noqa: E731
+    else:  # a small partition (a small output, a share of a split one): no table to fill
+        span = lambda probes: (np.searchsorted(slots, probes), np.searchsorted(slots, probes, "right"))  # noqa: E731
     for q in queries:
-        qband, by_flip = q.band(band), _masks(radius(q, max_distance), width)
-        flip = prefix(qband, width) ^ p
+        if not len(q):
+            continue
+        qband, by_flip = q.band(band), _masks(radius(q, max_distance), w, s, p, j)
+        flip = sub_prefix(qband, w, s, p, j) ^ t0
         for t in np.unique(flip).tolist():
-            masks = by_flip[t]
+            masks = by_flip.get(t)
+            if masks is None:
+                continue
             matching = np.flatnonzero(flip == t)
             step = max(1, budget // max(len(masks), 1))  # about `budget` probes at a time
             for rows in (matching[i:i + step] for i in range(0, len(matching), step)):
-                probes = (qband[rows][:, None] ^ masks[None, :]).ravel()
-                lo, hi = first[probes & low], first[(probes & low) + 1]
+                probes = squeeze((qband[rows][:, None] ^ masks[None, :]).ravel(), w, s, p, j)
+                lo, hi = span(probes)
                 keep = hi > lo
                 owner, lo, count = np.repeat(rows, len(masks))[keep], lo[keep], (hi - lo)[keep]
                 ends = np.cumsum(count)

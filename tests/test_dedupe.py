@@ -251,3 +251,73 @@ def test_each_neighbour_pair_is_one_edge_however_many_bands_match():
     edges = neighbour_edges(new, [], MAX_DISTANCE)
     assert sum(len(e) for e in edges.values()) == 40 * 39 // 2
     assert duplicates(new, [], MAX_DISTANCE) == {f"v{i}_0": "v39_0" for i in range(39)}
+
+
+def brute_pairs(new, earlier, max_distance):
+    """Every pair (new clip, other clip) of different videos within the distance, as sorted
+    key pairs; committed clips of a video this run redoes take no part."""
+    redone = {r["video_key"] for r in new}
+    rows = new + [r for r in earlier if r["video_key"] not in redone]
+    return {tuple(sorted((a["key"], b["key"]))) for a in new for b in rows
+            if a is not b and a["video_key"] != b["video_key"] and hamming(a["fingerprint"], b["fingerprint"]) <= max_distance}
+
+
+@pytest.mark.parametrize("layout", [(25, 5, 5), (24, 2, 6), (18, 4, 4), (25, 1, 8)])
+def test_wide_partitions_find_exactly_the_pairs_within_the_distance(layout):
+    """At first-run and wide layouts (w bits a band, s sub-blocks, P prefix bits: 800
+    partitions at (25, 5, 5)), with a crowd of identical look-alikes that overfills its
+    partitions (so they are split, its queries sent to every share): the join's edges are
+    exactly the pairs within the distance (brute force), each once."""
+    rng = np.random.default_rng(3)
+    base = [int.from_bytes(rng.bytes(16), "little") for _ in range(60)]
+    width, bands = layout[0], 128 // layout[0]
+    rows = []
+    for i in range(240):
+        n = int(rng.integers(0, MAX_DISTANCE + 5))
+        # a third spread evenly over the bands (the pigeonhole's worst case)
+        pool = rng.permutation(128)[:n] if i % 3 else [width * (j % bands) + j // bands for j in range(n)]
+        fp = base[i % 60] ^ sum(1 << int(b) for b in pool)
+        rows.append(row(f"c{i}_0", f"v{i % 200}", f"v3:{fp:032x}", seconds=float(rng.integers(1, 4)),
+                        quality=float(rng.random())))
+    crowd = [row(f"k{i}_0", f"k{i}", f"v3:{base[0] ^ (1 << i):032x}") for i in range(30)]
+    new, earlier = rows[:150] + crowd, rows[150:]
+    from genie_pipeline.shards.dedupe import RunClips, entries_in, join_parts, salts
+
+    counts: dict[tuple, int] = {}
+    run = RunClips.of(new, MAX_DISTANCE, committed=len(earlier), layout=layout)
+    for batch in (*run.batches(new, new=True), *run.batches(earlier, new=False)):
+        for key, value in join_parts(batch, MAX_DISTANCE):
+            counts[key] = counts.get(key, 0) + entries_in(value)
+    assert salts(counts)  # the crowd's partitions are split
+    edges = neighbour_edges(new, earlier, MAX_DISTANCE, layout=layout)
+    found = [tuple(sorted((q, k))) for q, es in edges.items() for _, k in es]
+    assert len(found) == len(set(found))  # each pair once
+    want = brute_pairs(new, earlier, MAX_DISTANCE)
+    assert set(found) == want and len(want) > 30 * 29 // 2
+
+
+def test_a_first_run_reaches_a_bounded_number_of_partitions_that_grow_with_the_output():
+    """A first run (every clip new) cuts each band in r + 1 sub-blocks, one of which a pair
+    matches exactly: a query reaches B·(r + 1) partitions, its own, and the partitions grow
+    with the output up to the sub-blocks' width. A later run onto many more committed clips
+    copies no entry (s = 1) and spreads its few queries instead."""
+    from genie_pipeline.shards.dedupe import RunClips, join_parts, layout_for, salts
+
+    layouts = {n: layout_for(128, n, n, MAX_DISTANCE) for n in (10 ** 5, 10 ** 6, 10 ** 7)}
+    assert layouts == {10 ** 5: (18, 4, 2), 10 ** 6: (18, 4, 4), 10 ** 7: (25, 5, 5)}
+    assert layout_for(128, 30_000_000, 30_000, MAX_DISTANCE)[1] == 1
+    rng = np.random.default_rng(5)
+    new = [row(f"v{i}_0", f"v{i}", f"v3:{int.from_bytes(rng.bytes(16), 'little'):032x}") for i in range(500)]
+    run = RunClips.of(new, MAX_DISTANCE, committed=10 ** 7 - 500)
+    run.new = 10 ** 7  # sized as a first run of 10^7 clips
+    (batch,) = run.batches(new, new=True)
+    parts = list(join_parts(batch, MAX_DISTANCE))
+    reached: dict[str, int] = {}
+    for _, (tag, b) in parts:
+        for k in b.keys.tolist():
+            reached[k] = reached.get(k, 0) + 1
+    assert set(reached.values()) == {5 * 5}  # 5 bands × 5 sub-blocks, each once (BOTH)
+    assert len({key for key, _ in parts}) > 400  # of 800
+    # a crowd's partitions are split into shares of about the mean; the others are not
+    counts = {("p", i): 100 for i in range(100)} | {("crowd", 0): 1100}
+    assert salts(counts) == {("crowd", 0): 11}

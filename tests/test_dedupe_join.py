@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import apache_beam as beam
 import numpy as np
+import pytest
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -13,6 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from genie_pipeline.filtering.config import DedupeConfig
 from genie_pipeline.ingest.pipeline import CURATE_COLUMNS, curation_decisions
 from genie_pipeline.shards.config import ShardsConfig
+from genie_pipeline.shards import dedupe as join
 from genie_pipeline.shards.dedupe import curate
 
 
@@ -43,7 +45,13 @@ def write_manifest(out, rows, parts):
     (out / "manifest" / "run9-broken.parquet").write_bytes(b"PAR1 not a parquet file")  # logged, skipped
 
 
-def test_the_distributed_join_decides_as_curate_does(tmp_path):
+@pytest.mark.parametrize("target", [None, 1])
+def test_the_distributed_join_decides_as_curate_does(tmp_path, monkeypatch, target):
+    """target 1: partitions aimed at one clip each, so the join takes its first-run layout
+    (4 sub-blocks a band, 4 prefix bits: 512 partitions) and splits the ones the copies of
+    a base fingerprint crowd."""
+    if target is not None:
+        monkeypatch.setattr(join, "TARGET_ENTRIES", target)
     rng = np.random.default_rng(7)
     base = [int.from_bytes(rng.bytes(16), "little") for _ in range(12)]
     earlier = clip_rows(rng, 25, "old", base)
