@@ -325,13 +325,23 @@ def cmd_eval(args, _) -> int:
 
 
 def cmd_plan(args, _) -> int:
-    from genie_pipeline.plan import RESULTS, format_plan, make_plan, read_rates
+    from genie_pipeline.plan import (PAPER_CLIP_HOURS, RESULTS, Download, format_plan, make_plan,
+                                     parse_source_format, read_rates, source_format)
 
+    cfg = _config(args)
     if args.gpu and args.gpu_clips_per_s is None:
         print("genie-pipeline: plan: no GPU scoring rate was measured here; GPU-hours stay unknown "
               "until you give --gpu-clips-per-s", file=sys.stderr)
+    if args.mean_video_minutes is not None and not args.mean_video_minutes > 0:
+        raise ConfigError("plan.mean_video_minutes", f"must be a positive number, got {args.mean_video_minutes!r}")
+    fmt = parse_source_format(args.source_format) if args.source_format else source_format(cfg.download.format)
+    download = Download(per_host_rate=cfg.download.per_host_rate, hosts=args.hosts,
+                        mean_video_s=args.mean_video_minutes * 60, mbps_per_worker=args.mbps_per_worker,
+                        source_kbps=args.source_kbps)
+    clip_hours = args.clip_hours if args.clip_hours is not None or args.source_hours is not None else PAPER_CLIP_HOURS
     rates = read_rates(args.results or RESULTS)
-    plan = make_plan(rates, args.source_hours, workers=args.workers,
+    plan = make_plan(rates, clip_hours=clip_hours, source_hours=args.source_hours, clip_seconds=cfg.clips.seconds,
+                     fmt=fmt, download=download, keep_clip_store=cfg.shards.keep_clip_store, workers=args.workers,
                      wall_hours=args.wall_hours if args.workers is None else None,
                      vcpus_per_worker=args.vcpus_per_worker, price_per_vcpu_hour=args.price_per_vcpu_hour,
                      gpu=args.gpu, gpu_clips_per_s=args.gpu_clips_per_s, price_per_gpu_hour=args.price_per_gpu_hour)
@@ -500,10 +510,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="picks the clips and seeds sampling and bootstrap")
     p.add_argument("--device", default="cpu")
 
-    p = command("plan", cmd_plan, "workers, wall time, vCPU/GPU-hours, output size and cost of an ingest of "
-                "H hours, from the committed benchmark results")
-    p.add_argument("--source-hours", type=float, default=244_000, help="hours of source video (default: "
-                   "the Genie paper's 244k)")
+    p = command("plan", cmd_plan, "workers, wall time (CPU and download bounds), vCPU/GPU-hours, bytes downloaded "
+                "and stored, and cost of an ingest, from the committed benchmark results and the config "
+                "(download.per_host_rate, download.format, clips.seconds; --set to change them)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--clip-hours", type=float, default=None, help="hours of clips cut, before filtering "
+                      "(default: the Genie paper's 244k, 55M clips of 16 s)")
+    size.add_argument("--source-hours", type=float, default=None, help="hours of source video instead")
+    p.add_argument("--mean-video-minutes", type=float, default=10.0, help="mean length of a source video: with "
+                   "download.per_host_rate it bounds how fast videos arrive (default 10, an assumption)")
+    p.add_argument("--hosts", type=int, default=1, help="sites the videos come from, each with its own "
+                   "download.per_host_rate (default 1: all from YouTube)")
+    p.add_argument("--mbps-per-worker", type=float, default=100.0, help="download throughput of one worker, "
+                   "Mbit/s (default 100, an assumption)")
+    p.add_argument("--source-kbps", type=float, default=None, help="bitrate of the downloaded files, kbit/s "
+                   "(default: the benchmark's encode of the source format; real streams are often larger)")
+    p.add_argument("--source-format", default=None, metavar="CODEC:HEIGHT", help="e.g. vp9:720, instead of "
+                   "what download.format selects on YouTube")
     p.add_argument("--workers", type=int, default=None, help="workers to plan for (default: as many as "
                    "--wall-hours needs)")
     p.add_argument("--wall-hours", type=float, default=24.0, help="wall time wanted when --workers is not given")
