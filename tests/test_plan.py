@@ -206,3 +206,10 @@ def test_curation_rests_on_the_scale_benchmark(tmp_path, capsys):
     (results / "scale.json").write_text(json.dumps({"rows": [{"clips": 1, "curate_next": {}}]}))
     with pytest.raises(ConfigError, match="scale.json lacks a curation measurement"):
         read_rates(results)
+
+
+def test_the_committed_results_plan_the_paper(capsys):
+    """The checkout's own benchmark results (decode_codecs.json included) give a whole plan."""
+    assert main(["plan"]) == 0
+    out = capsys.readouterr().out
+    assert "244,000 h of clips" in out and "decode of h264 360p" in out and "not measured" not in out
