@@ -640,9 +640,12 @@ def take_output(out: str, run_id: str, job_lease_s: float | None) -> str:
 
 
 def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out: str, run_id: str, spec: ClipSpec,
-               cleanup: list[str], lease_owner: str | None = None) -> Iterator[dict]:
+               cleanup: list[str], lease_owner: str | None = None, drop_stores: bool = False) -> Iterator[dict]:
     """The job's last step: publish this run (shards/commit.py commit_parts). It runs on a
-    worker once every part and shard is written, so a job commits with no launcher alive; a
+    worker once every part and shard is written, so a job commits with no launcher alive.
+    With `drop_stores` (shards.keep_clip_store off, no quality scoring to come) it then
+    deletes the output's clip stores, in batches: every video in them is committed now, so
+    nothing resumes from them (a retry of this step deletes what is left). A
     detached job then frees the output lease it took in its first step (`lease_owner`), and
     commits nothing where that lease is no longer its own (it lapsed and another run may be
     writing the output)."""
@@ -663,6 +666,8 @@ def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out:
     yield commit_parts(out, run_id=run_id, parts=by_table, shard_records=list(shards), spec=spec,
                        run_stats={"run_id": run_id, "committed_by": "job"}, cleanup=cleanup, redone=set(redone),
                        compacted=dict(compacted))
+    if drop_stores:  # while the output is still this job's: a next run's stores must stay
+        fs.rmtree(fs.join(out, "clips"))
     if lease_owner is not None:
         release_job(fs.join(out, ".lock"), lease_owner)
 
@@ -768,7 +773,8 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
      | "CommitRun" >> beam.FlatMap(commit_job, beam.pvalue.AsList(parts), beam.pvalue.AsList(shards),
                                    beam.pvalue.AsList(routed[REDO]), beam.pvalue.AsList(tails[COMPACTED]),
                                    paths.out, paths.run_id, spec, cleanup,
-                                   paths.run_id if job_lease_s is not None else None))
+                                   paths.run_id if job_lease_s is not None else None,
+                                   not s.keep_clip_store and cfg.filters.quality.mode == "off"))
 
 
 def pipeline_options(runner_cfg: RunnerConfig, extra_args: list[str]) -> tuple[Any, PipelineOptions, int]:
@@ -942,8 +948,9 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
                           "cpu_s": round(cpu_seconds() - cpu0, 2), "counters": counters, "runner": cfg.runner.name,
                           "workers": workers}
     fs.write_bytes(fs.join(out, "stats.json"), json.dumps(merged, indent=2, sort_keys=True).encode())
-    # before the clip store goes: the report's contact sheets show rejected clips from it.
-    # The run is committed by now; a report that cannot be drawn must not fail it.
+    # its contact sheets show rejected clips only where the clip store was kept (the job
+    # deletes it at its commit otherwise). The run is committed by now; a report that cannot
+    # be drawn must not fail it.
     try:
         print(f"ingest: report {write_report(out, report_thresholds(cfg.filters))}", file=sys.stderr, flush=True)
     except Exception as e:  # noqa: BLE001 — `genie-pipeline report OUT` redraws it and shows the error
@@ -951,8 +958,6 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
               flush=True)
     if not cfg.download.keep and cfg.download.scratch_dir is None:
         fs.rmtree(paths.scratch)
-    if not cfg.shards.keep_clip_store and cfg.filters.quality.mode == "off":
-        fs.rmtree(fs.join(out, "clips"))
     return merged
 
 

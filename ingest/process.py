@@ -30,7 +30,14 @@ from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipFormatError, encode_clip
 from genie_pipeline.shards.config import ClipsConfig
 from genie_pipeline.shards.records import Candidate, ClipRow, Failure, VideoResult, clip_key
-from genie_pipeline.shards.store import store_path, write_store
+from genie_pipeline.shards.store import read_store_result, store_path, write_store
+
+
+class StoreNotWritten(RuntimeError):
+    """A video's clip store could not be written (a storage error after the client's own
+    retries): the output's trouble, not the video's. It leaves the stage, so the bundle is
+    retried (Dataflow) or the run stops and the next one resumes; the video is never
+    recorded as failed for it, which would skip it in every later run."""
 
 
 class KeywordVerdict:
@@ -58,7 +65,8 @@ class VideoProcessor:
     Never raises for a bad video: a surprise from yt-dlp, a filesystem or a codec becomes a
     failure row too. Downloads go to `scratch` and are deleted after cutting unless
     download.keep. `job_workers`, the job's worker processes, splits the per-host download
-    limits (ingest/politeness.py); hosts' back-off records go to OUT/_hosts."""
+    limits (ingest/politeness.py); hosts' back-off records go to OUT/_hosts. A video whose
+    clip store is there already (a retried bundle) is loaded from it, not fetched again."""
 
     def __init__(self, download: DownloadConfig, clips: ClipsConfig, heuristics: HeuristicsConfig,
                  out: str, scratch: str, count: Count = no_count, *, job_workers: int = 1):
@@ -68,6 +76,9 @@ class VideoProcessor:
 
     def __call__(self, c: Candidate) -> VideoResult | Failure:
         t0 = time.time()
+        stored = self._stored(c)
+        if stored is not None:
+            return stored
         try:
             # an RLDS episode is read from its record, not downloaded (ingest/rlds.py)
             fetched = (fetch_episode(c, self.download, self.downloader.scratch) if is_episode(c)
@@ -84,7 +95,7 @@ class VideoProcessor:
         except ClipFormatError as e:
             return failure(c, "encode", "VideoError", str(e))
         except Exception as e:  # a bug or an exotic file must not kill the job
-            if fs.environment_error(e):  # a full or unwritable disk: every next video would fail too
+            if fs.environment_error(e) or isinstance(e, StoreNotWritten):  # the output's fault, not the video's
                 raise
             return failure(c, "cut", type(e).__name__, str(e))
         finally:
@@ -93,6 +104,25 @@ class VideoProcessor:
         self.count("videos_done")
         print(f"  done {c.video_key}: {len(result.clips)} clips ({sum(x.kept for x in result.clips)} kept) "
               f"in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+        return result
+
+    def _stored(self, c: Candidate) -> VideoResult | None:
+        """The result in the video's clip store when one is there, else None. A store is
+        written in one atomic step after the video's last clip, so one that exists is complete:
+        it was written by an earlier attempt of this bundle (Dataflow retries bundles and work
+        items) or of this video, and fetching and cutting again would only repeat that work
+        (a second download from the host). A store that cannot be read is cut again."""
+        path = store_path(self.out, c.video_key)
+        try:
+            result = read_store_result(path) if fs.exists(path) else None
+        except Exception as e:  # noqa: BLE001 — a damaged store is rewritten by cutting again
+            if fs.environment_error(e):
+                raise
+            return None
+        if result is None or result.video_key != c.video_key:
+            return None
+        self.count("stores_reused")
+        self.count("videos_done")  # a retried bundle's counts replace the failed attempt's
         return result
 
     def _cut(self, c: Candidate, path: str, provenance: dict) -> VideoResult:
@@ -126,7 +156,10 @@ class VideoProcessor:
         result = VideoResult(video_key=c.video_key, video_id=c.video_id, source=c.source, title=c.title,
                              status="done", clips=clips, seconds_in=float(span if span == span else 0),
                              seconds_out=len(clips) * seconds, error=warning, store=store_path(self.out, c.video_key))
-        write_store(result.store, result, data)
+        try:
+            write_store(result.store, result, data)
+        except Exception as e:
+            raise StoreNotWritten(f"{result.store}: {type(e).__name__}: {e}") from e
         return result
 
     def _true_actions(self, c: Candidate, clips: list[ClipRow], duration_s: float, fps: float) -> str:

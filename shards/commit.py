@@ -8,6 +8,22 @@ deletes what they replace and writes the shard indexes and stats. A run killed h
 through the commit is rolled forward by the next run (`recover`), so shard files, indexes and
 tables never disagree.
 
+Every step of applying a journal is idempotent, so a commit step retried, or killed after any
+request and recovered, ends in the same output: a move whose source is gone and destination
+there is done; deleting what is gone is no error; indexes and stats are written whole; the
+run's staging is removed before the journal, so a cleanup cut short is finished too. A commit
+of a run already committed (its run id in stats.json) does nothing.
+
+On object stores a rename is a copy and a delete (GCS has no rename). The commit sends them in
+batch requests (100 objects each) with several batches in flight (`fs.rename_many`,
+`fs.remove_many`), and learns which staged files are there from listings of the staging
+folders rather than a request per object: 10k shards commit in seconds, not an hour
+(benchmarks/commit_gcs.py). Readers stay consistent meanwhile although the objects change one
+by one: the journal is written before the first change and removed after the last, and
+`reader.table_files` reads a table as the journal says it will be while one is there, and
+lists again when the journal or stats.json changed under its listing; so a reader sees each
+table before the commit or after it, never with rows missing or doubled (shards/reader.py).
+
 Old rows are never loaded as a whole: a part is read only for the columns the totals and the
 replacement rules need, one row group at a time, and rewritten only when it holds rows this
 run replaces:
@@ -42,14 +58,14 @@ import pyarrow.parquet as pq
 
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec
-from genie_pipeline.shards.reader import (SPLITS, DataError, existing_shards, iter_part_batches, legacy_table_path,
-                                          read_spec, read_stats, shard_name, stats_name, table_dir, table_files)
+from genie_pipeline.shards.reader import (JOURNAL, SPLITS, DataError, existing_shards, iter_part_batches,
+                                          legacy_table_path, read_spec, read_stats, shard_name, stats_name, table_dir,
+                                          table_files)
 from genie_pipeline.shards.records import (SCHEMA_VERSION, SCHEMAS, TABLES, Candidate, ClipRow, Failure, ShardRecord,
                                            VideoResult, from_row)
 from genie_pipeline.shards.store import store_path
 from genie_pipeline.shards.writer import StreamingShards
 
-JOURNAL = "_commit.json"
 LEGACY_PART = "part-00000000T000000-000000-00000000.parquet"  # where an old layout's table file goes
 PART_ROWS = 100_000  # rows per part file: a part is the unit a commit reads or rewrites whole
 _PART = re.compile(r"^part-(?P<run>[0-9A-Za-z]+-[0-9a-f]+)-(?:src-(?P<source>[a-z0-9]+)-)?[0-9a-f]{8}\.parquet$")
@@ -132,17 +148,22 @@ def _apply(out_dir: str, journal: dict) -> None:
     # with the output untouched. Deletes first (reshard rewrites shards under their names); a
     # path already renamed into place by an interrupted earlier attempt (its source is gone)
     # is new, not old: keep it.
+    # Which sources are there comes from listings of their folders (a run's staging), not a
+    # request per object; destinations are looked up only for sources that are gone (a commit
+    # cut short). On GCS, a rename cut short between its copy and its delete leaves both: the
+    # source is still there and it is renamed again (copied once more, the same bytes).
     todo, done = [], set()
+    present = fs.existing([src for src, _ in journal["renames"]])
+    gone = [(src, dst) for src, dst in journal["renames"] if src not in present]
+    there = fs.existing([dst for _, dst in gone])
     for src, dst in journal["renames"]:
-        if fs.exists(src):
+        if src in present:
             todo.append((src, dst))
-        elif fs.exists(dst):
+        elif dst in there:
             done.add(dst)
         else:
             raise RuntimeError(f"commit journal names {src} but neither it nor {dst} exists")
-    for path in journal.get("deletes", []):
-        if path not in done:
-            fs.remove(path)
+    fs.remove_many([path for path in journal.get("deletes", []) if path not in done])
     fs.rename_many(todo)
     shard_dir = fs.join(out_dir, "shards")
     if "indexes" in journal:
@@ -153,9 +174,11 @@ def _apply(out_dir: str, journal: dict) -> None:
     stats = journal.get("stats")
     if stats is not None:
         fs.write_bytes(fs.join(out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
-    fs.remove(fs.join(out_dir, JOURNAL))
+    # the staging goes before the journal: a commit cut short in its cleanup is finished by
+    # `recover` (every step above is a no-op the second time), so nothing is left orphaned
     for d in journal.get("cleanup", []):
         fs.rmtree(d)
+    fs.remove(fs.join(out_dir, JOURNAL))
     if not fs.is_remote(out_dir):  # staging parents left empty (object stores have no folders)
         for d in ("_runs", "_commit", os.path.join("shards", "_tmp")):
             with contextlib.suppress(OSError):  # not empty: another run's staging is in it

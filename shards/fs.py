@@ -115,11 +115,79 @@ def remove(path: str) -> None:
 
 
 def rmtree(path: str) -> None:
+    """Delete a folder and everything under it (on an object store: every object under the
+    prefix, listed once and deleted in batches); what is gone already is no error."""
     if is_remote(path):
-        for p in glob(path.rstrip("/") + "/**"):
-            remove(p)
+        remove_many(glob(path.rstrip("/") + "/**"))
     else:
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(local(path), ignore_errors=True)
+
+
+# requests an object-store batch operation keeps in flight: each is one HTTP request carrying
+# up to BATCH objects (GCS's batch API takes 100, S3's DeleteObjects 1000)
+PARALLEL = 16
+BATCH = 100
+
+
+def _in_parallel(fn, chunks: list) -> None:
+    """fn(chunk) for every chunk, PARALLEL at a time; the first error is raised once all ran."""
+    if len(chunks) <= 1:
+        for c in chunks:
+            fn(c)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(PARALLEL, len(chunks))) as pool:
+        for f in [pool.submit(fn, c) for c in chunks]:
+            f.result()
+
+
+def _chunks(items: list, n: int = BATCH) -> list[list]:
+    return [items[i: i + n] for i in range(0, len(items), n)]
+
+
+def remove_many(paths: list[str]) -> None:
+    """Delete every file of `paths`; what is gone already is no error (a retried step deletes
+    again). Object stores get batch requests (100 objects each on GCS, where Beam's own
+    delete lists every path first), PARALLEL in flight; local files one by one."""
+    remote = [p for p in paths if is_remote(p)]
+    for p in paths:
+        if not is_remote(p):
+            remove(p)
+    if not remote:
+        return
+    gcs = [p for p in remote if p.startswith("gs://")]
+    others = [p for p in remote if not p.startswith("gs://")]
+    if gcs:
+        from apache_beam.io.gcp.gcsio import GcsIO
+
+        def delete_gcs(chunk: list[str]) -> None:
+            # one client per batch: a batch is a context of the client, not of the thread
+            failed = [(p, code) for p, code in GcsIO(pipeline_options=objstore.options()).delete_batch(chunk) if code]
+            if failed:
+                raise StorageError(f"{failed[0][0]}: delete failed (HTTP {failed[0][1]}), "
+                                   f"{len(failed)} of {len(chunk)} objects")
+        _in_parallel(delete_gcs, _chunks(gcs))
+    if others:  # S3: Beam sends DeleteObjects of up to 1000 keys, missing keys included
+        _in_parallel(lambda chunk: _beam().delete(chunk), _chunks(others, 1000))
+
+
+def existing(paths: list[str]) -> set[str]:
+    """Those of `paths` that exist. On an object store a folder holding many of them is listed
+    once instead of asking for each object (one request per 1000 objects listed, not one per
+    path); a folder with only a few of them is asked per object."""
+    remote = [p for p in paths if is_remote(p)]
+    found = {p for p in paths if not is_remote(p) and os.path.exists(local(p))}
+    by_parent: dict[str, list[str]] = {}
+    for p in remote:
+        by_parent.setdefault(p.rsplit("/", 1)[0], []).append(p)
+    for parent, members in by_parent.items():
+        if len(members) <= 8:
+            found.update(p for p in members if exists(p))
+        else:
+            listed = {m.path for m in _beam().match([parent + "/*"])[0].metadata_list}
+            found.update(p for p in members if p in listed)
+    return found
 
 
 def rename(src: str, dst: str) -> None:
@@ -130,16 +198,19 @@ def rename(src: str, dst: str) -> None:
 
 
 def rename_many(pairs: list[tuple[str, str]]) -> None:
-    """Rename each (src, dst); object stores get them in batches (their rename is a copy, which
-    their APIs run in parallel), local paths one by one. The destination folders are made."""
+    """Rename each (src, dst); local paths one by one (the destination folders are made).
+    Object stores have no rename: each is a copy, then a delete of the source, sent in batch
+    requests of 100 (Beam's rename: one batch of copies, then one of deletes), PARALLEL
+    batches in flight. Either way a destination appears whole, and a source is deleted only
+    after its copy is complete; a rename cut short leaves some sources not yet copied, or
+    copied and not yet deleted (both present, equal), which a retry finishes."""
     remote = [(s, d) for s, d in pairs if is_remote(s) or is_remote(d)]
     for s, d in pairs:
         if not (is_remote(s) or is_remote(d)):
             os.makedirs(os.path.dirname(local(d)) or ".", exist_ok=True)
             rename(s, d)
-    for i in range(0, len(remote), 100):
-        chunk = remote[i: i + 100]
-        _beam().rename([s for s, _ in chunk], [d for _, d in chunk])
+    # Beam makes a client per call: each batch has its own (a batch belongs to its client)
+    _in_parallel(lambda chunk: _beam().rename([s for s, _ in chunk], [d for _, d in chunk]), _chunks(remote))
 
 
 @contextlib.contextmanager

@@ -57,13 +57,69 @@ def legacy_table_path(out_dir: str, name: str) -> str:
     return fs.join(out_dir, f"{name}.parquet")
 
 
+# A commit (shards/commit.py) changes many objects: it writes its journal first, then deletes
+# the parts it replaces and moves the new ones in (on GCS a copy and a delete each), then
+# rewrites stats.json and removes the journal. A listing taken meanwhile can hold some of the
+# new parts and not others, or a rewritten part twice (its copy done, its delete not yet).
+# So `table_files` never returns such a listing: it reads the journal and stats.json before
+# and after listing, and lists again unless both are unchanged; with a journal there, the
+# files are those the journal says the table will hold (each new part where it is now: at its
+# destination once copied, else still in staging), never the listing as it is. A reader thus
+# sees the table before a commit or after it, never between. A part that a commit moves or
+# deletes while it is being read is reported (PartMoved), never skipped: `read_rows` starts
+# over then.
+JOURNAL = "_commit.json"
+
+
+class PartMoved(DataError):
+    """A table part went away while it was read: a commit replaced or moved it meanwhile."""
+
+
 def table_files(out_dir: str, name: str) -> list[str]:
     """The part files of one table, oldest layout first, then by name (a part's name starts
-    with its run id, so by run)."""
+    with its run id, so by run): the table as the last commit left it, or, while a commit is
+    under way or was cut short, as that commit leaves it (see above)."""
+    for _ in range(8):
+        before = _commit_state(out_dir)
+        listed = _listed_table_files(out_dir, name)
+        if _commit_state(out_dir) == before:
+            if before[0] is None:
+                return listed
+            return _as_committed(out_dir, name, listed, json.loads(before[0]))
+    raise DataError(f"{out_dir}: commits kept changing the output while {name} was listed; try again")
+
+
+def _commit_state(out_dir: str) -> tuple[bytes | None, bytes | None]:
+    """The journal and stats.json as they are (None: not there): every commit changes one."""
+    def read(path: str) -> bytes | None:
+        try:
+            return fs.read_bytes(path)
+        except Exception:  # noqa: BLE001 — missing, on any filesystem (each raises its own type)
+            return None
+    return read(fs.join(out_dir, JOURNAL)), read(fs.join(out_dir, "stats.json"))
+
+
+def _listed_table_files(out_dir: str, name: str) -> list[str]:
     legacy = legacy_table_path(out_dir, name)
     parts = [p for p in fs.glob(fs.join(table_dir(out_dir, name), "*.parquet"))
              if not os.path.basename(p).startswith(("_", "."))]
     return ([legacy] if fs.exists(legacy) else []) + parts
+
+
+def _as_committed(out_dir: str, name: str, listed: list[str], journal: dict) -> list[str]:
+    """The files of the table once `journal` is applied, read from where each is now."""
+    folder = table_dir(out_dir, name).rstrip("/") + "/"
+    legacy = legacy_table_path(out_dir, name)
+    renames = journal.get("renames", [])
+    gone = set(journal.get("deletes", [])) | {src for src, _ in renames}
+    have = set(listed)
+    final = {p: p for p in listed if p not in gone}  # final path -> where to read it now
+    for src, dst in renames:
+        base = dst[len(folder):]
+        if dst.startswith(folder) and "/" not in base and base.endswith(".parquet") \
+                and not base.startswith(("_", ".")):
+            final[dst] = dst if dst in have else src
+    return [final[p] for p in sorted(final, key=lambda p: (p != legacy, p))]
 
 
 def table_rows(out_dir: str, name: str) -> int:
@@ -98,15 +154,29 @@ def iter_part_batches(path: str, columns: list[str] | None = None, batch_rows: i
 
 
 def iter_rows(out_dir: str, name: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of one table as they stream from its parts; a table not written yet has none."""
+    """Rows of one table as they stream from its parts; a table not written yet has none.
+    PartMoved where a commit took a part away before it was read (the rows streamed so far
+    belong to the table as it was)."""
     for path in table_files(out_dir, name):
-        for batch in iter_part_batches(path, columns):
-            yield from batch.to_pylist()
+        try:
+            for batch in iter_part_batches(path, columns):
+                yield from batch.to_pylist()
+        except DataError as e:
+            if isinstance(e, PartMoved) or fs.exists(path):
+                raise
+            raise PartMoved(f"{path} was moved by a commit while {name} was read") from None
 
 
 def read_rows(out_dir: str, name: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of one table; a table not written yet has none."""
-    return list(iter_rows(out_dir, name, columns))
+    """Rows of one table (a table not written yet has none): those of one committed state
+    of the output, read again from the start where a commit moved a part meanwhile."""
+    for attempt in range(8):
+        try:
+            return list(iter_rows(out_dir, name, columns))
+        except PartMoved:
+            if attempt == 7:
+                raise
+    raise AssertionError("unreachable")
 
 
 def read_stats(out_dir: str) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def page(ingested) -> Tables:
 
 
 def test_every_ingest_writes_the_report_and_worker_processes_report_progress(ingested):
-    # the report was written at the end of the run, before the clip store was removed
+    # the report was written at the end of the run; the job's commit removed the clip store
     assert (ingested["out"] / "report.html").is_file()
     assert not (ingested["out"] / "clips").exists()
     assert f"ingest: report {ingested['out'] / 'report.html'}" in ingested["stderr"]
@@ -198,10 +198,12 @@ def test_report_clip_counts_duplicates_and_contact_sheets(ingested, page):
     fingerprinted = sum(r["fingerprint"] is not None for r in rows(ingested["out"], "manifest"))
     assert (f"No clip is marked as a duplicate ({fingerprinted} of 3 clips have a fingerprint)"
             in page.sections["duplicates"]["text"])
-    # kept and rejected clips, from the clip store (removed after the report) and the shards
-    assert page.sections["sheets"]["imgs"] == 3
+    # kept clips from the shards; the rejected one lived only in the clip store, which the
+    # job deleted at its commit (shards.keep_clip_store: false): the sheet says so
+    assert page.sections["sheets"]["imgs"] == 2
     assert "kept (2 clips)" in page.sections["sheets"]["text"]
     assert "black (1 clips)" in page.sections["sheets"]["text"]
+    assert "None of these clips is still stored" in page.sections["sheets"]["text"]
 
 
 def test_data_is_escaped(ingested):
