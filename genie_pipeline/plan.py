@@ -90,7 +90,8 @@ class Rates:
     def decode_cell(self, codec: str, height: int | None) -> dict | str:
         """The measured decode of (codec, height), or why there is none."""
         if height is None or height not in LADDER:
-            return f"{codec} at {height or 'any'}p: not measured (decode_codecs.json has {'/'.join(map(str, LADDER))}p)"
+            at = f"{height}p" if height else "the best height a video has"
+            return f"{codec} at {at}: not measured (decode_codecs.json has {'/'.join(map(str, LADDER))}p)"
         cell = self.decode.get((codec, height))
         if cell is not None:
             return cell
@@ -173,10 +174,10 @@ class SourceFormat:
 def source_format(fmt: str) -> SourceFormat:
     """The (codec, height) a yt-dlp `download.format` downloads from YouTube, as the plan
     assumes it: the first alternative (yt-dlp takes the first one a video offers); its
-    height cap (the tallest of YouTube's heights under it); its codec filter, else `b` (one file with audio
-    and video: YouTube serves only format 18, H.264 360p, that way) is H.264 and `bv`
-    (video only, merged) is VP9 (yt-dlp prefers AV1, then VP9, then H.264 at equal
-    height; YouTube offers AV1 for popular videos only)."""
+    height cap (the tallest of YouTube's heights under it); its codec filter, else `b` (one
+    file with audio and video: YouTube serves only format 18, H.264 360p, that way, so 360p
+    at most) is H.264 and `bv` (video only, merged) is VP9 (yt-dlp prefers AV1, then VP9,
+    then H.264 at equal height; YouTube offers AV1 for popular videos only)."""
     first = fmt.split("/")[0].strip()
     m = re.search(r"\[height\s*(<=|<|=)\s*(\d+)\]", first)
     height = None
@@ -192,7 +193,8 @@ def source_format(fmt: str) -> SourceFormat:
     elif first.startswith("bv") or "+" in first:
         codec, how = "vp9", "video-only best (yt-dlp prefers AV1 > VP9 > H.264; AV1 for popular videos only)"
     else:
-        codec, how = "h264", "one file with audio and video (YouTube: format 18, H.264)"
+        codec, how = "h264", "one file with audio and video (YouTube: format 18, H.264 360p)"
+        height = min(height or 360, 360)
     cap_text = f"height <= {height}" if height else "no height cap"
     return SourceFormat(codec, height, f"first choice {first!r}: {how}, {cap_text}")
 

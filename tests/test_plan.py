@@ -113,7 +113,8 @@ def test_source_format_from_download_format():
     assert (source_format("bv*[height<=720]+ba/b").codec, source_format("bv*[height<=720]+ba/b").height) == ("vp9", 720)
     f = source_format("bv*[vcodec^=av01][height<=480]+ba")
     assert (f.codec, f.height) == ("av1", 480)
-    assert source_format("b[height<300]").height == 240 and source_format("b").height is None
+    assert source_format("b[height<300]").height == 240 and source_format("b").height == 360  # format 18
+    assert source_format("bv*+ba").height is None  # the best there is: not in the table
 
 
 def test_plan_cli_paper_scale_prints_every_bound_and_bytes(tmp_path, capsys):
