@@ -362,8 +362,11 @@ def format_plan(plan: dict, rates: Rates, price_per_vcpu_hour: float) -> str:
         f"videos                  {_num(plan['videos'])}  (mean {dl['mean_video_s'] / 60:g} min: assumed, "
         "--mean-video-minutes)",
         f"after heuristics        {_num(plan['clips_after_heuristics'])} clips  (before the quality classifier)",
-        f"source format           {fmt['codec']} {fmt['height'] or 'best'}p  ({fmt['why']})",
-        f"workers                 {plan['workers']} × {plan['vcpus_per_worker']} vCPU",
+        f"source format           {fmt['codec']} {str(fmt['height']) + 'p' if fmt['height'] else 'at the best height'}"
+        f"  ({fmt['why']})",
+        f"workers                 {plan['workers']} × {plan['vcpus_per_worker']} vCPU"
+        + ("" if plan["vcpu_hours"] is not None or plan["wall_hours_wanted"] is None
+           else "  (sized without the CPU work, which is not measured)"),
         (f"wall time               {plan['wall_hours']:,.1f} h  bound by {BOUND_NAMES[plan['binds']]}"
          if plan["wall_hours"] is not None else
          f"wall time               not measured (at least {plan['bounds_hours'][plan['binds']]:,.1f} h: "
