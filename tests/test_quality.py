@@ -432,3 +432,54 @@ def test_shared_model_scores_through_beams_cross_process_proxy(fixture, model_fi
     assert all(len(p.inference) > 0 for p in local)
     for a, b in zip(local, shared):
         assert all(b.inference[k] == pytest.approx(a.inference[k], abs=1e-6) for k in a.inference)
+
+
+class _SharedOnCpu:
+    """Marks a handler as a GPU worker's would be (its model shared across the machine's
+    processes) while it loads on CPU, and records each load in `loads` (one file per load)."""
+
+    @staticmethod
+    def make(model_file, loads):
+        from genie_pipeline.filtering.quality.score import QualityModelHandler
+
+        class Handler(QualityModelHandler):
+            def share_model_across_processes(self):
+                return True
+
+            def load_model(self):
+                import uuid
+                open(os.path.join(loads, f"{os.getpid()}-{uuid.uuid4().hex}"), "w").close()
+                return super().load_model()
+
+        return Handler(str(model_file), read_metadata(str(model_file)), 2, device="cpu", bf16="off")
+
+
+@pytest.mark.slow  # ~60 s: two SDK processes start and each imports Beam and torch
+def test_one_model_per_machine_when_shared(fixture, model_file, tmp_path):
+    """Two SDK processes, the handler shared as on a GPU worker: the model is loaded once on
+    the machine and both processes score through it, with the scores of the model called
+    directly. (Without the sharing each process loads its own: two loads, and this fails.)"""
+    import tempfile
+
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    _, info = fixture
+    model, _ = load_quality_model(str(model_file), bf16="off")
+    direct = {key: float(score_clips(model, [sample_frames(data, 3)])[0])
+              for v in info["videos"] for key, data in _store_clips(v.store).items()}
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    handler = _SharedOnCpu.make(model_file, str(loads))
+    opts = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    with tempfile.TemporaryDirectory() as tmp:
+        with beam.Pipeline(runner=FnApiRunner(), options=opts) as p:
+            (p | beam.Create(info["videos"]) | beam.Reshuffle() | RunInference(handler)
+             | beam.FlatMap(lambda r: [json.dumps([k, s]) for k, s in r.inference.items()])
+             | beam.io.WriteToText(f"{tmp}/scores"))
+        got = dict(json.loads(line) for f in sorted(os.listdir(tmp)) for line in open(os.path.join(tmp, f)))
+    assert got.keys() == direct.keys()
+    assert all(got[k] == pytest.approx(direct[k], abs=1e-4) for k in direct)
+    assert len(os.listdir(loads)) == 1, os.listdir(loads)
