@@ -15,6 +15,11 @@ throughput job on one worker per core should, so the bare decode runs ffmpeg wit
 decoder thread (-threads 1) and one filter thread (-filter_threads 1) too; by default both
 would add threads whose synchronisation costs CPU time for the same frames.
 
+`genie-pipeline plan` takes `pipeline_cpu_per_source_s - bare_decode_cpu_per_source_s` as the
+part of the ingest that works on decoded 160×90 frames (cuts, heuristics, encode, write) and so
+does not depend on the source's format, and adds the decode of the format `download.format`
+selects from benchmarks/decode_codecs.py.
+
 The goal is for the cost per second of source: `ratio_without_fixed_overhead` takes out what
 a run pays once whatever its size (start-up, the commit, the report), measured by a run over
 one video; `ratio` keeps it, so it falls as a corpus grows.
