@@ -229,11 +229,14 @@ REMOTE_RUNNERS = frozenset({"DataflowRunner", "Dataflow", "TestDataflowRunner"})
 DATAFLOW_REQUIRED = ("project", "region", "temp_location")
 
 
-def check_remote_run(runner: RunnerConfig, extra_args: list[str], paths: dict[str, str | None]) -> None:
+def check_remote_run(runner: RunnerConfig, extra_args: list[str], paths: dict[str, str | None],
+                     scoring_device: str | None = None) -> None:
     """PreflightError unless a run on a remote runner (Dataflow) can work: its required options
     are given (runner.options or the command line, which wins), the temp location is in Cloud
-    Storage, and none of `paths` (setting name -> path the workers read or write, None where
-    unset) is on the launcher's disk. A local runner passes whatever its paths."""
+    Storage, none of `paths` (setting name -> path the workers read or write, None where
+    unset) is on the launcher's disk, the image holds the launcher's Beam and Python, and
+    `scoring_device` (filters.quality.device when the classifier runs) `cuda` comes with a
+    GPU per worker. A local runner passes whatever its paths."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
     from genie_pipeline.shards.fs import is_remote
@@ -254,6 +257,20 @@ def check_remote_run(runner: RunnerConfig, extra_args: list[str], paths: dict[st
             raise PreflightError(key, f"{path!r} is on this machine, which {name}'s workers cannot reach: "
                                       f"use a gs:// path")
     check_image(options, name)
+    if scoring_device == "cuda" and not worker_accelerator(options):
+        raise PreflightError("filters.quality.device", f"cuda, but the {name} workers get no GPU: add "
+                                                       f"--dataflow_service_options \"worker_accelerator=type:"
+                                                       f"nvidia-l4;count:1;install-nvidia-driver\" (or use auto)")
+
+
+def worker_accelerator(options) -> str | None:
+    """The `worker_accelerator=...` a Dataflow job asks for (a service option, or the older
+    experiment of the same name), None where its workers get no GPU."""
+    from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions
+
+    given = list(options.view_as(GoogleCloudOptions).dataflow_service_options or [])
+    given += list(options.view_as(DebugOptions).experiments or [])
+    return next((o for o in given if o.startswith("worker_accelerator=")), None)
 
 
 # an image's Beam release and Python minor, as its tag names them: ours as `make

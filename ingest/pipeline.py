@@ -814,7 +814,7 @@ def preflight(cfg: IngestConfig, beam_args: list[str]) -> None:
              "filters.quality.model": q.model if q.mode != "off" else None}
     for i, s in enumerate(cfg.sources):
         paths.update({f"sources.{i}.{k}": getattr(s, k) for k in ("root", "glob", "path") if hasattr(s, k)})
-    check_remote_run(cfg.runner, beam_args, paths)
+    check_remote_run(cfg.runner, beam_args, paths, q.device if q.mode != "off" else None)
     check_secret_files(cfg.download)
     job_worker_processes(cfg.runner, beam_args, cfg.download.job_workers)  # the job's size can be read
     check_sources(cfg.sources)

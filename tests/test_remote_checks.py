@@ -124,3 +124,15 @@ def test_a_dataflow_run_needs_the_image():
 def test_images_of_this_launchers_beam_and_python_pass(image):
     flags = drop("--sdk_container_image") + ["--sdk_container_image", image]
     check_remote_run(runner_cfg(), flags, {"output.dir": "gs://b/out"})
+
+
+def test_cuda_scoring_on_dataflow_needs_a_gpu_per_worker(tmp_path, capsys):
+    quality = {"filters": {"quality": {"mode": "filter", "model": "gs://b/q.pt", "device": "cuda"}}}
+    rc, err = ingest(tmp_path, capsys, quality, DATAFLOW)
+    assert rc == 2 and err.startswith("genie-pipeline: filters.quality.device:") and "worker_accelerator" in err, err
+    gpu = ["--dataflow_service_options", "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"]
+    paths = {"output.dir": "gs://b/out"}
+    check_remote_run(runner_cfg(), DATAFLOW + gpu, paths, "cuda")
+    check_remote_run(runner_cfg(), DATAFLOW + ["--experiments=worker_accelerator=type:nvidia-l4;count:1"], paths, "cuda")
+    check_remote_run(runner_cfg(), DATAFLOW, paths, "auto")  # auto scores on the CPU there
+    check_remote_run(runner_cfg(), DATAFLOW, paths, None)  # no classifier
