@@ -16,10 +16,16 @@ its own:
 - `curate_next`: curation (the near-duplicate join) of that further run onto the N videos,
   with 1000 planted copies of committed clips that it must find.
 
+And on its own (`--first-run CLIPS...`, recorded under `first_run`): `first_run`, a first
+run's curation of CLIPS new clips (1000 planted copies, a crowd of 1000 look-alikes) through
+the job's join on Beam's local runner, with the partitions' sizes, the partitions a query
+reaches and the bytes shuffled (from the job's metrics), wall time and peak RSS.
+
 Goals: no process above 1 GiB at 10^6 videos; the job request flat in the number of done
 videos; time linear. Results in benchmarks/results/scale.json.
 
     python benchmarks/scale.py [--videos 10000 100000 1000000] [--work DIR]
+    python benchmarks/scale.py --first-run 100000
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ CLIPS_PER_VIDEO = 30
 SHARD_CLIPS = 2000
 NEXT_RUN = 1000
 PLANTED = 1000  # clips of the next run that copy a committed clip (curation must find each)
+CROWD = 1000  # look-alikes in the first run (first_run): one fingerprint, a few bits apart
 
 
 # ------------------------------------------------------------------------- synthetic rows
@@ -263,14 +270,118 @@ def step_curate(out: str) -> dict:
             "other_duplicates": sum(k not in planted for k in decided)}
 
 
+def step_first_run(work: str, n_clips: str, layout: str = "") -> dict:
+    """A first run's curation through the job's own join (`curation_decisions`) on Beam's
+    local runner (FnApiRunner, in this process), onto an empty output: `n_clips` new clips
+    (30 a video, random fingerprints), PLANTED of them copies (within 20 bits) of clips of
+    other videos, and a crowd of CROWD look-alikes (one a video, within 4 bits of one
+    fingerprint, so within 8 of each other). Every planted pair must be decided (one names
+    the other), every crowd member but one must name a crowd member, and nothing else may
+    be a duplicate (a chance match). The job's metrics give the partitions' sizes (entries
+    and queries), the pickled bytes that enter the partition GroupByKey, and the query rows
+    (over the clips: the partitions a query reaches). `layout` "w,s,P" replaces the one
+    `layout_for` chooses (to compare layouts on the same run)."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from genie_pipeline.filtering.config import DedupeConfig
+    from genie_pipeline.ingest.pipeline import curation_decisions
+    from genie_pipeline.shards import dedupe
+    from genie_pipeline.shards.config import ShardsConfig
+
+    chosen = dedupe.layout_for(128, int(n_clips), int(n_clips), DedupeConfig().max_distance)
+    if layout:
+        chosen = tuple(int(x) for x in layout.split(","))
+        dedupe.layout_for = lambda *_: chosen  # the runner runs in this process
+    n = int(n_clips)
+    n_videos = -(-n // CLIPS_PER_VIDEO)
+    assert n_videos >= 2 * PLANTED and n_videos >= CROWD
+    # clip 1 of videos 0.. is the crowd; clip 2 of videos 0.. copies clip 3 of videos PLANTED..
+    crowd = [v * CLIPS_PER_VIDEO + 1 for v in range(CROWD)]
+    planted = {frozenset((_fr_key(v * CLIPS_PER_VIDEO + 2), _fr_key((PLANTED + v) * CLIPS_PER_VIDEO + 3))): False
+               for v in range(PLANTED)}
+    out = os.path.join(work, "first-run-out")  # empty: a first run
+    os.makedirs(out, exist_ok=True)
+    found = os.path.join(work, "first-run-decisions.jsonl")
+    t0 = time.perf_counter()
+    p = beam.Pipeline(runner=FnApiRunner())
+    # the clip rows are made on the workers (as the job's decode makes them), not held here
+    videos = (p | beam.Create(range(n_videos)) | beam.Reshuffle()
+              | beam.Map(_fr_video, n, PLANTED, CROWD))
+    decided = curation_decisions(p, videos, out, DedupeConfig(), ShardsConfig())
+    (decided | beam.Map(json.dumps) | beam.combiners.ToList()
+     | beam.Map(lambda lines: Path(found).write_text("\n".join(lines))))
+    result = p.run()
+    result.wait_until_finish()
+    wall = time.perf_counter() - t0
+    metrics = result.metrics().query()
+    counters = {m.key.metric.name: m.committed for m in metrics["counters"]}
+    dists = {m.key.metric.name: m.committed for m in metrics["distributions"]}
+    crowd_keys = {_fr_key(i) for i in crowd}
+    dup = [json.loads(line) for line in Path(found).read_text().splitlines() if line]
+    chance, crowd_named = 0, 0
+    for clip, (reason, rep) in dup:
+        pair = frozenset((clip, rep))
+        if pair in planted:
+            planted[pair] = True
+        elif clip in crowd_keys and rep in crowd_keys:
+            crowd_named += 1
+        else:
+            chance += 1
+    entries, queries = dists["dedupe_partition_entries"], dists["dedupe_partition_queries"]
+    return {"s": wall, "new_clips": n, "layout_w_s_p": list(chosen), "layout_forced": bool(layout),
+            "partitions": entries.count, "partition_entries_max": entries.max,
+            "partition_entries_mean": round(entries.sum / entries.count, 1),
+            "partition_entries_max_over_mean": round(entries.max / (entries.sum / entries.count), 2),
+            "partition_queries_max": queries.max, "partition_queries_mean": round(queries.sum / queries.count, 1),
+            "partitions_a_query_reaches": round(counters["dedupe_query_rows"] / n, 2),
+            "shuffle_bytes": counters["dedupe_shuffle_bytes"],
+            "shuffle_bytes_per_clip": round(counters["dedupe_shuffle_bytes"] / n, 1),
+            "planted_copies": PLANTED, "planted_found": sum(planted.values()),
+            "crowd": CROWD, "crowd_named_in_crowd": crowd_named, "chance_matches": chance}
+
+
+def _fr_key(i: int) -> str:
+    return f"fr_v{i // CLIPS_PER_VIDEO:07d}_{i % CLIPS_PER_VIDEO:03d}"
+
+
+def _fr_bits(i: int, salt: str = "") -> int:
+    """Clip i's random 128 bits (a hash: a planted copy computes its original's)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(f"{salt}{i}".encode(), digest_size=16).digest(), "little")
+
+
+def _fr_video(v: int, n: int, planted: int, crowd: int):
+    """Video v of the first run: its clips' rows, fingerprints planted as `step_first_run` says."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    clips = []
+    for i in range(v * CLIPS_PER_VIDEO, min(n, (v + 1) * CLIPS_PER_VIDEO)):
+        rng = np.random.default_rng(i)
+        fp = _fr_bits(i)
+        if v < crowd and i % CLIPS_PER_VIDEO == 1:
+            fp = _fr_bits(0, "crowd") ^ sum(1 << int(b) for b in rng.permutation(128)[:rng.integers(0, 5)])
+        elif v < planted and i % CLIPS_PER_VIDEO == 2:
+            fp = _fr_bits((planted + v) * CLIPS_PER_VIDEO + 3) ^ sum(1 << int(b) for b in rng.permutation(128)[:20])
+        clips.append(SimpleNamespace(key=_fr_key(i), video_key=f"fr_v{v:07d}", source="syn",
+                                     start_s=16.0 * (i % CLIPS_PER_VIDEO), duration_s=16.0, kept=True,
+                                     quality_score=float(rng.random()), fingerprint=f"v3:{fp:032x}", channel=None,
+                                     query=None))
+    return SimpleNamespace(clips=clips)
+
+
 STEPS = {"stage": step_stage, "commit": step_commit, "resume": step_resume, "graph": step_graph,
-         "refilter_tables": step_refilter_tables, "curate": step_curate}
+         "refilter_tables": step_refilter_tables, "curate": step_curate,
+         "first_run": step_first_run}
 
 
 def child(step: str, args: list[str]) -> None:
     fn = STEPS[step]
     res = (fn(args[0], int(args[1]), int(args[2]), args[3]) if step == "stage" else
-           fn(args[0], args[1]) if step == "commit" else fn(args[0]))
+           fn(args[0], args[1]) if step == "commit" else fn(*args) if step == "first_run" else fn(args[0]))
     res["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(res))
 
@@ -305,6 +416,21 @@ def measure(n: int, work: str) -> dict:
     return row
 
 
+def first_run(sizes: list[int], work: str, out: str, layouts: list[str]) -> None:
+    rows = []
+    for n in sizes:
+        for layout in ["", *layouts]:
+            rows.append(run_child("first_run", work, n, *([layout] if layout else [])))
+            print(json.dumps(rows[-1]), flush=True)
+    result = json.loads(Path(out).read_text()) if Path(out).exists() else {"benchmark": "scale"}
+    result["first_run"] = {
+        "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "runner": "FnApiRunner (in process)", "planted": PLANTED, "crowd": CROWD, "rows": rows,
+        "goals": {"partition_entries_max_over_mean": 2, "peak_rss_mib": 1024, "chance_matches": 0,
+                  "planted_found": PLANTED}}
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3:])
@@ -313,8 +439,17 @@ def main() -> None:
     ap.add_argument("--videos", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    ap.add_argument("--first-run", type=int, nargs="+", metavar="CLIPS",
+                    help="only the first_run step at these sizes, recorded under first_run in --out "
+                         "(the other steps' results are kept)")
+    ap.add_argument("--compare-layout", nargs="*", default=[], metavar="W,S,P",
+                    help="with --first-run: also run each size with this join layout (18,1,4: the "
+                         "partitioning before sub-blocks, 4 prefix bits of the band)")
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="genie-scale-")
+    if a.first_run:
+        first_run(a.first_run, work, a.out, a.compare_layout)
+        return
     rows = [measure(n, work) for n in a.videos]
     big, small = rows[-1], rows[0]
     steps = ("commit_first", "commit_next", "curate_next", "resume", "graph", "refilter_tables")

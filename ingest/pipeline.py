@@ -55,8 +55,8 @@ from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, failed_video_row, recover,
                                           rewrite_without, shard_stats_file, small_shards)
 from genie_pipeline.shards.dedupe import (CAPS, ENTRY, QUERY, RunClips, add_clip, cap_counts, cap_group, entries_in,
-                                          first_round, join_parts, match, nearest_new, over_cap, salted, salts,
-                                          second_round)
+                                          entry_counts, first_round, join_parts, match, nearest_new, over_cap, salted,
+                                          salts, second_round)
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 from genie_pipeline.shards.lease import acquire_job, describe, live_holder, release_job
 from genie_pipeline.shards.lease import holder as lease_holder
@@ -181,15 +181,22 @@ def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, de
     if max_distance is not None:
         batches = (clips | "ClipBatches" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
                    | "JoinBatches" >> beam.FlatMap(lambda rows, r: r.batches(rows, new=True), run))
-        parts = ([committed.entries, batches | "NewParts" >> beam.FlatMap(join_parts, max_distance)]
-                 | "AllParts" >> beam.Flatten())
-        # the partitions a crowd of look-alikes overfills, from every partition's entry count
+        # the partitions a crowd of look-alikes overfills, from every partition's entry count;
+        # the new clips' are counted from their batches, which are cut in the same stage that
+        # keys them, so no copy of a first run's parts waits for the count
         split = beam.pvalue.AsSingleton(
-            parts | "EntriesByPartition" >> beam.Map(lambda kv: (kv[0], entries_in(kv[1])))
+            (committed.entries | "CommittedCounts" >> beam.Map(lambda kv: (kv[0], entries_in(kv[1]))),
+             batches | "NewCounts" >> beam.FlatMap(entry_counts))
+            | "Counts" >> beam.Flatten()
             | "PerPartition" >> beam.CombinePerKey(sum)
             | "AllPartitions" >> beam.combiners.ToDict()
             | "HotPartitions" >> beam.Map(salts))
-        first = (parts | "Salted" >> beam.FlatMap(salted_part, split)
+        parts = ((committed.entries | "CommittedParts" >> beam.FlatMap(salted_part, split),
+                  batches | "NewParts" >> beam.FlatMap(
+                      lambda b, sp: (kv for item in join_parts(b, max_distance) for kv in salted_part(item, sp)),
+                      split))
+                 | "AllParts" >> beam.Flatten())
+        first = (parts
                  | "ByPartition" >> beam.GroupByKey()
                  | "Match" >> beam.FlatMap(match_partition, max_distance)
                  | "EdgesByClip" >> beam.GroupByKey()

@@ -35,8 +35,9 @@ on one of them (pigeonhole again); a partition is (version, w, s, P, band, sub-b
 top P bits of sub-block j, salt). A clip is an entry of one partition per (band, j), and a
 new clip queries the partitions whose prefix is within r_s of its own. With s = r + 1 the
 sub-block matches exactly (r_s = 0): a query reaches B·s partitions, its own, whatever P,
-and P grows with the output so that the partitions do too; with s = 1 the entries are not
-copied but a query reaches every prefix within r. The layout with the fewest shuffled
+and P grows with the output so that the partitions do too (up to a sub-block's 4 or 5
+bits: 800 partitions from about 10^7 clips; past MAX_ENTRIES a partition is split); with
+s = 1 the entries are not copied but a query reaches every prefix within r. The layout with the fewest shuffled
 records wins: s = r + 1 for a first run (every clip is new), s = 1 with a few prefix bits
 when the committed clips far outnumber the new ones. A new clip that is an entry where it
 queries is sent once (BOTH). A pair is found in one partition only: its first band within
@@ -432,6 +433,20 @@ def join_parts(batch: Batch, max_distance: int) -> Iterator[tuple[tuple, tuple[i
                 for tag, sel in ((ENTRY, own & ~new), (BOTH, own & new), (QUERY, near)):
                     if sel is not None and sel.any():
                         yield key, (tag, batch.take(sel))
+
+
+def entry_counts(batch: Batch) -> Iterator[tuple[tuple, int]]:
+    """(partition, entries) of the batch: what `join_parts` sends as entries, counted
+    without cutting the batch (`salts` needs every partition's count before any is cut)."""
+    if not len(batch):
+        return
+    w, s, p = batch.band_bits, batch.sub_blocks, batch.prefix_bits
+    for band in range(batch.bands()):
+        values = batch.band(band)
+        for j in range(s):
+            pres, counts = np.unique(sub_prefix(values, w, s, p, j), return_counts=True)
+            for t, n in zip(pres.tolist(), counts.tolist()):
+                yield (batch.version, w, s, p, band, j, t), n
 
 
 @functools.lru_cache(maxsize=16)
