@@ -301,7 +301,7 @@ def test_a_first_run_reaches_a_bounded_number_of_partitions_that_grow_with_the_o
     matches exactly: a query reaches B·(r + 1) partitions, its own, and the partitions grow
     with the output up to the sub-blocks' width. A later run onto many more committed clips
     copies no entry (s = 1) and spreads its few queries instead."""
-    from genie_pipeline.shards.dedupe import RunClips, join_parts, layout_for, salts
+    from genie_pipeline.shards.dedupe import RunClips, entries_in, entry_counts, join_parts, layout_for, salts
 
     layouts = {n: layout_for(128, n, n, MAX_DISTANCE) for n in (10 ** 5, 10 ** 6, 10 ** 7)}
     assert layouts == {10 ** 5: (18, 4, 2), 10 ** 6: (18, 4, 4), 10 ** 7: (25, 5, 5)}
@@ -317,6 +317,10 @@ def test_a_first_run_reaches_a_bounded_number_of_partitions_that_grow_with_the_o
         for k in b.keys.tolist():
             reached[k] = reached.get(k, 0) + 1
     assert set(reached.values()) == {5 * 5}  # 5 bands × 5 sub-blocks, each once (BOTH)
+    counted: dict[tuple, int] = {}
+    for key, value in parts:
+        counted[key] = counted.get(key, 0) + entries_in(value)
+    assert dict(entry_counts(batch)) == counted  # what the job counts to split partitions
     assert len({key for key, _ in parts}) > 400  # of 800
     # a crowd's partitions are split into shares of about the mean; the others are not
     counts = {("p", i): 100 for i in range(100)} | {("crowd", 0): 1100}
