@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import pytest
 
@@ -262,7 +263,9 @@ def _stage_run(out: str, run_id: str, videos: dict[str, int]):
               "n_clips": n, "n_kept": n,
               "seconds_in": 10.0, "split": "train"} for v, n in videos.items()]
     run_dir = fs.join(out, "_runs", run_id)
-    parts = {"manifest": write_parts(fs.join(run_dir, "manifest"), "manifest", run_id, manifest),
+    half = len(manifest) // 2  # two parts: a listing mid-commit could hold one and not the other
+    parts = {"manifest": write_parts(fs.join(run_dir, "manifest"), "manifest", run_id, manifest[:half])
+             + write_parts(fs.join(run_dir, "manifest"), "manifest", run_id, manifest[half:]),
              "videos": write_parts(fs.join(run_dir, "videos"), "videos", run_id, vrows)}
     return records, parts, [run_dir, tmp, fs.join(out, "_commit", run_id)]
 
@@ -286,6 +289,14 @@ def _keys(out: str) -> list[str]:
     return sorted(m["key"] for m in read_rows(out, "manifest"))
 
 
+def _snapshot(out: str) -> tuple[list, list]:
+    """What a reader sees of the tables a commit changes: the manifest's keys and the
+    videos' (id, status)."""
+    from genie_pipeline.shards.reader import read_rows
+
+    return _keys(out), sorted((v["video_id"], v["status"]) for v in read_rows(out, "videos"))
+
+
 def commit_sweep(emu, monkeypatch, n: int | None) -> int:
     """Run A committed (a1 failed); run B (which retried a1: its row in A's videos part is
     replaced, so that part is rewritten; and adds b0, b1) is committed with a fault at the
@@ -303,16 +314,20 @@ def commit_sweep(emu, monkeypatch, n: int | None) -> int:
 
     with faults.FaultyFs(monkeypatch) as ffs:
         out = fresh()
-        before = _keys(out)
+        before = _snapshot(out)
         staged = _stage_run(out, RUN_B, {"a1": 1, "b0": 1, "b1": 2})
         ffs.reset()
         _commit(out, RUN_B, staged)
         ks = ffs.in_step("CommitRun")
-        after = _keys(out)
-        assert len(before) == 3 and len(after) == 3 + 4 and len(set(after)) == len(after)
+        # the operations between the journal's write and its removal: the output mid-commit
+        [written] = [i + 1 for i, (_, name, path) in enumerate(ffs.ops) if name == "write" and path.endswith(JOURNAL)]
+        [removed] = [i + 1 for i, (_, name, path) in enumerate(ffs.ops) if name == "remove" and path.endswith(JOURNAL)]
+        applying = [k for k in ks if written < k <= removed]
+        after = _snapshot(out)
+        assert len(before[0]) == 3 and len(after[0]) == 3 + 4 and len(set(after[0])) == len(after[0])
         _commit(out, RUN_B, staged)  # the commit step retried after it finished: nothing changes
-        check_commit(out, after)
-        picked = ks if n is None else faults.spread(ks, n)
+        check_commit(out, after[0])
+        picked = ks if n is None else faults.spread(applying, n)
         for i, k in enumerate(picked):
             out = fresh()
             staged = _stage_run(out, RUN_B, {"a1": 1, "b0": 1, "b1": 2})
@@ -320,13 +335,13 @@ def commit_sweep(emu, monkeypatch, n: int | None) -> int:
             with pytest.raises((faults.InjectedFault, faults.Killed)):
                 _commit(out, RUN_B, staged)
             ffs.reset()
-            seen = _keys(out)
-            assert seen in (before, after), f"k={k}: a reader saw neither A's manifest nor B's"
+            seen = _snapshot(out)
+            assert seen in (before, after), f"k={k}: a reader saw neither A's tables nor B's: {seen}"
             if fs.exists(fs.join(out, JOURNAL)):
                 assert seen == after, f"k={k}: mid-commit the reader must see the commit's result"
             recover(out)
             _commit(out, RUN_B, staged)
-            check_commit(out, after)
+            check_commit(out, after[0])
     return len(picked)
 
 
@@ -350,7 +365,7 @@ def check_commit(out: str, keys: list[str]) -> None:
 
 
 def test_commit_faults_leave_readers_consistent_and_recover_to_a_clean_commit(s3, monkeypatch):
-    assert commit_sweep(s3, monkeypatch, n=2) == 2
+    assert commit_sweep(s3, monkeypatch, n=3) == 3
 
 
 @pytest.mark.slow
@@ -400,3 +415,42 @@ def test_purge_shard_faulted_at_every_operation_then_retried_twice(s3, monkeypat
             st = json.loads(fs.read_bytes(stats_path))
             assert st["n_samples"] == new.stats["n_samples"] == 3 - drop
             assert st["sha256"] == hashlib.sha256(data).hexdigest() and st["bytes"] == len(data)
+
+
+# ------------------------------------------------------------------ a reader during a commit
+def test_a_reader_during_a_commit_on_gcs_sees_the_table_before_or_after_it(gcs):
+    """A reader reads the manifest over and over while run B commits on GCS (copy + delete
+    per file, so the listing changes object by object): every read is A's manifest or B's."""
+    from genie_pipeline.shards.reader import JOURNAL
+
+    out = fs.join(gcs.bucket(), "out")
+    _commit(out, RUN_A, _stage_run(out, RUN_A, {"a0": 2, "a1": 0, "a2": 1}))
+    before = _snapshot(out)
+    staged = _stage_run(out, RUN_B, {"a1": 1, "b0": 1, "b1": 2})
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def commit():
+        try:
+            _commit(out, RUN_B, staged)
+        except BaseException as e:  # noqa: BLE001 — reported below
+            errors.append(e)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=commit)
+    t.start()
+    seen, mid = [], 0
+    while not done.is_set():
+        journal = fs.exists(fs.join(out, JOURNAL))
+        seen.append(_snapshot(out))
+        mid += journal and fs.exists(fs.join(out, JOURNAL))
+    t.join()
+    assert not errors, errors
+    after = _snapshot(out)
+    assert len(after[0]) == len(before[0]) + 4
+    # each table as one commit state (two tables are two reads: the commit may end between them)
+    for i, table in enumerate(("manifest", "videos")):
+        wrong = [s[i] for s in seen if s[i] not in (before[i], after[i])]
+        assert not wrong, (table, wrong[:2])
+    print(f"{len(seen)} reads during the commit, {mid} of them with its journal there")
