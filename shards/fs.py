@@ -125,8 +125,9 @@ def rmtree(path: str) -> None:
 
 # requests an object-store batch operation keeps in flight: each is one HTTP request carrying
 # up to BATCH objects (GCS's batch API takes 100, S3's DeleteObjects 1000)
-PARALLEL = 16
+PARALLEL = 8
 BATCH = 100
+TRIES = 4  # of one batch: a batch request can fail whole (a timeout), or Beam's retries run out
 
 
 def _in_parallel(fn, chunks: list) -> None:
@@ -140,6 +141,24 @@ def _in_parallel(fn, chunks: list) -> None:
     with ThreadPoolExecutor(min(PARALLEL, len(chunks))) as pool:
         for f in [pool.submit(fn, c) for c in chunks]:
             f.result()
+
+
+def _tried(fn, chunk: list, left) -> None:
+    """fn(chunk), and again (up to TRIES) on what `left(chunk)` says is not done yet: every
+    batch operation here is idempotent, so redoing part of a batch is safe."""
+    import time
+
+    for attempt in range(TRIES):
+        try:
+            fn(chunk)
+            return
+        except Exception:  # noqa: BLE001 — Beam and the store clients raise many types
+            if attempt == TRIES - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+            chunk = left(chunk)
+            if not chunk:
+                return
 
 
 def _chunks(items: list, n: int = BATCH) -> list[list]:
@@ -163,13 +182,14 @@ def remove_many(paths: list[str]) -> None:
 
         def delete_gcs(chunk: list[str]) -> None:
             # one client per batch: a batch is a context of the client, not of the thread
+            # (a batch whose retries ran out has no responses: Beam then fails on None)
             failed = [(p, code) for p, code in GcsIO(pipeline_options=objstore.options()).delete_batch(chunk) if code]
             if failed:
                 raise StorageError(f"{failed[0][0]}: delete failed (HTTP {failed[0][1]}), "
                                    f"{len(failed)} of {len(chunk)} objects")
-        _in_parallel(delete_gcs, _chunks(gcs))
+        _in_parallel(lambda chunk: _tried(delete_gcs, chunk, lambda c: c), _chunks(gcs))
     if others:  # S3: Beam sends DeleteObjects of up to 1000 keys, missing keys included
-        _in_parallel(lambda chunk: _beam().delete(chunk), _chunks(others, 1000))
+        _in_parallel(lambda chunk: _tried(lambda c: _beam().delete(c), chunk, lambda c: c), _chunks(others, 1000))
 
 
 def existing(paths: list[str]) -> set[str]:
@@ -209,8 +229,17 @@ def rename_many(pairs: list[tuple[str, str]]) -> None:
         if not (is_remote(s) or is_remote(d)):
             os.makedirs(os.path.dirname(local(d)) or ".", exist_ok=True)
             rename(s, d)
-    # Beam makes a client per call: each batch has its own (a batch belongs to its client)
-    _in_parallel(lambda chunk: _beam().rename([s for s, _ in chunk], [d for _, d in chunk]), _chunks(remote))
+    # Beam makes a client per call: each batch has its own (a batch belongs to its client). A
+    # batch tried again renames only the sources still there (one copied and not yet deleted
+    # is copied again: the same bytes)
+    def move(chunk):
+        _beam().rename([s for s, _ in chunk], [d for _, d in chunk])
+
+    def left(chunk):
+        there = existing([s for s, _ in chunk])
+        return [(s, d) for s, d in chunk if s in there]
+
+    _in_parallel(lambda chunk: _tried(move, chunk, left), _chunks(remote))
 
 
 @contextlib.contextmanager

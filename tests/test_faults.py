@@ -204,6 +204,7 @@ def sweep(emu, catalog: str, monkeypatch, per_step: int, modes=("fail", "kill"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 9 ingest runs
 def test_a_fault_in_each_step_then_recover_and_rerun_gives_the_clean_output(gcs, catalog, monkeypatch):
     swept = sweep(gcs, catalog, monkeypatch, per_step=1)
     print(f"gcs: faults swept (step, k, mode): {swept}")
@@ -211,6 +212,7 @@ def test_a_fault_in_each_step_then_recover_and_rerun_gives_the_clean_output(gcs,
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(5400)  # 25 ingest runs
 @pytest.mark.parametrize("store", ["gcs", "s3"])
 def test_faults_swept_over_every_step(store, catalog, monkeypatch, request):
     swept = sweep(request.getfixturevalue(store), catalog, monkeypatch, per_step=3)
@@ -369,6 +371,7 @@ def test_commit_faults_leave_readers_consistent_and_recover_to_a_clean_commit(s3
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("store", ["gcs", "s3"])
 def test_commit_faults_at_every_operation(store, monkeypatch, request):
     swept = commit_sweep(request.getfixturevalue(store), monkeypatch, n=None)

@@ -172,3 +172,29 @@ def test_the_job_deletes_the_clip_stores_after_its_commit_unless_kept(gcs, drop,
     # the step retried after it committed: nothing more to do, no error
     list(commit_job(None, *args, drop_stores=drop))
     assert len(fs.glob(fs.join(out, "clips", "*.tar"))) == (0 if drop else 35)
+
+
+def test_a_rename_batch_cut_short_is_tried_again_for_what_is_left(bucket, monkeypatch):
+    out = fs.join(bucket, "out")
+    moves = [(fs.join(out, "a", f"{i}.bin"), fs.join(out, "b", f"{i}.bin")) for i in range(5)]
+    for s, _ in moves:
+        fs.write_bytes(s, s.encode())
+    real, calls = fs._beam(), []
+
+    class CutShort:  # the first batch moves two files, then its request times out
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def rename(self, srcs, dsts):
+            calls.append(len(srcs))
+            if len(calls) == 1:
+                real.rename(srcs[:2], dsts[:2])
+                raise OSError("timed out")
+            real.rename(srcs, dsts)
+
+    monkeypatch.setattr(fs, "_beam", lambda: CutShort())
+    monkeypatch.setattr(fs, "TRIES", 2)
+    fs.rename_many(moves)
+    assert calls == [5, 3]  # tried again with the three sources still there
+    assert fs.existing([s for s, _ in moves]) == set()
+    assert all(fs.read_bytes(d) == s.encode() for s, d in moves)
