@@ -254,7 +254,8 @@ def step_curate(out: str) -> dict:
             for k, v in salted((key, value), split):
                 shares.setdefault(k, []).append(v)
         for k, values in shares.items():
-            for q, edge in match(k, [b for tag, b in values if tag != QUERY], [b for tag, b in values if tag != ENTRY], d):
+            entries, queries = [b for tag, b in values if tag != QUERY], [b for tag, b in values if tag != ENTRY]
+            for q, edge in match(k, entries, queries, d):
                 edges.setdefault(q, []).append(edge)
         slowest = max(slowest, time.perf_counter() - t)
     t_match = time.perf_counter()

@@ -472,7 +472,8 @@ def salts(counts: Mapping[tuple, int], max_entries: int = MAX_ENTRIES) -> dict[t
     return out
 
 
-def salted(item: tuple[tuple, tuple[int, Batch]], split: Mapping[tuple, int]) -> Iterator[tuple[tuple, tuple[int, Batch]]]:
+def salted(item: tuple[tuple, tuple[int, Batch]],
+           split: Mapping[tuple, int]) -> Iterator[tuple[tuple, tuple[int, Batch]]]:
     """A tagged part under its GroupByKey key, (partition, salt): in a split partition each
     entry goes to one share (by a hash of its key) and each query to every share."""
     key, (tag, batch) = item

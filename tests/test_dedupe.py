@@ -259,7 +259,8 @@ def brute_pairs(new, earlier, max_distance):
     redone = {r["video_key"] for r in new}
     rows = new + [r for r in earlier if r["video_key"] not in redone]
     return {tuple(sorted((a["key"], b["key"]))) for a in new for b in rows
-            if a is not b and a["video_key"] != b["video_key"] and hamming(a["fingerprint"], b["fingerprint"]) <= max_distance}
+            if a is not b and a["video_key"] != b["video_key"]
+            and hamming(a["fingerprint"], b["fingerprint"]) <= max_distance}
 
 
 @pytest.mark.parametrize("layout", [(25, 5, 5), (24, 2, 6), (18, 4, 4), (25, 1, 8)])
