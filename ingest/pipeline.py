@@ -187,7 +187,7 @@ def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, de
         split = beam.pvalue.AsSingleton(
             (committed.entries | "CommittedCounts" >> beam.Map(lambda kv: (kv[0], entries_in(kv[1]))),
              batches | "NewCounts" >> beam.FlatMap(entry_counts))
-            | "Counts" >> beam.Flatten()
+            | "PartitionCounts" >> beam.Flatten()
             | "PerPartition" >> beam.CombinePerKey(sum)
             | "AllPartitions" >> beam.combiners.ToDict()
             | "HotPartitions" >> beam.Map(salts))
@@ -195,7 +195,7 @@ def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, de
                   batches | "NewParts" >> beam.FlatMap(
                       lambda b, sp: (kv for item in join_parts(b, max_distance) for kv in salted_part(item, sp)),
                       split))
-                 | "AllParts" >> beam.Flatten())
+                 | "JoinParts" >> beam.Flatten())
         first = (parts
                  | "ByPartition" >> beam.GroupByKey()
                  | "Match" >> beam.FlatMap(match_partition, max_distance)
