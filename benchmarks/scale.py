@@ -444,8 +444,8 @@ def main() -> None:
                     help="only the first_run step at these sizes, recorded under first_run in --out "
                          "(the other steps' results are kept)")
     ap.add_argument("--compare-layout", nargs="*", default=[], metavar="W,S,P",
-                    help="with --first-run: also run each size with this join layout (18,1,4: the "
-                         "partitioning before sub-blocks, 4 prefix bits of the band)")
+                    help="with --first-run: also run each size with this join layout (18,4,2: "
+                         "sub-blocks; 18,1,4: the partitioning before sub-blocks, 4 prefix bits a band)")
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="genie-scale-")
     if a.first_run:

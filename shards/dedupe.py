@@ -36,7 +36,7 @@ top P bits of sub-block j, salt). A clip is an entry of one partition per (band,
 new clip queries the partitions whose prefix is within r_s of its own. With s = r + 1 the
 sub-block matches exactly (r_s = 0): a query reaches B·s partitions, its own, whatever P,
 and P grows with the output so that the partitions do too (up to a sub-block's 4 or 5
-bits: 800 partitions from about 10^7 clips; past MAX_ENTRIES a partition is split); with
+bits: 800 partitions from 10^7 clips; past MAX_ENTRIES a partition is split); with
 s = 1 the entries are not copied but a query reaches every prefix within r. The layout with the fewest shuffled
 records wins: s = r + 1 for a first run (every clip is new), s = 1 with a few prefix bits
 when the committed clips far outnumber the new ones. A new clip that is an entry where it
@@ -67,10 +67,10 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 BAND_BITS = range(16, 26)  # band widths the join chooses from (`band_bits_for`)
-TARGET_ENTRIES = 1 << 15  # clips per partition the prefix width aims at (partitions grow with the output)
+TARGET_ENTRIES = 1 << 17  # clips per partition the prefix width aims at (partitions grow with the output)
 MAX_TABLE_BITS = 21  # a partition's lookup table has 2**(w - P) slots: P >= w - 21 keeps it to 16 MiB
 HOT = 1.5  # a partition above HOT × the mean entries is split (`salts`)...
-MAX_ENTRIES = 1 << 18  # ... and so is one above this many entries, whatever the mean
+MAX_ENTRIES = 1 << 21  # ... and so is one above this many entries (about 120 MiB), whatever the mean
 ENTRY, QUERY, BOTH = 0, 1, 2  # a part's role in its partition (BOTH: a new clip, entry and query)
 NEIGHBOURS = 8  # higher-priority new neighbours a clip keeps for the second round
 CAPS = ("source", "query", "channel")  # the order caps apply in

@@ -304,8 +304,9 @@ def test_a_first_run_reaches_a_bounded_number_of_partitions_that_grow_with_the_o
     copies no entry (s = 1) and spreads its few queries instead."""
     from genie_pipeline.shards.dedupe import RunClips, entries_in, entry_counts, join_parts, layout_for, salts
 
-    layouts = {n: layout_for(128, n, n, MAX_DISTANCE) for n in (10 ** 5, 10 ** 6, 10 ** 7)}
-    assert layouts == {10 ** 5: (18, 4, 2), 10 ** 6: (18, 4, 4), 10 ** 7: (25, 5, 5)}
+    layouts = {n: layout_for(128, n, n, MAX_DISTANCE) for n in (10 ** 5, 3 * 10 ** 5, 10 ** 6, 10 ** 7)}
+    # 10^5 clips fit one partition a band (7 records a clip); past that, sub-blocks
+    assert layouts == {10 ** 5: (18, 1, 0), 3 * 10 ** 5: (18, 4, 2), 10 ** 6: (18, 4, 3), 10 ** 7: (25, 5, 5)}
     assert layout_for(128, 30_000_000, 30_000, MAX_DISTANCE)[1] == 1
     rng = np.random.default_rng(5)
     new = [row(f"v{i}_0", f"v{i}", f"v3:{int.from_bytes(rng.bytes(16), 'little'):032x}") for i in range(500)]
