@@ -17,8 +17,8 @@ of a run already committed (its run id in stats.json) does nothing.
 On object stores a rename is a copy and a delete (GCS has no rename). The commit sends them in
 batch requests (100 objects each) with several batches in flight (`fs.rename_many`,
 `fs.remove_many`), and learns which staged files are there from listings of the staging
-folders rather than a request per object: 10k shards commit in seconds, not an hour
-(benchmarks/commit_gcs.py). Readers stay consistent meanwhile although the objects change one
+folders rather than a request per object: on the GCS emulator 10k shards (20k files moved)
+commit in 32-52 s, against 274 s before (benchmarks/results/commit_gcs.json). Readers stay consistent meanwhile although the objects change one
 by one: the journal is written before the first change and removed after the last, and
 `reader.table_files` reads a table as the journal says it will be while one is there, and
 lists again when the journal or stats.json changed under its listing; so a reader sees each
