@@ -138,18 +138,51 @@ def has_table(out_dir: str, name: str) -> bool:
     return bool(table_files(out_dir, name))
 
 
+class _Watched:
+    """A file whose own errors are kept aside: pyarrow passes on what the file object raises,
+    so an error seen here is the store's (a request that failed, a part that went away), not
+    the part's content, which must never be called damaged (and moved aside) for it."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def _call(self, name: str, *args):
+        try:
+            return getattr(self._f, name)(*args)
+        except Exception as e:
+            self.error = e
+            raise
+
+    def read(self, *args):
+        return self._call("read", *args)
+
+    def seek(self, *args):
+        return self._call("seek", *args)
+
+    def tell(self):
+        return self._call("tell")
+
+
 def iter_part_batches(path: str, columns: list[str] | None = None, batch_rows: int = 65536):
     """Record batches of one part file, read a row group at a time (memory: one batch).
-    `columns` the part lacks (an older schema) are left out. DataError names a damaged part."""
+    `columns` the part lacks (an older schema) are left out. DataError names a damaged part;
+    an error of the store (opening or reading the file) is raised as it is."""
+    watched = None
     try:
         with fs.open_read(path) as f:
-            pf = pq.ParquetFile(f)
+            watched = _Watched(f)
+            pf = pq.ParquetFile(watched)
             have = set(pf.schema_arrow.names)
             cols = None if columns is None else [c for c in columns if c in have]
             yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 — pyarrow raises many types for a damaged file
+        if watched is None or watched.error is not None:
+            raise
         raise DataError(f"cannot read table part {path}: {e}") from None
 
 
@@ -161,7 +194,7 @@ def iter_rows(out_dir: str, name: str, columns: list[str] | None = None) -> Iter
         try:
             for batch in iter_part_batches(path, columns):
                 yield from batch.to_pylist()
-        except DataError as e:
+        except Exception as e:  # noqa: BLE001 — a damaged part, or the store's error
             if isinstance(e, PartMoved) or fs.exists(path):
                 raise
             raise PartMoved(f"{path} was moved by a commit while {name} was read") from None
