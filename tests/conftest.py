@@ -1,9 +1,12 @@
 """Shared fixtures: real videos made with ffmpeg, the small sample corpus, a corpus server."""
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,40 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+# The object-store emulators (tests/emulators.py), one per test module that asks for one
+@pytest.fixture(scope="module")
+def gcs():
+    from tests.emulators import gcs_emulator
+
+    with gcs_emulator() as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from tests.emulators import s3_emulator
+
+    with s3_emulator() as emu:
+        yield emu
+
+
+@pytest.fixture(params=["s3", "gs"])
+def bucket(request):
+    """A fresh bucket on each store in turn."""
+    return request.getfixturevalue("s3" if request.param == "s3" else "gcs").bucket()
+
+
+@contextlib.contextmanager
+def serving(handler):
+    """`handler` (a BaseHTTPRequestHandler class) served on 127.0.0.1 from a thread; yields
+    the server with its base URL as `.url`."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -24,7 +24,6 @@ from genie_pipeline.shards import fs
 
 from tests import faults
 from tests.conftest import make_video
-from tests.emulators import gcs_emulator, s3_emulator
 
 STEPS = ("CutOrLoad", "WriteAsCut", "PurgeShards", "CommitRun")
 ORIG = {"CutOrLoad": pipeline.CutOrLoad, "WriteAsCut": pipeline.WriteAsCut, "purge_shard": pipeline.purge_shard,
@@ -153,18 +152,6 @@ def check_output(out: str, kept: set[str]) -> None:
     staged = [p for d in ("_runs", "_commit", "shards/_tmp", "clips") for p in fs.glob(fs.join(out, d, "**"))]
     assert not staged and not fs.exists(fs.join(out, JOURNAL)), staged[:5]
     assert [v["status"] for v in read_rows(out, "videos")] == ["done"] * 5
-
-
-@pytest.fixture(scope="module")
-def gcs():
-    with gcs_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_emulator() as emu:
-        yield emu
 
 
 def sweep(emu, catalog: str, monkeypatch, per_step: int, modes=("fail", "kill")) -> list[tuple]:

@@ -16,13 +16,6 @@ import pytest
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.lease import Lease, acquire_job, holder, live_holder, release_job
 
-from tests.emulators import gcs_emulator, s3_emulator
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_emulator() as emu:
-        yield emu
 
 
 def _busy(msg):
@@ -117,12 +110,6 @@ def test_a_job_whose_lease_lapsed_commits_nothing(s3):
 
 
 # ------------------------------------------------------------------ the job holds its output
-@pytest.fixture(scope="module")
-def gcs():
-    with gcs_emulator() as emu:
-        yield emu
-
-
 def _plant(out: str, *runs_staging: str) -> list[str]:
     """A file in each staging folder named (relative to `out`), as a run's staging holds."""
     paths = [fs.join(out, d, "planted") for d in runs_staging]

@@ -14,24 +14,6 @@ import pytest
 from genie_pipeline.shards import fs, objstore
 from genie_pipeline.shards.lease import Lease
 
-from tests.emulators import gcs_emulator, s3_emulator
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture(scope="module")
-def gcs():
-    with gcs_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture(params=["s3", "gs"])
-def bucket(request):
-    return request.getfixturevalue("s3" if request.param == "s3" else "gcs").bucket()
 
 
 # ------------------------------------------------------------------ the filesystem layer

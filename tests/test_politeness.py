@@ -21,7 +21,7 @@ from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.ingest.politeness import (HostBackoff, HostLimiter, job_worker_processes, retry_after_s,
                                               worker_share)
 from genie_pipeline.shards.records import Candidate
-from tests.conftest import make_video
+from tests.conftest import make_video, serving
 
 DATAFLOW = ["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/t"]
 
@@ -310,12 +310,9 @@ class CookieEcho(http.server.BaseHTTPRequestHandler):
 def cookie_echo(tmp_path):
     handler = type("H", (CookieEcho,), {"video": make_video(tmp_path / "c.mp4", 1, "160x90", 10).read_bytes(),
                                         "cookies": []})
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    srv.url, srv.cookies = f"http://127.0.0.1:{srv.server_address[1]}", handler.cookies
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(handler) as srv:
+        srv.cookies = handler.cookies
+        yield srv
 
 
 COOKIES = "# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t0\tsession\tsecret-42\n"

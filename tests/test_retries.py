@@ -9,31 +9,12 @@ job's steps are in tests/test_faults.py.
 from __future__ import annotations
 
 import http.server
-import threading
 
 import pytest
 
 from genie_pipeline.shards import fs
 
-from tests.conftest import make_video
-from tests.emulators import gcs_emulator, s3_emulator
-
-
-@pytest.fixture(scope="module")
-def gcs():
-    with gcs_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture(params=["s3", "gs"])
-def bucket(request):
-    return request.getfixturevalue("s3" if request.param == "s3" else "gcs").bucket()
+from tests.conftest import make_video, serving
 
 
 class CountingServer(http.server.BaseHTTPRequestHandler):
@@ -63,12 +44,9 @@ def video_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("videos")
     handler = type("H", (CountingServer,), {"gets": {}, "videos": {
         f"/v{i}.mp4": make_video(tmp / f"v{i}.mp4", 4.5, "160x90", 10).read_bytes() for i in range(3)}})
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    srv.url, srv.gets = f"http://127.0.0.1:{srv.server_address[1]}", handler.gets
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(handler) as srv:
+        srv.gets = handler.gets
+        yield srv
 
 
 def processor(out: str, scratch: str):
