@@ -21,6 +21,7 @@ from genie_pipeline.filtering.shots import CutDetector
 from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.shards.config import ClipsConfig
+from genie_pipeline.shards.media import TooManyPixels, open_video, refusal
 
 
 MAX_PIXELS = DownloadConfig.model_fields["max_pixels"].default
@@ -42,23 +43,27 @@ class ProbeInfo:
     has_audio: bool
 
 
-def _limit_pixels(stream, max_pixels: int) -> None:
-    """Refuse a stream whose header claims more than `max_pixels` (a tiny GIF can claim
-    16000×16000 and cost gigabytes to decode), and make the decoder refuse larger frames too,
-    for streams whose header lies."""
-    w, h = stream.codec_context.width, stream.codec_context.height
-    if w * h > max_pixels:
-        raise IngestError("probe", "TooManyPixels", f"{w}x{h} = {w * h} pixels > download.max_pixels ({max_pixels})")
-    stream.codec_context.options = {"max_pixels": str(max_pixels)}
+def _open(path: str, max_pixels: int, stage: str):
+    """The container, its decoders capped at `max_pixels` before any frame is decoded (a tiny
+    PNG or GIF can claim 16000×16000 and cost gigabytes to decode)."""
+    try:
+        return open_video(path, max_pixels)
+    except TooManyPixels as e:
+        raise _too_many(e) from None
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise _unusable(stage, f"{type(e).__name__}: {e}") from None
+
+
+def _too_many(e: TooManyPixels) -> IngestError:
+    return IngestError("probe", "TooManyPixels", str(e))
 
 
 def probe(path: str, max_pixels: int = MAX_PIXELS) -> ProbeInfo:
     try:
-        with av.open(path) as c:
+        with _open(path, max_pixels, "probe") as c:
             if not c.streams.video:
                 raise _unusable("probe", "no video stream (audio-only or not a video)")
             s = c.streams.video[0]
-            _limit_pixels(s, max_pixels)
             if s.duration is not None and s.time_base is not None:
                 duration = float(s.duration * s.time_base)
             elif c.duration is not None:
@@ -69,7 +74,9 @@ def probe(path: str, max_pixels: int = MAX_PIXELS) -> ProbeInfo:
             try:
                 first = next(c.decode(s))
                 rotation = int(round(first.rotation or 0)) % 360
-            except (StopIteration, av.FFmpegError):
+            except (StopIteration, av.FFmpegError) as e:
+                if over := refusal(e, max_pixels):
+                    raise _too_many(over) from None
                 raise _unusable("probe", "no decodable video frame") from None
             return ProbeInfo(
                 duration_s=duration, width=s.codec_context.width, height=s.codec_context.height,
@@ -113,15 +120,10 @@ def iter_frames(path: str, cfg: ClipsConfig, start_s: float | None = None, end_s
 
 def _decode(path: str, cfg: ClipsConfig, start_s: float | None, end_s: float | None,
             max_pixels: int) -> Iterator[np.ndarray]:
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError) as e:
-        raise _unusable("decode", f"{type(e).__name__}: {e}") from None
-    with container:
+    with _open(path, max_pixels, "decode") as container:
         if not container.streams.video:
             raise _unusable("probe", "no video stream (audio-only or not a video)")
         stream = container.streams.video[0]
-        _limit_pixels(stream, max_pixels)
         # one thread per worker process: Beam runs one worker per core, and codec threads
         # cost CPU time in synchronisation that a throughput job does not want to pay
         stream.codec_context.thread_count = 1
@@ -151,6 +153,8 @@ def _decode(path: str, cfg: ClipsConfig, start_s: float | None, end_s: float | N
                 graph.vpush(None)
                 yield from _drain(graph, sink, final=True)
         except av.FFmpegError as e:
+            if over := refusal(e, max_pixels):
+                raise _too_many(over) from None
             raise _unusable("decode", f"{type(e).__name__}: {e}") from None
     if graph is None:
         raise _unusable("decode", "no decodable video frame")

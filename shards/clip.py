@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import av
 import numpy as np
 
+from genie_pipeline.shards.media import CLIP_MAX_PIXELS, TooManyPixels, open_video, refusal
+
 
 class ClipFormatError(Exception):
     """An mp4 that cannot be encoded or decoded as a clip."""
@@ -61,24 +63,29 @@ def encode_clip(frames_THWC: np.ndarray, spec: ClipSpec) -> bytes:
     return buf.getvalue()
 
 
-def decode_clip(data: bytes) -> np.ndarray:
-    """All frames of an encoded clip, (T, H, W, 3) uint8."""
+def decode_clip(data: bytes, max_pixels: int = CLIP_MAX_PIXELS) -> np.ndarray:
+    """All frames of an encoded clip, (T, H, W, 3) uint8. A clip whose frames are over
+    `max_pixels` is refused before a frame is decoded (a bomb in a shard costs no memory)."""
     try:
-        with av.open(io.BytesIO(data)) as c:
+        with open_video(io.BytesIO(data), max_pixels, "the clip's size") as c:
             return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    except TooManyPixels as e:
+        raise ClipFormatError(f"TooManyPixels: {e}") from None
     except (av.FFmpegError, ValueError) as e:
-        raise ClipFormatError(f"{type(e).__name__}: {e}") from None
+        over = refusal(e, max_pixels, "the clip's size")
+        raise ClipFormatError(f"TooManyPixels: {over}" if over else f"{type(e).__name__}: {e}") from None
 
 
 def clip_fps(data: bytes) -> float:
-    with av.open(io.BytesIO(data)) as c:
+    with open_video(io.BytesIO(data), CLIP_MAX_PIXELS) as c:
         return float(c.streams.video[0].average_rate or 0)
 
 
 def check_clip(data: bytes, spec: ClipSpec) -> str | None:
     """What is wrong with an encoded clip against `spec` (None: nothing)."""
     try:
-        arr = decode_clip(data)
+        # headroom over the spec: decoders count padded (aligned) widths against the cap
+        arr = decode_clip(data, max(CLIP_MAX_PIXELS, 4 * spec.width * spec.height))
     except ClipFormatError as e:
         return f"mp4 does not decode ({e})"
     if arr.shape != spec.shape_THWC:

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from genie_pipeline.shards.media import CLIP_MAX_PIXELS, TooManyPixels, check_pixels, open_video, refusal
+
 # torchcodec spends about half the CPU per window of PyAV and decord (it seeks to the keyframe
 # before each window; those two decode from frame 0): benchmarks/train.py, results in
 # benchmarks/results/train.json. PyAV and decord are within noise of each other; PyAV, the
@@ -24,6 +26,19 @@ AUTO_ORDER = ("torchcodec", "pyav", "decord")
 
 class DecodeError(RuntimeError):
     """One clip could not be decoded (or is shorter than the frames asked for)."""
+
+
+class OversizeClip(DecodeError):
+    """A clip whose frames are over the pixel cap, refused before decoding. No backend gets a
+    second try at it: the next one would decode it."""
+
+
+def _refuse_oversize(data: bytes) -> None:
+    """For backends that take no pixel cap themselves: refuse from the headers first."""
+    try:
+        check_pixels(data, CLIP_MAX_PIXELS)
+    except TooManyPixels as e:
+        raise OversizeClip(f"TooManyPixels: {e}") from None
 
 
 class ClipDecoder(ABC):
@@ -94,7 +109,7 @@ class PyAVDecoder(ClipDecoder):
         planes: dict[int, Any] = {}
         full_range = False
         try:
-            with av.open(io.BytesIO(data), mode="r") as container:
+            with open_video(io.BytesIO(data), CLIP_MAX_PIXELS, "the clip pixel cap") as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "SLICE"
                 stream.codec_context.thread_count = 1
@@ -110,7 +125,11 @@ class PyAVDecoder(ClipDecoder):
                         break
         except DecodeError:
             raise
+        except TooManyPixels as e:
+            raise OversizeClip(f"TooManyPixels: {e}") from None
         except Exception as e:  # av.error.*, struct errors on truncated data ...
+            if over := refusal(e, CLIP_MAX_PIXELS, "the clip pixel cap"):
+                raise OversizeClip(f"TooManyPixels: {over}") from None
             raise DecodeError(f"{type(e).__name__}: {e}") from None
         if len(planes) < len(want):
             raise DecodeError(f"clip has fewer frames than {last + 1}")
@@ -141,6 +160,7 @@ class DecordDecoder(ClipDecoder):
         uniq = sorted(set(int(i) for i in indices))
         if not uniq:
             raise DecodeError("no frames asked for")
+        _refuse_oversize(data)
         try:
             vr = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
             n = len(vr)
@@ -185,6 +205,8 @@ class TorchCodecDecoder(ClipDecoder):
         uniq = sorted(set(int(i) for i in indices))
         if not uniq:
             raise DecodeError("no frames asked for")
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            _refuse_oversize(bytes(data))
         try:
             # "approximate": frame i is found from the header's frame rate, without the scan of
             # every packet that "exact" does on open; our clips are constant frame rate.
@@ -206,6 +228,8 @@ class FallbackDecoder(ClipDecoder):
     def decode(self, data: bytes, indices: Sequence[int]) -> torch.Tensor:
         try:
             return self.primary.decode(data, indices)
+        except OversizeClip:
+            raise
         except DecodeError:
             if self.secondary is None:
                 raise

@@ -27,6 +27,7 @@ from .loader import resize_video
 from .metrics import save_gif, video_side_by_side_frames
 
 OUTPUTS = (".mp4", ".gif")
+MAX_PROMPT_PIXELS = 7680 * 4320  # a prompt video's frame, refused before decoding above this
 
 
 def load_image(image, height: int, width: int) -> torch.Tensor:
@@ -123,9 +124,9 @@ def _even(frame_HWC: np.ndarray) -> np.ndarray:
 def _read_first_frame(path: str) -> np.ndarray:
     """The first frame of a picture or video file, HWC uint8 (no resizing)."""
     if path.lower().endswith((".mp4", ".mkv", ".webm", ".mov", ".avi")):
-        import av
+        from genie_pipeline.shards.media import open_video
 
-        with av.open(path) as container:
+        with open_video(path, MAX_PROMPT_PIXELS) as container:  # a bomb is refused before decoding
             return next(container.decode(video=0)).to_ndarray(format="rgb24")
     from PIL import Image
 

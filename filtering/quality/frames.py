@@ -11,6 +11,7 @@ import numpy as np
 
 from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.shards.config import ClipsConfig
+from genie_pipeline.shards.media import CLIP_MAX_PIXELS, TooManyPixels, open_video, refusal
 
 # the classifier's input size: the default clip size (clips of another size are resized to it)
 FRAME_H, FRAME_W = ClipsConfig().height, ClipsConfig().width
@@ -35,7 +36,7 @@ def sample_frames(data: bytes, k: int, height: int = FRAME_H, width: int = FRAME
     are taken. Frames of another size are resized with ffmpeg's area scaler.
     """
     try:
-        with av.open(io.BytesIO(data)) as c:
+        with open_video(io.BytesIO(data), CLIP_MAX_PIXELS, "the clip pixel cap") as c:
             if not c.streams.video:
                 raise QualityError("no video stream")
             s = c.streams.video[0]
@@ -44,8 +45,11 @@ def sample_frames(data: bytes, k: int, height: int = FRAME_H, width: int = FRAME
             frames = _decode_keyframes(s.codec_context, packets, k)
             if frames is None:
                 frames = _decode_spread(data, k)
+    except TooManyPixels as e:
+        raise QualityError(f"cannot decode clip: TooManyPixels: {e}") from None
     except av.FFmpegError as e:
-        raise QualityError(f"cannot decode clip: {type(e).__name__}: {e}") from None
+        over = refusal(e, CLIP_MAX_PIXELS, "the clip pixel cap")
+        raise QualityError(f"cannot decode clip: {f'TooManyPixels: {over}' if over else f'{type(e).__name__}: {e}'}") from None
     return np.stack([f.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
                      if (f.width, f.height) != (width, height) else f.to_ndarray(format="rgb24")
                      for f in frames])
@@ -68,7 +72,7 @@ def _decode_keyframes(ctx, packets: list, k: int):
 
 
 def _decode_spread(data: bytes, k: int):
-    with av.open(io.BytesIO(data)) as c:
+    with open_video(io.BytesIO(data), CLIP_MAX_PIXELS, "the clip pixel cap") as c:
         s = c.streams.video[0]
         s.codec_context.thread_count = 1
         frames = list(c.decode(s))
