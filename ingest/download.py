@@ -169,7 +169,7 @@ class Downloader:
                         self._await_backoff(host, guard.remaining() if guard else c.deadline_s)
                         if guard is None:  # the deadline runs from the first start, not from the wait for a slot
                             guard = NetGuard(self.policy, c.deadline_s, c.min_rate_bytes_s, c.rate_window_s,
-                                             self.backoff)
+                                             self.backoff, max_bytes=int(c.max_filesize_mb * 1024 * 1024))
                             ydl = stack.enter_context(guarded_ydl(self._options(vkey, guard), guard))
                         guard.before_start = functools.partial(self.limiter.pace, host)  # this attempt's start
                         if info is None:  # the page, once: a retry of the media reuses what it said

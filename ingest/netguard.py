@@ -115,8 +115,9 @@ class NetGuard:
     refused, whatever yt-dlp made of the exception."""
 
     def __init__(self, policy: AddressPolicy, deadline_s: float, min_rate: float, window_s: float,
-                 backoff: HostBackoff | None = None):
+                 backoff: HostBackoff | None = None, max_bytes: int | None = None):
         self.policy, self.backoff = policy, backoff
+        self.max_bytes = max_bytes  # of one response's body, counted as it is read (curl's --max-filesize)
         # called once, before the next request: the start of a download attempt waits its turn
         self.before_start: Callable[[], None] | None = None
         self.deadline_s, self.deadline = deadline_s, time.monotonic() + deadline_s
@@ -233,6 +234,13 @@ class NetGuard:
                                              f"download.min_rate_bytes_s {self.min_rate:g}")
             self.window_wait, self.window_bytes = 0.0, 0
 
+    def body_read(self, total: int) -> None:
+        """Account a response body read so far; Refused (TooLarge) past `max_bytes`, whatever
+        the server declared (a body without Content-Length is bounded only here)."""
+        if self.max_bytes is not None and total > self.max_bytes:
+            raise self.refuse("TooLarge", f"the server sent more than download.max_filesize_mb "
+                                          f"({self.max_bytes} bytes) in one response; stopped there")
+
     def window_left(self) -> float:
         return self.window_s - self.window_wait if self.min_rate else float("inf")
 
@@ -265,6 +273,28 @@ class _Replay(io.IOBase):
     def close(self) -> None:
         self.rest.close()
         super().close()
+
+
+def _cap_body(response, guard: NetGuard, chunk: int = 1 << 16):
+    """`response` with its body counted as it is read (`NetGuard.body_read`); a whole-body read
+    goes in chunks, so a page without Content-Length cannot fill memory before the count stops
+    it. The read is replaced on the instance: yt-dlp's adapter keeps its own checks of its fp."""
+    read, total = response.read, 0
+
+    def counted(amt: int | None = None) -> bytes:
+        nonlocal total
+        if amt is not None and amt >= 0:
+            data = read(amt)
+            total += len(data)
+            guard.body_read(total)
+            return data
+        parts = []
+        while data := counted(chunk):
+            parts.append(data)
+        return b"".join(parts)
+
+    response.read = counted
+    return response
 
 
 class _Metered:
@@ -373,10 +403,11 @@ class GuardedRH(UrllibRH):
         self.guard.check_url(request.url)
         self.guard.await_host(request.url)
         try:
-            return super()._send(request)
+            response = super()._send(request)
         except HTTPError as e:
             self.guard.answered(request.url, e)
             raise
+        return _cap_body(response, self.guard)
 
 
 class _OwnDownloadersOnly(PostProcessor):

@@ -104,6 +104,17 @@ class Hostile(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.stop.wait(5)
 
+    def route_endless_mp4(self, q):
+        """A video body with no Content-Length that never ends, as fast as the client reads;
+        `sent` counts what went out."""
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        self.end_headers()
+        block = b"\0" * 65536
+        while not self.stop.is_set():
+            self.wfile.write(block)
+            type(self).sent[0] += len(block)
+
     def route_slowheaders(self, q):
         """A status line, then a header that never ends, one byte every 0.2 s."""
         self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Pad: ")
@@ -128,11 +139,11 @@ class Hostile(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def hostile():
     stop = threading.Event()
-    handler = type("H", (Hostile,), {"stop": stop})
+    handler = type("H", (Hostile,), {"stop": stop, "sent": [0]})
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.url, srv.sent = f"http://127.0.0.1:{srv.server_address[1]}", handler.sent
     yield srv
     stop.set()
     srv.shutdown()
@@ -303,6 +314,20 @@ def test_deadline_stops_a_download_that_never_ends(route, hostile, tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_body_without_content_length_is_counted_on_the_wire_and_stopped_at_the_cap(hostile, tmp_path):
+    """Issue 24: with max_filesize_mb 5 a server that omitted Content-Length got 314 MB onto
+    scratch in 0.3 s; yt-dlp checks only the declared size. Now the body is counted as it is
+    read and the download stops at the cap, leaving nothing in scratch."""
+    d = downloader(tmp_path, max_filesize_mb=1, allowed_networks=LOOPBACK_ONLY, deadline_s=60)
+    e = failure(d, cand(hostile.url + "/endless.mp4"))
+    assert e.error_type == "TooLarge", e
+    assert "download.max_filesize_mb" in str(e)
+    # what left the server: the cap plus what loopback socket buffers hold (~10 MB), where it
+    # used to be everything the server could send until the deadline
+    assert hostile.sent[0] < 32 * 1024 * 1024, hostile.sent[0]
+    assert not list((tmp_path / "scratch").glob("t_v1*"))
+
+
 def test_slow_headers_are_too_slow(hostile, tmp_path):
     d = downloader(tmp_path, allowed_networks=LOOPBACK_ONLY, timeout_s=30, min_rate_bytes_s=100, rate_window_s=1)
     assert failure(d, cand(f"{hostile.url}/slowheaders")).error_type == "TooSlow"
