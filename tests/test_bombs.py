@@ -23,8 +23,8 @@ def bombs(tmp_path_factory):
     return write_bombs(tmp_path_factory.mktemp("bombs"), ffmpeg())
 
 
-# the training entries import torch (~15 s a process): slow; the others keep the fast suite's check
-SLOW = {"training_loader", "training_decord"}
+# each entry costs ~15 s of fresh processes: probe and verify keep the fast suite's check
+SLOW = {"training_loader", "training_decord", "ingest_decode", "quality_frames"}
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, marks=pytest.mark.slow) if e in SLOW else e for e in sorted(ENTRIES)])
