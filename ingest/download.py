@@ -183,6 +183,8 @@ class Downloader:
                     raise
                 except Exception as e:
                     self._clear(vkey)
+                    if env := fs.environment_error(e):  # scratch full or read-only: the machine's fault, not the video's
+                        raise env from None
                     delay = self._retry_delay(e, guard, host, attempts, extracted=info is not None)
                     time.sleep(delay)
 
@@ -266,6 +268,8 @@ class Downloader:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except Exception as e:
             self._clear(cand.video_key)
+            if env := fs.environment_error(e):
+                raise env from None
             raise _failed(type(e).__name__, f"cannot copy {cand.path}: {e}") from None
         return Fetched(local, temporary=not self.cfg.keep)
 

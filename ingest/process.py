@@ -85,7 +85,9 @@ class VideoProcessor:
                        else self.downloader.fetch(c))
         except IngestError as e:
             return e.failure(c)
-        except Exception as e:  # a yt-dlp or filesystem surprise must not kill the job
+        except Exception as e:  # a yt-dlp or filesystem surprise must not kill the job …
+            if fs.environment_error(e):  # … but a full or read-only scratch stops it: no video's fault
+                raise
             return failure(c, "download", type(e).__name__, str(e))
         self.count("downloaded")
         try:

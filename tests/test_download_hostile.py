@@ -328,6 +328,29 @@ def test_a_body_without_content_length_is_counted_on_the_wire_and_stopped_at_the
     assert not list((tmp_path / "scratch").glob("t_v1*"))
 
 
+def test_scratch_full_is_the_machines_error_not_the_videos(hostile_tls, tmp_path):
+    """Issue 24: ENOSPC while yt-dlp writes the video reaches the caller as the OSError it is
+    (the ingest stops, as for a full output), not as a failure of the video."""
+    import errno
+    import subprocess
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(scratch)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        assert len(hostile_tls.video) > 64 * 1024
+        d = downloader(tmp_path, allowed_networks=LOOPBACK_ONLY, ytdlp_options={"nocheckcertificate": True})
+        with pytest.raises(OSError) as e:
+            d.fetch(cand(f"{hostile_tls.url}/video.mp4"))
+        from genie_pipeline.shards import fs
+        assert fs.environment_error(e.value).errno == errno.ENOSPC, repr(e.value)
+        assert not isinstance(e.value, IngestError)
+        assert not list(scratch.iterdir())  # the partial file is cleared
+    finally:
+        subprocess.run(["umount", "-l", str(scratch)])
+
+
 def test_slow_headers_are_too_slow(hostile, tmp_path):
     d = downloader(tmp_path, allowed_networks=LOOPBACK_ONLY, timeout_s=30, min_rate_bytes_s=100, rate_window_s=1)
     assert failure(d, cand(f"{hostile.url}/slowheaders")).error_type == "TooSlow"

@@ -204,6 +204,46 @@ def test_disk_full_is_one_line_and_the_output_stays_consistent(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)])
 
 
+@pytest.mark.slow  # two CLI ingests: ~4 min on a loaded 2-core machine; test_download_hostile has the fast check
+def test_scratch_full_during_a_download_stops_the_run_and_no_video_is_blamed(tmp_path):
+    """Issue 24: a 150 KiB tmpfs as download.scratch_dir and videos of ~300 KB served over HTTP.
+    yt-dlp's write fails with ENOSPC: the run stops like an output-side disk full (exit 1, one
+    line), no video is recorded failed, and with space again the same output takes them all.
+    Before, each video was recorded failed ([Errno 28]), the run exited 0 and a rerun skipped them."""
+    import http.server
+    import functools
+    from tests.conftest import serving
+
+    mnt = tmp_path / "scratch"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        for i in range(2):
+            make_video(tmp_path / "v" / f"v{i}.mp4", 17, size="640x360", fps=30)
+        assert min(p.stat().st_size for p in (tmp_path / "v").glob("*.mp4")) > 150 * 1024
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "v"))
+        handler.log_message = lambda *a: None
+        with serving(handler) as srv:
+            cfg = tmp_path / "p.yaml"
+            cfg.write_text(f"sources: [{{type: urls, name: u, urls: ['{srv.url}/v0.mp4', '{srv.url}/v1.mp4']}}]\n"
+                           f"runner: {{running_mode: in_memory}}\n"
+                           f"download: {{scratch_dir: '{mnt}', allowed_networks: ['127.0.0.1/32'], retries: 0}}\n")
+            out = tmp_path / "out"
+            p = _cli("ingest", "-c", str(cfg), "-o", str(out), timeout=300)
+            assert p.returncode == 1, p.stderr[-2000:]
+            assert "Traceback" not in p.stderr, p.stderr[-2000:]
+            assert "no space left on device" in p.stderr.strip().splitlines()[-1], p.stderr[-2000:]
+            assert not (out / "failures").exists() or pq.read_table(out / "failures").num_rows == 0
+            subprocess.run(["umount", "-l", str(mnt)])
+            p = _cli("ingest", "-c", str(cfg), "-o", str(out), timeout=300)
+            assert p.returncode == 0, p.stderr[-2000:]
+            assert pq.read_table(out / "failures").num_rows == 0
+            assert {r["status"] for r in pq.read_table(out / "videos").to_pylist()} == {"done"}
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
+
+
 def test_a_diverged_run_keeps_its_last_finite_checkpoint(tmp_path):
     """A real trainer: one good step and checkpoint, then the weights go non-finite (as an
     overflowing update leaves them): the checkpoint is refused, latest.pt stays the finite one,
