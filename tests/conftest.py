@@ -100,3 +100,16 @@ def serving(handler):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A real tmpfs of `size` (e.g. "100k") mounted at `path` (created) for the block: a disk
+    that fills up. Skips the test where mounting is not allowed (not root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])

@@ -15,7 +15,7 @@ import pytest
 from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.pipeline import run_ingest
 from genie_pipeline.shards.verify import verify
-from tests.conftest import ROOT, ffmpeg, make_video
+from tests.conftest import ROOT, ffmpeg, make_video, small_tmpfs
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -178,11 +178,7 @@ def test_a_pickle_payload_checkpoint_is_refused_in_one_line(tmp_path):
 
 def test_disk_full_is_one_line_and_the_output_stays_consistent(tmp_path):
     """A real 100 KiB tmpfs as the output (needs mount rights, as CI's root has)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "100k") as mnt:
         for i in range(3):
             make_video(tmp_path / "v" / f"v{i}.mp4", 17, size="640x360", fps=30)
         cfg = tmp_path / "p.yaml"
@@ -200,8 +196,6 @@ def test_disk_full_is_one_line_and_the_output_stays_consistent(tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
         assert pq.read_table(mnt / "out" / "manifest").num_rows == 3
         assert pq.read_table(mnt / "out" / "failures").num_rows == 0
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 @pytest.mark.slow  # two CLI ingests: ~4 min on a loaded 2-core machine; test_download_hostile has the fast check
@@ -214,11 +208,7 @@ def test_scratch_full_during_a_download_stops_the_run_and_no_video_is_blamed(tmp
     import functools
     from tests.conftest import serving
 
-    mnt = tmp_path / "scratch"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root)")
-    try:
+    with small_tmpfs(tmp_path / "scratch", "150k") as mnt:
         for i in range(2):
             make_video(tmp_path / "v" / f"v{i}.mp4", 17, size="640x360", fps=30)
         assert min(p.stat().st_size for p in (tmp_path / "v").glob("*.mp4")) > 150 * 1024
@@ -240,8 +230,6 @@ def test_scratch_full_during_a_download_stops_the_run_and_no_video_is_blamed(tmp
             assert p.returncode == 0, p.stderr[-2000:]
             assert pq.read_table(out / "failures").num_rows == 0
             assert {r["status"] for r in pq.read_table(out / "videos").to_pylist()} == {"done"}
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def test_a_diverged_run_keeps_its_last_finite_checkpoint(tmp_path):
