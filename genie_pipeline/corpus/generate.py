@@ -2,9 +2,12 @@
 
     python -m genie_pipeline.corpus.generate --out DIR [--seed N] [--size small|full|quality]
 
-`quality` is a corpus for measuring the quality classifier rather than the ingest: one clean
-and one degraded 17 s video for each of 30 Atari games, so a benchmark can hold out whole
-games (a classifier that learned which games look "bad" fails that test).
+`quality` is a corpus for measuring the quality classifier rather than the ingest: for each
+of 30 Atari games (and CoinRun where procgen imports) 3 clean and 5 degraded 33 s videos, for
+each of 3 robot arms (Kuka, Panda, xArm6) 4 clean and 9 degraded, the 12 degradations of
+degrade.py taken in turn: 287 videos, 574 labelled 16 s clips after ingest, so a benchmark can
+hold out whole games (a classifier that learned which games look "bad" fails that test). Its
+videos are 320x180 at 15 FPS (the ingest keeps 160x90 at 10 FPS) and have no actions sidecar.
 
 Layout of the output directory::
 
@@ -140,20 +143,45 @@ QUALITY_GAMES = list(ATARI_TITLES) + [
     "venture", "krull", "tutankham", "kung_fu_master"]
 DEGRADATIONS = ("static_menu", "webcam_overlay", "slideshow", "blur", "black", "letterbox", "rapid_cuts")
 
+# The quality corpus: every game (30 Atari + CoinRun when procgen imports) and robot setup gets
+# clean videos and degraded ones, the degradations of degrade.KINDS taken in turn. 33 s videos
+# at 15 FPS, 320x180: two 16 s clips each after ingest (160x90, 10 FPS, the frames the
+# classifier sees), a fraction of the rendering cost of 640x360 at 30 FPS.
+QUALITY_SECONDS, QUALITY_FPS, QUALITY_W, QUALITY_H = 33, 15, 320, 180
+QUALITY_CLEAN, QUALITY_DEGRADED = 3, 5  # videos per game
+ROBOT_CLEAN, ROBOT_DEGRADED = 4, 9  # videos per robot setup
+ROBOT_TITLES = {"kuka": "KUKA iiwa", "panda": "Franka Panda", "xarm": "UFactory xArm6"}
 
-def quality_plan() -> list[dict]:
-    """Per game: one clean video and one degraded one, the degradations taken in turn (each
-    used 4-5 times, on different games). Montages (slideshow, rapid cuts) mix the game with
-    the next three in the list."""
+
+def quality_plan(procgen: bool = False) -> list[dict]:
+    """Per game / robot setup: clean videos and degraded ones, the degradations of
+    degrade.KINDS taken in turn across all of them (each used on many sources, platformers
+    and robots alike). Montages (slideshow, rapid cuts) mix the source with the next three of
+    its family (games with games, arms with arms)."""
+    from .degrade import KINDS, MONTAGES, ROBOTS
+
     S = []
-    n = len(QUALITY_GAMES)
-    for i, g in enumerate(QUALITY_GAMES):
-        name = ATARI_TITLES.get(g, g.replace("_", " ").title())
-        S.append(_spec("clean", f"{name} (Atari 2600) gameplay", 17, game=g))
-        how = DEGRADATIONS[i % len(DEGRADATIONS)]
-        extra = {"games": [QUALITY_GAMES[(i + j) % n] for j in range(4)]} if how in ("slideshow", "rapid_cuts") else {}
-        S.append(_spec(how, f"{name} (Atari 2600) gameplay - {how.replace('_', ' ')}", 17, game=g,
-                       quality="bad", **extra))
+    games = QUALITY_GAMES + (["coinrun"] if procgen else [])
+    turn = 0
+    for family, members, n_clean, n_bad in (("game", games, QUALITY_CLEAN, QUALITY_DEGRADED),
+                                            ("robot", list(ROBOTS), ROBOT_CLEAN, ROBOT_DEGRADED)):
+        for i, g in enumerate(members):
+            if family == "robot":
+                name, what = ROBOT_TITLES[g], "robot arm episode"
+                common = dict(kind="robot", keyword_set="robot", renderer="pybullet")
+            else:
+                name = "CoinRun" if g == "coinrun" else ATARI_TITLES.get(g, g.replace("_", " ").title())
+                what = "(procgen) gameplay" if g == "coinrun" else "(Atari 2600) gameplay"
+                common = dict(renderer="procgen" if g == "coinrun" else "ale")
+            common.update(duration=QUALITY_SECONDS, game=g, degrade=True, width=QUALITY_W, height=QUALITY_H, fps=QUALITY_FPS)
+            for k in range(n_clean):
+                S.append(_spec("clean", f"{name} {what} part {k + 1}", **common))
+            for _ in range(n_bad):
+                how = KINDS[turn % len(KINDS)]
+                turn += 1
+                extra = {"games": [members[(i + j) % len(members)] for j in range(min(4, len(members)))]} \
+                    if how in MONTAGES else {}
+                S.append(_spec(how, f"{name} {what} - {how.replace('_', ' ')}", quality="bad", **common, **extra))
     return S
 
 
@@ -162,7 +190,7 @@ def plan(size: str = "full", procgen: bool = False) -> list[dict]:
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
     if size == "quality":
-        return _finish_plan(quality_plan())
+        return _finish_plan(quality_plan(procgen))
     small = size == "small"
     S = []
     # -- clean gameplay, several formats
@@ -479,6 +507,11 @@ def _render_one(spec: dict, out_dir: str) -> dict:
         else:
             E.garble_mdat(src, path, spec["seed"])
         src.unlink()
+    elif spec.get("degrade"):  # the quality corpus: any source through any degradation, no actions
+        from .degrade import render
+
+        render(spec, path)
+        res["probe"] = E.probe(path)
     else:
         actions = _render_video(spec, path)
         res["probe"] = E.probe(path)

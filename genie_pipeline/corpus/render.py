@@ -239,7 +239,7 @@ class CoinRunAgent:
 
 # ------------------------------------------------------------------------------- robots
 class ArmSim:
-    """A Kuka iiwa or Franka Panda arm reaching random targets over a table of cubes."""
+    """A Kuka iiwa, Franka Panda or UFactory xArm6 arm reaching random targets over a table of cubes."""
 
     def __init__(self, robot: str, seed: int, width: int = 320, height: int = 180):
         import pybullet_data
@@ -274,6 +274,11 @@ class ArmSim:
             rest = [0, -0.3, 0, -2.2, 0, 2.0, 0.8]
             for j, q in zip(self.joints, rest):
                 p.resetJointState(self.arm, j, q, physicsClientId=c)
+        elif robot == "xarm":
+            self.arm = p.loadURDF("xarm/xarm6_robot.urdf", [0, 0, 0], useFixedBase=True, physicsClientId=c)
+            self.ee = 6
+            self.joints = [1, 2, 3, 4, 5, 6]
+            self.fingers = []
         else:
             raise ValueError(robot)
         self.robot = robot
