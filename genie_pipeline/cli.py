@@ -163,6 +163,21 @@ def cmd_train_quality(args, _) -> int:
     return 0
 
 
+def cmd_pretrain_quality(args, _) -> int:
+    from genie_pipeline.filtering.quality.pretrain import pretrain_backbone
+    from genie_pipeline.shards.reader import ClipIndex
+
+    cfg = _config(args)
+    q = cfg.filters.quality
+    input_dir = args.input or cfg.output.dir
+    q = q.model_copy(update={"pretrain_steps": q.pretrain_steps or 300})
+    m = pretrain_backbone(ClipIndex.open(input_dir), args.out, q, progress=not args.no_progress)
+    print(f"wrote {args.out}: {m['steps']} steps on {m['clips']} clips, loss {m['loss_first']:.3f} -> "
+          f"{m['loss_last']:.3f} (chance {m['chance_loss']:.3f}) in {m['seconds']:.0f} s; "
+          f"use it with --set filters.quality.weights={args.out}")
+    return 0
+
+
 def _quality_summary(meta: dict) -> str:
     which = "test" if "test" in meta["metrics"] else "val"
     m = meta["metrics"][which]
@@ -445,6 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="MODEL.pt",
                    help="model file to write, local or gs://, s3:// (MODEL.json and pictures beside it; "
                         "default filters.quality.model, else INPUT/quality/model.pt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = command("pretrain-quality", cmd_pretrain_quality, "self-supervised pretraining of the quality classifier's "
+                "ResNet18 on unlabelled clips (filters.quality.pretrain_*; default 300 steps) -> a weights file")
+    p.add_argument("input", nargs="?", default=None,
+                   help="ingest output directory or folder of mp4 clips (default: output.dir)")
+    p.add_argument("--out", required=True, metavar="WEIGHTS.pt", help="backbone weights to write (local or gs://, s3://)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = command("refilter", cmd_refilter, "re-apply the quality threshold (filters.quality.threshold, else "

@@ -65,6 +65,13 @@ class QualityConfig(Section):
     augment: bool = True
     train_frame_pool: int = Field(default=10, ge=1, description="frames decoded per training clip; each step "
                                   "takes K of them near the scoring positions (P=10: every keyframe of a clip)")
+    # self-supervised pretraining (filtering/quality/pretrain.py): train-quality first trains the
+    # trunk contrastively on the input's clips, labelled or not, starting from `weights` when given
+    pretrain_steps: int = Field(default=0, ge=0, description="contrastive pretraining steps before fine-tuning (0: off)")
+    pretrain_clips: int = Field(default=2000, ge=4, description="unlabelled clips pretraining draws from (at most)")
+    pretrain_batch_size: int = Field(default=32, ge=2, description="clips per pretraining step (two views each)")
+    pretrain_learning_rate: float = Field(default=1e-3, gt=0)
+    pretrain_temperature: float = Field(default=0.2, gt=0, description="NT-Xent temperature")
     val_fraction: float = Field(default=0.2, ge=0, lt=1, description="videos for early stopping and the threshold")
     test_fraction: float = Field(default=0.2, ge=0, lt=1, description="held-out videos, reported only")
     seed: int = 0

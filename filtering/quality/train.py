@@ -103,9 +103,17 @@ def train_quality(index: ClipIndex, labels: dict[str, str], out_path: str | os.P
         fs.check_writable(str(out_path).rsplit("/", 1)[0])
     t_start = time.time()
     data = split_labels(index, check_labels(labels, index, label_source, ignore_missing), qcfg, split)
+    pretrained = None
+    if qcfg.pretrain_steps:  # learn from every clip of the input first, labelled or not
+        from genie_pipeline.filtering.quality.pretrain import pretrain_backbone
+
+        w = os.path.splitext(str(out_path))[0] + "_pretrained.pt"
+        pretrained = pretrain_backbone(index, w, qcfg, progress=progress)
+        qcfg = qcfg.model_copy(update={"weights": w})
     frames, pool = sample_clips(index, data, qcfg, progress)
     model, history, best_epoch = fit(data, frames, pool, qcfg, progress)
-    training = {"seconds": round(time.time() - t_start, 2), "epochs_run": len(history), "best_epoch": best_epoch}
+    training = {"seconds": round(time.time() - t_start, 2), "epochs_run": len(history), "best_epoch": best_epoch,
+                "pretrained": pretrained}
     ev = evaluate(model, data, frames, qcfg, history)
     return write_model(model, out_path, data, ev, qcfg, training, label_source, index.root)
 
