@@ -131,11 +131,24 @@ def cmd_label(args, _) -> int:
             print(f"imported {n} new labels from {args.import_} into {store.path}")
         else:
             serve_labels(index, store, host=args.host, port=args.port, token=args.token, target=args.target,
-                         seed=args.seed, resample=args.resample,
-                         labeller=args.labeller if args.labeller is not None else default_labeller())
+                         seed=args.seed, resample=args.resample or args.active,
+                         labeller=args.labeller if args.labeller is not None else default_labeller(),
+                         active=_active(cfg.filters.quality, index, store) if args.active else None)
         return 0
     finally:
         store.close()
+
+
+def _active(q, index, store) -> dict:
+    """label --active: the margins of the clips nobody has labelled yet under filters.quality.model."""
+    from genie_pipeline.filtering.quality import load_labels, resolve_labels
+    from genie_pipeline.filtering.quality.score import uncertainty
+
+    if not q.model:
+        raise ConfigError("filters.quality.model", "--active needs a model to ask (train-quality first)")
+    done = set(resolve_labels(load_labels(str(store.path))))
+    keys = [k for k in index.clips if k not in done]
+    return {"margin": uncertainty(index, q.model, keys), "share": q.active_share, "model": q.model}
 
 
 def cmd_train_quality(args, _) -> int:
@@ -436,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=int, default=1000, help="clips in the labelling sample (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--resample", action="store_true", help="draw a new sample (labels are kept)")
+    p.add_argument("--active", action="store_true",
+                   help="draw a new sample, filters.quality.active_share of it the unlabelled clips "
+                        "filters.quality.model is least sure of (labels are kept)")
     p.add_argument("--labeller", default=None, help="default labeller name shown on the page (default: login name)")
     p.add_argument("--export", metavar="FILE", default=None,
                    help="write the labels to FILE (.parquet, or .json for Label Studio) and exit")

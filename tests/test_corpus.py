@@ -201,7 +201,7 @@ def test_every_quality_degradation_renders_what_it_says(tmp_path, source):
     col = chat[:, :, -100:]  # the chat column on the right: dark, with bright text rows
     assert np.median(col) < 70 and 0.03 < (col.min(axis=3) >= 150).mean() < 0.5
     blocks = frames("compression")[0]
-    assert (blocks[::8, ::8] == blocks[7::8, 7::8]).all()  # 8x8 blocks of one colour
+    assert (blocks[::8, ::8] == blocks[7::8, 7::8]).all()  # 8x8 blocks of one colour at 320x180
     fade = np.stack(list(D.frames({**spec("fade"), "duration": 10}, np.random.default_rng(0)))).astype(np.int16)
     dark = fade.mean(axis=(1, 2, 3)) < 3
     assert 0.2 < dark.mean() < 0.8

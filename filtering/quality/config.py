@@ -40,6 +40,8 @@ class QualityConfig(Section):
 
     # ----------------------------------------------------------------------- labelling
     labels_db: str | None = None  # what `label` writes and train-quality reads (default OUT/labels.sqlite)
+    # `label --active`: this share of the sample are the clips `model` is least sure of (the rest stratified)
+    active_share: float = Field(default=0.5, ge=0, le=1)
 
     # ------------------------------------------------------------------------ training
     arch: Literal["resnet18", "timm-resnet18"] = "resnet18"

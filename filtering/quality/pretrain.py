@@ -29,7 +29,7 @@ from torch import nn
 
 from genie_pipeline.filtering.quality.config import QualityConfig
 from genie_pipeline.filtering.quality.errors import QualityError
-from genie_pipeline.filtering.quality.model import metadata_path
+from genie_pipeline.filtering.quality.model import metadata_path, resolve_device
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.reader import ClipIndex
 
@@ -56,9 +56,10 @@ def pretrain_backbone(index: ClipIndex, out_path: str | os.PathLike, qcfg: Quali
     torch.manual_seed(qcfg.seed)
     gen = torch.Generator().manual_seed(qcfg.seed)
     frames = _frames_for(index, keys, FRAMES_PER_CLIP, progress)  # (N, F, H, W, 3) uint8
-    model = _new_model(qcfg)
+    device = resolve_device(qcfg.device)  # a GPU where usable (filters.quality.device), else the CPU
+    model = _new_model(qcfg).to(device)
     model.train()
-    proj = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, PROJ_DIM))
+    proj = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, PROJ_DIM)).to(device)
     params = list(model.backbone.parameters()) + list(proj.parameters())
     opt = torch.optim.AdamW(params, lr=qcfg.pretrain_learning_rate, weight_decay=qcfg.weight_decay)
     sched = _one_cycle(opt, qcfg.pretrain_steps)
@@ -70,7 +71,7 @@ def pretrain_backbone(index: ClipIndex, out_path: str | os.PathLike, qcfg: Quali
         i = rng.integers(0, FRAMES_PER_CLIP, bs)
         j = (i + rng.integers(1, FRAMES_PER_CLIP, bs)) % FRAMES_PER_CLIP  # another frame of the clip
         pair = torch.from_numpy(np.concatenate([frames[b, i], frames[b, j]]))  # (2B, H, W, 3)
-        x = ssl_augment(model.normalize(pair), gen)
+        x = ssl_augment(model.normalize(pair.to(device)), gen)
         if qcfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         loss = nt_xent(proj(model.features(x)), qcfg.pretrain_temperature)
@@ -82,7 +83,7 @@ def pretrain_backbone(index: ClipIndex, out_path: str | os.PathLike, qcfg: Quali
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
-    state = {n: t for n, t in model.backbone.state_dict().items() if not n.startswith("fc.")}
+    state = {n: t.cpu() for n, t in model.backbone.state_dict().items() if not n.startswith("fc.")}
     buf = io.BytesIO()
     torch.save(state, buf)
     fs.write_bytes(str(out_path), buf.getvalue())
@@ -91,7 +92,7 @@ def pretrain_backbone(index: ClipIndex, out_path: str | os.PathLike, qcfg: Quali
             "clips": len(keys), "steps": qcfg.pretrain_steps, "batch_size": bs,
             "temperature": qcfg.pretrain_temperature, "started_from": qcfg.weights,
             "loss_first": float(np.mean(losses[:head])), "loss_last": float(np.mean(losses[-head:])),
-            "chance_loss": math.log(2 * bs - 1), "seconds": round(time.time() - t0, 1),
+            "chance_loss": math.log(2 * bs - 1), "seconds": round(time.time() - t0, 1), "device": device,
             "input_dir": str(index.root)}
     fs.write_bytes(metadata_path(out_path), (json.dumps(meta, indent=1) + "\n").encode())
     return meta
@@ -113,18 +114,18 @@ def ssl_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     (no crops below a quarter of the frame): a small window in a black frame must stay one."""
     n, _, h, w = x.shape
     out = torch.empty_like(x)
-    s = 0.5 + 0.5 * torch.rand(n, 2, generator=gen)
+    s = 0.5 + 0.5 * torch.rand(n, 2, generator=gen)  # draws on the CPU generator, applied where x is
     for k in range(n):
         ch, cw = max(8, int(h * s[k, 0])), max(8, int(w * s[k, 1]))
         y0 = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
         x0 = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
         out[k] = F.interpolate(x[k:k + 1, :, y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear",
                                align_corners=False)[0]
-    flip = torch.rand(n, generator=gen) < 0.5
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
     out = torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
-    grey = (torch.rand(n, generator=gen) < 0.2).view(n, 1, 1, 1)
+    grey = (torch.rand(n, generator=gen) < 0.2).view(n, 1, 1, 1).to(x.device)
     out = torch.where(grey, out.mean(1, keepdim=True).expand_as(out), out)
-    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6
-    b = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6
+    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen).to(x.device) - 0.5) * 0.6
+    b = (torch.rand(n, 1, 1, 1, generator=gen).to(x.device) - 0.5) * 0.6
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     return (out - mean) * c + mean + b

@@ -49,6 +49,18 @@ def score_clips(model: QualityNet, clips: Iterable[np.ndarray], batch_size: int 
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def uncertainty(index, model_path: str, keys: list[str], threshold: float | None = None) -> dict[str, float]:
+    """Active labelling's margin per clip: |score - threshold| under the model at `model_path`
+    (its stored threshold unless given), the clips scored outside Beam, streamed."""
+    from genie_pipeline.filtering.quality.model import load_quality_model
+
+    model, meta = load_quality_model(model_path, bf16="off")
+    t = float(meta["threshold"]) if threshold is None else threshold
+    k = meta["model_params"]["frames_per_clip"]
+    s = score_clips(model, (sample_frames(index.read(key), k) for key in keys))
+    return {key: abs(float(v) - t) for key, v in zip(keys, s)}
+
+
 # ----------------------------------------------------------------------- the Beam stage
 def default_torch_threads(processes: int | None) -> int:
     """Torch threads per SDK process: this machine's cores shared among the `processes` that

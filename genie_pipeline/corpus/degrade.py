@@ -8,8 +8,8 @@ What each degradation looks like, and how much of the frame it covers (README "T
 corpus" has the same table for users to compare with their footage):
 
     clean           the footage, stretched to the frame (CoinRun: fitted, black side bars)
-    compression     whole frame: 8x8-pixel blocks of one colour, 12 colour levels, encoded at
-                    crf 51 (the mush of a starved bitrate; at 160x90 still 4x4 blocks)
+    compression     whole frame: blocks of one colour (a 40th of the width: 4x4 px at 160x90),
+                    12 colour levels, encoded at crf 51 (the mush of a starved bitrate)
     static_menu     whole frame: the game's title screen (an arm: its first camera frame)
                     held, with +-1 grey level of noise
     map_screen      a frozen game frame, dimmed, under a menu panel of 60% x 70% of the frame
@@ -80,8 +80,10 @@ class Footage:
             self.arm.close()
 
 
-def _blocky(rgb: np.ndarray, width: int, height: int, block: int = 8, levels: int = 12) -> np.ndarray:
+def _blocky(rgb: np.ndarray, width: int, height: int, levels: int = 12) -> np.ndarray:
     from .encode import resize_rgb
+
+    block = max(2, width // 40)  # 8 px at 320 wide, 4 px at 160: what is left at 160x90 either way
 
     small = resize_rgb(rgb, width // block, height // block, "AREA")
     step = 256 // levels

@@ -4,10 +4,10 @@
 
 `quality` is a corpus for measuring the quality classifier rather than the ingest: for each
 of 30 Atari games (and CoinRun where procgen imports) 3 clean and 5 degraded 33 s videos, for
-each of 3 robot arms (Kuka, Panda, xArm6) 4 clean and 9 degraded, the 12 degradations of
-degrade.py taken in turn: 287 videos, 574 labelled 16 s clips after ingest, so a benchmark can
+each of 3 robot arms (Kuka, Panda, xArm6) 2 clean and 6 degraded, the 12 degradations of
+degrade.py taken in turn: 272 videos, 544 labelled 16 s clips after ingest, so a benchmark can
 hold out whole games (a classifier that learned which games look "bad" fails that test). Its
-videos are 320x180 at 15 FPS (the ingest keeps 160x90 at 10 FPS) and have no actions sidecar.
+videos are 160x90 at 15 FPS (the ingest keeps 160x90 at 10 FPS) and have no actions sidecar.
 
 Layout of the output directory::
 
@@ -145,11 +145,11 @@ DEGRADATIONS = ("static_menu", "webcam_overlay", "slideshow", "blur", "black", "
 
 # The quality corpus: every game (30 Atari + CoinRun when procgen imports) and robot setup gets
 # clean videos and degraded ones, the degradations of degrade.KINDS taken in turn. 33 s videos
-# at 15 FPS, 320x180: two 16 s clips each after ingest (160x90, 10 FPS, the frames the
-# classifier sees), a fraction of the rendering cost of 640x360 at 30 FPS.
-QUALITY_SECONDS, QUALITY_FPS, QUALITY_W, QUALITY_H = 33, 15, 320, 180
+# at 15 FPS, 160x90 (the size the ingest keeps and the classifier sees): two 16 s clips each
+# after ingest, at a tenth of the rendering cost of 640x360 at 30 FPS.
+QUALITY_SECONDS, QUALITY_FPS, QUALITY_W, QUALITY_H = 33, 15, 160, 90
 QUALITY_CLEAN, QUALITY_DEGRADED = 3, 5  # videos per game
-ROBOT_CLEAN, ROBOT_DEGRADED = 4, 9  # videos per robot setup
+ROBOT_CLEAN, ROBOT_DEGRADED = 2, 6  # videos per robot setup (an arm renders ~10x slower than a game)
 ROBOT_TITLES = {"kuka": "KUKA iiwa", "panda": "Franka Panda", "xarm": "UFactory xArm6"}
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from genie_pipeline.filtering.quality.errors import QualityError
-from genie_pipeline.filtering.quality.label.sample import stratified_sample
+from genie_pipeline.filtering.quality.label.sample import active_sample, stratified_sample
 from genie_pipeline.filtering.quality.label.store import VALID, LabelStore
 from genie_pipeline.shards.httpgate import GatedHTTPServer, Rejected, RequestHandler, check_exposure
 from genie_pipeline.shards.reader import ClipIndex
@@ -73,15 +73,22 @@ class LabelApp:
         self._strip_cache: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def prepare_sample(self, seed: int = 0, resample: bool = False) -> list[str]:
-        """The stored sample when it was drawn for this input and target, else a new one."""
-        spec = json.dumps({"input": str(self._root), "target": self.target, "seed": seed})
+    def prepare_sample(self, seed: int = 0, resample: bool = False, active: dict[str, Any] | None = None) -> list[str]:
+        """The stored sample when it was drawn for this input and target, else a new one.
+        `active` ({"margin": {key: |score - threshold|}, "share": s, "model": path}): a share
+        of the new sample are the clips the model is least sure of (sample.active_sample)."""
+        spec = json.dumps({"input": str(self._root), "target": self.target, "seed": seed,
+                           **({"active": active["model"]} if active else {})})
         old = self.store.sample()
         if old and not resample and self.store.get_meta("sample_spec") == spec:
             rows = [r for r in old if self.servable(r["key"])]
             if rows:
                 return self._use_sample(rows)
-        picked = stratified_sample([c for c in self.index.clips.values() if self.servable(c.key)], self.target, seed)
+        servable = [c for c in self.index.clips.values() if self.servable(c.key)]
+        if active:
+            picked = active_sample(servable, self.target, active["margin"], active["share"], seed)
+        else:
+            picked = stratified_sample(servable, self.target, seed)
         self.store.upsert_clips(picked)
         self.store.set_sample([c.key for c in picked])
         self.store.set_meta("sample_spec", spec)
@@ -283,12 +290,12 @@ def default_labeller() -> str:
 
 
 def serve_labels(index: ClipIndex, store: LabelStore, *, host: str, port: int, token: str | None, target: int,
-                 seed: int, resample: bool, labeller: str) -> None:
+                 seed: int, resample: bool, labeller: str, active: dict[str, Any] | None = None) -> None:
     """Serve the labelling page for a sample of `index`'s clips until Ctrl-C. A host other
     than the loopback needs a token (QualityError naming --token otherwise); an address that
     cannot be bound is a QualityError naming --host/--port."""
     app = LabelApp(index, store, target=target, token=token, labeller_default=labeller)
-    keys = app.prepare_sample(seed=seed, resample=resample)
+    keys = app.prepare_sample(seed=seed, resample=resample, active=active)
     try:
         srv = make_server(app, host, port)
     except PermissionError as e:
