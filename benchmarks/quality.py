@@ -19,6 +19,13 @@
    inference): the scoring share (goal <= 25%) and clips scored per CPU second.
 4. The same clips through the model outside Beam, one thread: fp32 vs channels_last vs
    bf16 autocast, K = 2/4/8 frames — clips per CPU second for each.
+5. (--label-efficiency) held-out-games ROC-AUC against 50/100/200/500 labels, random vs
+   active labelling, stats-only baseline vs scratch trunk vs self-supervised pretrained trunk,
+   and per bad kind (quality_labels.py); with --pretrain-steps > 0 the fine-tuned
+   cross-validation (2b) is run twice, from scratch and from the pretrained trunk.
+
+`--stages` picks what runs (default all: train,cv,cost,variants; add `labels` for 5). On the
+quality corpus alone: `--seeds '' --quality-seeds 0`.
 """
 from __future__ import annotations
 
@@ -210,6 +217,21 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
             "recall_at_threshold": tp / (tp + fn) if tp + fn else None, "by_kind": by_kind, "per_fold": per_fold}
 
 
+def corpus_summary(index, labels: dict[str, str], rows: dict[str, dict], args, seeds, qseeds) -> dict:
+    vids = {index[k].video_id for k in labels}
+    return {"size": args.size, "seeds": seeds, "quality_seeds": qseeds, "group": args.group, "clips": len(labels),
+            "good": sum(v == "good" for v in labels.values()), "bad": sum(v == "bad" for v in labels.values()),
+            "videos": len(vids), "games": len({rows[v]["game"] for v in vids if rows[v]["kind"] == "game"}),
+            "robot_setups": len({rows[v]["game"] for v in vids if rows[v]["kind"] == "robot"}),
+            "clips_by_kind": {k: sum(rows[index[c].video_id]["made_how"] == k for c in labels)
+                              for k in sorted({rows[v]["made_how"] for v in vids})}}
+
+
+def _write(out: str, result: dict) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="full", choices=["small", "full"])
@@ -225,6 +247,12 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--folds", type=int, default=4, help="cross-validation folds (0: skip)")
     ap.add_argument("--cv-group", choices=["game", "video"], default="game", help="what cross-validation holds out")
+    ap.add_argument("--stages", default="train,cv,cost,variants",
+                    help="comma-separated: train (2), cv (2b), cost (3), variants (4), labels (5); train, cost and "
+                         "variants run together")
+    ap.add_argument("--pretrain-steps", type=int, default=0, help="self-supervised steps for 5 and 2b (0: none)")
+    ap.add_argument("--pretrain-batch", type=int, default=32)
+    ap.add_argument("--label-seeds", type=int, default=3, help="repetitions of the label-efficiency draws")
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     args = ap.parse_args()
@@ -242,21 +270,52 @@ def main() -> int:
     dirs = corpora(seeds, args.size, Path(args.corpus_base), qseeds)
     sources, ref, rows = catalogs(dirs, work, args.group)
 
-    print("1. ingest, quality off", file=sys.stderr, flush=True)
-    off_cpu, off_stats = ingest(sources, work / "off")
+    if (work / "off" / "stats.json").exists():  # --work of an earlier run: its ingest is reused
+        print("1. ingest: reusing", work / "off", file=sys.stderr, flush=True)
+        off_cpu = float((work / "off_cpu_s.txt").read_text())
+    else:
+        print("1. ingest, quality off", file=sys.stderr, flush=True)
+        off_cpu, off_stats = ingest(sources, work / "off")
+        (work / "off_cpu_s.txt").write_text(f"{off_cpu}\n")
+        print(f"   {off_cpu:.0f} CPU-s", file=sys.stderr, flush=True)
 
-    print("2. train from reference labels", file=sys.stderr, flush=True)
+    stages = set(args.stages.split(","))
     torch.set_num_threads(1)
     labels = resolve_labels(reference_labels(str(work / "off"), str(ref)))
     qcfg = QualityConfig(frames_per_clip=args.frames, epochs=args.epochs, patience=args.patience,
                          steps_per_epoch=args.steps_per_epoch, torch_threads=1)
-    model = work / "model" / "model.pt"
-    meta = train_quality(ClipIndex.open(work / "off"), labels, model, qcfg, label_source=str(ref))
+    index = ClipIndex.open(work / "off")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+              "corpus": corpus_summary(index, labels, rows, args, seeds, qseeds)}
+    le = None
+    if "labels" in stages:
+        from quality_labels import label_efficiency
 
-    cv = None
-    if args.folds > 1:
+        print("5. label efficiency", file=sys.stderr, flush=True)
+        le = label_efficiency(index, labels, rows, work, pretrain_steps=args.pretrain_steps, folds=args.folds,
+                              seeds=args.label_seeds, pretrain_batch_size=args.pretrain_batch)
+        result["label_efficiency"] = le
+        _write(args.out, result)
+    if "cv" in stages and args.folds > 1:
         print(f"2b. {args.folds}-fold cross-validation by {args.cv_group}", file=sys.stderr, flush=True)
-        cv = cross_validate(ClipIndex.open(work / "off"), labels, args.folds, qcfg, work / "cv", rows, args.cv_group)
+        result["cross_validation"] = cv = cross_validate(index, labels, args.folds, qcfg, work / "cv", rows,
+                                                         args.cv_group)
+        _write(args.out, result)
+        if le is not None:
+            print("2b. again, fine-tuned from the pretrained trunk", file=sys.stderr, flush=True)
+            pq = qcfg.model_copy(update={"weights": str(work / "pretrained.pt")})
+            result["cross_validation_pretrained"] = cross_validate(index, labels, args.folds, pq, work / "cvp", rows,
+                                                                   args.cv_group)
+            _write(args.out, result)
+    if not {"train", "cost", "variants"} & stages:
+        print(json.dumps({k: v for k, v in result.items() if k != "machine"})[:4000])
+        return 0
+
+    print("2. train from reference labels", file=sys.stderr, flush=True)
+    model = work / "model" / "model.pt"
+    meta = train_quality(index, labels, model, qcfg, label_source=str(ref))
+    cv = result.get("cross_validation")
 
     print("3. ingest with score_only", file=sys.stderr, flush=True)
     on_cpu, on_stats = ingest(sources, work / "scored",
@@ -269,12 +328,8 @@ def main() -> int:
     var = variants(str(model), work / "scored")
 
     test, val = meta["metrics"].get("test", {}), meta["metrics"]["val"]
-    result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "corpus": {"size": args.size, "seeds": seeds, "quality_seeds": qseeds, "group": args.group, "clips": len(labels),
-                   "good": sum(v == "good" for v in labels.values()), "bad": sum(v == "bad" for v in labels.values()),
-                   "videos": meta["labels"]["n_videos"], "split_videos": {k: len(v) for k, v in meta["split"].items()}},
+    result["corpus"]["split_videos"] = {k: len(v) for k, v in meta["split"].items()}
+    result.update({
         "accuracy": {
             "held_out_test": {k: test.get(k) for k in ("n", "n_good", "n_bad", "roc_auc", "average_precision",
                                                         "precision", "recall", "kept_fraction")},
@@ -301,9 +356,8 @@ def main() -> int:
                     "(noisier: two runs on a shared machine)",
         },
         "variants": var,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    })
+    _write(args.out, result)
     a, c = result["accuracy"]["held_out_test"], result["cost"]
     print(json.dumps({"held_out_roc_auc": a["roc_auc"], "precision": a["precision"], "recall": a["recall"],
                       "cv_roc_auc": cv and cv["roc_auc_pooled"],

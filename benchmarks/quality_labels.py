@@ -99,7 +99,7 @@ def label_curve(x: np.ndarray, y: np.ndarray, unit: np.ndarray, video: np.ndarra
                 preds["random"][n][test] = _fit_predict(x[lab], y[lab], x[test])
             lab = start
             for n in sizes:  # active: grow the labelled set round by round
-                if n > len(lab):
+                if min(n, len(pool)) > len(lab):
                     rest = np.setdiff1d(pool, lab)
                     p = _fit_predict(x[lab], y[lab], x[rest])
                     margin = {str(i): abs(float(v) - 0.5) for i, v in zip(rest, p)}
@@ -134,7 +134,8 @@ def per_kind(x: np.ndarray, y: np.ndarray, unit: np.ndarray, kinds: np.ndarray, 
 
 
 def label_efficiency(index, labels: dict[str, str], rows: dict[str, dict], work: Path, *, pretrain_steps: int,
-                     folds: int = 4, seeds: int = 3, torch_threads: int = 1) -> dict[str, Any]:
+                     folds: int = 4, seeds: int = 3, torch_threads: int = 1, sizes=SIZES,
+                     pretrain_batch_size: int = 32) -> dict[str, Any]:
     import time
 
     import torch
@@ -150,7 +151,8 @@ def label_efficiency(index, labels: dict[str, str], rows: dict[str, dict], work:
     kinds = np.array([r["made_how"] for r in row])
     y = np.array([labels[k] == "good" for k in keys], int)
     t0 = time.time()
-    qcfg = QualityConfig(pretrain_steps=pretrain_steps, torch_threads=torch_threads)
+    qcfg = QualityConfig(pretrain_steps=pretrain_steps, pretrain_batch_size=pretrain_batch_size,
+                         torch_threads=torch_threads)
     pre = pretrain_backbone(index, work / "pretrained.pt", qcfg, progress=False)
     pre_s = time.time() - t0
     t0 = time.time()
@@ -162,11 +164,11 @@ def label_efficiency(index, labels: dict[str, str], rows: dict[str, dict], work:
             "pretrained": np.concatenate([pretrained["stats"], pretrained["emb"]], 1)}
     curves, kinds_auc = {}, {}
     for name, x in sets.items():
-        curves[name] = label_curve(x, y, unit, vid, folds, seeds)
+        curves[name] = label_curve(x, y, unit, vid, folds, seeds, sizes)
         kinds_auc[name] = per_kind(x, y, unit, kinds, folds)
         print(f"  {name}: {curves[name]}  per kind {kinds_auc[name]}", file=sys.stderr, flush=True)
     return {"protocol": "frozen trunk + logistic regression on clip features (module docstring)",
             "clips": len(keys), "good": int(y.sum()), "bad": int(len(y) - y.sum()), "units": len(set(unit.tolist())),
-            "folds": folds, "seeds": seeds, "sizes": list(SIZES),
+            "folds": folds, "seeds": seeds, "sizes": list(sizes),
             "pretraining": {**pre, "wall_s": round(pre_s, 1)}, "feature_wall_s": round(feat_s, 1),
             "auc": curves, "per_kind_all_labels": kinds_auc}

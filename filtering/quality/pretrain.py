@@ -30,6 +30,7 @@ from torch import nn
 from genie_pipeline.filtering.quality.config import QualityConfig
 from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.model import metadata_path, resolve_device
+from genie_pipeline.filtering.quality.trainkit import _bar, _frames_for, _new_model, _one_cycle
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.reader import ClipIndex
 
@@ -42,8 +43,6 @@ def pretrain_backbone(index: ClipIndex, out_path: str | os.PathLike, qcfg: Quali
     """Pretrain on up to `qcfg.pretrain_clips` clips of `index` (all of them, labelled or
     not, unless `keys`) for `qcfg.pretrain_steps` steps; write the trunk to `out_path` and
     its metadata beside it; returns the metadata."""
-    from genie_pipeline.filtering.quality.train import _bar, _frames_for, _new_model, _one_cycle
-
     t0 = time.time()
     keys = sorted(index.clips) if keys is None else list(keys)
     rng = np.random.default_rng(qcfg.seed)

@@ -28,7 +28,6 @@ import datetime as dt
 import math
 import os
 import random
-import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -42,27 +41,17 @@ import torch.nn.functional as F
 
 from genie_pipeline.filtering.quality.config import QualityConfig
 from genie_pipeline.filtering.quality.errors import QualityError
-from genie_pipeline.filtering.quality.frames import FRAME_H, FRAME_W, sample_frames, sample_indices
+from genie_pipeline.filtering.quality.frames import sample_indices
 from genie_pipeline.filtering.quality.labels import LABELS, label_set_hash
 from genie_pipeline.filtering.quality.metrics import choose_threshold, clip_metrics, roc_auc, write_plots
-from genie_pipeline.filtering.quality.model import (POOLINGS, QualityNet, load_backbone_weights, metadata_path,
-                                                    native_bf16, pool_logits, read_metadata, save_quality_model,
-                                                    train_bf16)
+from genie_pipeline.filtering.quality.model import (POOLINGS, QualityNet, metadata_path, native_bf16, pool_logits,
+                                                    read_metadata, save_quality_model, train_bf16)
+from genie_pipeline.filtering.quality.trainkit import _bar, _frames_for, _log, _new_model, _one_cycle
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.reader import ClipIndex
 
 MIN_STEPS_PER_EPOCH = 8  # small label sets: an "epoch" is still enough steps to move a network from scratch
 PARTS = ("train", "val", "test")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-def _bar(progress: bool, **kw):
-    from tqdm import tqdm
-
-    return tqdm(disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=1.0, **kw)
 
 
 @dataclass
@@ -213,16 +202,6 @@ def sample_clips(index: ClipIndex, data: LabelledClips, qcfg: QualityConfig,
     return frames, pool
 
 
-def _frames_for(index: ClipIndex, keys: list[str], k: int, progress: bool) -> np.ndarray:
-    out = np.empty((len(keys), k, FRAME_H, FRAME_W, 3), np.uint8)
-    for i, key in enumerate(_bar(progress, iterable=keys, desc="sampling frames", unit="clip")):
-        try:
-            out[i] = sample_frames(index.read(key), k)
-        except QualityError as e:
-            raise QualityError(f"clip {key} ({index[key].path}): {e}") from None
-    return out
-
-
 # ------------------------------------------------------------------------------------ fit
 def fit(data: LabelledClips, frames: np.ndarray, pool: np.ndarray | None, qcfg: QualityConfig,
         progress: bool) -> tuple[QualityNet, list[dict], int]:
@@ -317,15 +296,6 @@ class _Run:
                 "val_auc": {how: roc_auc(yv, _pooled(vo, how)) for how in self.candidates}}
 
 
-def _new_model(qcfg: QualityConfig) -> QualityNet:
-    model = QualityNet(qcfg.arch, qcfg.frames_per_clip, "mean_prob" if qcfg.pooling == "auto" else qcfg.pooling,
-                       channels_last=qcfg.channels_last)
-    if qcfg.weights:
-        info = load_backbone_weights(model, qcfg.weights)
-        _log(f"backbone initialised from {qcfg.weights}: {info}")
-    return model
-
-
 def _optimizer(model: QualityNet, qcfg: QualityConfig) -> torch.optim.Optimizer:
     head = list(model.clip_head.parameters())
     trunk = [p for p in model.parameters() if all(p is not h for h in head)]
@@ -333,18 +303,6 @@ def _optimizer(model: QualityNet, qcfg: QualityConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW([{"params": trunk},
                               {"params": head, "lr": qcfg.head_learning_rate, "weight_decay": qcfg.head_weight_decay}],
                              lr=qcfg.learning_rate, weight_decay=qcfg.weight_decay)
-
-
-def _one_cycle(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first 10% of the planned steps, then cosine decay to 5%."""
-    warm = max(1, total // 10)
-
-    def lr_factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
 
 # ------------------------------------------------------------------------ fit: the pieces
