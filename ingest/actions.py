@@ -27,7 +27,7 @@ import numpy as np
 from genie_pipeline.ingest.config import DownloadConfig
 from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.shards import fs
-from genie_pipeline.shards.records import printable_path, redact_url
+from genie_pipeline.shards.records import printable_path
 
 ACTIONS_KEY = "actions"  # the Candidate.extra key (and catalog column) holding the sidecar's location
 MAX_SIDECAR_BYTES = 16 << 20  # ~1.5 M frames of actions: hours of 60 FPS video
@@ -37,11 +37,7 @@ LENGTH_SLACK_FRAMES = 2
 
 
 def _bad(location: str, why: str) -> IngestError:
-    return IngestError("actions", "BadActions", f"actions sidecar {_shown(location)}: {why}")
-
-
-def _shown(location: str) -> str:
-    return redact_url(location) if "://" in location else printable_path(location)
+    return IngestError("actions", "BadActions", f"actions sidecar {printable_path(location)}: {why}")
 
 
 @dataclass

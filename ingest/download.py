@@ -42,7 +42,7 @@ from genie_pipeline.ingest.errors import IngestError
 from genie_pipeline.ingest.netguard import AddressPolicy, NetGuard, guarded_ydl
 from genie_pipeline.ingest.politeness import BOT_WALL, HostBackingOff, HostBackoff, process_limiter, worker_share
 from genie_pipeline.shards import fs
-from genie_pipeline.shards.records import Candidate
+from genie_pipeline.shards.records import Candidate, redact
 
 # what a failed page extraction may be retried for (yt-dlp's extractors mostly do not retry)
 _RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|refused|aborted)|"
@@ -52,7 +52,6 @@ _RETRY_MEDIA = re.compile(r"HTTP Error (408|429)")
 _HTTP_CODE = re.compile(r"HTTP Error (\d{3})")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _PROXY_URL = re.compile(r"^(https?|socks4a?|socks5h?)://[^\s]+$", re.I)
-_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 
 
 class YtdlpLog:
@@ -64,12 +63,12 @@ class YtdlpLog:
         self.log = logging.getLogger("genie_pipeline.ytdlp")
 
     def debug(self, msg):
-        self.log.debug(_USERINFO.sub(r"\1***@", msg))  # a verbose yt-dlp prints its proxy
+        self.log.debug(redact(msg))  # a verbose yt-dlp prints its proxy
 
     info = debug
 
     def warning(self, msg):
-        self.log.info(_USERINFO.sub(r"\1***@", msg))
+        self.log.info(redact(msg))
 
     error = warning
 
@@ -349,4 +348,4 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def _clean(msg: str) -> str:
     """A message fit for a failure row or a log: no colour codes, no credentials in URLs."""
-    return _USERINFO.sub(r"\1***@", _ANSI.sub("", msg).replace("ERROR: ", ""))[:2000]
+    return redact(_ANSI.sub("", msg).replace("ERROR: ", ""))[:2000]

@@ -44,6 +44,25 @@ def clean_text(v: Any) -> Any:
     return _UNSAFE_TEXT.sub("\ufffd", v) if isinstance(v, str) else v
 
 
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@")
+_TEXT_PARAM = re.compile(r"(?<![\w.-])([\w.-]+)=([^&\s'\"<>#,;)]+)")
+
+
+def redact(text: Any) -> Any:
+    """`text` fit for a row, a log line or the report: every `scheme://user:password@` (also
+    `s3://KEY:SECRET@`) becomes `scheme://REDACTED@` and the value of every `name=value` whose
+    name carries credentials (token, sig, X-Amz-Signature, key, password, …) becomes REDACTED,
+    wherever it stands in the text (an error message quoting a URL). Then `clean_text`.
+    Non-str values are returned as they are. Idempotent. The one redaction of the project:
+    applied where text enters a record (Failure, VideoResult, Candidate.row), in the download
+    log and in the report."""
+    if not isinstance(text, str):
+        return text
+    text = _USERINFO.sub(r"\1REDACTED@", text)
+    text = _TEXT_PARAM.sub(lambda m: f"{m.group(1)}=REDACTED" if _SECRET_PARAM.match(m.group(1)) else m.group(0), text)
+    return clean_text(text)
+
+
 def redact_url(url: str | None) -> str | None:
     """The URL as a table may store it: no user:password@, and the values of query parameters
     that carry credentials (tokens, signatures, keys) replaced by REDACTED."""
@@ -63,10 +82,13 @@ def redact_url(url: str | None) -> str | None:
 
 
 def printable_path(path: str | None) -> str | None:
-    """A path as a table stores it: undecodable file-name bytes shown as \\xNN escapes (the
-    candidate itself keeps the real path to open)."""
+    """A path as a table stores it: a location with a scheme redacted as a URL (s3://KEY:SECRET@,
+    a signed URL), undecodable file-name bytes shown as \\xNN escapes (the candidate itself
+    keeps the real path to open)."""
     if path is None:
         return None
+    if "://" in path:
+        return redact_url(path)
     import os
 
     return clean_text(os.fsencode(path).decode("utf-8", "backslashreplace"))
@@ -193,7 +215,7 @@ class Failure:
     url: str | None = None
 
     def __post_init__(self):
-        self.video_id, self.message = clean_text(self.video_id), clean_text(self.message)
+        self.video_id, self.message = clean_text(self.video_id), redact(self.message)
 
     def row(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "url": redact_url(self.url)}
@@ -216,7 +238,7 @@ class VideoResult:
     split: str = "train"
 
     def __post_init__(self):
-        self.title, self.error = clean_text(self.title), clean_text(self.error)
+        self.title, self.error = clean_text(self.title), redact(self.error)
 
     def row(self) -> dict[str, Any]:
         return {

@@ -25,6 +25,7 @@ import numpy as np
 
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipFormatError, decode_clip
+from genie_pipeline.shards.records import redact
 from genie_pipeline.shards.reader import ClipIndex, DataError, has_table, read_rows, read_stats
 
 REPORT = "report.html"
@@ -358,7 +359,9 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def _e(s: str) -> str:
-    return html.escape(s, quote=True)
+    """Text from data as HTML: credentials redacted (an output written before redaction at the
+    rows still shows none), escaped."""
+    return html.escape(redact(s), quote=True)
 
 
 def _hms(seconds: float) -> str:

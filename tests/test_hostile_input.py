@@ -47,7 +47,10 @@ def hostile_run(tmp_path_factory):
     rows = [{"id": "sur", "path": str(good), "title": "lone \ud800 surrogate \x1b[31m title"},
             {"id": "gif", "path": str(d / "huge.gif"), "title": "huge"},
             {"id": "long", "path": str(d / "long.h264"), "title": "no duration header"},
-            {"id": "cred", "url": "http://user:hunter2@127.0.0.1:9/v.mp4?token=s3cret&x=1", "title": "creds"}]
+            {"id": "cred", "url": "http://user:hunter2@127.0.0.1:9/v.mp4?token=s3cret&x=1", "title": "creds"},
+            # issue 24: a disallowed scheme's message quoted the raw location, credentials and all
+            {"id": "s3cred", "path": "s3://AKIDKEY:SECRETKEY99@bucket/v.mp4", "title": "s3 creds"},
+            {"id": "signed", "url": "ftp://u:pw77@h/v.mp4?X-Amz-Signature=sigval77&sig=sigval88&x=1", "title": "signed"}]
     (d / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = {"sources": [{"type": "catalog", "name": "c", "path": str(d / "c.jsonl"), "keywords": "none"},
                        {"type": "files", "name": "f", "glob": str(vids / "*.mp4"), "keywords": "none"}],
@@ -80,6 +83,33 @@ def test_credentials_in_urls_are_not_stored(hostile_run):
     assert any(r["video_id"] == "cred" for r in t["failures"])
     cand = next(r for r in t["candidates"] if r["video_id"] == "cred")
     assert cand["url"] == "http://127.0.0.1:9/v.mp4?token=REDACTED&x=1"
+
+
+SECRETS = ("hunter2", "s3cret", "SECRETKEY99", "AKIDKEY", "sigval77", "sigval88", "pw77")
+
+
+def test_no_credential_reaches_a_table_or_the_report(hostile_run):
+    """Issue 24: failures.message, videos.error, candidates.path and report.html kept
+    user:password@, token=, sig=, X-Amz-Signature= and s3://KEY:SECRET@ values."""
+    d, _, _ = hostile_run
+    t = _tables(d / "out")
+    assert {"s3cred", "signed"} <= {r["video_id"] for r in t["failures"]}
+    stored = json.dumps(t) + pq.read_table(d / "out" / "videos").to_pandas().to_json()
+    if (d / "out" / "report.html").exists():
+        stored += (d / "out" / "report.html").read_text()
+    assert not [s for s in SECRETS if s in stored], [s for s in SECRETS if s in stored]
+    assert "REDACTED" in json.dumps([r["message"] for r in t["failures"]])
+
+
+def test_redact_masks_credentials_wherever_they_stand_in_text():
+    from genie_pipeline.shards.records import redact
+
+    msg = ("scheme 's3' of 's3://KEY:SECRET@b/v.mp4' not allowed; see http://u:p@h/x?sig=A&X-Amz-Signature=B&"
+           "X-Amz-Credential=C&ok=1 and 'token=D' (https://user@h/)")
+    out = redact(msg)
+    for secret in ("KEY:SECRET", "u:p@", "sig=A", "Signature=B", "Credential=C", "token=D", "user@"):
+        assert secret not in out, (secret, out)
+    assert "ok=1" in out and "s3://REDACTED@b/v.mp4" in out and redact(out) == out
 
 
 def test_a_resolution_bomb_is_refused_before_decoding(hostile_run):
