@@ -19,7 +19,14 @@ back to the gate after the response if it is kept alive. So, whatever clients do
   the gate did not. A client that sends `Expect: 100-continue` gets its 100 once the body
   is in: it may send the body unasked (RFC 9110 10.1.1), and no worker waits for it;
 - TCP_NODELAY is set and a response leaves in one send, so keep-alive requests do not wait
-  out Nagle's algorithm against the client's delayed ACK.
+  out Nagle's algorithm against the client's delayed ACK;
+- a worker never waits for a client to read: it sends what the socket takes at once and
+  hands the rest back to the gate, which sends it as the client reads. The connection's next
+  (pipelined) request is read only once its response is out, so a client that pipelines
+  requests and never reads gets answers made only until its send buffer (SEND_BUFFER) is
+  full, then holds one response (at most `max_output` bytes: a larger one closes the
+  connection) and its own connection, never a worker; a response not read within `timeout`
+  closes the connection.
 
 `RequestHandler` adds the shared request plumbing: responses with the security headers (the
 subclass's `csp`), cookies, the token check and a random session cookie per browser
@@ -53,6 +60,7 @@ from urllib.parse import ParseResult, parse_qs, urlparse
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 65536
+SEND_BUFFER = 256 * 1024  # bytes a client may leave unread before its connection waits (the kernel doubles it)
 SESSION_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*([0-9]{1,12})[ \t]*\r?$", re.I | re.M)
 _TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:", re.I | re.M)
@@ -151,7 +159,7 @@ class Connection:
 
     def _receive(self) -> bool:
         """More bytes from the client before the deadline (TimeoutError after it); False at EOF."""
-        self.flush()  # whatever the handler wrote before asking for more (a "100 Continue")
+        self._send_now()  # whatever the handler wrote before asking for more (a "100 Continue")
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the client did not send the whole request in time")
@@ -166,9 +174,30 @@ class Connection:
         return len(data)
 
     def flush(self) -> None:
+        """Nothing: the response leaves from the gate (`send_some`), so that no worker waits
+        for a client to read (BaseHTTPRequestHandler flushes after every request)."""
+
+    def _send_now(self) -> None:
+        """Send everything written, waiting for the client until the request's deadline: only
+        what the handler wrote before it asks for the body (a "100 Continue")."""
         if self.out:
             data, self.out = bytes(self.out), bytearray()
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the client did not read the answer in time")
+            self.sock.settimeout(left)
             self.sock.sendall(data)
+
+    def send_some(self) -> bool:
+        """Send what the socket takes now, without waiting; True once everything is out."""
+        self.sock.setblocking(False)  # with a timeout set, send() would first wait for room
+        while self.out:
+            try:
+                n = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                return False
+            del self.out[:n]
+        return True
 
     def close(self) -> None:
         """Close after sending what was written: FIN first, so the client reads the answer
@@ -206,10 +235,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.handle_one_request()
 
     def finish(self) -> None:
-        try:
-            self.wfile.flush()
-        except OSError:
+        # the response goes out from the gate (GatedHTTPServer._send): a worker never waits on a reader
+        if len(self.request.out) > self.server.max_output:
+            self.request.out.clear()
             self.close_connection = True
+            log.warning("response to %s over %d bytes: connection closed", self.address_string(), self.server.max_output)
 
     def log_message(self, fmt, *args):  # quiet: requests go to the debug log
         log.debug("%s %s", self.address_string(), fmt % args)
@@ -313,11 +343,12 @@ class GatedHTTPServer(HTTPServer):
     request_queue_size = 128  # the listen backlog (socketserver's default is 5)
 
     def __init__(self, address: tuple[str, int], handler: type[RequestHandler], *, timeout: float = 30.0,
-                 workers: int = 16, max_connections: int = 512, max_body: int = 65536):
+                 workers: int = 16, max_connections: int = 512, max_body: int = 65536, max_output: int = 16 << 20):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.request_timeout, self.workers = timeout, workers
-        self.max_connections, self.max_body = max_connections, max_body
+        self.max_connections, self.max_body, self.max_output = max_connections, max_body, max_output
         self._waiting: OrderedDict[socket.socket, Connection] = OrderedDict()  # oldest first
+        self._sending: OrderedDict[socket.socket, Connection] = OrderedDict()  # answers the client has not read
         self._busy = 0  # connections a worker holds
         self._jobs: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[Connection] = queue.SimpleQueue()
@@ -344,6 +375,8 @@ class GatedHTTPServer(HTTPServer):
                         self._accept(sel)
                     elif key.fileobj is self._wake_r:
                         self._wake_r.recv(4096)
+                    elif key.fileobj in self._sending:
+                        self._send(sel, key.data)
                     else:
                         self._receive(sel, key.data)
                 self._take_back(sel)
@@ -351,7 +384,7 @@ class GatedHTTPServer(HTTPServer):
         finally:
             for _ in threads:
                 self._jobs.put(None)
-            for conn in list(self._waiting.values()):
+            for conn in list(self._waiting.values()) + list(self._sending.values()):
                 self._drop(sel, conn)
             sel.close()
             self._stop.clear()
@@ -372,12 +405,16 @@ class GatedHTTPServer(HTTPServer):
             except OSError as e:  # out of file descriptors, a client gone before accept
                 log.warning("accept failed: %s", e)
                 return
-            if len(self._waiting) + self._busy >= self.max_connections:
-                if not self._waiting:  # every connection is in a worker: refuse this one
+            if len(self._waiting) + len(self._sending) + self._busy >= self.max_connections:
+                idle = self._waiting or self._sending
+                if not idle:  # every connection is in a worker: refuse this one
                     sock.close()
                     continue
-                self._drop(sel, next(iter(self._waiting.values())))
+                self._drop(sel, next(iter(idle.values())))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # the output budget of a connection in the kernel: without it the send buffer grows
+            # to megabytes, and a client that never reads has that many answers made for it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             self._park(sel, Connection(sock, addr))
 
     def _park(self, sel: selectors.BaseSelector, conn: Connection) -> None:
@@ -420,26 +457,45 @@ class GatedHTTPServer(HTTPServer):
             except queue.Empty:
                 return
             self._busy -= 1
-            if conn.keep:
-                self._park(sel, conn)
-            else:
-                conn.close()
+            if conn.send_some():
+                self._answered(sel, conn)
+            else:  # the client is not reading (yet): the gate sends the rest as it does
+                conn.since = time.monotonic()
+                self._sending[conn.sock] = conn
+                sel.register(conn.sock, selectors.EVENT_WRITE, conn)
+
+    def _send(self, sel: selectors.BaseSelector, conn: Connection) -> None:
+        try:
+            done = conn.send_some()
+        except OSError:
+            return self._drop(sel, conn)
+        if done:
+            sel.unregister(conn.sock)
+            del self._sending[conn.sock]
+            self._answered(sel, conn)
+
+    def _answered(self, sel: selectors.BaseSelector, conn: Connection) -> None:
+        """The response is out: wait for the next request, or close."""
+        if conn.keep:
+            self._park(sel, conn)
+        else:
+            conn.close()
 
     def _expire(self, sel: selectors.BaseSelector) -> None:
         limit = time.monotonic() - self.request_timeout
-        while self._waiting:
-            oldest = next(iter(self._waiting.values()))
-            if oldest.since > limit:
-                return
-            self._drop(sel, oldest)
+        for conns in (self._waiting, self._sending):
+            while conns:
+                oldest = next(iter(conns.values()))
+                if oldest.since > limit:
+                    break
+                oldest.out.clear()  # not read in time: nothing more is sent
+                self._drop(sel, oldest)
 
     def _drop(self, sel: selectors.BaseSelector, conn: Connection) -> None:
-        if self._waiting.pop(conn.sock, None) is not None:
+        if (self._waiting.pop(conn.sock, None) or self._sending.pop(conn.sock, None)) is not None:
             sel.unregister(conn.sock)
         try:
-            conn.sock.setblocking(True)
-            conn.sock.settimeout(0.1)
-            conn.flush()
+            conn.send_some()  # a 431 or what is left: as much as the socket takes, no waiting
         except OSError:
             pass
         conn.close()

@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,45 @@ def test_half_sent_requests_hold_no_threads_and_are_closed(serve):
     for s in half:
         s.close()
     c.close()
+
+
+def pipelined_never_read(port: int, request: bytes, n_conns: int, depth: int) -> list[socket.socket]:
+    """`n_conns` connections each sending `request` `depth` times at once and never reading
+    (a small receive buffer, so the server's sends fill it soon)."""
+    socks = []
+    for _ in range(n_conns):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(request * depth)
+        socks.append(s)
+    return socks
+
+
+def test_readers_that_never_read_cost_only_their_own_connection(serve):
+    """Issue 24: 20 connections x 40 pipelined clip GETs that are never read made a normal GET
+    wait 29 s: once the socket buffers were full every worker blocked in sendall (here, with
+    4 workers and a 5 s timeout, GETs took up to 5 s after ~10 s of attack). Now a worker sends
+    what the socket takes and leaves the rest to the gate, and a connection's next pipelined
+    request waits for its answer to be read."""
+    app, port = serve(timeout=5.0, workers=4)
+    key = app.clips[0]["key"]
+    req = f"GET /clip/{key}.mp4 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    attackers = pipelined_never_read(port, req, 20, 1000)  # ~9 MB of answers each: past any socket buffer
+    took = []
+    try:
+        end = time.monotonic() + 12
+        while time.monotonic() < end:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            t0 = time.monotonic()
+            assert _get(c, "/healthz") == (200, {"ok": True})
+            took.append(time.monotonic() - t0)
+            c.close()
+            time.sleep(0.5)
+    finally:
+        for s in attackers:
+            s.close()
+    assert max(took) < 1.0, f"a normal GET took up to {max(took):.1f} s during the attack"
 
 
 def test_a_trickled_request_head_is_cut_off_at_the_timeout(serve):
