@@ -50,15 +50,141 @@ def _config(args, require_sources: bool = False, beam_args: list[str] | None = N
 def cmd_ingest(args, beam_args) -> int:
     from genie_pipeline.ingest.pipeline import run_ingest, summary_table
 
+    from genie_pipeline.shards import snapshots
+
     cfg = _config(args, require_sources=True, beam_args=beam_args)
+    hook = args.on_commit or cfg.output.on_commit
+    if hook is not None:
+        _check_command("--on-commit", hook)
+    before = snapshots.latest_id(cfg.output.dir)
     stats = run_ingest(cfg, beam_args, retry_failed=args.retry_failed, detach=args.detach)
     if stats.get("submitted"):
+        if hook:
+            print("ingest: --on-commit runs where the commit is seen: a detached job commits without this "
+                  f"launcher, so run `genie-pipeline watch {cfg.output.dir} --then CMD` for it", file=sys.stderr)
         return 0
+    if hook:
+        _on_commit(hook, cfg.output.dir, before)
     print(summary_table(stats))
     out = cfg.output.dir if "://" in cfg.output.dir else os.path.abspath(cfg.output.dir)
     print(f"\noutputs in {out}: shards/, the tables manifest/, videos/, failures/, candidates/ (Parquet part "
           f"files), stats.json")
     return 0
+
+
+def _check_command(flag: str, cmd: str) -> None:
+    import shlex
+
+    try:
+        if shlex.split(cmd):
+            return
+    except ValueError as e:
+        raise ConfigError(flag, f"not a command line ({e})") from None
+    raise ConfigError(flag, "an empty command")
+
+
+def _on_commit(hook: str, out: str, before: str | None) -> None:
+    """Run the on-commit hook after a committed ingest; its failure is reported, the commit stays."""
+    from genie_pipeline.shards import snapshots
+    from genie_pipeline.triggers import run_hook
+
+    latest = snapshots.latest_id(out)
+    record = snapshots.read(out, latest) if latest else None
+    rc = run_hook(hook, out, record, new=latest is not None and latest != before)
+    if rc:
+        print(f"genie-pipeline: ingest: the on-commit command failed (exit {rc}); the commit stands "
+              f"(snapshot {latest})", file=sys.stderr)
+
+
+def cmd_snapshots(args, _) -> int:
+    """List an output's snapshots, or the diff between two."""
+    from genie_pipeline.shards import retention, snapshots
+
+    _config(args)
+    out = args.out
+    if args.latest:
+        latest = snapshots.latest_id(out)
+        if latest is None:
+            raise snapshots.SnapshotError(f"{out} has no snapshots")
+        print(latest)
+        return 0
+    if args.diff:
+        old, new = (args.diff + [None])[:2]
+        record = snapshots.read(out, new)
+        old = old or record.get("parent")
+        if old is None:
+            raise snapshots.SnapshotError(f"{out}@{record['id']} has no parent: give --diff OLD NEW")
+        d = retention.diff(out, old, record["id"])
+        if args.json:
+            print(json.dumps(d, indent=2))
+            return 0
+        print(f"{out}: {d['old']} -> {d['new']}: {d['added']['total']} clips added, "
+              f"{d['removed']['total']} removed")
+        print(f"{'':10} {'':24} {'added':>8} {'removed':>8}")
+        for by in ("by_source", "by_split"):
+            for name in sorted(set(d["added"][by]) | set(d["removed"][by])):
+                print(f"{by[3:]:10} {name or '-':24} {d['added'][by].get(name, 0):>8} {d['removed'][by].get(name, 0):>8}")
+        return 0
+    records = snapshots.list_all(out)
+    latest = snapshots.latest_id(out)
+    if args.json:
+        print(json.dumps(records, indent=1))
+        return 0
+    if not records:
+        print(f"{out}: no snapshots")
+        return 0
+    print(f"{'id':24} {'time (UTC)':21} {'kind':10} {'parent':24} {'kept':>7} {'train':>7} {'val':>6} "
+          f"{'shards':>6} {'MB':>9}")
+    for r in records:
+        shards = [e for es in r.get("splits", {}).values() for e in es]
+        c = r.get("counts") or {}
+        mark = " *" if r["id"] == latest else ""
+        print(f"{r['id']:24} {r.get('time', ''):21} {r.get('kind') or '':10} {r.get('parent') or '-':24} "
+              f"{c.get('clips_kept') or 0:>7} {c.get('clips_train') or 0:>7} {c.get('clips_val') or 0:>6} "
+              f"{len(shards):>6} {sum(e['bytes'] for e in shards) / 2**20:>9.2f}{mark}")
+    return 0
+
+
+def cmd_gc(args, _) -> int:
+    from genie_pipeline.shards import retention
+
+    _config(args)
+    if args.keep is not None and args.keep < 1:
+        raise ConfigError("--keep", f"must be at least 1, got {args.keep}")
+    if args.older_than is not None and not args.older_than >= 0:
+        raise ConfigError("--older-than", f"must be a number of days >= 0, got {args.older_than}")
+    r = retention.gc(args.out, keep=args.keep, older_than_days=args.older_than, dry_run=args.dry_run)
+    verb = "would free" if r["dry_run"] else "freed"
+    print(f"gc {args.out}: {len(r['kept'])} of {r['snapshots']} snapshots kept, {len(r['dropped'])} dropped; "
+          f"{verb} {r['files']} files, {r['bytes']} bytes ({r['bytes'] / 2**20:.2f} MB)")
+    if args.verbose or r["dry_run"]:
+        print("\n".join(r["paths"]))
+    return 0
+
+
+def cmd_watch(args, _) -> int:
+    from genie_pipeline.shards import snapshots
+    from genie_pipeline.triggers import parse_every, watch
+
+    _config(args)
+    try:
+        every = parse_every(args.every)
+    except ValueError as e:
+        raise ConfigError("--every", str(e)) from None
+    _check_command("--then", args.then)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ConfigError("--max-runs", f"must be at least 1, got {args.max_runs}")
+    if args.after is None:
+        after = snapshots.latest_id(args.out)
+    elif args.after == "none":
+        after = None
+    else:
+        after = snapshots.read(args.out, args.after)["id"]
+    print(f"watch {args.out}: every {args.every}, after snapshot {after or '(none)'}", file=sys.stderr, flush=True)
+    try:
+        return watch(args.out, every, args.then, after, args.max_runs)
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_report(args, _) -> int:
@@ -219,7 +345,10 @@ def cmd_refilter(args, _) -> int:
     if args.rescore and not q.model:
         raise ConfigError("filters.quality.model", "--rescore needs a model (--set filters.quality.model=PATH)")
     rows = score_manifest(out, q) if args.rescore else None
-    r = refilter(out, threshold, cfg.shards, cfg.clips.spec, rows=rows)
+    from genie_pipeline.shards.snapshots import command_line, config_hash
+
+    r = refilter(out, threshold, cfg.shards, cfg.clips.spec, rows=rows,
+                 snapshot_meta={"command": command_line(sys.argv), "config_sha256": config_hash(cfg)})
     print(f"refilter {out}: threshold {threshold:.4f}: {r['kept_before']} -> {r['kept_after']} clips kept "
           f"of {r['clips']} ({r['rejected']} newly rejected, {r['kept']} restored)")
     return 0
@@ -390,6 +519,10 @@ def _ingest_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="retry videos that failed in earlier runs")
     p.add_argument("--detach", action="store_true",
                    help="return once the job is submitted (Dataflow, flex templates): the job commits itself")
+    p.add_argument("--on-commit", metavar="CMD", default=None,
+                   help="run CMD (no shell) after the commit, with GENIE_SNAPSHOT, GENIE_OUTPUT and the counts "
+                        "in its environment; a failing CMD is reported and the commit stays "
+                        "(overrides output.on_commit)")
     p.set_defaults(beam_passthrough=True)
 
 
@@ -420,6 +553,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", cmd_report, "write OUT/report.html: hours, reasons, score histograms, duplicates, "
                 "failures and contact sheets of an ingest output (thresholds from -c/--set)")
     p.add_argument("out", help="ingest output directory")
+
+    p = command("snapshots", cmd_snapshots, "list an output's snapshots (one per commit; * marks LATEST), "
+                "or the clips added and removed between two, per source and split")
+    p.add_argument("out", help="ingest output directory, local or gs://, s3://")
+    p.add_argument("--diff", nargs="+", metavar="ID", default=None,
+                   help="OLD NEW: clips added and removed from OLD to NEW; NEW alone: against its parent")
+    p.add_argument("--latest", action="store_true", help="print only the id of LATEST (for scripts and DAGs)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("gc", cmd_gc, "delete shards and table parts that no retained snapshot names (never while a "
+                "run holds the output)")
+    p.add_argument("out", help="ingest output directory, local or gs://, s3://")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keep", type=int, default=None, metavar="N", help="keep the newest N snapshots")
+    which.add_argument("--older-than", type=float, default=None, metavar="DAYS",
+                       help="drop snapshots committed more than DAYS days ago (LATEST always stays)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be deleted and the bytes it would free")
+
+    p = command("watch", cmd_watch, "poll an output (local or bucket) and run a command once per new snapshot: "
+                "for a detached or Dataflow ingest")
+    p.add_argument("out", help="ingest output directory, local or gs://, s3://")
+    p.add_argument("--every", default="10m", help="poll interval: 30s, 10m, 1h (default 10m)")
+    p.add_argument("--then", required=True, metavar="CMD",
+                   help="command to run (no shell) with GENIE_SNAPSHOT, GENIE_OUTPUT and the counts in its env")
+    p.add_argument("--after", default=None, metavar="ID|none",
+                   help="the snapshot already handled (default: LATEST now; 'none': the current one counts as new)")
+    p.add_argument("--max-runs", type=int, default=None, metavar="N", help="exit after running the command N times")
 
     p = command("verify", cmd_verify, "check shards and manifest of an ingest output; exit 1 on any problem")
     p.add_argument("out")
@@ -492,8 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", cmd_train, "train the Genie model from shards (also under torchrun)")
     p.add_argument("inputs", nargs="*", metavar="INPUTS",
-                   help="ingest output dirs, shard dirs, .tar files or globs (local or gs://, s3://); "
-                        "default: train.data, else output.dir")
+                   help="ingest output dirs (pinned to their LATEST snapshot; OUT@ID pins snapshot ID), shard "
+                        "dirs, .tar files or globs (local or gs://, s3://); default: train.data, else output.dir")
     _train_flags(p)
     p.add_argument("--out", default=None, metavar="RUN_DIR",
                    help="run directory, local or gs://, s3:// (overrides train.out_dir)")
@@ -538,8 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "ΔtPSNR, FVD, latent action use and atlas, latent vs true actions → eval.json + eval.html")
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
     p.add_argument("--data", nargs="+", default=None, metavar="OUT_OR_SHARDS",
-                   help="ingest output dirs, shard dirs, .tar files or globs whose val shards to use "
-                        "(default: the inputs in the run's run.json)")
+                   help="ingest output dirs (OUT@ID: snapshot ID; OUT: its LATEST), shard dirs, .tar files or globs "
+                        "whose val shards to use (default: the run's inputs, at the snapshots it trained on)")
     p.add_argument("--i3d", default=None, metavar="PATH",
                    help="Inception I3D weights (Kinetics-400 state dict, e.g. i3d_pretrained_400.pt) for FVD; "
                         "without it FVD is reported as unavailable")
@@ -591,11 +751,13 @@ def _exit_code(e: Exception) -> int | None:
     from genie_pipeline.models.config import ModelConfigError
     from genie_pipeline.shards.fs import OutputBusy, StorageError, environment_error
     from genie_pipeline.shards.reader import DataError
+    from genie_pipeline.shards.snapshots import SnapshotError
     from genie_pipeline.training.errors import TrainingError
 
     if isinstance(e, OutputBusy):  # not the user's mistake: another run holds the output
         return 1
-    if isinstance(e, (QualityError, DataError, ModelConfigError, TrainingError, PreflightError, StorageError)):
+    if isinstance(e, (QualityError, DataError, ModelConfigError, TrainingError, PreflightError, StorageError,
+                      SnapshotError)):
         return 2
     if isinstance(e, IngestError):
         return 1

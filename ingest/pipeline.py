@@ -50,7 +50,7 @@ from genie_pipeline.ingest.download import check_secret_files
 from genie_pipeline.ingest.politeness import job_worker_processes
 from genie_pipeline.ingest.process import KeywordVerdict, VideoProcessor
 from genie_pipeline.ingest.sources import Discover, check_sources
-from genie_pipeline.shards import fs, objstore
+from genie_pipeline.shards import fs, objstore, snapshots
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, failed_video_row, recover,
                                           rewrite_without, shard_stats_file, small_shards)
@@ -647,7 +647,8 @@ def take_output(out: str, run_id: str, job_lease_s: float | None) -> str:
 
 
 def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out: str, run_id: str, spec: ClipSpec,
-               cleanup: list[str], lease_owner: str | None = None, drop_stores: bool = False) -> Iterator[dict]:
+               cleanup: list[str], lease_owner: str | None = None, drop_stores: bool = False,
+               snapshot_meta: dict | None = None) -> Iterator[dict]:
     """The job's last step: publish this run (shards/commit.py commit_parts). It runs on a
     worker once every part and shard is written, so a job commits with no launcher alive.
     With `drop_stores` (shards.keep_clip_store off, no quality scoring to come) it then
@@ -672,7 +673,7 @@ def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out:
     # named by source): one whose listing failed keeps its earlier candidates
     yield commit_parts(out, run_id=run_id, parts=by_table, shard_records=list(shards), spec=spec,
                        run_stats={"run_id": run_id, "committed_by": "job"}, cleanup=cleanup, redone=set(redone),
-                       compacted=dict(compacted))
+                       compacted=dict(compacted), snapshot_meta=snapshot_meta)
     if drop_stores:  # while the output is still this job's: a next run's stores must stay
         fs.rmtree(fs.join(out, "clips"))
     if lease_owner is not None:
@@ -781,7 +782,9 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
                                    beam.pvalue.AsList(routed[REDO]), beam.pvalue.AsList(tails[COMPACTED]),
                                    paths.out, paths.run_id, spec, cleanup,
                                    paths.run_id if job_lease_s is not None else None,
-                                   not s.keep_clip_store and cfg.filters.quality.mode == "off"))
+                                   not s.keep_clip_store and cfg.filters.quality.mode == "off",
+                                   {"command": snapshots.command_line(sys.argv),
+                                    "config_sha256": snapshots.config_hash(cfg)}))
 
 
 def pipeline_options(runner_cfg: RunnerConfig, extra_args: list[str]) -> tuple[Any, PipelineOptions, int]:

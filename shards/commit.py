@@ -56,11 +56,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genie_pipeline.shards import fs
+from genie_pipeline.shards import fs, snapshots
 from genie_pipeline.shards.clip import ClipSpec
-from genie_pipeline.shards.reader import (JOURNAL, SPLITS, DataError, existing_shards, iter_part_batches,
-                                          legacy_table_path, read_spec, read_stats, shard_name, stats_name, table_dir,
-                                          table_files)
+from genie_pipeline.shards.reader import (JOURNAL, SPLITS, DataError, _listed_table_files, existing_shards,
+                                          iter_part_batches, legacy_table_path, read_spec, read_stats, shard_name,
+                                          stats_name, table_dir, table_files)
 from genie_pipeline.shards.records import (SCHEMA_VERSION, SCHEMAS, TABLES, Candidate, ClipRow, Failure, ShardRecord,
                                            VideoResult, from_row)
 from genie_pipeline.shards.store import store_path
@@ -174,6 +174,8 @@ def _apply(out_dir: str, journal: dict) -> None:
     stats = journal.get("stats")
     if stats is not None:
         fs.write_bytes(fs.join(out_dir, "stats.json"), json.dumps(stats, indent=2, sort_keys=True).encode())
+    if journal.get("snapshot"):  # the record, then LATEST: a reader pinning LATEST finds the record
+        snapshots.write(out_dir, journal["snapshot"])
     # the staging goes before the journal: a commit cut short in its cleanup is finished by
     # `recover` (every step above is a no-op the second time), so nothing is left orphaned
     for d in journal.get("cleanup", []):
@@ -215,7 +217,7 @@ def _entries_from_stats(shard_dir: str, split: str) -> list[dict]:
     for path in existing_shards(shard_dir, split):
         name = os.path.basename(path)
         st = json.loads(fs.read_bytes(fs.join(shard_dir, stats_name(name))))
-        entries.append({"url": name, "nsamples": st["n_samples"], "filesize": st["bytes"]})
+        entries.append({"url": name, "nsamples": st["n_samples"], "filesize": st["bytes"], "sha256": st.get("sha256")})
     return entries
 
 
@@ -250,10 +252,65 @@ def _updated_indexes(shard_dir: str, records: list[ShardRecord], names: dict[str
         except (ValueError, KeyError, TypeError):
             entries = _entries_from_stats(shard_dir, split)
         entries = [e for e in entries if e["url"] not in deleted]
-        entries += [{"url": names[r.path], "nsamples": r.stats["n_samples"], "filesize": r.stats["bytes"]}
-                    for r in records if r.split == split]
+        for e in entries:
+            if not e.get("sha256"):  # an index written before shards' hashes were recorded
+                e["sha256"] = _shard_sha256(shard_dir, e["url"])
+        entries += [{"url": names[r.path], "nsamples": r.stats["n_samples"], "filesize": r.stats["bytes"],
+                     "sha256": r.stats.get("sha256")} for r in records if r.split == split]
         out[split] = _index(split, entries)
     return out
+
+
+def _shard_sha256(shard_dir: str, name: str) -> str | None:
+    """A shard's sha256 from its stats file, else from its bytes (once, for an output written
+    before hashes were recorded); None where the shard cannot be read."""
+    import hashlib
+
+    try:
+        sha = json.loads(fs.read_bytes(fs.join(shard_dir, stats_name(name)))).get("sha256")
+        if sha:
+            return sha
+    except Exception:  # noqa: BLE001 — no stats file: hash the tar itself
+        pass
+    try:
+        h = hashlib.sha256()
+        with fs.open_read(fs.join(shard_dir, name)) as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except Exception:  # noqa: BLE001 — a shard that cannot be read has no hash; verify reports it
+        return None
+
+
+def _finish(out_dir: str, journal: dict, kind: str, meta: dict | None) -> dict:
+    """The journal made version-keeping: the table parts it would delete move to
+    `_snapshots/retired/` instead (the snapshots naming them still read them), and it carries
+    the snapshot record of the output it leaves (see shards/snapshots.py)."""
+    retire = [p for p in journal["deletes"] if _under(out_dir, p)]
+    journal["deletes"] = [p for p in journal["deletes"] if p not in set(retire)]
+    journal["renames"] += [(p, snapshots.retired_path(out_dir, snapshots.rel(out_dir, p))) for p in retire]
+    gone = {src for src, _ in journal["renames"]} | set(journal["deletes"])
+    tables = {}
+    for table in TABLES:
+        folder = table_dir(out_dir, table).rstrip("/") + "/"
+        now = [p for p in _listed_table_files(out_dir, table) if p not in gone]
+        tables[table] = now + [dst for _, dst in journal["renames"] if dst.startswith(folder)
+                               and "/" not in dst[len(folder):] and dst.endswith(".parquet")]
+    try:
+        parent = snapshots.read(out_dir) if snapshots.latest_id(out_dir) else None
+    except snapshots.SnapshotError:
+        parent = None
+    journal["snapshot"] = snapshots.make_record(out_dir, parent=parent, kind=kind, meta=meta,
+                                                indexes=journal["indexes"], tables=tables, stats=journal["stats"])
+    return journal
+
+
+def _under(out_dir: str, path: str) -> bool:
+    try:
+        snapshots.rel(out_dir, path)
+        return True
+    except ValueError:
+        return False
 
 
 def shard_stats_file(rec: ShardRecord, name: str) -> tuple[str, bytes]:
@@ -456,14 +513,18 @@ def _keys_of(paths: list[str], table: str) -> set[str]:
 def commit_parts(out_dir: str, *, run_id: str, parts: dict[str, list[str]], shard_records: list[ShardRecord],
                  shard_names: dict[str, str] | None = None, spec: ClipSpec, sources: Iterable[str] = (),
                  run_stats: dict | None = None, cleanup: Iterable[str] = (),
-                 redone: set[str] | None = None, compacted: dict[str, list[str]] | None = None) -> dict:
+                 redone: set[str] | None = None, compacted: dict[str, list[str]] | None = None,
+                 snapshot_meta: dict | None = None) -> dict:
     """Publish one run: its staged table `parts` ({table: [paths]}) and shards (`shard_records`,
     staged with their `.stats.json` beside them; `shard_names` maps a staged tar's path to its
     final name, by default its own file name). `sources`: the sources this run discovered.
     `redone`: keys of videos this run processed again that may have earlier rows (None: any
     video of this run may). `compacted`: {old shard name: its clip keys} for small shards of
     earlier runs whose clips this run wrote again, into its own shards: the old shards go, and
-    so do their manifest rows (the new ones are in `parts`). Returns the output's new stats."""
+    so do their manifest rows (the new ones are in `parts`); the old shards themselves stay
+    for the snapshots that name them (`gc` deletes them). `snapshot_meta`: what the snapshot
+    record says of the command ({"command", "config_sha256", ...}). Returns the output's new
+    stats."""
     recover(out_dir)
     prev = read_stats(out_dir)
     if run_id and prev.get("last_run", {}).get("run_id") == run_id:
@@ -483,8 +544,6 @@ def commit_parts(out_dir: str, *, run_id: str, parts: dict[str, list[str]], shar
     compacted = compacted or {}
     replaced = _Replaced(redone, rediscovered, {k for keys in compacted.values() for k in keys})
     plan = _Plan()
-    for name in compacted:
-        plan.deletes += [fs.join(shard_dir, name), fs.join(shard_dir, stats_name(name))]
     for table in TABLES:
         for path in table_files(out_dir, table):
             _merge_old_part(out_dir, table, path, work, run_id, replaced, plan)
@@ -506,6 +565,8 @@ def commit_parts(out_dir: str, *, run_id: str, parts: dict[str, list[str]], shar
     journal = {"renames": _shard_renames(shard_dir, shard_records, names) + plan.renames, "deletes": plan.deletes,
                "indexes": _updated_indexes(shard_dir, shard_records, names, set(compacted)), "stats": stats,
                "cleanup": list(cleanup) + [work]}
+    _finish(out_dir, journal, "ingest", {**(snapshot_meta or {}),
+                                         **({"compacted_shards": sorted(compacted)} if compacted else {})})
     fs.write_bytes(fs.join(out_dir, JOURNAL), json.dumps(journal).encode())
     _apply(out_dir, journal)
     return stats
@@ -522,7 +583,8 @@ def check_spec(out_dir: str, spec: ClipSpec) -> None:
 
 def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Failure],
                videos: list[VideoResult], shard_records: list[ShardRecord], stats: dict,
-               spec: ClipSpec, cleanup: list[str], sources: Iterable[str] = ()) -> dict:
+               spec: ClipSpec, cleanup: list[str], sources: Iterable[str] = (),
+               snapshot_meta: dict | None = None) -> dict:
     """Commit one run's results held in memory (small runs, tests and fixtures; an ingest job
     commits its staged parts with `commit_parts`): shards are numbered after the ones there,
     `{split}-NNNNNN.tar`. Returns the merged stats (which record `spec`, the clip format every
@@ -546,7 +608,7 @@ def commit_run(out_dir: str, *, candidates: list[Candidate], failures: list[Fail
     parts = {t: write_parts(fs.join(staged, t), t, run_id, rs) for t, rs in rows.items()}
     return commit_parts(out_dir, run_id=run_id, parts=parts, shard_records=shard_records, shard_names=names,
                         spec=spec, sources=sources, run_stats={**stats, "run_id": stats.get("run_id", run_id)},
-                        cleanup=list(cleanup) + [staged])
+                        cleanup=list(cleanup) + [staged], snapshot_meta=snapshot_meta)
 
 
 def _run_id() -> str:
@@ -594,14 +656,14 @@ def failed_video_row(f: Failure) -> dict:
 
 # ------------------------------------------------------------------------------ reshard
 def reshard(out_dir: str, decide: Callable[[list[dict]], None], target_bytes: int, max_clips: int,
-            spec: ClipSpec | None = None) -> tuple[dict, dict[str, int]]:
+            spec: ClipSpec | None = None, snapshot_meta: dict | None = None) -> tuple[dict, dict[str, int]]:
     """Apply new kept flags to the output (refilter): `decide(rows)` updates the manifest rows
     of one part in place (it is called twice per part, so it must give the same answer each
     time). Shards that lose clips are rewritten without them (tar members copied, nothing
-    decoded); clips newly kept are written from the clip store into new shards; manifest parts
-    are rewritten with the new flags and shard names; all in one journalled commit. Memory:
-    one part's rows and the clips that change. The clip spec is the one the output recorded;
-    `spec` serves outputs written before it was recorded. Returns the output's new stats and
+    decoded) under new names (the old ones stay for the snapshots naming them); clips newly
+    kept are written from the clip store into new shards; manifest parts are rewritten with
+    the new flags and shard names; all in one journalled commit. Memory: one part's rows and
+    the clips that change. The clip spec is the one the output recorded; `spec` serves outputs written before it was recorded. Returns the output's new stats and
     the clips that moved: {"kept": newly kept, "rejected": newly rejected}."""
     recover(out_dir)
     spec = read_spec(out_dir) or spec
@@ -623,20 +685,21 @@ def reshard(out_dir: str, decide: Callable[[list[dict]], None], target_bytes: in
                 dropped.setdefault(r["shard"], set()).add(r["key"])
             elif r["kept"] and not (before and r.get("shard")):
                 added.setdefault(r["video_key"], []).append(from_row(ClipRow, r))
-    renames, deletes, entries = [], [], {}
-    for name, keys in sorted(dropped.items()):
-        left = rewrite_without(fs.join(shard_dir, name), fs.join(tmp, name), keys)
-        entry = None if left is None else {"nsamples": left["n_samples"], "filesize": left["bytes"]}
-        deletes += [fs.join(shard_dir, name), fs.join(shard_dir, stats_name(name))]
-        if entry is not None:
-            renames += [(fs.join(tmp, name), fs.join(shard_dir, name)),
-                        (fs.join(tmp, stats_name(name)), fs.join(shard_dir, stats_name(name)))]
-        entries[name] = entry
+    renames, deletes, records = [], [], []
+    renamed: dict[str, str | None] = {}  # a rewritten shard's old name -> its new one (None: emptied)
+    tag = uuid.uuid4().hex[:8]
+    for i, (name, keys) in enumerate(sorted(dropped.items())):
+        split = name.split("-", 1)[0]
+        new = f"{split}-{run_id}-{tag}-{i:04d}.tar"  # never the old name: a shard is never rewritten in place
+        left = rewrite_without(fs.join(shard_dir, name), fs.join(tmp, new), keys)
+        renamed[name] = None if left is None else new
+        if left is not None:
+            records.append(ShardRecord(path=fs.join(tmp, new), split=split, order=new, stats=left))
     writer = StreamingShards(tmp, run_id, target_bytes, max_clips, spec)
     videos = [VideoResult(video_key=vk, video_id=cl[0].video_id, source=cl[0].source, title=cl[0].title,
                           status="done", clips=cl, split=cl[0].split, store=store_path(out_dir, vk))
               for vk, cl in sorted(added.items())]
-    shard_of, records = {}, []
+    shard_of = {}
     for split in SPLITS:
         for rec, clips in [*writer.write([v for v in videos if v.split == split]), *writer.close()]:
             _write_shard_stats(rec, os.path.basename(rec.path))
@@ -649,7 +712,8 @@ def reshard(out_dir: str, decide: Callable[[list[dict]], None], target_bytes: in
         for rows in _row_batches([path]):
             decide(rows)
             for r in rows:
-                r["shard"] = (shard_of.get(r["key"], r.get("shard")) if r["kept"] else None)
+                old = r.get("shard")
+                r["shard"] = (shard_of.get(r["key"], renamed.get(old) or old) if r["kept"] else None)
             totals.add("manifest", pa.Table.from_pylist([{k: r[k] for k in Totals.COLUMNS["manifest"]} for r in rows]))
             yield rows
 
@@ -664,11 +728,9 @@ def reshard(out_dir: str, decide: Callable[[list[dict]], None], target_bytes: in
                 totals.add(table, b)
     stats = totals.stats({**read_stats(out_dir).get("last_run", {}), "refiltered": run_id}, spec)
     indexes = _updated_indexes(shard_dir, records, {r.path: os.path.basename(r.path) for r in records},
-                               {n for n, e in entries.items() if e is None})
-    for index in indexes.values():
-        for e in index["shardlist"] if index else ():
-            e.update(entries.get(e["url"]) or {})
+                               set(renamed))
     journal = {"renames": renames, "deletes": deletes, "indexes": indexes, "stats": stats, "cleanup": [tmp, work]}
+    _finish(out_dir, journal, "refilter", {**(snapshot_meta or {}), "moved": moved, "run_id": run_id})
     fs.write_bytes(fs.join(out_dir, JOURNAL), json.dumps(journal).encode())
     _apply(out_dir, journal)
     return stats, moved

@@ -103,3 +103,20 @@ class OutputConfig(Section):
     # how long a detached job (ingest --detach, flex template) holds a bucket output: its commit
     # frees it; a job that dies holds it until then (delete OUT/.lock to free it at once)
     job_lease_h: float = Field(default=48, gt=0)
+    # a command run after each commit of `genie-pipeline ingest` (split like a shell would, run
+    # without one), with GENIE_SNAPSHOT, GENIE_OUTPUT and the counts in its environment
+    on_commit: str | None = None
+
+    @field_validator("on_commit")
+    @classmethod
+    def _command(cls, v: str | None) -> str | None:
+        import shlex
+
+        if v is None:
+            return v
+        try:
+            if not shlex.split(v):
+                raise ValueError("an empty command")
+        except ValueError as e:
+            raise ValueError(f"not a command line ({e})") from None
+        return v

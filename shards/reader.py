@@ -8,8 +8,10 @@ quality training and scoring, refilter, verify, the training loader and the labe
       shards/{split}-NNNNNN.tar       WebDataset shards (+ .stats.json each)
 
 - `read_rows(out, table)`, `read_stats(out)`, `read_spec(out)`;
-- `existing_shards(shard_dir, split)`, `resolve_inputs(inputs, split)`: the shards behind
-  output dirs, shard dirs, tars and globs (local or remote);
+- `existing_shards(shard_dir, split)` (every shard file there, retained ones included),
+  `live_shards(shard_dir, split)` (those of the current version), `resolve_inputs(inputs, split)`:
+  the shards behind output dirs (pinned to a snapshot: `OUT` is its LATEST, `OUT@<id>` that
+  one), shard dirs, tars and globs (local or remote);
 - `iter_tar_clips(path, stats)`: the clips of one shard as they stream by;
 - `ClipIndex.open(path)`: clips by key with their bytes on demand, from an ingest output (clip
   store, else shards), a directory of stores or shards, or any folder of `.mp4` clips.
@@ -29,7 +31,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow.parquet as pq
 
-from genie_pipeline.shards import fs
+from genie_pipeline.shards import fs, snapshots
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.store import VIDEO_JSON
 
@@ -242,23 +244,60 @@ def existing_shards(shard_dir: str, split: str) -> list[str]:
             if _SHARD_ID.fullmatch(os.path.basename(p)[len(split) + 1:])]
 
 
+def live_shards(shard_dir: str, split: str) -> list[str]:
+    """The shards of `split` in the output's current version: those its index lists (the
+    commit keeps shards that snapshots still name beside them), else every shard there."""
+    ip = fs.join(shard_dir, f"{split}.index.json")
+    try:
+        entries = json.loads(fs.read_bytes(ip))["shardlist"]
+    except Exception:  # noqa: BLE001 — no index (an older output, or a split without shards)
+        return existing_shards(shard_dir, split)
+    return [fs.join(shard_dir, e["url"]) for e in entries]
+
+
 @dataclass
 class ShardSet:
     shards: list[str]
     manifests: list[str] = field(default_factory=list)  # the ingest output dirs whose manifest describes them
     inputs: list[str] = field(default_factory=list)
+    snapshots: dict[str, str] = field(default_factory=dict)  # ingest output dir -> the snapshot id pinned
+    sha256: dict[str, str] = field(default_factory=dict)  # shard -> its sha256, where a snapshot records it
+
+
+def _pinned(out: str, snap_id: str | None, split: str, into: ShardSet) -> None:
+    """Add the shards of one snapshot of the output `out` (None: LATEST) to `into`."""
+    try:
+        record = snapshots.read(out, snap_id)
+    except snapshots.SnapshotError as e:
+        raise DataError(str(e)) from None
+    found = snapshots.shards_of(out, record, split)
+    if not found:
+        raise DataError(f"{out}@{record['id']}: the snapshot has no {split} shards")
+    into.snapshots[out] = record["id"]
+    into.shards += [e["path"] for e in found]
+    into.sha256.update((e["path"], e["sha256"]) for e in found if e.get("sha256"))
 
 
 def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
-    """Shards (and manifests) behind the inputs. Each input is an ingest output dir (reads
-    `shards/SPLIT-*.tar` and records the output, whose manifest table describes them), a dir of
-    shards, a tar or a glob."""
+    """Shards (and manifests) behind the inputs. Each input is an ingest output dir (the
+    shards of its LATEST snapshot, or of `OUT@<id>`; an output without snapshots: every
+    `shards/SPLIT-*.tar`; the output is recorded, its manifest table describes them), a dir of
+    shards (those its index lists), a tar or a glob."""
     if isinstance(inputs, str):
         inputs = [inputs]
     shards: list[str] = []
     manifests: list[str] = []
+    pinned = ShardSet(shards=[])
     for inp in inputs:
         inp = str(inp)
+        out, snap_id = snapshots.split_pin(inp)
+        if snap_id is not None or (not any(c in fs.GLOB_CHARS for c in inp) and not inp.endswith(".tar")
+                                   and snapshots.latest_id(inp) is not None):
+            before = len(pinned.shards)
+            _pinned(out, snap_id, split, pinned)
+            shards += pinned.shards[before:]
+            manifests.append(out)
+            continue
         if any(c in fs.GLOB_CHARS for c in inp):
             found = fs.glob(inp)
             if not found:
@@ -274,7 +313,7 @@ def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
                     manifests.append(inp)
             elif not fs.is_remote(inp) and has_table(os.path.normpath(fs.join(inp, "..")), "manifest"):
                 manifests.append(os.path.normpath(fs.join(inp, "..")))
-            found = fs.glob(fs.join(base, f"{split}-*.tar"))
+            found = live_shards(base, split)
             if not found:
                 raise DataError(f"{inp}: no {split}-*.tar shards in {base}")
             shards += found
@@ -284,7 +323,8 @@ def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
     uniq = [s for s in shards if not (s in seen or seen.add(s))]
     if not uniq:
         raise DataError("no shards given")
-    return ShardSet(shards=uniq, manifests=manifests, inputs=list(inputs))
+    return ShardSet(shards=uniq, manifests=manifests, inputs=list(inputs), snapshots=pinned.snapshots,
+                    sha256=pinned.sha256)
 
 
 @dataclass
@@ -305,12 +345,45 @@ def _sample_key(name: str) -> tuple[str, str]:
 TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
 
 
-def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+class ShardChanged(OSError):
+    """A pinned shard's bytes do not hash to the sha256 its snapshot recorded."""
+
+
+class _Hashing:
+    """A reader that hashes every byte read through it."""
+
+    def __init__(self, f):
+        import hashlib
+
+        self._f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.h.update(data)
+        return data
+
+    def rest(self) -> str:
+        while self.read(1 << 22):
+            pass
+        return self.h.hexdigest()
+
+
+def iter_tar_samples(path: str, sha256: str | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) for each sample of a WebDataset tar, streamed in tar order
     and grouped as WebDataset groups them (consecutive members; the key ends at the first
-    dot of the file name). Raises one of TAR_ERRORS for a file that is not a readable tar."""
+    dot of the file name). Raises one of TAR_ERRORS for a file that is not a readable tar;
+    with `sha256` (a pinned snapshot's), every byte is hashed as it streams by and
+    ShardChanged (an OSError) is raised after the last sample where the file differs."""
+    with fs.open_read(path) as raw:
+        fobj = _Hashing(raw) if sha256 else raw
+        yield from _tar_samples(fobj)
+        if sha256 and (got := fobj.rest()) != sha256:
+            raise ShardChanged(f"{path}: sha256 {got[:12]}… is not the {sha256[:12]}… its snapshot recorded")
+
+
+def _tar_samples(fobj) -> Iterator[tuple[str, dict[str, bytes]]]:
     cur, parts = None, {}
-    with fs.open_read(path) as fobj, tarfile.open(fileobj=fobj, mode="r|*") as tar:
+    with tarfile.open(fileobj=fobj, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -325,11 +398,12 @@ def iter_tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield cur, parts
 
 
-def iter_tar_clips(path: str, stats: dict) -> Iterator[Clip]:
+def iter_tar_clips(path: str, stats: dict, sha256: str | None = None) -> Iterator[Clip]:
     """Clips of one shard, in tar order. Unreadable shards and broken samples are counted in
-    `stats` (bad_shards / bad_samples) and skipped; never raises for bad data."""
+    `stats` (bad_shards / bad_samples) and skipped; never raises for bad data. With `sha256`,
+    a shard whose bytes differ from it counts as a bad shard too (ShardChanged)."""
     try:
-        for key, parts in iter_tar_samples(path):
+        for key, parts in iter_tar_samples(path, sha256):
             ext = next((e for e in CLIP_EXTS if e in parts), None)
             try:
                 meta = json.loads(parts["json"]) if "json" in parts else {}

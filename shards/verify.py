@@ -8,7 +8,7 @@ from collections import Counter
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.clip import ClipSpec, check_clip
 from genie_pipeline.shards.commit import JOURNAL
-from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, existing_shards, has_table, iter_tar_samples, read_rows,
+from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, has_table, live_shards, iter_tar_samples, read_rows,
                                           read_spec, stats_name)
 from genie_pipeline.shards.records import TABLES
 
@@ -47,7 +47,7 @@ def verify(out_dir: str, spec: ClipSpec | None = None, decode: bool = True) -> l
     seen_keys: Counter = Counter()
     found_shards = set()
     for split in SPLITS:
-        for path in existing_shards(shard_dir, split):
+        for path in live_shards(shard_dir, split):  # shards kept for older snapshots are not checked
             name = os.path.basename(path)
             found_shards.add(name)
             keys = _check_shard(path, name, split, problems, spec if decode else None)

@@ -134,7 +134,7 @@ def _twice(monkeypatch) -> None:
 
 def check_output(out: str, kept: set[str]) -> None:
     """The invariants after a fault, `recover()` and a rerun."""
-    from genie_pipeline.shards.reader import JOURNAL, SPLITS, existing_shards, iter_tar_samples, read_rows
+    from genie_pipeline.shards.reader import JOURNAL, SPLITS, iter_tar_samples, live_shards, read_rows
     from genie_pipeline.shards.verify import verify
 
     manifest = read_rows(out, "manifest")
@@ -146,7 +146,7 @@ def check_output(out: str, kept: set[str]) -> None:
         if m["kept"]:
             rows_of.setdefault(m["shard"], set()).add(m["key"])
     in_shards = {os.path.basename(p): {k for k, _ in iter_tar_samples(p)}
-                 for split in SPLITS for p in existing_shards(fs.join(out, "shards"), split)}
+                 for split in SPLITS for p in live_shards(fs.join(out, "shards"), split)}
     assert in_shards == rows_of  # no shard without its rows, none with rows missing
     assert verify(out, decode=False) == []
     staged = [p for d in ("_runs", "_commit", "shards/_tmp", "clips") for p in fs.glob(fs.join(out, d, "**"))]
@@ -339,7 +339,7 @@ def commit_sweep(emu, monkeypatch, n: int | None) -> int:
 
 
 def check_commit(out: str, keys: list[str]) -> None:
-    from genie_pipeline.shards.reader import JOURNAL, existing_shards, iter_tar_samples, read_rows, read_stats
+    from genie_pipeline.shards.reader import JOURNAL, iter_tar_samples, live_shards, read_rows, read_stats
     from genie_pipeline.shards.verify import verify
 
     assert _keys(out) == keys
@@ -347,7 +347,7 @@ def check_commit(out: str, keys: list[str]) -> None:
     for m in read_rows(out, "manifest"):
         rows_of.setdefault(m["shard"], set()).add(m["key"])
     in_shards = {os.path.basename(p): {k for k, _ in iter_tar_samples(p)}
-                 for p in existing_shards(fs.join(out, "shards"), "train")}
+                 for p in live_shards(fs.join(out, "shards"), "train")}
     assert in_shards == rows_of  # no shard without its rows, none with rows missing
     assert verify(out, decode=False) == []
     videos = sorted((v["video_id"], v["status"]) for v in read_rows(out, "videos"))

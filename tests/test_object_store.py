@@ -333,12 +333,12 @@ def test_ingest_into_a_bucket_is_killed_resumes_and_reads_back(s3, tmp_path):
     # are rewritten from the bucket's clip store to hold exactly the clips now kept
     from genie_pipeline.filtering.quality import refilter
     from genie_pipeline.shards.config import ShardsConfig
-    from genie_pipeline.shards.reader import existing_shards, iter_tar_samples
+    from genie_pipeline.shards.reader import iter_tar_samples, live_shards
 
     rows = [dict(m, quality_score=1.0 if m["video_id"] == "v2" else 0.0) for m in manifest]
     result = refilter(out, 0.5, ShardsConfig(), None, rows=rows)
     kept = {m["key"] for m in read_rows(out, "manifest") if m["kept"]}
-    in_shards = {k for p in existing_shards(f"{out}/shards", "train") for k, _ in iter_tar_samples(p)}
+    in_shards = {k for p in live_shards(f"{out}/shards", "train") for k, _ in iter_tar_samples(p)}
     assert in_shards == kept and result["kept_after"] == len(kept)
     assert all(m["video_id"] == "v2" for m in read_rows(out, "manifest") if m["kept"])
     assert verify(out) == []

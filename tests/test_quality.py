@@ -20,7 +20,7 @@ from genie_pipeline.filtering.quality.frames import sample_frames, sample_indice
 from genie_pipeline.filtering.quality.model import QualityNet, load_backbone_weights  # noqa: E402
 from genie_pipeline.filtering.quality.score import score_clips  # noqa: E402
 from genie_pipeline.shards.config import ClipsConfig, ShardsConfig  # noqa: E402
-from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
+from genie_pipeline.shards.reader import ClipIndex, live_shards  # noqa: E402
 from tests.fixtures.output import write_quality_output  # noqa: E402
 
 
@@ -306,7 +306,7 @@ def test_refilter_rewrites_shards_from_manifest(tmp_path):
             assert a["reason"] == ("" if a["kept"] else "quality")
     kept = {k for k, a in after.items() if a["kept"]}
     in_shards = set()
-    for shard in (out / "shards").glob("*.tar"):
+    for shard in live_shards(str(out / "shards"), "train") + live_shards(str(out / "shards"), "val"):
         with tarfile.open(shard) as tar:
             in_shards |= {n[:-4] for n in tar.getnames() if n.endswith(".mp4")}
     assert in_shards == kept and r["kept_after"] == len(kept)

@@ -9,7 +9,7 @@ import pytest
 from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.pipeline import prepare_job, run_ingest
 from genie_pipeline.shards.commit import commit_run, write_parts
-from genie_pipeline.shards.reader import existing_shards, read_rows, read_stats, table_files
+from genie_pipeline.shards.reader import existing_shards, live_shards, read_rows, read_stats, table_files
 from genie_pipeline.shards.verify import verify
 from tests.conftest import make_video
 
@@ -151,7 +151,7 @@ def test_shards_spread_long_videos_and_leave_one_tail_per_split(tmp_path, worker
     n_long = sum(r["video_id"] == "v0" for r in manifest)
     assert n_long >= 10 and len(long) >= n_long // 3 + 1  # not packed into as few shards as possible
     sizes = [json.loads((tmp_path / "out" / "shards" / (os.path.basename(p)[:-4] + ".stats.json")).read_text())
-             ["n_samples"] for p in existing_shards(os.path.join(out, "shards"), "train")]
+             ["n_samples"] for p in live_shards(os.path.join(out, "shards"), "train")]
     assert sum(sizes) == len(manifest) and max(sizes) <= 3
     assert sum(n < 3 for n in sizes) <= 1
 
@@ -180,9 +180,11 @@ def test_incremental_runs_compact_the_small_shards_of_earlier_runs(tmp_path):
         run_ingest(config(tmp_path, rows[:n], **extra))
         assert verify(out) == []
         counts.append(sorted(json.loads(open(p[:-4] + ".stats.json").read())["n_samples"]
-                             for p in existing_shards(os.path.join(out, "shards"), "train")))
+                             for p in live_shards(os.path.join(out, "shards"), "train")))
     assert counts == [[2], [5]], counts
+    # the compacted shard is out of the current version, and stays for the snapshot naming it
+    assert len(existing_shards(os.path.join(out, "shards"), "train")) == 2
     manifest = read_rows(out, "manifest")
     assert sum(r["kept"] for r in manifest) == 5 and len({r["key"] for r in manifest}) == len(manifest)
     assert {r["shard"] for r in manifest if r["kept"]} == {os.path.basename(p) for p in
-                                                         existing_shards(os.path.join(out, "shards"), "train")}
+                                                         live_shards(os.path.join(out, "shards"), "train")}

@@ -141,9 +141,12 @@ def eval_shards(run_dir: Path | None, data: list[str] | None) -> list[str]:
         raise TrainingError("eval.data", "no run.json beside the checkpoint to read the run's inputs from: "
                                          "give --data OUT_OR_SHARDS")
     try:
-        inputs = json.loads(run_json.read_text())["inputs"]
+        run = json.loads(run_json.read_text())
+        inputs = run["inputs"]
     except (ValueError, KeyError, TypeError):
         raise TrainingError("eval.data", f"{run_json} records no inputs: give --data OUT_OR_SHARDS") from None
+    pins = run.get("snapshots") or {}  # the snapshot the run trained on, not what the output holds now
+    inputs = [f"{i}@{pins[i]}" if i in pins else i for i in inputs]
     shards = resolve_inputs(inputs, "val").shards
     not_val = [s for s in shards if not os.path.basename(s).startswith("val-")]
     if not_val:  # an input given as a tar or glob names its split itself

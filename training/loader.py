@@ -91,6 +91,7 @@ class WindowDataset(torch.utils.data.IterableDataset):
         infinite: bool = True,
         start_positions: dict[int, dict] | None = None,
         batches_consumed: int = 0,
+        sha256: dict[str, str] | None = None,
     ):
         super().__init__()
         if not shards:
@@ -111,6 +112,7 @@ class WindowDataset(torch.utils.data.IterableDataset):
         self.infinite = infinite
         self.start_positions = {int(k): dict(v) for k, v in (start_positions or {}).items()}
         self.batches_consumed = batches_consumed
+        self.sha256 = dict(sha256 or {})  # shard -> sha256 of a pinned snapshot: a shard that differs is a bad one
         make_decoder(decoder)  # fail in the main process when the backend is missing
 
     # -- stream layout
@@ -141,7 +143,7 @@ class WindowDataset(torch.utils.data.IterableDataset):
         allowed_bad = self.max_bad_fraction * len(shards)
         index = 0
         for path in shards:
-            for clip in iter_tar_clips(path, stats):
+            for clip in iter_tar_clips(path, stats, self.sha256.get(path)):
                 stats["samples_read"] += 1
                 if modulus is None or index % modulus == stream:
                     yield clip

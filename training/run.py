@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from genie_pipeline.models.config import GenieConfig, ModelConfigError, config_to_dict, get_config
-from genie_pipeline.shards import fs
+from genie_pipeline.shards import fs, snapshots
 from genie_pipeline.shards.reader import ShardSet, resolve_inputs
 
 from . import checkpoint as ckpt_lib
@@ -157,8 +157,11 @@ def write_run_json(out_dir: Path, cfg: TrainConfig, mcfg: GenieConfig, shardset:
         "model_config": config_to_dict(mcfg),
         "inputs": shardset.inputs,
         "split": cfg.split,
-        "manifests": [describe_manifest(m) for m in shardset.manifests],
-        "shards": [{"path": s, "bytes": _file_size(s)} for s in shardset.shards],
+        "manifests": [describe_manifest(m) for m in shardset.manifests if m not in shardset.snapshots],
+        # the snapshot each ingest output was pinned to: a resumed run (and eval) reads the same one
+        "snapshots": shardset.snapshots,
+        "shards": [{"path": s, "bytes": _file_size(s), **({"sha256": shardset.sha256[s]} if s in shardset.sha256
+                                                          else {})} for s in shardset.shards],
         "world_size": info.world_size,
         "torch": torch.__version__,
         "invocations": invocations,
@@ -223,15 +226,16 @@ def _train_into(cfg: TrainConfig, mcfg: GenieConfig, out: Path, mirror: ckpt_lib
     to the bucket by `mirror` at each checkpoint and here at the end); the summary, with the
     bucket's paths for a bucket run dir."""
     check_parallel(cfg, info.world_size)
-    shardset = resolve_inputs(inputs, cfg.split)
+    shardset = resolve_inputs(pin_inputs(inputs, _read_run_json(out) if resume else {}), cfg.split)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_run_json(out, cfg, mcfg, shardset, stage, info, resume)
     dist_lib.barrier()
     summary: dict[str, Any] = {"out_dir": str(out), "stage": stage, "world_size": info.world_size,
                                "device": str(info.device), "shards": len(shardset.shards),
+                               "snapshots": shardset.snapshots,
                                "phases": _train_phases(cfg, mcfg, out, info, shardset.shards, stage, resume,
-                                                       mirror)}
+                                                       mirror, shardset.sha256)}
     if info.is_main and ckpt_lib.latest_path(out, "dynamics").exists() and "dynamics" in summary["phases"]:
         summary["genie_checkpoint"] = str(export_genie(out, mcfg))
     if mirror is not None:
@@ -245,6 +249,22 @@ def _train_into(cfg: TrainConfig, mcfg: GenieConfig, out: Path, mirror: ckpt_lib
     return summary
 
 
+def pin_inputs(inputs: list[str], run_json: dict) -> list[str]:
+    """Each ingest output among `inputs` as `OUT@<id>`: the snapshot `run_json` (a run being
+    resumed) pinned it to, else its LATEST as rank 0 reads it now (every rank trains on the
+    same snapshot although a commit may land between their reads). Inputs pinned already,
+    and outputs without snapshots, stay as they are."""
+    before = run_json.get("snapshots") or {}
+    pins = {}
+    for inp in inputs:
+        if snapshots.split_pin(inp)[1] is None:
+            snap = before.get(inp) or before.get(inp.rstrip("/")) or snapshots.latest_id(inp)
+            if snap:
+                pins[inp] = snap
+    pins = dist_lib.all_gather_objects(pins)[0]
+    return [f"{inp}@{pins[inp]}" if inp in pins else inp for inp in inputs]
+
+
 def _push_after_failure(mirror: ckpt_lib.RunMirror) -> None:
     """Upload a failed run's logs (metrics, samples, run.json) for its post-mortem; a failure
     to upload them is reported, and never hides the error that stopped the run."""
@@ -256,7 +276,8 @@ def _push_after_failure(mirror: ckpt_lib.RunMirror) -> None:
 
 
 def _train_phases(cfg: TrainConfig, mcfg: GenieConfig, out: Path, info: dist_lib.DistInfo, shards: list[str],
-                  stage: str, resume: bool, mirror: ckpt_lib.RunMirror | None = None) -> dict[str, dict]:
+                  stage: str, resume: bool, mirror: ckpt_lib.RunMirror | None = None,
+                  shard_sha256: dict[str, str] | None = None) -> dict[str, dict]:
     """Each phase of `stage` that has steps, in order: {phase: its summary}."""
     results: dict[str, dict] = {}
     for phase in PHASES if stage == "all" else (stage,):
@@ -269,7 +290,7 @@ def _train_phases(cfg: TrainConfig, mcfg: GenieConfig, out: Path, info: dist_lib
             if not info.is_main:
                 for ph in PHASES:
                     mirror.pull(f"checkpoints/{ph}/latest.pt", refresh=True)
-        trainer = PhaseTrainer(phase, cfg, mcfg, out, info, shards, resume=resume)
+        trainer = PhaseTrainer(phase, cfg, mcfg, out, info, shards, resume=resume, shard_sha256=shard_sha256)
         results[phase] = trainer.run()
         del trainer  # free this phase's models (and DDP reducers) before the next phase builds its own
         if (phase == "tokenizer" and info.is_main and not results[phase].get("skipped")

@@ -105,7 +105,8 @@ class PhaseTrainer:
     given batch (used by the loop and by tests); `run()` trains to the phase's step count."""
 
     def __init__(self, phase: str, cfg: TrainConfig, mcfg: GenieConfig, out_dir: str | os.PathLike,
-                 info: dist_lib.DistInfo | None = None, shards: list[str] | None = None, resume: bool = False):
+                 info: dist_lib.DistInfo | None = None, shards: list[str] | None = None, resume: bool = False,
+                 shard_sha256: dict[str, str] | None = None):
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}")
         self.phase, self.cfg, self.mcfg = phase, cfg, mcfg
@@ -113,6 +114,7 @@ class PhaseTrainer:
         self.info = info or dist_lib.DistInfo()
         self.device = self.info.device
         self.shards = shards or []
+        self.shard_sha256 = shard_sha256 or {}  # a pinned snapshot's: every byte read is checked against it
         self.total_steps = cfg.tokenizer_steps if phase == "tokenizer" else cfg.dynamics_steps
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.step = 0
@@ -372,7 +374,7 @@ class PhaseTrainer:
             num_workers=cfg.num_workers, state=self.loader_state, pin_memory=self.device.type == "cuda",
             seed=cfg.seed, windows_per_clip=cfg.windows_per_clip, clips_per_group=cfg.clips_per_group,
             shuffle_buffer=cfg.shuffle_buffer, resolution=(self.mcfg.image_height, self.mcfg.image_width),
-            decoder=cfg.decoder, max_bad_shard_fraction=cfg.max_bad_shard_fraction,
+            decoder=cfg.decoder, max_bad_shard_fraction=cfg.max_bad_shard_fraction, sha256=self.shard_sha256,
         )
 
     def run(self) -> dict:

@@ -45,14 +45,14 @@ def _score(r: dict) -> float | None:
 
 
 def refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpec | None,
-             rows: list[dict] | None = None) -> dict[str, Any]:
+             rows: list[dict] | None = None, snapshot_meta: dict | None = None) -> dict[str, Any]:
     """Apply `threshold` to the output's manifest (with the new scores of `rows`, the manifest
     as `score_manifest` returns it, where given) and make the shards agree
     (`shards.commit.reshard`), streaming the manifest part by part. A duplicate group whose
     kept clip the threshold rejects keeps its best member that passes (shards.dedupe.reelect).
     `spec`: the clip spec for an output whose stats.json records none. Returns threshold,
     clips, kept_before, kept_after, the changes (kept, rejected, unscored) and the output's new
-    stats."""
+    stats. `snapshot_meta`: what the new snapshot records of the command (shards/snapshots.py)."""
     if not 0 <= threshold <= 1:
         raise QualityError(f"threshold: must be between 0 and 1, got {threshold}")
     out_dir = str(out_dir)
@@ -60,11 +60,11 @@ def refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpe
         raise QualityError(f"{out_dir} has no manifest table: is it an ingest output directory?")
     scores = None if rows is None else {r["key"]: r.get("quality_score") for r in rows}
     with fs.output_lock(out_dir, "refilter"):  # no ingest commits between reading and rewriting
-        return _refilter(out_dir, threshold, shards, spec, scores)
+        return _refilter(out_dir, threshold, shards, spec, scores, snapshot_meta)
 
 
 def _refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSpec | None,
-              scores: dict | None) -> dict[str, Any]:
+              scores: dict | None, snapshot_meta: dict | None = None) -> dict[str, Any]:
     before, unscored, scored = 0, 0, False
     for r in _rows(out_dir, scores, None):
         before += bool(r["kept"])
@@ -84,7 +84,8 @@ def _refilter(out_dir: str, threshold: float, shards: ShardsConfig, spec: ClipSp
         apply_threshold(part, threshold)
         apply_reelections(part, new_rep_of)
 
-    stats, moved = reshard(out_dir, decide, int(shards.target_mb * 2**20), shards.max_clips, spec)
+    stats, moved = reshard(out_dir, decide, int(shards.target_mb * 2**20), shards.max_clips, spec,
+                           {**(snapshot_meta or {}), "threshold": threshold})
     return {"threshold": threshold, "clips": stats["clips"], "kept_before": before, "kept_after": stats["clips_kept"],
             **moved, "unscored": unscored, "stats": stats}
 

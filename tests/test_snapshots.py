@@ -1,0 +1,128 @@
+"""Snapshots (issue 26): every commit is an immutable version that readers can pin; gc keeps
+what retained snapshots name; triggers run a command per new snapshot."""
+import hashlib
+import json
+import os
+import sys
+
+import pytest
+
+from genie_pipeline.cli import main
+from genie_pipeline.filtering.quality import refilter
+from genie_pipeline.shards import retention, snapshots
+from genie_pipeline.shards.config import ShardsConfig
+from genie_pipeline.shards.reader import DataError, existing_shards, live_shards, read_rows, resolve_inputs
+from genie_pipeline.shards.verify import verify
+from tests.fixtures.output import write_quality_output
+
+
+def sha(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def scored(out: str, good_sources=("sim",)) -> list[dict]:
+    """The manifest with scores that keep the clips of `good_sources` only."""
+    return [dict(m, quality_score=0.9 if m["source"] in good_sources else 0.1) for m in read_rows(out, "manifest")]
+
+
+@pytest.fixture
+def output(tmp_path):
+    out = str(tmp_path / "out")
+    write_quality_output(out, n_good=4, n_bad=2, clips_per_video=2, val_every=3)
+    return out
+
+
+def test_commits_write_snapshots_that_pin_their_files_and_gc_frees_what_none_names(output):
+    out = output
+    first = snapshots.read(out)
+    assert snapshots.latest_id(out) == first["id"] and first["parent"] is None and first["kind"] == "ingest"
+    assert first["counts"]["clips_kept"] == sum(r["kept"] for r in read_rows(out, "manifest"))
+    assert first["clip_spec"] and first["tables"]["manifest"]
+    for split in ("train", "val"):
+        for e in snapshots.shards_of(out, first, split):
+            assert sha(e["path"]) == e["sha256"] and os.path.getsize(e["path"]) == e["bytes"]
+    before = {e["path"]: e["sha256"] for s in ("train", "val") for e in snapshots.shards_of(out, first, s)}
+
+    r = refilter(out, 0.5, ShardsConfig(), None, rows=scored(out))
+    assert r["rejected"] > 0
+    second = snapshots.read(out)
+    assert second["parent"] == first["id"] and second["kind"] == "refilter" and second["id"] != first["id"]
+    # nothing the first snapshot names was modified or deleted: the rewrite made new files
+    for path, digest in before.items():
+        assert sha(path) == digest
+    for relpath in first["tables"]["manifest"]:
+        assert os.path.exists(snapshots.part_path(out, relpath))
+    new_shards = {e["path"] for s in ("train", "val") for e in snapshots.shards_of(out, second, s)}
+    assert new_shards - set(before) and set(before) - new_shards
+    assert verify(out) == []  # the current version is consistent; the retained files do not count
+    assert set(live_shards(os.path.join(out, "shards"), "train")) == {
+        e["path"] for e in snapshots.shards_of(out, second, "train")}
+
+    # pinning: OUT is LATEST, OUT@ID that snapshot, with each shard's hash
+    now, then = resolve_inputs([out]), resolve_inputs([f"{out}@{first['id']}"])
+    assert now.snapshots == {out: second["id"]} and then.snapshots == {out: first["id"]}
+    assert set(then.shards) == {p for p in before if "/train-" in p}
+    assert all(then.sha256[p] == before[p] for p in then.shards)
+
+    # the diff: the bad source's clips left, nothing came
+    d = retention.diff(out, first["id"], second["id"])
+    assert d["added"]["total"] == 0 and d["removed"]["total"] == r["rejected"]
+    assert set(d["removed"]["by_source"]) == {"web"} and sum(d["removed"]["by_split"].values()) == r["rejected"]
+
+    # gc: a dry run frees nothing; retention 1 deletes exactly what only the first names
+    all_files = set(existing_shards(os.path.join(out, "shards"), "train"))
+    dry = retention.gc(out, keep=1, dry_run=True)
+    assert dry["files"] > 0 and dry["bytes"] > 0 and all(os.path.exists(p) for p in dry["paths"])
+    done = retention.gc(out, keep=1)
+    assert done["paths"] == dry["paths"] and done["dropped"] == [first["id"]]
+    assert not any(os.path.exists(p) for p in done["paths"])
+    assert set(existing_shards(os.path.join(out, "shards"), "train")) == all_files & new_shards
+    assert verify(out) == [] and resolve_inputs([out]).snapshots == {out: second["id"]}
+    with pytest.raises(DataError, match=first["id"]):
+        resolve_inputs([f"{out}@{first['id']}"])
+    assert retention.gc(out, keep=1)["files"] == 0  # nothing more to free
+
+
+def test_a_commit_that_changes_nothing_is_no_new_snapshot(output):
+    from genie_pipeline.shards.commit import commit_run
+    from genie_pipeline.shards.reader import read_spec
+
+    first = snapshots.latest_id(output)
+    commit_run(output, candidates=[], failures=[], videos=[], shard_records=[], stats={}, spec=read_spec(output),
+               cleanup=[])
+    assert snapshots.latest_id(output) == first and len(snapshots.list_all(output)) == 1
+
+
+def test_cli_lists_diffs_gcs_and_watch_runs_once_per_new_snapshot(output, tmp_path, capsys):
+    out = output
+    first = snapshots.latest_id(out)
+    refilter(out, 0.5, ShardsConfig(), None, rows=scored(out))
+    second = snapshots.latest_id(out)
+    assert main(["snapshots", out]) == 0
+    listing = capsys.readouterr().out
+    assert first in listing and f"{second}" in listing and "refilter" in listing
+    assert main(["snapshots", out, "--diff", first, second]) == 0
+    diff = capsys.readouterr().out
+    assert "clips added" in diff and "web" in diff
+    assert main(["snapshots", out, "--latest"]) == 0 and capsys.readouterr().out.strip() == second
+    assert main(["snapshots", out, "--diff", "20000101T000000-abcdef"]) == 2  # names the missing one
+    assert "20000101T000000-abcdef" in capsys.readouterr().err
+
+    # watch: --after none counts the current snapshot as new; the command gets the env
+    log = tmp_path / "hook.jsonl"
+    hook = (f"{sys.executable} -c \"import json, os; open({str(log)!r}, 'a').write(json.dumps("
+            "{k: v for k, v in os.environ.items() if k.startswith('GENIE_')}) + chr(10))\"")
+    assert main(["watch", out, "--every", "1s", "--then", hook, "--after", "none", "--max-runs", "1"]) == 0
+    (env,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert env["GENIE_SNAPSHOT"] == second and env["GENIE_OUTPUT"] == out and env["GENIE_PARENT"] == first
+    assert int(env["GENIE_CLIPS_KEPT"]) == sum(r["kept"] for r in read_rows(out, "manifest"))
+    assert main(["watch", out, "--every", "10x", "--then", "true"]) == 2
+    assert main(["watch", out, "--then", "false", "--after", "none", "--max-runs", "1"]) == 1  # reported
+
+    assert main(["gc", out, "--keep", "1", "--dry-run"]) == 0
+    assert "would free" in capsys.readouterr().out
+    assert main(["gc", out, "--keep", "0"]) == 2
+    assert main(["gc", out, "--keep", "1"]) == 0
+    assert "freed" in capsys.readouterr().out and main(["snapshots", out, "--json"]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [second]
