@@ -380,7 +380,8 @@ def cmd_run(args, beam_args) -> int:
     """Ingest, then train on what was ingested."""
     if args.detach:
         print("genie-pipeline run: --detach: run trains on what its ingest commits, so it waits for the job; "
-              "use `genie-pipeline ingest --detach`", file=sys.stderr)
+              "use `genie-pipeline ingest --detach` and `genie-pipeline watch OUT --then CMD` to start training "
+              "on the snapshot the job commits", file=sys.stderr)
         return 2
     cfg = _config(args, require_sources=True)
     check_train(cfg)  # before hours of ingest, not after

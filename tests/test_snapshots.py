@@ -126,3 +126,40 @@ def test_cli_lists_diffs_gcs_and_watch_runs_once_per_new_snapshot(output, tmp_pa
     assert main(["gc", out, "--keep", "1"]) == 0
     assert "freed" in capsys.readouterr().out and main(["snapshots", out, "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == [second]
+
+
+def test_gc_never_runs_while_a_run_holds_the_output(output, capsys):
+    from genie_pipeline.shards import fs
+
+    with fs.output_lock(output, "ingest"):
+        assert main(["gc", output, "--keep", "1"]) == 1
+    assert "in use by another run" in capsys.readouterr().err
+
+
+def test_the_loader_reads_the_pinned_snapshot_and_checks_every_byte(output):
+    """The fast variant of the concurrent test: pin, let a refilter rewrite the shards, read
+    one epoch: exactly the pinned clips, every shard's bytes hashing to its record. A pinned
+    shard changed on disk is caught and counted as a bad shard."""
+    from genie_pipeline.training.loader import WindowDataset, fresh_position
+
+    out = output
+    pinned = resolve_inputs([out])
+    first = snapshots.read(out)
+    keys = {r["key"] for r in read_rows(out, "manifest") if r["kept"] and r["split"] == "train"}
+    refilter(out, 0.5, ShardsConfig(), None, rows=scored(out))
+    assert snapshots.latest_id(out) != first["id"]
+    assert not set(pinned.shards) <= set(live_shards(os.path.join(out, "shards"), "train"))  # the pin matters
+
+    def epoch(ds: WindowDataset) -> tuple[set[str], dict]:
+        stats = fresh_position(0)
+        return {c.key for c in ds._clips(0, 0, stats)}, stats
+
+    ds = WindowDataset(pinned.shards, 2, 8, sha256=pinned.sha256, max_bad_shard_fraction=1.0)
+    got, stats = epoch(ds)
+    assert got == keys and stats["bad_shards"] == 0 and stats["shards_read"] == len(pinned.shards)
+    victim = pinned.shards[0]
+    data = bytearray(open(victim, "rb").read())
+    data[-1] ^= 1  # the tar's zero padding: still a readable tar, but not the pinned bytes
+    open(victim, "wb").write(bytes(data))
+    _, stats = epoch(ds)
+    assert stats["bad_shards"] == 1

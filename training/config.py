@@ -32,7 +32,7 @@ class TrainConfig(Section):
     # ------------------------------------------------------------------- data
     data: list[str] = Field(
         default_factory=list,
-        description="shard inputs: ingest output dirs (OUT, reads OUT/shards/SPLIT-*.tar), shard dirs, "
+        description="shard inputs: ingest output dirs (OUT: the shards of its LATEST snapshot; OUT@ID: of snapshot ID), shard dirs, "
         "tar files or globs; local or remote (gs://, s3://). Empty: the pipeline's output.dir. "
         "Inputs given on the command line replace this list.",
     )
