@@ -56,6 +56,25 @@ PARAMS = {
 }
 
 
+# the commands: values reach them only as environment variables, set by each task
+LAUNCH = (
+    'gcloud dataflow flex-template run "genie-ingest-$RUN_TAG" --project "$PROJECT" --region "$REGION" '
+    '--template-file-gcs-location "$TEMPLATE" --temp-location "$TEMP" --max-workers "$MAX_WORKERS" '
+    '--parameters "config=$CONFIG,output=$OUTPUT" --format "value(job.id)"')
+TRAIN = (
+    'gcloud ai custom-jobs create --project "$PROJECT" --region "$REGION" '
+    '--display-name "genie-train-$SNAPSHOT" '
+    '--worker-pool-spec "machine-type=$MACHINE,accelerator-type=$ACCELERATOR,accelerator-count=$TRAIN_GPUS,'
+    'replica-count=1,container-image-uri=$TRAIN_IMAGE" '
+    '--args "torchrun,--nproc_per_node=$TRAIN_GPUS,-m,genie_pipeline.cli,train,-c,$CONFIG,'
+    '--out,$TRAIN_OUT/$SNAPSHOT,$OUTPUT@$SNAPSHOT"')
+
+
+def _env(*names: str) -> dict[str, str]:
+    """Environment variables (NAME: the param `name`, templated) for a Bash task."""
+    return {n.upper(): "{{ params.%s }}" % n for n in names}
+
+
 def _gcloud(*args: str) -> str:
     """A gcloud command's stdout (argv, no shell)."""
     return subprocess.run(["gcloud", *args], check=True, capture_output=True, text=True).stdout.strip()
@@ -108,15 +127,9 @@ with DAG(
 
     launch_ingest = BashOperator(
         task_id="launch_ingest",
-        # the last line of stdout (the job id) becomes the task's XCom
-        bash_command=(
-            'gcloud dataflow flex-template run "genie-ingest-$RUN_TAG" --project "$PROJECT" --region "$REGION" '
-            '--template-file-gcs-location "$TEMPLATE" --temp-location "$TEMP" --max-workers "$MAX_WORKERS" '
-            '--parameters "config=$CONFIG,output=$OUTPUT" --format "value(job.id)"'),
-        env={"RUN_TAG": "{{ ts_nodash | lower }}", "PROJECT": "{{ params.project }}", "REGION": "{{ params.region }}",
-             "TEMPLATE": "{{ params.template }}", "TEMP": "{{ params.temp }}",
-             "MAX_WORKERS": "{{ params.max_workers }}", "CONFIG": "{{ params.config }}",
-             "OUTPUT": "{{ params.output }}"},
+        bash_command=LAUNCH,  # its last line of stdout (the job id) becomes the task's XCom
+        env={"RUN_TAG": "{{ ts_nodash | lower }}",
+             **_env("project", "region", "template", "temp", "max_workers", "config", "output")},
         append_env=True,
     )
 
@@ -135,18 +148,10 @@ with DAG(
 
     train = BashOperator(
         task_id="train",
-        bash_command=(
-            'gcloud ai custom-jobs create --project "$PROJECT" --region "$REGION" '
-            '--display-name "genie-train-$SNAPSHOT" '
-            '--worker-pool-spec "machine-type=$MACHINE,accelerator-type=$ACCELERATOR,accelerator-count=$GPUS,'
-            'replica-count=1,container-image-uri=$IMAGE" '
-            '--args "torchrun,--nproc_per_node=$GPUS,-m,genie_pipeline.cli,train,-c,$CONFIG,'
-            '--out,$TRAIN_OUT/$SNAPSHOT,$OUTPUT@$SNAPSHOT"'),
+        bash_command=TRAIN,
         env={"SNAPSHOT": "{{ ti.xcom_pull(task_ids='read_snapshot', key='snapshot') }}",
-             "PROJECT": "{{ params.project }}", "REGION": "{{ params.region }}", "CONFIG": "{{ params.config }}",
-             "OUTPUT": "{{ params.output }}", "TRAIN_OUT": "{{ params.train_out }}",
-             "MACHINE": "{{ params.train_machine }}", "ACCELERATOR": "{{ params.train_accelerator }}",
-             "GPUS": "{{ params.train_gpus }}", "IMAGE": "{{ params.train_image }}"},
+             **_env("project", "region", "config", "output", "train_out", "train_image", "train_gpus"),
+             "MACHINE": "{{ params.train_machine }}", "ACCELERATOR": "{{ params.train_accelerator }}"},
         append_env=True,
     )
 

@@ -106,15 +106,18 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-def describe_manifest(out_dir: str) -> dict:
-    """What run.json records of an ingest output's manifest: its table folder, a sha256 over
-    its part files (in order), rows, kept rows, rows per split."""
+def describe_manifest(out_dir: str, snapshot: str | None = None) -> dict:
+    """What run.json records of an ingest output's manifest (as `snapshot` has it, where
+    given): its table folder, a sha256 over its part files (in order), rows, kept rows, rows
+    per split."""
     from genie_pipeline.shards.reader import iter_part_batches, table_dir, table_files
 
-    info: dict[str, Any] = {"path": table_dir(out_dir, "manifest")}
+    info: dict[str, Any] = {"path": table_dir(out_dir, "manifest"), **({"snapshot": snapshot} if snapshot else {})}
     try:
         digest, rows, kept, splits = hashlib.sha256(), 0, 0, {}
-        for path in table_files(out_dir, "manifest"):
+        parts = ([snapshots.part_path(out_dir, rel) for rel in snapshots.read(out_dir, snapshot)["tables"]["manifest"]]
+                 if snapshot else table_files(out_dir, "manifest"))
+        for path in parts:
             digest.update(fs.read_bytes(path))
             for b in iter_part_batches(path, ["kept", "split"]):
                 rows += b.num_rows
@@ -157,7 +160,7 @@ def write_run_json(out_dir: Path, cfg: TrainConfig, mcfg: GenieConfig, shardset:
         "model_config": config_to_dict(mcfg),
         "inputs": shardset.inputs,
         "split": cfg.split,
-        "manifests": [describe_manifest(m) for m in shardset.manifests if m not in shardset.snapshots],
+        "manifests": [describe_manifest(m, shardset.snapshots.get(m)) for m in shardset.manifests],
         # the snapshot each ingest output was pinned to: a resumed run (and eval) reads the same one
         "snapshots": shardset.snapshots,
         "shards": [{"path": s, "bytes": _file_size(s), **({"sha256": shardset.sha256[s]} if s in shardset.sha256
