@@ -4,9 +4,12 @@ The tables are folders of Parquet part files (`OUT/{table}/part-*.parquet`, see
 shards/reader.py). A run's workers write new parts and shards under staging names; the commit
 (the job's last step, or `commit_run` for records held in memory) describes everything it
 changes in a journal (`OUT/_commit.json`), then renames the new parts and shards into place,
-deletes what they replace and writes the shard indexes and stats. A run killed half-way
-through the commit is rolled forward by the next run (`recover`), so shard files, indexes and
-tables never disagree.
+moves the table parts they replace to `OUT/_snapshots/retired/` (shards they replace stay
+where they are: nothing is deleted or rewritten in place, `gc` deletes what no retained
+snapshot names), writes the shard indexes and stats, and last the commit's snapshot record
+and `_snapshots/LATEST` (shards/snapshots.py). A run killed half-way through the commit is
+rolled forward by the next run (`recover`), so shard files, indexes, tables and snapshots
+never disagree.
 
 Every step of applying a journal is idempotent, so a commit step retried, or killed after any
 request and recovered, ends in the same output: a move whose source is gone and destination

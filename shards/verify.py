@@ -5,7 +5,7 @@ import json
 import os
 from collections import Counter
 
-from genie_pipeline.shards import fs
+from genie_pipeline.shards import fs, snapshots
 from genie_pipeline.shards.clip import ClipSpec, check_clip
 from genie_pipeline.shards.commit import JOURNAL
 from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, has_table, live_shards, iter_tar_samples, read_rows,
@@ -46,11 +46,12 @@ def verify(out_dir: str, spec: ClipSpec | None = None, decode: bool = True) -> l
 
     seen_keys: Counter = Counter()
     found_shards = set()
+    pinned = _latest_hashes(out_dir)
     for split in SPLITS:
         for path in live_shards(shard_dir, split):  # shards kept for older snapshots are not checked
             name = os.path.basename(path)
             found_shards.add(name)
-            keys = _check_shard(path, name, split, problems, spec if decode else None)
+            keys = _check_shard(path, name, split, problems, spec if decode else None, pinned.get(name))
             seen_keys.update(keys)
             if set(keys) != expected.get(name, set()):
                 missing = expected.get(name, set()) - set(keys)
@@ -69,11 +70,22 @@ def verify(out_dir: str, spec: ClipSpec | None = None, decode: bool = True) -> l
     return problems
 
 
-def _check_shard(path: str, name: str, split: str, problems: list[str], spec: ClipSpec | None) -> list[str]:
-    """The keys in one shard; what is wrong is appended to `problems` (clips decoded and
-    checked against `spec` unless it is None)."""
+def _latest_hashes(out_dir: str) -> dict[str, str]:
+    """{shard name: sha256} as the LATEST snapshot records them ({}: no snapshot)."""
     try:
-        samples = list(iter_tar_samples(path))
+        record = snapshots.read(out_dir) if snapshots.latest_id(out_dir) else {}
+    except snapshots.SnapshotError:
+        return {}
+    return {os.path.basename(e["shard"]): e["sha256"] for es in record.get("splits", {}).values() for e in es
+            if e.get("sha256")}
+
+
+def _check_shard(path: str, name: str, split: str, problems: list[str], spec: ClipSpec | None,
+                 sha256: str | None = None) -> list[str]:
+    """The keys in one shard; what is wrong is appended to `problems` (clips decoded and
+    checked against `spec` unless it is None; its bytes against `sha256`, the snapshot's)."""
+    try:
+        samples = list(iter_tar_samples(path, sha256))
     except TAR_ERRORS as e:
         problems.append(f"{name}: not a readable tar ({e})")
         return []

@@ -163,3 +163,13 @@ def test_the_loader_reads_the_pinned_snapshot_and_checks_every_byte(output):
     open(victim, "wb").write(bytes(data))
     _, stats = epoch(ds)
     assert stats["bad_shards"] == 1
+
+
+def test_verify_checks_each_shard_against_the_hash_its_snapshot_recorded(output):
+    (shard,) = live_shards(os.path.join(output, "shards"), "val")
+    assert verify(output, decode=False) == []
+    data = bytearray(open(shard, "rb").read())
+    data[-1] ^= 1  # tar padding: the tar still reads, the bytes are not the snapshot's
+    open(shard, "wb").write(bytes(data))
+    (problem,) = verify(output, decode=False)
+    assert os.path.basename(shard) in problem and "sha256" in problem

@@ -25,7 +25,11 @@ from tests.fixtures.output import write_quality_output
 TRAIN = {"model": "tiny", "frames": 8, "resolution": [48, 80], "batch_size": 2, "num_workers": 0,
          "windows_per_clip": 2, "clips_per_group": 2, "shuffle_buffer": 2, "warmup_steps": 2,
          "log_every": 1, "sample_every": 1000, "checkpoint_every": 1000, "threads": 1}
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def env() -> dict[str, str]:
+    """The environment of a child process, read when it starts (an emulator fixture sets its endpoint)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def sha(path: str) -> str:
@@ -64,7 +68,7 @@ def test_training_finishes_on_its_pinned_snapshot_while_refilter_and_ingest_comm
     (tmp_path / "train.yaml").write_text(yaml.safe_dump({"train": {**TRAIN, "tokenizer_steps": 24,
                                                                    "dynamics_steps": 6}}))
     proc = subprocess.Popen([sys.executable, "-m", "genie_pipeline.cli", "train", "-c", str(tmp_path / "train.yaml"),
-                             "--set", f"train.out_dir={run}", out], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                             "--set", f"train.out_dir={run}", out], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         # training has read shards (its first steps are logged): stop it mid-run, commit twice
@@ -124,13 +128,13 @@ def test_a_detached_ingest_into_gcs_then_watch_starts_training_on_the_new_snapsh
     then = (f"sh -c 'exec {sys.executable} -m genie_pipeline.cli train -c {tmp_path / 'train.yaml'} "
             f"--set train.out_dir={run} \"$GENIE_OUTPUT@$GENIE_SNAPSHOT\"'")
     watcher = subprocess.Popen([sys.executable, "-m", "genie_pipeline.cli", "watch", out, "--every", "1s",
-                                "--then", then, "--max-runs", "1"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                "--then", then, "--max-runs", "1"], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)
         assert watcher.poll() is None  # nothing committed yet: it waits
         r = subprocess.run([sys.executable, "-m", "genie_pipeline.cli", "ingest", "-c", str(tmp_path / "ingest.yaml"),
-                            "--detach"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+                            "--detach"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
         assert r.returncode == 0 and "submitted" in r.stderr, r.stderr[-3000:]
         stdout, stderr = watcher.communicate(timeout=600)
     finally:
