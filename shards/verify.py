@@ -8,8 +8,8 @@ from collections import Counter
 from genie_pipeline.shards import fs, snapshots
 from genie_pipeline.shards.clip import ClipSpec, check_clip
 from genie_pipeline.shards.commit import JOURNAL
-from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, has_table, live_shards, iter_tar_samples, read_rows,
-                                          read_spec, stats_name)
+from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, ShardChanged, has_table, iter_tar_samples,
+                                          live_shards, read_rows, read_spec, stats_name)
 from genie_pipeline.shards.records import TABLES
 
 REQUIRED_JSON = {"key": str, "video_key": str, "video_id": str, "source": str, "start_s": (int, float),
@@ -84,8 +84,12 @@ def _check_shard(path: str, name: str, split: str, problems: list[str], spec: Cl
                  sha256: str | None = None) -> list[str]:
     """The keys in one shard; what is wrong is appended to `problems` (clips decoded and
     checked against `spec` unless it is None; its bytes against `sha256`, the snapshot's)."""
+    samples = []
     try:
-        samples = list(iter_tar_samples(path, sha256))
+        for sample in iter_tar_samples(path, sha256):
+            samples.append(sample)
+    except ShardChanged as e:  # read whole: its samples are checked too
+        problems.append(f"{name}: changed since its snapshot ({e})")
     except TAR_ERRORS as e:
         problems.append(f"{name}: not a readable tar ({e})")
         return []

@@ -106,6 +106,15 @@ def _file_size(path: str) -> int | None:
         return None
 
 
+def _stats_sha256(shard: str) -> str | None:
+    """The sha256 the `.stats.json` beside a shard records (a shard given as a tar or glob: not
+    pinned, so only recorded); None where there is none."""
+    try:
+        return json.loads(fs.read_bytes(shard[: -len(".tar")] + ".stats.json")).get("sha256")
+    except Exception:  # noqa: BLE001 — no stats file (a shard from elsewhere): no hash recorded
+        return None
+
+
 def describe_manifest(out_dir: str, snapshot: str | None = None) -> dict:
     """What run.json records of an ingest output's manifest (as `snapshot` has it, where
     given): its table folder, a sha256 over its part files (in order), rows, kept rows, rows
@@ -163,8 +172,8 @@ def write_run_json(out_dir: Path, cfg: TrainConfig, mcfg: GenieConfig, shardset:
         "manifests": [describe_manifest(m, shardset.snapshots.get(m)) for m in shardset.manifests],
         # the snapshot each ingest output was pinned to: a resumed run (and eval) reads the same one
         "snapshots": shardset.snapshots,
-        "shards": [{"path": s, "bytes": _file_size(s), **({"sha256": shardset.sha256[s]} if s in shardset.sha256
-                                                          else {})} for s in shardset.shards],
+        "shards": [{"path": s, "bytes": _file_size(s), "sha256": shardset.sha256.get(s) or _stats_sha256(s)}
+                   for s in shardset.shards],
         "world_size": info.world_size,
         "torch": torch.__version__,
         "invocations": invocations,
@@ -230,6 +239,7 @@ def _train_into(cfg: TrainConfig, mcfg: GenieConfig, out: Path, mirror: ckpt_lib
     bucket's paths for a bucket run dir."""
     check_parallel(cfg, info.world_size)
     shardset = resolve_inputs(pin_inputs(inputs, _read_run_json(out) if resume else {}), cfg.split)
+    shardset.inputs = list(inputs)  # as given: the pins are in shardset.snapshots
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_run_json(out, cfg, mcfg, shardset, stage, info, resume)
