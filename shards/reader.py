@@ -245,8 +245,16 @@ def existing_shards(shard_dir: str, split: str) -> list[str]:
 
 
 def live_shards(shard_dir: str, split: str) -> list[str]:
-    """The shards of `split` in the output's current version: those its index lists (the
-    commit keeps shards that snapshots still name beside them), else every shard there."""
+    """The shards of `split` in the output's current version (the commit keeps shards that
+    snapshots still name beside them): those the LATEST snapshot of the output `shard_dir`
+    belongs to lists, else those its index lists, else every shard there."""
+    out = shard_dir.rstrip("/").rsplit("/", 1)[0] if fs.is_remote(shard_dir) else os.path.dirname(
+        os.path.normpath(fs.local(shard_dir)))
+    if shard_dir.rstrip("/").endswith("shards") and snapshots.latest_id(out):
+        try:
+            return [e["path"] for e in snapshots.shards_of(out, snapshots.read(out), split)]
+        except snapshots.SnapshotError:
+            pass  # a record gc is removing: the index says the same
     ip = fs.join(shard_dir, f"{split}.index.json")
     try:
         entries = json.loads(fs.read_bytes(ip))["shardlist"]

@@ -173,3 +173,13 @@ def test_verify_checks_each_shard_against_the_hash_its_snapshot_recorded(output)
     open(shard, "wb").write(bytes(data))
     (problem,) = verify(output, decode=False)
     assert os.path.basename(shard) in problem and "sha256" in problem
+
+
+def test_a_split_the_refilter_empties_has_no_shards_in_the_new_version(output):
+    refilter(output, 0.5, ShardsConfig(), None,
+             rows=[dict(m, quality_score=0.1 if m["split"] == "val" else 0.9) for m in read_rows(output, "manifest")])
+    assert live_shards(os.path.join(output, "shards"), "val") == []
+    assert existing_shards(os.path.join(output, "shards"), "val")  # kept for the first snapshot
+    assert verify(output, decode=False) == []
+    with pytest.raises(DataError, match="no val shards"):
+        resolve_inputs([output], "val")
