@@ -477,7 +477,7 @@ def cmd_eval(args, _) -> int:
             out = remote_out
     d = report["delta_psnr"]
     print(f"ΔtPSNR@{d['t']} {d['value']:.2f} dB (95 % interval {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}) "
-          f"on {report['clips']} clips")
+          f"against another clip's actions, sampler {report['default_sampler']}, on {report['clips']} clips")
     print("\n".join((fs.join(out, name) if remote_out else str(Path(out) / name)) for name in report["files"].values()))
     return 0
 

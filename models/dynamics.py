@@ -26,7 +26,7 @@ T = 0 is the argmax) and is also MaskGIT's choice temperature: Gumbel noise of s
 T·(1 - s/steps) is added to the log-confidence, so early steps commit tokens in a partly
 random order and the last steps are by confidence alone. `greedy=True` takes the argmax
 with no noise at all: deterministic. The paper's "25 steps, temperature 2" maps to
-`steps=25, temperature=2.0`.
+`steps=25, temperature=2.0`; the configs default to T = 1 (models/config.py says why).
 
 Context frames are run once into a temporal KV cache (models/st_transformer.py); each
 MaskGIT step then runs only the new frame. `sample_frame` takes the model as a function
@@ -70,8 +70,9 @@ class DynamicsModel(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def _frame_actions(self, actions_BA: torch.Tensor, T: int) -> torch.Tensor:
-        """Transition actions -> the action leading into each of T frames, (B, T)."""
+    def frame_actions(self, actions_BA: torch.Tensor, T: int) -> torch.Tensor:
+        """Transition actions -> the action leading into each of T frames, (B, T): the first
+        frame takes `no_action`. The one place that builds it (training, prefill, `Episode`)."""
         if actions_BA.shape[1] not in (T - 1, T):
             raise ValueError(f"expected (B, {T - 1}) or (B, {T}) actions for {T} frames, got {tuple(actions_BA.shape)}")
         # sized from B, not sliced from the actions: one context frame comes with zero actions
@@ -120,7 +121,7 @@ class DynamicsModel(nn.Module):
         if mask_BTN is None:
             mask_BTN = self.draw_mask(tokens_BTN)
         inputs_BTN = tokens_BTN.masked_fill(mask_BTN, self.mask_token)
-        x_BTNC = self.transformer(self._embed(inputs_BTN, self._frame_actions(actions_BT, T)))
+        x_BTNC = self.transformer(self._embed(inputs_BTN, self.frame_actions(actions_BT, T)))
         logits_BTNK = self._logits(x_BTNC)
 
         ce_BTN = F.cross_entropy(rearrange(logits_BTNK, "b t n k -> b k t n"), tokens_BTN, reduction="none")
@@ -138,7 +139,7 @@ class DynamicsModel(nn.Module):
 
     def prefill(self, tokens_BTN: torch.Tensor, actions_BA: torch.Tensor) -> KVCache:
         """Run context frames once; actions as in `forward`, (B, T-1) or (B, T)."""
-        frame_actions_BT = self._frame_actions(actions_BA, tokens_BTN.shape[1])
+        frame_actions_BT = self.frame_actions(actions_BA, tokens_BTN.shape[1])
         return self.extend_cache(tokens_BTN, frame_actions_BT)
 
     def extend_cache(

@@ -152,11 +152,9 @@ class Episode:
     def _frame_actions(self, start: int, end: int, last_B: torch.Tensor | None = None) -> torch.Tensor:
         """The action leading into each frame of the window [start, end) (+ a new frame under
         `last_B`), -> (B, T): the window's first frame has none, as in training."""
-        none_B = torch.full((self.batch,), self.genie.dynamics.no_action, dtype=torch.long, device=self.device)
-        leading = [none_B, *self._action_ids[start : end - 1]]
-        if last_B is not None:
-            leading.append(last_B)
-        return torch.stack(leading, dim=1)
+        past = [*self._action_ids[start : end - 1], *([] if last_B is None else [last_B])]
+        past_BA = torch.stack(past, dim=1) if past else torch.zeros(self.batch, 0, dtype=torch.long, device=self.device)
+        return self.genie.dynamics.frame_actions(past_BA, past_BA.shape[1] + 1)
 
     def _action_tensor(self, action: int | torch.Tensor) -> torch.Tensor:
         action_B = torch.as_tensor(action, dtype=torch.long, device=self.device)

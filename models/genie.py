@@ -29,6 +29,18 @@ class Genie(nn.Module):
         # what play shows for each latent action; loaders set the names a run gave them
         self.action_names = [f"action {i}" for i in range(cfg.lam.num_actions)]
 
+    @classmethod
+    def from_parts(cls, cfg: GenieConfig, tokenizer: VideoTokenizer, lam: LatentActionModel,
+                   dynamics: DynamicsModel) -> "Genie":
+        """A Genie over existing components (shared, not copied): what the trainer's samples
+        roll out with, the weights it is training."""
+        genie = cls.__new__(cls)
+        nn.Module.__init__(genie)
+        genie.cfg = cfg
+        genie.tokenizer, genie.lam, genie.dynamics = tokenizer, lam, dynamics
+        genie.action_names = [f"action {i}" for i in range(cfg.lam.num_actions)]
+        return genie
+
     def start(self, prompt_BCHW: torch.Tensor, **kwargs) -> Episode:
         """An interactive rollout from `prompt_BCHW` (float in [0, 1] at the model's frame
         size); keyword arguments as `Episode` (steps, temperature, greedy, cache, seed)."""

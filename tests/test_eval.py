@@ -209,22 +209,57 @@ def _bar_clips(n: int = 24, steps: int = 15, seed: int = 0):
 
 def test_delta_psnr_is_positive_when_actions_matter():
     video, actions = _bar_clips()
-    scores, pred, pred_random = controllability(video, video, BarWorld(True), actions, 3, seed=0)
+    scores, pred, baselines = controllability(video, video, BarWorld(True), actions, 3, seed=0)
     d = scores["delta_psnr"]
-    assert d["t"] == 4 and len(d["per_step"]) == 15
-    assert d["value"] > 3 and d["ci95"][0] > 0
-    assert all(s["value"] > 0 for s in d["per_step"])
+    assert d["baseline"] == "shuffled" and d["t"] == 4 and len(d["per_step"]) == 15
+    assert set(d["against"]) == {"shuffled", "uniform", "most_frequent"}
+    for against in d["against"].values():
+        assert against["value"] > 3 and against["ci95"][0] > 0
+        assert all(s["value"] > 0 for s in against["per_step"])
+    assert d["value"] == d["against"]["shuffled"]["value"]
     dyn = scores["dynamics"]
-    assert dyn["psnr_per_step"][3] > dyn["psnr_per_step_random"][3]
-    assert pred.shape == pred_random.shape == video.shape
+    assert all(dyn["psnr_per_step"][3] > b[3] for b in dyn["baselines"].values())
+    assert pred.shape == video.shape and all(p.shape == video.shape for p in baselines.values())
+    # the exact world model beats copying the prompt at every step
+    assert all(s["ci95"][0] > 0 for s in scores["model_minus_copy"])
 
 
 def test_delta_psnr_is_zero_when_actions_are_ignored():
     video, actions = _bar_clips()
     scores, _, _ = controllability(video, video, BarWorld(False), actions, 3, seed=0)
-    for s in scores["delta_psnr"]["per_step"]:
-        assert s["value"] == pytest.approx(0.0, abs=1e-6)
-        assert s["ci95"][0] <= 0 <= s["ci95"][1]
+    for against in scores["delta_psnr"]["against"].values():
+        for s in against["per_step"]:
+            assert s["value"] == pytest.approx(0.0, abs=1e-6)
+            assert s["ci95"][0] <= 0 <= s["ci95"][1]
+
+
+def test_the_shuffled_baseline_takes_another_clips_actions():
+    """Each clip gets the inferred actions of a different clip (never its own), the uniform
+    baseline every code, the most-frequent baseline one code everywhere."""
+    from genie_pipeline.training.controllability import baseline_actions
+
+    actions = torch.arange(10)[:, None].repeat(1, 6)  # clip i always takes action i
+    actions[:, 0] = 3
+    for seed in range(5):
+        b = baseline_actions(actions, 10, seed)
+        assert sorted(b["shuffled"][:, 1].tolist()) == list(range(10))  # a permutation of the clips
+        assert (b["shuffled"][:, 1] != actions[:, 1]).all()  # ... with no clip its own
+        assert b["most_frequent"].unique().tolist() == [3]
+        assert b["uniform"].shape == actions.shape and len(b["uniform"].unique()) > 5
+    with pytest.raises(ValueError, match="2 clips"):
+        baseline_actions(actions[:1], 10, 0)
+
+
+def test_copying_the_prompt_scores_what_a_frozen_world_scores():
+    """Copy-prompt PSNR is the PSNR of a world model that never moves anything."""
+    from genie_pipeline.training.controllability import copy_prompt
+
+    video, actions = _bar_clips()
+    frozen = torch.stack([video[:, 0]] * video.shape[1], 1)
+    _, copy = copy_prompt(video, seed=0)
+    scores, _, _ = controllability(video, video, lambda p, a: frozen, actions, 3, seed=0)
+    assert copy["psnr_per_step"] == pytest.approx(scores["dynamics"]["psnr_per_step"])
+    assert all(abs(s["value"]) < 1e-6 for s in scores["model_minus_copy"])
 
 
 # ------------------------------------------------------------------------ end to end
@@ -274,9 +309,14 @@ def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
     assert report["clips"] == 4 and report["frames"] == 16 and report["split"] == "val"
     assert all(os.path.basename(s).startswith("val-") for s in report["data"])
     assert {"psnr", "ssim"} <= set(report["tokenizer"]) and -1 <= report["tokenizer"]["ssim"] <= 1
-    assert len(report["dynamics"]["psnr_per_step"]) == 15 == len(report["dynamics"]["psnr_per_step_random"])
+    # every number under greedy and T = 1 decoding; the config's own sampler (tiny: T = 1) the default
+    assert set(report["samplers"]) == {"greedy/4 steps", "T=1/4 steps"} and report["default_sampler"] == "T=1/4 steps"
+    assert report["samplers"]["greedy/4 steps"]["sampler"] == {"greedy": True, "steps": 4, "temperature": 1.0}
+    assert len(report["dynamics"]["psnr_per_step"]) == 15 == len(report["copy_prompt"]["psnr_per_step"])
+    assert set(report["dynamics"]["baselines"]) == {"shuffled", "uniform", "most_frequent"}
     d = report["delta_psnr"]
-    assert d["t"] == 4 and d["ci95"][0] <= d["value"] <= d["ci95"][1] and len(d["per_step"]) == 15
+    assert d["baseline"] == "shuffled" and d["t"] == 4 and len(d["per_step"]) == 15
+    assert d["ci95"][0] <= d["value"] <= d["ci95"][1]
     assert report["fvd"] == {"available": False, "reason": "no I3D weights given (--i3d PATH)"}
     assert report["lam"]["transitions"] == 4 * 15 and sum(report["lam"]["counts"]) == 60
     assert 1 <= report["lam"]["perplexity"] <= 8
@@ -285,7 +325,7 @@ def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
         assert (out / name).stat().st_size > 0
     page = (out / "eval.html").read_text()
     _check_html(page, embedded=5)  # 3 plots (PSNR, ΔtPSNR, action use), atlas, rollout
-    assert "ΔtPSNR" in page and "unavailable" in page
+    assert "ΔtPSNR" in page and "unavailable" in page and "copying the prompt" in page
     from PIL import Image
 
     with Image.open(out / "atlas.png") as atlas:  # 8 actions x (4 starts x 6 frames) of 32 px
@@ -365,8 +405,8 @@ def test_latent_vs_true_also_scores_coinrun_effect_classes():
     latent_BA = torch.tensor(class_of)[true_BA]
     out = latent_vs_true(latent_BA, true_BA, ["procgen:coinrun:15"] * 4)
     eff = out["effect_classes"]
-    assert eff["names"] == names and eff["nmi"] == pytest.approx(1.0) and eff["probe"]["accuracy"] == 1.0
-    assert out["nmi"] < 0.9 and out["probe"]["accuracy"] < 1.0
+    assert eff["names"] == names and eff["nmi"] == pytest.approx(1.0) and eff["majority_vote"]["accuracy"] == 1.0
+    assert out["nmi"] < 0.9 and out["majority_vote"]["accuracy"] < 1.0
     # another action space, or clips of several: raw ids only
     assert "effect_classes" not in latent_vs_true(latent_BA, true_BA, ["ale:Pong:6"] * 4)
     assert "effect_classes" not in latent_vs_true(latent_BA, true_BA, ["procgen:coinrun:15", "ale:Pong:6"] * 2)

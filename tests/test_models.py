@@ -384,11 +384,24 @@ def test_one_prompt_frame_conditions_the_next_frame(mode):
 
 
 def test_play_step_from_one_image_depends_on_the_image():
+    """The dynamics' tokens, not decoded pixels: the tokenizer decoder reads the prompt's tokens
+    itself, so pixels differ between prompts even when the dynamics model ignores the prompt."""
     cfg = tiny(64, 64)
     torch.manual_seed(0)
     genie = Genie(cfg).eval()
+    generated = []
+    real_generate_next = genie.dynamics.generate_next
+
+    def recording(*args, **kwargs):  # a spy on the real sampler: it records what play_step generated
+        generated.append(real_generate_next(*args, **kwargs))
+        return generated[-1]
+
+    genie.dynamics.generate_next = recording
     x, y = clip(cfg, batch=1, frames=1, seed=1), clip(cfg, batch=1, frames=1, seed=2)
-    assert not torch.equal(genie.play_step(x, 2, steps=2, greedy=True), genie.play_step(y, 2, steps=2, greedy=True))
+    genie.play_step(x, 2, steps=2, greedy=True)
+    genie.play_step(y, 2, steps=2, greedy=True)
+    assert len(generated) == 2 and generated[0].shape == (1, 64)
+    assert not torch.equal(generated[0], generated[1])
 
 
 def test_greedy_is_deterministic_and_temperature_scales_token_sampling():

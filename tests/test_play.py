@@ -76,15 +76,38 @@ def test_episode_is_reproducible_by_seed_and_leaves_the_global_rng_alone():
 
 
 def test_output_depends_on_the_prompt_and_on_the_action():
+    """Asserted on the dynamics model's output for the first generated frame (the logits of its
+    first MaskGIT step, where every token is masked and only the prompt and the action can
+    tell two calls apart), not on decoded pixels: the tokenizer decoder reads the prompt
+    itself, so pixels differ between prompts even when the dynamics model drops the prompt."""
     model = genie()
-    with torch.no_grad():  # an action embedding that matters, as after training
+    real_frame_logits = model.dynamics.frame_logits
+
+    def first_logits(p, action, cache):
+        seen = []
+
+        def recording(*args, **kwargs):  # a spy on the real model: it records the logits it returned
+            seen.append(real_frame_logits(*args, **kwargs))
+            return seen[-1]
+
+        model.dynamics.frame_logits = recording
+        try:
+            model.start(p, steps=2, greedy=True, cache=cache).step(action)
+        finally:
+            del model.dynamics.frame_logits
+        return seen[0][:, -1]
+
+    for cache in (True, False):
+        a, b = first_logits(prompt(1), 3, cache), first_logits(prompt(2), 3, cache)
+        assert (a - b).abs().max() > 1e-3 * a.abs().max()
+        a, b = first_logits(prompt(1), 3, cache), first_logits(prompt(1), 4, cache)
+        assert (a - b).abs().max() > 1e-3 * a.abs().max()
+    with torch.no_grad():  # an action embedding that matters, as after training: different tokens
         model.dynamics.action_embed.weight.mul_(20)
-
-    def first_step(p, action):
-        return model.start(p, steps=2, greedy=True).step(action)
-
-    assert not torch.equal(first_step(prompt(1), 3), first_step(prompt(2), 3))
-    assert not torch.equal(first_step(prompt(1), 3), first_step(prompt(1), 4))
+    first = [model.start(prompt(1), steps=2, greedy=True) for _ in range(2)]
+    for episode, action in zip(first, (3, 4)):
+        episode.step(action)
+    assert not torch.equal(first[0]._tokens[-1], first[1]._tokens[-1])
 
 
 def test_episode_undo_at_the_prompt_and_bad_actions():

@@ -26,6 +26,7 @@ from torch import nn
 
 from genie_pipeline.models.config import GenieConfig, config_to_dict, get_config
 from genie_pipeline.models.dynamics import DynamicsModel
+from genie_pipeline.models.genie import Genie
 from genie_pipeline.models.lam import LatentActionModel
 from genie_pipeline.models.patches import PatchGrid
 from genie_pipeline.models.tokenizer import VideoTokenizer
@@ -33,8 +34,8 @@ from genie_pipeline.models.tokenizer import VideoTokenizer
 from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
 from .config import PHASES, TrainConfig
+from .controllability import HEADLINE_T, controllability, genie_rollout
 from .errors import TrainingError
-from .eval_metrics import psnr
 from .loader import WindowLoader
 from .metrics import MetricsLogger, save_gif, save_png, video_rows_grid, video_side_by_side_frames
 from .schedule import lr_at, make_optimizer, set_lr
@@ -100,6 +101,9 @@ def load_tokenizer_weights(path: str | os.PathLike, mcfg: GenieConfig, device: t
 
 
 # ============================================================================ one phase
+SAMPLE_CLIPS = 8  # clips of the batch the phase-2 samples roll out and score
+
+
 class PhaseTrainer:
     """One training phase on this rank. `step_on(video_uint8)` runs one optimizer update on a
     given batch (used by the loop and by tests); `run()` trains to the phase's step count."""
@@ -323,7 +327,9 @@ class PhaseTrainer:
     @torch.no_grad()
     def samples(self, video_uint8: torch.Tensor, logger: MetricsLogger | None = None) -> dict[str, float]:
         """Reconstruction (phase 1) or rollouts (phase 2) of the first window: PNG + GIF."""
-        video = video_uint8[:1].to(self.device).float().div_(255.0)
+        # phase 2 scores ΔtPSNR over several clips (its baseline takes another clip's actions)
+        clips = 1 if self.phase == "tokenizer" else SAMPLE_CLIPS
+        video = video_uint8[:clips].to(self.device).float().div_(255.0)
         out_dir = self.out_dir / "samples"
         extra: dict[str, float] = {}
         was_training = self.model.training
@@ -349,22 +355,27 @@ class PhaseTrainer:
         return extra
 
     def _rollout_rows(self, video: torch.Tensor):
+        """Rollouts of the batch's first clips through eval's own code path (controllability.py):
+        ΔtPSNR against another clip's actions with shared sampling noise, beside uniform codes
+        and the most frequent code, and the model against copying the prompt."""
         lam, dyn, tok = self.model.lam, self.model.dynamics, self.tokenizer
-        tokens = tok.encode(video)
+        genie = Genie.from_parts(self.mcfg, tok, lam, dyn)
         actions = lam.infer_actions(video)
-        recon = tok.decode(tokens)
-        T = video.shape[1]
-        gen = dyn.rollout(tokens[:, :1], actions)  # frames 2..T from frame 1 and the inferred actions
-        rand_actions = torch.randint(0, self.mcfg.lam.num_actions, actions.shape, device=actions.device)
-        gen_rand = dyn.rollout(tokens[:, :1], rand_actions)
-        pred = tok.decode(torch.cat([tokens[:, :1], gen], 1)).float()
-        pred_rand = tok.decode(torch.cat([tokens[:, :1], gen_rand], 1)).float()
-        target = tok.grid.target(video)
-        t = min(4, T - 1)
-        extra = {"rollout_psnr": float(psnr(pred[:, 1:], target[:, 1:])),
-                 "rollout_psnr_random_actions": float(psnr(pred_rand[:, 1:], target[:, 1:])),
-                 f"delta_psnr_t{t}": float(psnr(pred[:, t], target[:, t]) - psnr(pred_rand[:, t], target[:, t]))}
-        return [target[0], recon.float()[0], pred[0], pred_rand[0]], extra
+        recon = tok.decode(tok.encode(video[:1]))
+        target = tok.grid.target(video).float()
+        if video.shape[0] < 2:  # one clip on this rank: no other clip's actions to compare with
+            pred = genie_rollout(genie, seed=self.step)(video[:, 0], actions)
+            return [target[0], recon.float()[0], pred[0]], {}
+        scores, pred, baselines = controllability(video.float(), target, genie_rollout(genie, seed=self.step), actions,
+                                                  self.mcfg.lam.num_actions, seed=self.step,
+                                                  headline_t=min(HEADLINE_T, video.shape[1] - 1))
+        d, dyn_scores, t = scores["delta_psnr"], scores["dynamics"], scores["delta_psnr"]["t"]
+        extra = {"rollout_psnr": sum(dyn_scores["psnr_per_step"]) / len(dyn_scores["psnr_per_step"]),
+                 f"psnr_t{t}": dyn_scores["psnr_per_step"][t - 1],
+                 f"copy_prompt_psnr_t{t}": dyn_scores["copy_prompt"]["psnr_per_step"][t - 1],
+                 **{f"delta_psnr_t{t}" + ("" if name == "shuffled" else f"_vs_{name}"): against["value"]
+                    for name, against in d["against"].items()}}
+        return [target[0], recon.float()[0], pred[0], baselines["shuffled"][0]], extra
 
     # -- the loop
     def make_loader(self) -> WindowLoader:
