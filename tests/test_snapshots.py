@@ -183,3 +183,20 @@ def test_a_split_the_refilter_empties_has_no_shards_in_the_new_version(output):
     assert verify(output, decode=False) == []
     with pytest.raises(DataError, match="no val shards"):
         resolve_inputs([output], "val")
+
+
+def test_eval_reads_the_val_shards_of_the_pinned_snapshot(output, tmp_path):
+    """`eval --data OUT@ID`, and eval of a run without --data (the snapshot its run.json pinned)."""
+    from genie_pipeline.training.eval import eval_shards
+
+    first = snapshots.read(output)
+    val = [e["path"] for e in snapshots.shards_of(output, first, "val")]
+    refilter(output, 0.5, ShardsConfig(), None,
+             rows=[dict(m, quality_score=0.1 if m["split"] == "val" else 0.9) for m in read_rows(output, "manifest")])
+    assert eval_shards(None, [f"{output}@{first['id']}"]) == val
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"inputs": [output], "snapshots": {output: first["id"]}}))
+    assert eval_shards(run, None) == val
+    with pytest.raises(DataError, match="no val shards"):  # the current version has none
+        eval_shards(None, [output])

@@ -87,10 +87,10 @@ def test_training_finishes_on_its_pinned_snapshot_while_refilter_and_ingest_comm
         assert "on-commit command failed (exit 3); the commit stands" in capsys.readouterr().err
         records = snapshots.list_all(out)
         assert [x["kind"] for x in records] == ["ingest", "refilter", "ingest"]
-        env = json.loads(hook_log.read_text())
-        assert env["GENIE_SNAPSHOT"] == records[-1]["id"] == snapshots.latest_id(out)
-        assert env["GENIE_SNAPSHOT_NEW"] == "1" and env["GENIE_OUTPUT"] == out
-        assert int(env["GENIE_CLIPS_KEPT"]) == records[-1]["counts"]["clips_kept"] > records[1]["counts"]["clips_kept"]
+        seen = json.loads(hook_log.read_text())
+        assert seen["GENIE_SNAPSHOT"] == records[-1]["id"] == snapshots.latest_id(out)
+        assert seen["GENIE_SNAPSHOT_NEW"] == "1" and seen["GENIE_OUTPUT"] == out
+        assert int(seen["GENIE_CLIPS_KEPT"]) == records[-1]["counts"]["clips_kept"] > records[1]["counts"]["clips_kept"]
         live = set(live_shards(os.path.join(out, "shards"), "train"))
         assert set(pinned) - live  # the refilter replaced shards training pinned
         assert proc.poll() is None  # still mid-run
