@@ -31,6 +31,16 @@ def test_motion_directions_read_the_camera_against_the_agent():
     assert direction((6, -2)) == "up"  # mostly vertical
 
 
+def test_an_actions_effect_is_its_motion_minus_none_from_the_same_state():
+    """Falling, every action moves the picture the same way: the effect removes what they share."""
+    from benchmarks.coinrun_motion import _effect_directions
+
+    fall = torch.tensor([-12, -1])
+    shifts = torch.stack([fall + torch.tensor(d) for d in ((0, 4), (0, -4), (6, 0), (0, 0))])  # left right jump none
+    assert _effect_directions(shifts, 4) == ["left", "right", "up"]
+    assert _effect_directions(torch.stack([fall] * 4), 4) == ["still"] * 3
+
+
 @pytest.mark.slow
 def test_gpu_script_smoke_runs_on_cpu(tmp_path):
     pytest.importorskip("procgen")
