@@ -774,8 +774,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest and not getattr(args, "beam_passthrough", False):
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if rest:
-        from genie_pipeline.ingest.config import unknown_beam_flags
+        from genie_pipeline.ingest.config import beam_flag_error, unknown_beam_flags
 
+        if wrong := beam_flag_error(rest):  # before any other parse: Beam's prints its whole usage
+            print(f"genie-pipeline: {wrong}", file=sys.stderr)
+            return 2
         bad = unknown_beam_flags(rest)
         if bad:  # Beam would only log these and run anyway
             ap.error(f"unrecognized arguments (neither ours nor Beam pipeline options): {' '.join(bad)}")

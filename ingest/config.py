@@ -190,6 +190,24 @@ def check_runner(name: str) -> None:
         raise ValueError(f"unknown Beam runner {name!r}; known: {', '.join(sorted(known))}")
 
 
+def beam_flag_error(flags: list[str]) -> str | None:
+    """What Beam's own parser says is wrong with `flags` (a bad value: --direct_num_workers=abc),
+    as one line, or None. Beam would print its whole usage (150 lines) and exit."""
+    import contextlib
+    import io
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            PipelineOptions(list(flags)).get_all_options(retain_unknown_options=True)
+    except SystemExit:
+        errors = [line.split("error:", 1)[1].strip() for line in said.getvalue().splitlines() if "error:" in line]
+        return errors[-1] if errors else "a Beam pipeline option has a bad value"
+    return None
+
+
 def unknown_beam_flags(args: list[str]) -> list[str]:
     """The arguments no Beam pipeline option accepts (misspelt flags, stray words), in order.
 

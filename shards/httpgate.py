@@ -84,8 +84,15 @@ def host_name(header: str) -> str:
     return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
 
 
+MIN_TOKEN = 16  # characters: a token one could guess in a few requests is no gate
+
+
 def check_exposure(host: str, token: str | None, flag: str = "--token") -> None:
-    """PermissionError when binding `host` would expose a page beyond this machine without a token."""
+    """PermissionError when binding `host` would expose a page beyond this machine without a
+    token, or when a token is given that is too short to keep anyone out."""
+    if token is not None and len(token) < MIN_TOKEN:
+        raise PermissionError(f"{flag} must be at least {MIN_TOKEN} characters (e.g. python -c "
+                              f"'import secrets; print(secrets.token_urlsafe())')")
     if not is_loopback(host) and not token:
         raise PermissionError(f"binding {host} exposes the page beyond this machine: give {flag}")
 

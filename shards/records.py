@@ -33,7 +33,10 @@ def safe_id(raw: str) -> str:
 
 # lone surrogates (JSON "\ud800", undecodable file-name bytes) and control characters other
 # than tab/newline: Parquet, JSON consumers and terminals reject or misrender them
-_UNSAFE_TEXT = re.compile(r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# and the bidirectional overrides and isolates (U+202A-202E, U+2066-2069), which make a title
+# shown in a page or a terminal read as something else (an "mp4.exe" spelled backwards)
+_UNSAFE_TEXT = re.compile(r"[\ud800-\udfff\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+MAX_TITLE = 1000  # characters of a title or description kept: a 10 MB title was copied into every clip's json
 _SECRET_PARAM = re.compile(r"^(x-amz-.*|x-goog-.*|.*token.*|.*secret.*|.*passw.*|sig|signature|key|api_?key|auth.*|"
                            r"credential.*|session.*)$", re.I)
 
@@ -61,6 +64,10 @@ def redact(text: Any) -> Any:
     text = _USERINFO.sub(r"\1REDACTED@", text)
     text = _TEXT_PARAM.sub(lambda m: f"{m.group(1)}=REDACTED" if _SECRET_PARAM.match(m.group(1)) else m.group(0), text)
     return clean_text(text)
+
+
+def _capped(text: Any) -> Any:
+    return text[:MAX_TITLE] + "…" if isinstance(text, str) and len(text) > MAX_TITLE else text
 
 
 def redact_url(url: str | None) -> str | None:
@@ -127,7 +134,8 @@ class Candidate:
         # reaches a stage, the clip store or a table went through here (the path stays exact:
         # it must still open the file)
         self.video_id, self.title, self.description, self.url = (
-            clean_text(self.video_id), clean_text(self.title), clean_text(self.description), clean_text(self.url))
+            clean_text(self.video_id), clean_text(_capped(self.title)), clean_text(_capped(self.description)),
+            clean_text(self.url))
         if isinstance(self.extra, dict):
             self.extra = {clean_text(k): clean_text(v) for k, v in self.extra.items()}
 

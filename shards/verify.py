@@ -8,7 +8,7 @@ from collections import Counter
 from genie_pipeline.shards import fs, snapshots
 from genie_pipeline.shards.clip import ClipSpec, check_clip
 from genie_pipeline.shards.commit import JOURNAL
-from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, ShardChanged, has_table, iter_tar_samples,
+from genie_pipeline.shards.reader import (SPLITS, TAR_ERRORS, DataError, ShardChanged, has_table, iter_tar_samples,
                                           live_shards, read_rows, read_spec, stats_name)
 from genie_pipeline.shards.records import TABLES
 
@@ -30,7 +30,10 @@ def verify(out_dir: str, spec: ClipSpec | None = None, decode: bool = True) -> l
     for name in TABLES:
         if not has_table(out_dir, name):
             problems.append(f"table {name} is missing (no {name}/ part files)")
-    manifest = read_rows(out_dir, "manifest")
+    try:
+        manifest = read_rows(out_dir, "manifest")
+    except DataError as e:  # a damaged part is a problem found (exit 1), not a usage error
+        return problems + [f"manifest: {e}"]
     expected: dict[str, set[str]] = {}
     for r in manifest:
         if r["kept"]:

@@ -293,3 +293,32 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(tmp_path):
     assert e.value.key == "train.lr" and str(latest) in str(e.value)
     weights = [v for part in ckpt_lib.load(latest)["model"].values() for v in part.values() if v.is_floating_point()]
     assert weights and all(torch.isfinite(v).all() for v in weights)
+
+
+def test_a_bad_beam_flag_value_is_one_line_exit_2(tmp_path):
+    """Issue 24: --direct_num_workers=abc printed Beam's 152 lines of usage."""
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"sources: [{{type: files, name: f, glob: '{tmp_path}/*.mp4'}}]\n")
+    p = _cli("ingest", "-c", str(cfg), "-o", str(tmp_path / "out"), "--direct_num_workers=abc")
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == ["genie-pipeline: argument --direct_num_workers: invalid int value: 'abc'"]
+
+
+def test_a_short_token_is_refused():
+    from genie_pipeline.shards.httpgate import check_exposure
+
+    for short in ("a", "x" * 15):
+        with pytest.raises(PermissionError, match="at least 16 characters"):
+            check_exposure("127.0.0.1", short)
+    check_exposure("0.0.0.0", "x" * 16)
+
+
+def test_titles_are_capped_and_lose_bidi_controls():
+    """Issue 24: a 10 MB title was copied into every clip's json and the report; RTL override
+    and isolate characters reached the pages."""
+    from genie_pipeline.shards.records import MAX_TITLE, Candidate
+
+    c = Candidate(source="s", video_id="v", title="evil\u202egnp.exe\u2066x\u2069" + "t" * 10_000_000,
+                  description="d" * 5_000_000)
+    assert len(c.title) <= MAX_TITLE + 1 and len(c.description) <= MAX_TITLE + 1
+    assert not set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069") & set(c.title)

@@ -294,13 +294,13 @@ def test_server_binding_rules(server):
     assert host_name("[::1]:8080") == "::1" and host_name("localhost") == "localhost" and host_name("a.b:1") == "a.b"
     with pytest.raises(PermissionError, match="token"):
         server(host="0.0.0.0")
-    app, url = server(host="0.0.0.0", token="s3cret-token")
+    app, url = server(host="0.0.0.0", token="s3cret-token-0123456")
     assert _req(url + "/api/state")[0] == 403
     assert _req(url + "/api/state", headers={"X-Genie-Token": "wrong"})[0] == 403
-    assert _req(url + "/api/state", headers={"X-Genie-Token": "s3cret-token"})[0] == 200
-    status, headers, _ = _req(url + "/?token=s3cret-token")
+    assert _req(url + "/api/state", headers={"X-Genie-Token": "s3cret-token-0123456"})[0] == 200
+    status, headers, _ = _req(url + "/?token=s3cret-token-0123456")
     assert status == 200 and "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
-    assert _req(url + "/api/state", headers={"Cookie": "genie_label_token=s3cret-token"})[0] == 200
+    assert _req(url + "/api/state", headers={"Cookie": "genie_label_token=s3cret-token-0123456"})[0] == 200
 
 
 def test_label_cli_export_import(fixture, tmp_path, capsys):

@@ -129,6 +129,8 @@ def test_a_corrupt_manifest_part_does_not_stop_the_next_run(tmp_path):
     out = tmp_path / "out"
     (part,) = (out / "manifest").glob("part-*.parquet")
     part.write_bytes(b"PAR1 not really")
+    # issue 24: verify raised (exit 2, a usage error) on the damaged part; it is a problem found (exit 1)
+    assert [p for p in verify(str(out)) if p.startswith("manifest:") and part.name in p]
     run_ingest(config(tmp_path, rows))  # curation and compaction skip it; the commit moves it aside
     fails = [f for f in read_rows(str(out), "failures") if f["error_type"] == "CorruptTablePart"]
     assert len(fails) == 1 and part.name in fails[0]["message"] and not part.exists()
