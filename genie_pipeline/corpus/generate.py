@@ -5,7 +5,8 @@
 `quality` is a corpus for measuring the quality classifier rather than the ingest: for each
 of 30 Atari games (and CoinRun where procgen imports) 3 clean and 5 degraded 33 s videos, for
 each of 3 robot arms (Kuka, Panda, xArm6) 2 clean and 6 degraded, the 12 degradations of
-degrade.py taken in turn: 272 videos, 544 labelled 16 s clips after ingest, so a benchmark can
+degrade.py taken in turn: 272 videos, 437 labelled 16 s clips after ingest (the montages and
+fades give almost none: the shot cutter rejects them), so a benchmark can
 hold out whole games (a classifier that learned which games look "bad" fails that test). Its
 videos are 160x90 at 15 FPS (the ingest keeps 160x90 at 10 FPS) and have no actions sidecar.
 
