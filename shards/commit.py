@@ -245,15 +245,19 @@ def small_shards(shard_dir: str, split: str, target_bytes: int, max_clips: int) 
 
 def _updated_indexes(shard_dir: str, records: list[ShardRecord], names: dict[str, str],
                      deleted: set[str]) -> dict[str, dict | None]:
-    """Each split's index after the commit: the old one (rebuilt from the stats files where an
-    output has none) less the deleted shards, plus the new ones."""
+    """Each split's index after the commit: the old one (where an output has none: the split
+    as its LATEST snapshot lists it, else rebuilt from the stats files) less the deleted
+    shards, plus the new ones. (A split without shards has no index, and shards kept for
+    older snapshots are beside the current ones: never rebuild from the files where a
+    snapshot says what is current.)"""
     out = {}
     for split in SPLITS:
         ip = fs.join(shard_dir, f"{split}.index.json")
         try:
-            entries = json.loads(fs.read_bytes(ip))["shardlist"] if fs.exists(ip) else _entries_from_stats(shard_dir, split)
+            entries = json.loads(fs.read_bytes(ip))["shardlist"] if fs.exists(ip) else _entries_of_latest(shard_dir,
+                                                                                                        split)
         except (ValueError, KeyError, TypeError):
-            entries = _entries_from_stats(shard_dir, split)
+            entries = _entries_of_latest(shard_dir, split)
         entries = [e for e in entries if e["url"] not in deleted]
         for e in entries:
             if not e.get("sha256"):  # an index written before shards' hashes were recorded
@@ -262,6 +266,20 @@ def _updated_indexes(shard_dir: str, records: list[ShardRecord], names: dict[str
                      "sha256": r.stats.get("sha256")} for r in records if r.split == split]
         out[split] = _index(split, entries)
     return out
+
+
+def _entries_of_latest(shard_dir: str, split: str) -> list[dict]:
+    """Index entries of `split` as the LATEST snapshot of the output `shard_dir` is in lists it;
+    from the stats files where the output has no snapshot."""
+    out_dir = shard_dir.rstrip("/")[: -len("shards")].rstrip("/") or "."
+    try:
+        record = snapshots.read(out_dir) if snapshots.latest_id(out_dir) else None
+    except snapshots.SnapshotError:
+        record = None
+    if record is None:
+        return _entries_from_stats(shard_dir, split)
+    return [{"url": e["shard"].rsplit("/", 1)[-1], "nsamples": e["samples"], "filesize": e["bytes"],
+             "sha256": e.get("sha256")} for e in record.get("splits", {}).get(split, [])]
 
 
 def _shard_sha256(shard_dir: str, name: str) -> str | None:

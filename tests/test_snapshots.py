@@ -183,6 +183,13 @@ def test_a_split_the_refilter_empties_has_no_shards_in_the_new_version(output):
     assert verify(output, decode=False) == []
     with pytest.raises(DataError, match="no val shards"):
         resolve_inputs([output], "val")
+    # the next commit does not bring the retained val shard back into the current version
+    from genie_pipeline.shards.commit import commit_run
+    from genie_pipeline.shards.reader import read_spec
+
+    commit_run(output, candidates=[], failures=[], videos=[], shard_records=[], stats={}, spec=read_spec(output),
+               cleanup=[])
+    assert live_shards(os.path.join(output, "shards"), "val") == [] and verify(output, decode=False) == []
 
 
 def test_eval_reads_the_val_shards_of_the_pinned_snapshot(output, tmp_path):
