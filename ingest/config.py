@@ -129,6 +129,19 @@ class DownloadConfig(Section):
     cookiefile: str | None = Field(default=None, description="any fs path; each worker reads a private 0600 copy")
     proxy: str | None = None
     proxy_file: str | None = Field(default=None, description="any fs path whose content is the proxy URL")
+    # egress identities (ingest/identity.py): a proxy pool, each proxy with its own cookie jar
+    proxies: str | None = Field(default=None, description="any fs path: a file of proxy URLs, one a line")
+    use_own_address: bool = Field(default=False, description="with a pool: the worker's own address too")
+    identity_rate: float | None = Field(default=None, gt=0, description="download starts per second per "
+                                                                         "(site, identity), whole job; null: no limit")
+    identity_concurrency: int = Field(default=1024, ge=1, le=1024,
+                                      description="downloads in flight per (site, identity), whole job")
+    identity_attempts: int = Field(default=6, ge=1, le=100, description="identities a video tries in a run "
+                                                                         "(walls, 429s, failing proxies)")
+    identity_rest_s: float = Field(default=30.0, ge=0, le=86400, description="an identity's first rest at a "
+                                                                              "site after a wall or 429; doubles")
+    identity_rest_max_s: float = Field(default=1800.0, ge=0, le=86400)
+    proxy_max_failures: int = Field(default=3, ge=1, le=1000, description="failures in a row that retire a proxy")
     allowed_schemes: list[str] = Field(default_factory=lambda: ["http", "https"])
     ytdlp_options: dict[str, Any] = Field(default_factory=dict)
     # the download guard (ingest/netguard.py): where a download may connect, how long, how slow
@@ -143,6 +156,9 @@ class DownloadConfig(Section):
         if self.proxy and self.proxy_file:
             raise ValueError("download.proxy and download.proxy_file are both set: give one "
                              "(proxy_file keeps credentials out of pipeline.yaml)")
+        if self.proxy and "@" in self.proxy:
+            raise ValueError("download.proxy holds credentials: put the proxy URL in a file and name it in "
+                             "download.proxy_file (or a pool in download.proxies)")
         return self
 
     @field_validator("allowed_networks")

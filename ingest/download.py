@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import glob
 import os
 import random
@@ -38,11 +37,12 @@ import weakref
 from dataclasses import dataclass, field
 
 from genie_pipeline.ingest.config import DownloadConfig, PreflightError
-from genie_pipeline.ingest.errors import IngestError
+from genie_pipeline.ingest.errors import Count, IngestError, no_count
+from genie_pipeline.ingest.identity import Identity, IdentityPool, Tally, read_proxies
 from genie_pipeline.ingest.netguard import AddressPolicy, NetGuard, guarded_ydl
 from genie_pipeline.ingest.politeness import BOT_WALL, HostBackingOff, HostBackoff, process_limiter, worker_share
 from genie_pipeline.shards import fs
-from genie_pipeline.shards.records import Candidate, redact
+from genie_pipeline.shards.records import RETRY_LATER, Candidate, redact
 
 # what a failed page extraction may be retried for (yt-dlp's extractors mostly do not retry)
 _RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|refused|aborted)|"
@@ -50,6 +50,10 @@ _RETRYABLE = re.compile(r"HTTP Error (429|5\d\d)|timed? ?out|Connection (reset|r
 # what yt-dlp's media download does not retry itself (it retries 5xx and network errors)
 _RETRY_MEDIA = re.compile(r"HTTP Error (408|429)")
 _HTTP_CODE = re.compile(r"HTTP Error (\d{3})")
+# a proxy's own failure (it is down, refuses us, cannot reach the site), not the site's answer
+_PROXY_TROUBLE = re.compile(r"proxy|Tunnel connection failed|HTTP Error 40[7]|HTTP Error 50[24]|"
+                            r"Connection (refused|reset)|Remote end closed", re.I)
+_GEO = re.compile(r"not available (in|from) your (country|location)|geo.?restrict", re.I)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _PROXY_URL = re.compile(r"^(https?|socks4a?|socks5h?)://[^\s]+$", re.I)
 
@@ -99,19 +103,28 @@ class Downloader:
     this machine sees). IngestError (stage "download") if the cookie or proxy file cannot be read."""
 
     def __init__(self, cfg: DownloadConfig, scratch_dir: str, *, backoff_dir: str | None = None,
-                 job_workers: int = 1):
+                 job_workers: int = 1, count: Count = no_count):
         self.cfg = cfg
         self.scratch = scratch_dir
         os.makedirs(scratch_dir, exist_ok=True)
         share = worker_share(cfg, job_workers)
         self.limiter = process_limiter(share)
-        self.backoff = HostBackoff(backoff_dir or os.path.join(scratch_dir, ".hosts"), cfg.backoff_s,
-                                   cfg.backoff_max_s, spread_s=1.0 / share.rate)
+        # rests per (site, identity), job-wide (ingest/identity.py)
+        self.backoff = HostBackoff(backoff_dir or os.path.join(scratch_dir, ".hosts"), cfg.identity_rest_s,
+                                   cfg.identity_rest_max_s, spread_s=1.0 / share.rate)
         self.policy = AddressPolicy(cfg.allow_private_networks, cfg.allowed_networks)
         self.proxy = read_proxy(cfg.proxy_file) if cfg.proxy_file else cfg.proxy
         self.cookiefile = private_copy(cfg.cookiefile) if cfg.cookiefile else None
         if self.cookiefile:
             weakref.finalize(self, fs.remove, self.cookiefile)
+        self.count = count
+        proxies = read_proxies(cfg.proxies, _PROXY_URL.match) if cfg.proxies else []
+        # the first identity shares the worker's copy; every other one gets its own jar
+        jars = iter([self.cookiefile])
+        self.pool = IdentityPool(cfg, self.backoff, proxies, direct_proxy=self.proxy, job_workers=job_workers,
+                                 cookie_copy=lambda: next(jars, None) or (private_copy(cfg.cookiefile)
+                                                                          if cfg.cookiefile else None),
+                                 count=count)
 
     def fetch(self, cand: Candidate) -> Fetched:
         """The candidate's video as a local file; IngestError (stage "download") if there is none.
@@ -152,25 +165,74 @@ class Downloader:
 
     # ------------------------------------------------------------------ URLs via yt-dlp
     def _fetch_url(self, url: str, vkey: str) -> Fetched:
+        """Download `url` as one identity after another (ingest/identity.py): a wall, a 429, a
+        failing proxy or a refusal that may be the address's (403, geo-blocked) moves the
+        video to the identity free soonest, at most download.identity_attempts times. Out of
+        attempts (or of time), a video that met a wall fails retryable (a later run takes it
+        up again); one refused by every identity fails for good."""
         try:
             host = urllib.parse.urlsplit(url).hostname or ""
         except ValueError as e:
             raise _failed("BadURL", f"cannot parse URL: {e}") from None
         self._scheme(url)
+        tally, guard = Tally(), [None]  # one guard (its deadline) for every identity
+        for _ in range(self.cfg.identity_attempts):
+            ident = self.pool.choose(host, tally.tried)
+            if ident is None:
+                break
+            tally.tried.add(ident.name)
+            try:
+                got = self._fetch_as(url, vkey, host, ident, guard)
+                self.pool.succeeded(ident)
+                return got
+            except SwitchIdentity as e:
+                tally.last = f"{e.error_type}: {e}"
+                if e.error_type in RETRY_LATER:
+                    tally.walls += 1
+                    if e.error_type == "ProxyError":
+                        self.pool.failed(ident, str(e)[:200])
+                    elif e.error_type != "HostBackoff":
+                        self.pool.walled(ident)
+                    if len(tally.tried) >= self.pool.live():
+                        tally.tried.clear()  # every identity met: wait for the one that rests least
+                if guard[0] is not None and guard[0].overdue():
+                    break
+                if guard[0] is not None and guard[0].refusal and guard[0].refusal.error_type == "HostBackoff":
+                    guard[0].refusal = None  # that identity's rest, not the video's: the next may go
+        self.count("identity_gave_up")
+        kind = tally.last.partition(":")[0]
+        if tally.walls:
+            raise _failed(kind if kind in RETRY_LATER else "BotWall",
+                          f"walled or refused on {self.pool.live()} identit(ies) after {self.cfg.identity_attempts} "
+                          f"attempt(s), retried by the next run; last: {tally.last}")
+        raise _failed(kind or "NoIdentity", f"refused to every identity ({self.pool.live()} live): {tally.last}")
+
+    def _fetch_as(self, url: str, vkey: str, host: str, ident: Identity, guard_box: list) -> Fetched:
+        """`url` through `ident`, retrying what yt-dlp does not; SwitchIdentity for what
+        another identity may not meet."""
         c = self.cfg
-        guard, ydl, info, attempts = None, None, None, 0
+        backoff = self.pool.backoff_of(ident)
+        ydl, info, attempts = None, None, 0
         with contextlib.ExitStack() as stack:
             while True:
                 attempts += 1
                 self._clear(vkey)
+                guard = guard_box[0]
                 try:
-                    with self.limiter.slot(host):
-                        self._await_backoff(host, guard.remaining() if guard else c.deadline_s)
+                    with self.limiter.slot(host), self.pool.slot(host, ident):
+                        self._await_backoff(backoff, host, guard.remaining() if guard else c.deadline_s)
                         if guard is None:  # the deadline runs from the first start, not from the wait for a slot
-                            guard = NetGuard(self.policy, c.deadline_s, c.min_rate_bytes_s, c.rate_window_s,
-                                             self.backoff, max_bytes=int(c.max_filesize_mb * 1024 * 1024))
-                            ydl = stack.enter_context(guarded_ydl(self._options(vkey, guard), guard))
-                        guard.before_start = functools.partial(self.limiter.pace, host)  # this attempt's start
+                            guard = guard_box[0] = NetGuard(self.policy, c.deadline_s, c.min_rate_bytes_s,
+                                                            c.rate_window_s, backoff,
+                                                            max_bytes=int(c.max_filesize_mb * 1024 * 1024))
+                        if ydl is None:
+                            guard.backoff = backoff
+                            ydl = stack.enter_context(guarded_ydl(self._options(vkey, guard, ident), guard))
+
+                        def turn():
+                            self.limiter.pace(host)
+                            self.pool.pace(host, ident)
+                        guard.before_start = turn  # this attempt's start
                         if info is None:  # the page, once: a retry of the media reuses what it said
                             info = ydl.extract_info(url, download=False, process=False)
                         path, meta = self._download(ydl, info)
@@ -184,34 +246,49 @@ class Downloader:
                     self._clear(vkey)
                     if env := fs.environment_error(e):  # scratch full or read-only: the machine's fault, not the video's
                         raise env from None
-                    delay = self._retry_delay(e, guard, host, attempts, extracted=info is not None)
+                    delay = self._retry_delay(e, guard, backoff, host, attempts, extracted=info is not None,
+                                              proxied=ident.proxy is not None)
                     time.sleep(delay)
 
-    def _await_backoff(self, host: str, budget_s: float) -> None:
-        """Wait out the host's job-wide back-off before getting yt-dlp ready (the guard checks
-        it again before every request); HostBackoff if it outlasts `budget_s`."""
+    def _await_backoff(self, backoff, host: str, budget_s: float) -> None:
+        """Wait out the identity's back-off at the host before getting yt-dlp ready (the guard
+        checks it again before every request); SwitchIdentity if it outlasts `budget_s`."""
         try:
-            self.backoff.wait(host, budget_s)
+            backoff.wait(host, budget_s)
         except HostBackingOff as e:
-            raise _failed("HostBackoff", str(e)) from None
+            raise SwitchIdentity("HostBackoff", str(e)) from None
 
-    def _retry_delay(self, e: Exception, guard: NetGuard | None, host: str, attempts: int, extracted: bool) -> float:
-        """Seconds to wait before the next attempt after `e`; raises the IngestError to give up with."""
+    def _retry_delay(self, e: Exception, guard: NetGuard | None, backoff, host: str, attempts: int,
+                     extracted: bool, proxied: bool) -> float:
+        """Seconds to wait before the next attempt after `e`; raises the IngestError to give
+        up with, or SwitchIdentity for what is this identity's trouble."""
         # the guard's verdict, whatever yt-dlp made of it (a TLS handshake cut short by the
         # deadline surfaces as a plain timeout)
         refusal = guard and (guard.refusal or guard.overdue())
         if refusal:
+            if refusal.error_type == "HostBackoff":
+                raise SwitchIdentity("HostBackoff", str(refusal)) from None
             raise _failed(refusal.error_type, str(refusal)) from None
         msg = _clean(str(e))
-        if BOT_WALL.search(msg):  # retrying would only confirm it: the job backs off this host
-            self.backoff.strike(host, f"bot wall: {msg[:200]}")
-            raise _failed("BotWall", msg) from None
+        code = _HTTP_CODE.search(msg)
+        if guard and guard.walled:  # a wall page (the guard struck the identity already)
+            walled, guard.walled = guard.walled, None
+            raise SwitchIdentity("BotWall", f"{walled}: {msg}") from None
+        if BOT_WALL.search(msg):  # retrying would only confirm it: this identity rests, another goes
+            backoff.strike(host, f"bot wall: {msg[:200]}")
+            raise SwitchIdentity("BotWall", msg) from None
+        if code and code.group(1) == "429" and (self.pool.live() > 1 or attempts > self.cfg.retries):
+            raise SwitchIdentity("HTTP429", msg) from None  # the guard struck the identity; another goes at once
+        if proxied and _PROXY_TROUBLE.search(msg):
+            raise SwitchIdentity("ProxyError", msg) from None
+        if (code and code.group(1) == "403") or _GEO.search(msg):  # may be this address's: ask another
+            raise SwitchIdentity(f"HTTP{code.group(1)}" if code else "GeoBlocked", msg) from None
         retry = _RETRY_MEDIA if extracted else _RETRYABLE
         if attempts > self.cfg.retries or not retry.search(msg):
-            raise _failed(_error_type(msg, _HTTP_CODE.search(msg), e), f"after {attempts} attempt(s): {msg}") from None
+            raise _failed(_error_type(msg, code, e), f"after {attempts} attempt(s): {msg}") from None
         return max(0.0, min(backoff_delay(self.cfg, attempts - 1), guard.remaining() if guard else float("inf")))
 
-    def _options(self, vkey: str, guard: NetGuard) -> dict:
+    def _options(self, vkey: str, guard: NetGuard, ident: Identity) -> dict:
         from yt_dlp.utils import match_filter_func
 
         c = self.cfg
@@ -233,10 +310,10 @@ class Downloader:
             "ffmpeg_location": ffmpeg_exe(), "overwrites": True, "continuedl": False,
             "restrictfilenames": True, "windowsfilenames": True, "logger": YtdlpLog(),
         }
-        if self.cookiefile:
-            opts["cookiefile"] = self.cookiefile
-        if self.proxy:
-            opts["proxy"] = self.proxy
+        if ident.cookiefile:
+            opts["cookiefile"] = ident.cookiefile
+        if ident.proxy:
+            opts["proxy"] = ident.proxy
         opts.update(c.ytdlp_options)
         return opts
 
@@ -326,6 +403,14 @@ def read_proxy(location: str) -> str:
         raise _failed("ProxyFile", f"download.proxy_file {location} does not hold one proxy URL "
                                    f"(http://, https://, socks4://, socks5://...)")
     return url
+
+
+class SwitchIdentity(IngestError):
+    """This identity's trouble (a wall, a 429, its proxy failing, a refusal that may be its
+    address's): the video goes on with another one."""
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__("download", error_type, message)
 
 
 def _failed(error_type: str, message: str) -> IngestError:

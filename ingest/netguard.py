@@ -124,6 +124,7 @@ class NetGuard:
         self.min_rate, self.window_s = min_rate, window_s
         self.window_wait, self.window_bytes = 0.0, 0
         self.refusal: Refused | None = None
+        self.walled: str | None = None  # a bot-wall page met (the address's trouble, not the video's)
         self.socket_class = type("GuardedSocket", (_Metered, socket.socket), {"guard": self})
         self.ssl_socket_class = type("GuardedSSLSocket", (_Metered, ssl.SSLSocket), {"guard": self})
 
@@ -202,6 +203,7 @@ class NetGuard:
                 return  # a page that cannot be read says nothing; yt-dlp meets the same error
             error.response.fp = _Replay(head, error.response.fp)
             if BOT_WALL.search(head.decode("utf-8", "replace")):
+                self.walled = f"bot wall (HTTP 403 page) at {host}"
                 self.backoff.strike(host, "bot wall (HTTP 403 page)",
                                     retry_after_s(error.response.headers.get("Retry-After")))
 

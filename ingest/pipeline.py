@@ -566,7 +566,8 @@ DONE, STAGED, REDO = "done", "staged", "redo"
 
 def resume_markers(out: str, retry_failed: bool):
     """(video key, marker) for each video an earlier run finished (`done`: skip it), failed
-    (`done` too unless `retry_failed`, then `redo`: process it and replace its rows) or cut
+    (`done` too unless `retry_failed`, then `redo`: process it and replace its rows; a deferred
+    one, walled, is `redo` always) or cut
     without committing (`staged`, its clip store: load it instead of cutting again). Read by a
     worker from the output's tables, so the resume state never travels in the job graph.
     Where a `videos` part cannot be read, now or by an earlier run (the commit moves it to
@@ -589,7 +590,8 @@ def resume_markers(out: str, retry_failed: bool):
             except DataError as e:
                 logging.getLogger(__name__).warning("resume: %s", e)
     for vkey, st in status.items():
-        yield vkey, (DONE if st == "done" or not retry_failed else REDO)
+        # deferred (a wall, a failing proxy: not the video's fault) is retried by every run
+        yield vkey, (DONE if st == "done" or not (retry_failed or st == "deferred") else REDO)
     for path, _ in fs.list_files(fs.join(out, "clips", "*.tar")):
         vkey = os.path.basename(path)[: -len(".tar")]
         if status.get(vkey) != "done":
@@ -1031,6 +1033,10 @@ def summary_table(stats: dict) -> str:
         ("rejected by keywords", c.get("keyword_rejected", 0)),
         *((f"  {k[17:]}", v) for k, v in sorted(c.items()) if k.startswith("keyword_rejected_") and v),
         ("downloaded", c.get("downloaded", 0)),
+        *((label, c[k]) for k, label in (("identity_walls", "  walls met (identity rested)"),
+                                         ("proxy_failures", "  proxy failures"),
+                                         ("proxies_retired", "  proxies retired"),
+                                         ("identity_gave_up", "  out of identities")) if c.get(k)),
         ("videos cut", c.get("videos_done", 0)),
         ("clips cut", c.get("clips_cut", 0)),
         ("clips sharded", c.get("clips_sharded", 0)),
@@ -1043,7 +1049,7 @@ def summary_table(stats: dict) -> str:
     rows += [(f"rejected: {k[15:]}", v) for k, v in sorted(c.items()) if k.startswith("clips_rejected_") and v]
     lines = ["", "this run", "-" * 44] + [f"{k:<34}{v:>10}" for k, v in rows]
     lines += ["", "output totals", "-" * 44]
-    for k in ("candidates", "videos_done", "videos_failed", "clips", "clips_kept", "clips_train", "clips_val",
+    for k in ("candidates", "videos_done", "videos_failed", "videos_deferred", "clips", "clips_kept", "clips_train", "clips_val",
               "hours_in", "hours_out"):
         lines.append(f"{k:<34}{stats.get(k, 0):>10}")
     lines.append(f"{'wall s / cpu s':<34}{run.get('wall_s', 0):>5} / {run.get('cpu_s', 0)}")

@@ -71,7 +71,8 @@ class VideoProcessor:
     def __init__(self, download: DownloadConfig, clips: ClipsConfig, heuristics: HeuristicsConfig,
                  out: str, scratch: str, count: Count = no_count, *, job_workers: int = 1):
         self.download, self.clips, self.heuristics, self.out = download, clips, heuristics, out
-        self.downloader = Downloader(download, scratch, backoff_dir=fs.join(out, "_hosts"), job_workers=job_workers)
+        self.downloader = Downloader(download, scratch, backoff_dir=fs.join(out, "_hosts"), job_workers=job_workers,
+                                     count=count)
         self.count = count
 
     def __call__(self, c: Candidate) -> VideoResult | Failure:

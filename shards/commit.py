@@ -359,6 +359,7 @@ class Totals:
     keyword_rejected: int = 0
     videos_done: int = 0
     videos_failed: int = 0
+    videos_deferred: int = 0  # walled: the next run tries them again
     clips: int = 0
     clips_kept: int = 0
     clips_train: int = 0
@@ -380,6 +381,7 @@ class Totals:
         elif table == "videos":
             self.videos_done += _count_eq(b, "status", "done")
             self.videos_failed += _count_eq(b, "status", "failed")
+            self.videos_deferred += _count_eq(b, "status", "deferred")
             self.seconds_in += _sum(b["seconds_in"]) if "seconds_in" in b.schema.names else 0.0
         elif table == "manifest":
             kept = pc.fill_null(b["kept"], False)
@@ -395,7 +397,7 @@ class Totals:
     def stats(self, run_stats: dict, spec: ClipSpec) -> dict:
         return {"candidates": self.candidates, "keyword_kept": self.keyword_kept,
                 "keyword_rejected": self.keyword_rejected, "videos_done": self.videos_done,
-                "videos_failed": self.videos_failed, "clips": self.clips, "clips_kept": self.clips_kept,
+                "videos_failed": self.videos_failed, "videos_deferred": self.videos_deferred, "clips": self.clips, "clips_kept": self.clips_kept,
                 "clips_rejected": dict(sorted(self.clips_rejected.items())), "clips_train": self.clips_train,
                 "clips_val": self.clips_val, "hours_in": round(self.seconds_in / 3600, 4),
                 "hours_out": round(self.seconds_out / 3600, 4),
@@ -669,9 +671,10 @@ def _first_per_video(failures: list[Failure]) -> list[Failure]:
 
 
 def failed_video_row(f: Failure) -> dict:
-    """The `videos` row of a video that failed (its first failure)."""
+    """The `videos` row of a video that failed (its first failure): `deferred` where a later
+    run tries it again by itself (a wall), else `failed`."""
     return {"video_key": f.video_key, "video_id": f.video_id, "source": f.source, "title": "",
-            "status": "failed", "n_clips": 0, "n_kept": 0, "seconds_in": 0.0, "seconds_out": 0.0,
+            "status": "deferred" if f.retry == "next_run" else "failed", "n_clips": 0, "n_kept": 0, "seconds_in": 0.0, "seconds_out": 0.0,
             "error": f"{f.stage}:{f.error_type}: {f.message}"[:500], "split": ""}
 
 

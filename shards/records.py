@@ -210,9 +210,15 @@ class ClipRow:
         return dataclasses.asdict(self)
 
 
+# failures an identity (an address, a proxy) causes, not the video: a later run tries the video
+# again without --retry-failed (its `videos` row says "deferred", its failure row retry "next_run")
+RETRY_LATER = frozenset({"BotWall", "HTTP429", "HostBackoff", "ProxyError"})
+
+
 @dataclass
 class Failure:
-    """A dead letter: what went wrong with which video, at which stage."""
+    """A dead letter: what went wrong with which video, at which stage; `retry` says whether
+    a later run tries it again by itself (next_run: a wall or a failing proxy) or not (no)."""
 
     video_key: str
     video_id: str
@@ -221,9 +227,11 @@ class Failure:
     error_type: str
     message: str
     url: str | None = None
+    retry: str = ""
 
     def __post_init__(self):
         self.video_id, self.message = clean_text(self.video_id), redact(self.message)
+        self.retry = self.retry or ("next_run" if self.error_type in RETRY_LATER else "no")
 
     def row(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "url": redact_url(self.url)}
@@ -321,7 +329,8 @@ SCHEMAS = {
                          ("status", _STR), ("n_clips", _I), ("n_kept", _I), ("seconds_in", _F),
                          ("seconds_out", _F), ("error", _STR), ("split", _STR)]),
     "failures": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("stage", _STR),
-                           ("error_type", _STR), ("message", _STR), ("url", _STR)]),
+                           ("error_type", _STR), ("message", _STR), ("url", _STR),
+                           ("retry", _STR)]),
     "candidates": pa.schema([("video_key", _STR), ("source", _STR), ("video_id", _STR), ("title", _STR),
                              ("description", _STR), ("url", _STR), ("path", _STR), ("duration_s", _F),
                              ("start_s", _F), ("end_s", _F), ("extra", _STR), ("keyword_verdict", _STR),

@@ -196,14 +196,17 @@ def test_two_worker_processes_keep_the_job_wide_rate(site, tmp_path):
 
 def test_backoff_record_stops_other_workers_until_it_ends(site, tmp_path):
     hosts = str(tmp_path / "out" / "_hosts")
-    # worker 1 meets a 429: the host is backed off for the whole job (backoff_s 3: until now + 3 s)
-    [[err]] = run_workers([({"allowed_networks": ["127.0.0.0/8"], "retries": 0, "backoff_s": 3.0},
+    # worker 1 meets a 429: its identity (this machine's address) rests at the host for the
+    # whole job (identity_rest_s 3: until now + 3 s); with one attempt, the video is deferred
+    [[err]] = run_workers([({"allowed_networks": ["127.0.0.0/8"], "retries": 0, "identity_rest_s": 3.0,
+                             "identity_attempts": 1},
                             str(tmp_path / "s1"), hosts, 2, [f"{site.url}/status/429"])])
     assert err == "HTTP429"
     [record_file] = os.listdir(hosts)
     assert "127" not in record_file and len(record_file) == len("0123456789abcdef.json")  # no raw host as a path
     record = json.loads(open(os.path.join(hosts, record_file)).read())
-    assert record["host"] == "127.0.0.1" and record["reason"] == "HTTP 429" and record["strikes"] == 1
+    assert record["host"].startswith("127.0.0.1 via own-") and record["reason"] == "HTTP 429"
+    assert record["strikes"] == 1
     until = record["until"]
     assert until > time.time()
     # worker 2 (this process) with less time than the back-off: fails at once, the host untouched
@@ -256,8 +259,9 @@ def test_media_429_is_retried_without_fetching_the_page_again(site, tmp_path):
     assert got.attempts == 3
 
 
-def test_bot_wall_page_backs_the_host_off(tmp_path):
-    """A 403 whose HTML page is a captcha: a strike for the host, and yt-dlp still gets the page."""
+def test_bot_wall_page_rests_the_identity_and_defers_the_video(tmp_path):
+    """A 403 whose HTML page is a captcha: a strike for (host, identity), and yt-dlp still gets
+    the page; out of identity attempts, the video fails BotWall, which a later run retries."""
 
     class Wall(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -276,10 +280,11 @@ def test_bot_wall_page_backs_the_host_off(tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         hosts = tmp_path / "hosts"
-        d = Downloader(local(retries=0), str(tmp_path / "s"), backoff_dir=str(hosts))
+        d = Downloader(local(retries=0, identity_attempts=1), str(tmp_path / "s"), backoff_dir=str(hosts))
         with pytest.raises(IngestError) as e:
             d.fetch(cand(f"http://127.0.0.1:{srv.server_address[1]}/watch"))
-        assert e.value.error_type == "HTTP403"
+        assert e.value.error_type == "BotWall" and "HTTP Error 403" in str(e.value)
+        assert e.value.failure(cand("x")).retry == "next_run"
         [record] = [json.loads(p.read_text()) for p in hosts.iterdir()]
         assert record["reason"] == "bot wall (HTTP 403 page)" and record["until"] >= time.time() + 1
     finally:
