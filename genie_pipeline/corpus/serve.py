@@ -104,6 +104,8 @@ class _Handler(BaseHTTPRequestHandler):
         target = path + ("?" + parts.query if parts.query else "")
         self.corpus._count(path, target)
         try:
+            if not self.corpus.admit(self, path, parse_qs(parts.query), head):
+                return  # answered already (corpus/wallsite.py: a wall, a missing token)
             if path == "/search":
                 return self._search(parse_qs(parts.query), head)
             m = re.match(r"^/status/(\d{3})/?$", path)
@@ -245,6 +247,10 @@ class CorpusServer:
         with self._lock:
             self.requests[path] += 1
             self.targets[target] += 1
+
+    def admit(self, handler: "_Handler", path: str, query: dict, head: bool) -> bool:
+        """Whether to serve the request; a subclass that refuses answers it first (here: all)."""
+        return True
 
     def hits(self, path: str) -> int:
         """Requests so far for `path` (e.g. "/videos/gc0001.mp4"); with a query string
