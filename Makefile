@@ -82,6 +82,15 @@ dataflow-image:
 	@$(DOCKER_READY)
 	docker build -f dataflow/Dockerfile $(DOCKER_ARGS) --build-arg TORCH_VARIANT=cpu --build-arg IMAGE=$(DATAFLOW_IMAGE) -t $(DATAFLOW_IMAGE) .
 
+# a newer yt-dlp without rebuilding the image: one thin layer on the built image, tagged
+# $(DATAFLOW_IMAGE)-ytdlpVERSION; jobs launched with that --sdk_container_image use it
+#   make dataflow-ytdlp YTDLP=2026.12.20 [DATAFLOW_REPO=...]
+.PHONY: dataflow-ytdlp
+dataflow-ytdlp:
+	@test -n "$(YTDLP)" || { echo "give YTDLP=VERSION (a yt-dlp release)" >&2; exit 2; }
+	@$(DOCKER_READY)
+	docker build -f dataflow/Dockerfile.ytdlp --build-arg BASE=$(DATAFLOW_IMAGE) --build-arg YTDLP_VERSION=$(YTDLP) -t $(DATAFLOW_IMAGE)-ytdlp$(YTDLP) dataflow
+
 # CUDA 13 torch for the quality classifier on GPU workers (worker_accelerator)
 dataflow-image-gpu:
 	@$(call TAGGED,$(DATAFLOW_IMAGE_GPU))

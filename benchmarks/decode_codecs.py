@@ -18,6 +18,13 @@ a keyframe every 5 s:
 - vp9:  libvpx-vp9 -crf 32 -b:v 0 -deadline good -cpu-used 4, webm
 - av1:  libsvtav1 -preset 8 -crf 35 (else libaom-av1 -cpu-used 8 -crf 35), mp4
 
+One more cell, `combined`: what a site's one-file format costs (YouTube's format 18, the
+fallback where a site has nothing video-only): the H.264 360p encode muxed with AAC audio at
+96 kbit/s (a 440 Hz tone: AAC at a set bitrate spends about the same on any sound); its
+bytes include the audio, its decode demuxes and skips it. Every cell records
+`bytes_per_source_s` beside the kbit/s. `--heights` measures part of the ladder and
+`--merge` keeps the other cells of an existing result.
+
 A codec whose encoder this ffmpeg lacks, or whose decoder PyAV lacks, is listed under
 `not_measured` with the reason, and `plan` says "not measured" for it instead of a number.
 
@@ -118,6 +125,25 @@ def encode(mezz: Path, out: Path, encoder: str, opts: list[str], height: int) ->
                     "-g", str(GOP), "-threads", "2", str(out)], check=True)
 
 
+AUDIO_KBPS = 96  # YouTube's format 18 carries AAC at about 96 kbit/s
+
+
+def encode_combined(video: Path, out: Path) -> None:
+    """`video` with an AAC track muxed in, the video stream copied (one file, audio and video)."""
+    subprocess.run([ffmpeg(), "-loglevel", "error", "-y", "-i", str(video), "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=44100", "-shortest", "-map", "0:v", "-map", "1:a",
+                    "-c:v", "copy", "-c:a", "aac", "-b:a", f"{AUDIO_KBPS}k", "-ac", "2", str(out)], check=True)
+
+
+def cell_of(codec: str, height: int, path: Path, repeat: int, **extra) -> dict:
+    spent, frames, used, seconds = decode_cost(path, repeat)
+    size = path.stat().st_size
+    return {"codec": codec, "height": height, "width": HEIGHTS[height], **extra, "decoder": used,
+            "source_seconds": round(seconds, 3), "clip_frames_out": frames,
+            "kbps": round(size * 8 / seconds / 1000, 1), "bytes_per_source_s": round(size / seconds),
+            "decode_cpu_s": round(spent, 4), "decode_cpu_per_source_s": round(spent / seconds, 6)}
+
+
 def decode_cost(path: Path, repeat: int) -> tuple[float, int, str, float]:
     """(least CPU-s over `repeat` decodes, frames out, decoder name, source seconds)."""
     import av
@@ -142,7 +168,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="footage length per cell")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode_codecs.json"))
+    ap.add_argument("--heights", default=",".join(map(str, HEIGHTS)), help="the rungs to measure, e.g. 144,240,360")
+    ap.add_argument("--merge", action="store_true", help="keep the cells of --out that this run does not measure")
     args = ap.parse_args()
+    heights = [int(h) for h in args.heights.split(",")]
 
     work = Path(tempfile.mkdtemp(prefix="bench-codecs-"))
     mezz = work / "mezzanine.mp4"
@@ -160,7 +189,7 @@ def main() -> int:
             not_measured.append({"codec": codec, "reason": why})
             continue
         encoder, ext, opts = chosen
-        for height in HEIGHTS:
+        for height in heights:
             path = work / f"{codec}_{height}.{ext}"
             t0 = time.time()
             try:
@@ -168,16 +197,24 @@ def main() -> int:
             except subprocess.CalledProcessError as e:
                 not_measured.append({"codec": codec, "height": height, "reason": f"{encoder} failed: {e}"})
                 continue
-            spent, frames, used, seconds = decode_cost(path, args.repeat)
-            cell = {"codec": codec, "height": height, "width": HEIGHTS[height], "encoder": encoder,
-                    "encoder_options": " ".join(opts), "container": ext, "decoder": used,
-                    "source_seconds": round(seconds, 3), "clip_frames_out": frames,
-                    "kbps": round(path.stat().st_size * 8 / seconds / 1000, 1),
-                    "decode_cpu_s": round(spent, 4),
-                    "decode_cpu_per_source_s": round(spent / seconds, 6)}
+            cell = cell_of(codec, height, path, args.repeat, encoder=encoder, encoder_options=" ".join(opts),
+                           container=ext)
             cells.append(cell)
+            if codec == "h264" and height == 360:  # the one-file fallback: this video plus audio
+                both = work / "combined_360.mp4"
+                encode_combined(path, both)
+                cells.append(cell_of("combined", 360, both, args.repeat, encoder=f"{encoder} + aac",
+                                     encoder_options=" ".join(opts) + f"; aac -b:a {AUDIO_KBPS}k",
+                                     container="mp4"))
             print(f"{codec:5} {height:4}p  {cell['kbps']:8.1f} kbit/s  {cell['decode_cpu_per_source_s']:.5f} "
-                  f"CPU-s per source s  ({used}; encode {time.time() - t0:.0f} s)", file=sys.stderr)
+                  f"CPU-s per source s  ({cell['decoder']}; encode {time.time() - t0:.0f} s)", file=sys.stderr)
+    if args.merge and Path(args.out).exists():
+        measured = {(c["codec"], c["height"]) for c in cells}
+        old = json.loads(Path(args.out).read_text())
+        cells = [c for c in old.get("cells", []) if (c["codec"], c["height"]) not in measured] + cells
+        for c in cells:  # older cells: the same number in bytes
+            c.setdefault("bytes_per_source_s", round(c["kbps"] * 1000 / 8))
+        cells.sort(key=lambda c: (["h264", "vp9", "av1", "combined"].index(c["codec"]), c["height"]))
     result = {
         "footage": (f"{args.seconds:g} s of game play at {FPS} FPS: half procgen CoinRun, half Atari "
                     "(pitfall, mario_bros), upscaled to 1280x720, near-lossless H.264 mezzanine"),

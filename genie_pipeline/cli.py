@@ -492,7 +492,7 @@ def cmd_plan(args, _) -> int:
               "until you give --gpu-clips-per-s", file=sys.stderr)
     if args.mean_video_minutes is not None and not args.mean_video_minutes > 0:
         raise ConfigError("plan.mean_video_minutes", f"must be a positive number, got {args.mean_video_minutes!r}")
-    fmt = parse_source_format(args.source_format) if args.source_format else source_format(cfg.download.format)
+    fmt = parse_source_format(args.source_format) if args.source_format else source_format(cfg.download.selected_format(cfg.clips.height))
     download = Download(per_host_rate=cfg.download.per_host_rate, hosts=args.hosts,
                         mean_video_s=args.mean_video_minutes * 60, mbps_per_worker=args.mbps_per_worker,
                         source_kbps=args.source_kbps)

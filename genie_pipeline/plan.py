@@ -46,7 +46,7 @@ from genie_pipeline.config import ConfigError
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 PAPER_CLIP_HOURS = 244_000  # Genie: 55M clips of 16 s (~244k hours) before filtering
-CODECS = ("h264", "vp9", "av1")
+CODECS = ("h264", "vp9", "av1", "combined")  # combined: one file, H.264 video and AAC audio
 LADDER = (144, 240, 360, 720)  # the heights decode_codecs.json measures
 YOUTUBE_HEIGHTS = (144, 240, 360, 480, 720, 1080, 1440, 2160, 4320)
 
@@ -179,29 +179,32 @@ def source_format(fmt: str) -> SourceFormat:
     at most) is H.264 and `bv` (video only, merged) is VP9 (yt-dlp prefers AV1, then VP9,
     then H.264 at equal height; YouTube offers AV1 for popular videos only)."""
     first = fmt.split("/")[0].strip()
-    m = re.search(r"\[height\s*(<=|<|=)\s*(\d+)\]", first)
+    m = re.search(r"\[height\s*(<=|<|=|>=)\s*(\d+)\]", first)
     height = None
-    if m:
+    if m and m.group(1) == ">=":  # the default format (smallest first): the shortest that is tall enough
+        height = min([h for h in YOUTUBE_HEIGHTS if h >= int(m.group(2))], default=int(m.group(2)))
+    elif m:
         cap = int(m.group(2)) - (1 if m.group(1) == "<" else 0)
         # at most `cap`: the tallest of YouTube's heights that fits
         height = cap if m.group(1) == "=" else max([h for h in YOUTUBE_HEIGHTS if h <= cap], default=cap)
-    vcodec = re.search(r"\[vcodec\s*[\^*~$]?=\s*['\"]?([a-z0-9.]+)", first)
+    vcodec = re.search(r"\[vcodec\s*[\^*~$]?=\s*['\"]?\^?\(?([a-z0-9.]+)", first)
     if vcodec:
         name = vcodec.group(1)
-        codec = "av1" if name.startswith(("av01", "av1")) else "vp9" if name.startswith(("vp09", "vp9")) else "h264"
+        codec = "av1" if name.startswith(("av01", "av1")) else "vp9" if name.startswith("vp") else "h264"
         how = f"its video codec filter ({name})"
     elif first.startswith("bv") or "+" in first:
         codec, how = "vp9", "video-only best (yt-dlp prefers AV1 > VP9 > H.264; AV1 for popular videos only)"
-    else:
-        codec, how = "h264", "one file with audio and video (YouTube: format 18, H.264 360p)"
+    else:  # measured as its own cell: the H.264 360p video and its audio track
+        codec, how = "combined", "one file with audio and video (YouTube: format 18, H.264 360p + AAC)"
         height = min(height or 360, 360)
-    cap_text = f"height <= {height}" if height else "no height cap"
+    cap_text = (f"height >= {m.group(2)}: {height}p" if m and m.group(1) == ">=" else
+                f"height <= {height}" if height else "no height cap")
     return SourceFormat(codec, height, f"first choice {first!r}: {how}, {cap_text}")
 
 
 def parse_source_format(text: str) -> SourceFormat:
     """`CODEC:HEIGHT` from the command line (h264:360, vp9:720, av1:144)."""
-    m = re.fullmatch(r"(h264|vp9|av1):(\d+)p?", text.strip().lower())
+    m = re.fullmatch(rf"({'|'.join(CODECS)}):(\d+)p?", text.strip().lower())
     if not m:
         raise ConfigError("plan.source_format", f"expected CODEC:HEIGHT with CODEC one of {', '.join(CODECS)} "
                                                 f"(e.g. vp9:360), got {text!r}")

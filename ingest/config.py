@@ -107,8 +107,13 @@ Source = Annotated[
 class DownloadConfig(Section):
     scratch_dir: str | None = None  # default: OUT/_scratch
     keep: bool = False
-    # small is enough for 160×90; "b" fallbacks keep single-file sites working
-    format: str = "b[height<=360]/bv*[height<=360]+ba/b/bv*+ba"
+    # null: the cheapest format that serves the clip (`selected_format`); or any yt-dlp format
+    format: str | None = None
+    min_height: int = Field(default=144, ge=1, le=4320, description="the floor of the source height the default "
+                                                                    "format takes (at least clips.height)")
+    # cheapest decode first, as benchmarks/results/decode_codecs.json measures it at 144-360p
+    codec_order: list[Literal["h264", "vp9", "av1"]] = Field(default_factory=lambda: ["h264", "vp9", "av1"],
+                                                             min_length=1)
     max_filesize_mb: float = Field(default=500, gt=0)
     max_duration_s: float = Field(default=4 * 3600, gt=0)
     # width × height a source may claim before anything is decoded (8K UHD by default)
@@ -139,9 +144,14 @@ class DownloadConfig(Section):
     identity_attempts: int = Field(default=6, ge=1, le=100, description="identities a video tries in a run "
                                                                          "(walls, 429s, failing proxies)")
     identity_rest_s: float = Field(default=30.0, ge=0, le=86400, description="an identity's first rest at a "
-                                                                              "site after a wall or 429; doubles")
+                                                                              "site after a bot wall; doubles")
     identity_rest_max_s: float = Field(default=1800.0, ge=0, le=86400)
     proxy_max_failures: int = Field(default=3, ge=1, le=1000, description="failures in a row that retire a proxy")
+    # proof-of-origin tokens for YouTube: the bgutil provider plugin (pip install
+    # 'genie-pipeline[pot]'; in the Dataflow image) asks a token server beside the worker
+    pot_provider: Literal["none", "bgutil_http", "bgutil_script"] = "none"
+    pot_base_url: str = Field(default="http://127.0.0.1:4416", description="bgutil_http: the token server")
+    pot_server_home: str | None = Field(default=None, description="bgutil_script: the provider's server folder")
     allowed_schemes: list[str] = Field(default_factory=lambda: ["http", "https"])
     ytdlp_options: dict[str, Any] = Field(default_factory=dict)
     # the download guard (ingest/netguard.py): where a download may connect, how long, how slow
@@ -161,6 +171,18 @@ class DownloadConfig(Section):
                              "download.proxy_file (or a pool in download.proxies)")
         return self
 
+    def pot_extractor_args(self) -> dict[str, dict[str, list[str]]]:
+        """yt-dlp `extractor_args` that configure the token provider plugin ({} for none)."""
+        if self.pot_provider == "bgutil_http":
+            return {"youtubepot-bgutilhttp": {"base_url": [self.pot_base_url]}}
+        if self.pot_provider == "bgutil_script":
+            return {"youtubepot-bgutilscript": {"server_home": [self.pot_server_home]}} if self.pot_server_home else {}
+        return {}
+
+    def selected_format(self, clip_height: int = 90) -> str:
+        """The yt-dlp format: `format` if given, else `cheapest_format` for the clip height."""
+        return self.format or cheapest_format(max(clip_height, self.min_height), self.codec_order)
+
     @field_validator("allowed_networks")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
@@ -170,6 +192,24 @@ class DownloadConfig(Section):
             except ValueError:
                 raise ValueError(f"{net!r} is not a network (CIDR such as 10.0.0.0/8 or fd00::/8)") from None
         return v
+
+
+# the vcodec strings sites give each codec (YouTube: avc1.4d400c, vp09.00.10.08 / vp9, av01.0.00M.08)
+VCODEC = {"h264": "^(avc1|h264)", "vp9": "^(vp0?9)", "av1": "^(av01|av1)"}
+# with formats sorted smallest first, yt-dlp's "best" of a selector is its smallest format
+CHEAPEST_SORT = ["+res", "+size", "+br"]
+
+
+def cheapest_format(height: int, codec_order: list[str]) -> str:
+    """A yt-dlp format (to use with format_sort CHEAPEST_SORT) that takes, in this order: the
+    smallest video-only stream at least `height` tall in each codec of `codec_order`, in any
+    codec, a combined (audio + video) file at least that tall, and only then what is there:
+    the tallest video-only stream (`wv`: the last in smallest-first order), the tallest
+    combined file, video and audio merged. No audio is downloaded where the site offers
+    video alone."""
+    tall = f"[height>={height}]"
+    picks = [f"bv{tall}[vcodec~='{VCODEC[c]}']" for c in codec_order]
+    return "/".join([*picks, f"bv{tall}", f"b{tall}", "wv", "w", "bv*+ba"])
 
 
 # ------------------------------------------------------------------------------- runner

@@ -36,7 +36,7 @@ import urllib.parse
 import weakref
 from dataclasses import dataclass, field
 
-from genie_pipeline.ingest.config import DownloadConfig, PreflightError
+from genie_pipeline.ingest.config import CHEAPEST_SORT, DownloadConfig, PreflightError
 from genie_pipeline.ingest.errors import Count, IngestError, no_count
 from genie_pipeline.ingest.identity import Identity, IdentityPool, Tally, read_proxies
 from genie_pipeline.ingest.netguard import AddressPolicy, NetGuard, guarded_ydl
@@ -103,15 +103,15 @@ class Downloader:
     this machine sees). IngestError (stage "download") if the cookie or proxy file cannot be read."""
 
     def __init__(self, cfg: DownloadConfig, scratch_dir: str, *, backoff_dir: str | None = None,
-                 job_workers: int = 1, count: Count = no_count):
-        self.cfg = cfg
+                 job_workers: int = 1, count: Count = no_count, clip_height: int = 90):
+        self.cfg, self.clip_height = cfg, clip_height
         self.scratch = scratch_dir
         os.makedirs(scratch_dir, exist_ok=True)
         share = worker_share(cfg, job_workers)
         self.limiter = process_limiter(share)
         # rests per (site, identity), job-wide (ingest/identity.py)
-        self.backoff = HostBackoff(backoff_dir or os.path.join(scratch_dir, ".hosts"), cfg.identity_rest_s,
-                                   cfg.identity_rest_max_s, spread_s=1.0 / share.rate)
+        self.backoff = HostBackoff(backoff_dir or os.path.join(scratch_dir, ".hosts"), cfg.backoff_s,
+                                   cfg.backoff_max_s, spread_s=1.0 / share.rate)
         self.policy = AddressPolicy(cfg.allow_private_networks, cfg.allowed_networks)
         self.proxy = read_proxy(cfg.proxy_file) if cfg.proxy_file else cfg.proxy
         self.cookiefile = private_copy(cfg.cookiefile) if cfg.cookiefile else None
@@ -297,7 +297,7 @@ class Downloader:
             return max(0.0, min(backoff_delay(c, n), guard.remaining()))
 
         opts = {
-            "format": c.format,
+            "format": c.selected_format(self.clip_height),
             # vkey is derived by safe_id(): nothing from a title or URL reaches the path
             "outtmpl": os.path.join(self.scratch, f"{vkey}.%(ext)s"),
             "paths": {"temp": self.scratch},
@@ -310,11 +310,15 @@ class Downloader:
             "ffmpeg_location": ffmpeg_exe(), "overwrites": True, "continuedl": False,
             "restrictfilenames": True, "windowsfilenames": True, "logger": YtdlpLog(),
         }
+        if c.format is None:  # the default format picks the smallest stream that serves the clip
+            opts["format_sort"] = CHEAPEST_SORT
         if ident.cookiefile:
             opts["cookiefile"] = ident.cookiefile
         if ident.proxy:
             opts["proxy"] = ident.proxy
         opts.update(c.ytdlp_options)
+        if c.pot_provider != "none":  # beside any extractor_args of ytdlp_options
+            opts["extractor_args"] = {**c.pot_extractor_args(), **(opts.get("extractor_args") or {})}
         return opts
 
     def _download(self, ydl, info: dict) -> tuple[str, dict]:
@@ -372,6 +376,21 @@ def check_secret_files(cfg: DownloadConfig) -> None:
             raise PreflightError(key, f"cannot reach {path!r}: {_clean(str(e))[:300]}") from None
         if path and not found:
             raise PreflightError(key, f"{path!r} does not exist")
+
+
+POT_PLUGIN = {"bgutil_http": "yt_dlp_plugins.extractor.getpot_bgutil_http",
+              "bgutil_script": "yt_dlp_plugins.extractor.getpot_bgutil_script"}
+
+
+def check_pot_provider(cfg: DownloadConfig) -> None:
+    """PreflightError unless the token provider plugin download.pot_provider names is
+    installed (yt-dlp would otherwise go on without tokens and meet the wall)."""
+    import importlib.util
+
+    module = POT_PLUGIN.get(cfg.pot_provider)
+    if module and importlib.util.find_spec(module) is None:
+        raise PreflightError("download.pot_provider", f"{cfg.pot_provider}: the provider plugin is not installed "
+                                                      f"(pip install 'genie-pipeline[pot]', or the Dataflow image)")
 
 
 def backoff_delay(cfg: DownloadConfig, n: int) -> float:

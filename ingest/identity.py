@@ -10,7 +10,9 @@ from another address).
 Per (site, identity), not per site:
 - back-off: a 429 or a bot wall rests that identity for that site, job-wide, through the
   same records as the host back-off (OUT/_hosts, ingest/politeness.py) keyed by
-  "HOST via IDENTITY": `identity_rest_s × 2^(strikes-1)`, capped, jittered on the way back;
+  "HOST via IDENTITY": a 429 `backoff_s × 2^(strikes-1)` (capped at backoff_max_s, at least
+  its Retry-After), a wall `identity_rest_s × 2^(strikes-1)` (capped at
+  identity_rest_max_s), each jittered on the way back;
 - rate and concurrency: `identity_rate` starts per second and `identity_concurrency`
   downloads in flight, job-wide, each worker process taking its share as for hosts.
 The site-wide `per_host_rate` / `per_host_concurrency` still bound the whole job.
@@ -28,7 +30,6 @@ soonest, least recently used first, so work rotates over the pool.
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import threading
 import time
@@ -63,10 +64,13 @@ def identity_name(kind: str, secret: str) -> str:
 
 class IdentityBackoff:
     """The host back-off of one identity: a HostBackoff whose keys are "HOST via NAME", so
-    that the download guard (which waits and strikes per host) rests this identity only."""
+    that the download guard (which waits and strikes per host) rests this identity only. A
+    429 rests it as the host back-off does (backoff_s doubling); a bot wall for `wall_s`
+    doubling up to `wall_max_s` (a wall lifts after minutes, not seconds)."""
 
-    def __init__(self, backoff: HostBackoff, name: str):
+    def __init__(self, backoff: HostBackoff, name: str, wall_s: float, wall_max_s: float):
         self.inner, self.name = backoff, name
+        self.wall_s, self.wall_max_s = wall_s, wall_max_s
 
     def key(self, host: str) -> str:
         return f"{host} via {self.name}"
@@ -75,6 +79,8 @@ class IdentityBackoff:
         return self.inner.wait(self.key(host), budget_s)
 
     def strike(self, host: str, reason: str, retry_after_s: float | None = None) -> float:
+        if "bot wall" in reason:
+            return self.inner.strike(self.key(host), reason, retry_after_s, base_s=self.wall_s, max_s=self.wall_max_s)
         return self.inner.strike(self.key(host), reason, retry_after_s)
 
     def current(self, host: str, fresh: bool = False) -> dict:
@@ -110,7 +116,7 @@ class IdentityPool:
                 self.failed(ident, "no answer to a connection when the pool was built")
 
     def backoff_of(self, ident: Identity) -> IdentityBackoff:
-        return IdentityBackoff(self.backoff, ident.name)
+        return IdentityBackoff(self.backoff, ident.name, self.cfg.identity_rest_s, self.cfg.identity_rest_max_s)
 
     def choose(self, host: str, tried: set[str]) -> Identity | None:
         """The identity to try next for `host`: among those not retired and not in `tried`

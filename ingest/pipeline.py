@@ -46,7 +46,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from genie_pipeline.filtering.config import DedupeConfig, FiltersConfig, KeywordsConfig
 from genie_pipeline.ingest.config import DownloadConfig, PreflightError, RunnerConfig, Source, check_remote_run
 from genie_pipeline.ingest import progress
-from genie_pipeline.ingest.download import check_secret_files
+from genie_pipeline.ingest.download import check_pot_provider, check_secret_files
 from genie_pipeline.ingest.politeness import job_worker_processes
 from genie_pipeline.ingest.process import KeywordVerdict, VideoProcessor
 from genie_pipeline.ingest.sources import Discover, check_sources
@@ -828,6 +828,7 @@ def preflight(cfg: IngestConfig, beam_args: list[str]) -> None:
         paths.update({f"sources.{i}.{k}": getattr(s, k) for k in ("root", "glob", "path") if hasattr(s, k)})
     check_remote_run(cfg.runner, beam_args, paths, q.device if q.mode != "off" else None)
     check_secret_files(cfg.download)
+    check_pot_provider(cfg.download)
     job_worker_processes(cfg.runner, beam_args, cfg.download.job_workers)  # the job's size can be read
     check_sources(cfg.sources)
     if fs.is_remote(cfg.output.dir):  # a local one that cannot be written stops as the machine's error

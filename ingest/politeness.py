@@ -240,9 +240,13 @@ class HostBackoff:
         self.sleep(left)
         return left
 
-    def strike(self, host: str, reason: str, retry_after_s: float | None = None) -> float:
+    def strike(self, host: str, reason: str, retry_after_s: float | None = None, *,
+               base_s: float | None = None, max_s: float | None = None) -> float:
         """Record that `host` asked us to slow down; the time (clock) until which the job
-        leaves it alone."""
+        leaves it alone. `base_s`/`max_s` replace this back-off's own for this strike (a bot
+        wall rests an identity longer than a 429 asks)."""
+        base_s = self.base_s if base_s is None else base_s
+        max_s = self.max_s if max_s is None else max_s
         now = self.clock()
         old = self.current(host, fresh=True)
         until, strikes = float(old.get("until", 0)), int(old.get("strikes", 0))
@@ -252,8 +256,8 @@ class HostBackoff:
                 return until
             new = {"host": host, "until": now + wait, "reason": reason, "strikes": strikes}
         else:
-            strikes = strikes + 1 if old and now < until + self.max_s else 1
-            delay = max(min(self.max_s, self.base_s * 2 ** (strikes - 1)), wait)
+            strikes = strikes + 1 if old and now < until + max_s else 1
+            delay = max(min(max_s, base_s * 2 ** (strikes - 1)), wait)
             new = {"host": host, "until": now + delay, "reason": reason, "strikes": strikes}
         log.warning("backing off %s for %.1f s (%s, strike %d)", host, new["until"] - now, reason, new["strikes"])
         with self._lock:

@@ -72,7 +72,7 @@ class VideoProcessor:
                  out: str, scratch: str, count: Count = no_count, *, job_workers: int = 1):
         self.download, self.clips, self.heuristics, self.out = download, clips, heuristics, out
         self.downloader = Downloader(download, scratch, backoff_dir=fs.join(out, "_hosts"), job_workers=job_workers,
-                                     count=count)
+                                     count=count, clip_height=clips.height)
         self.count = count
 
     def __call__(self, c: Candidate) -> VideoResult | Failure:

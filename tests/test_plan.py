@@ -13,7 +13,8 @@ H264 = SourceFormat("h264", 360, "test")
 
 def _results(tmp_path, decode=True, **ingest_over):
     """50 clips per 1000 s of source, 40 kept; the whole ingest 0.05 CPU-s per source second, of
-    which the bare decode 0.03 (the rest: 0.02); decode of h264 360p 0.02, vp9 360p 0.035."""
+    which the bare decode 0.03 (the rest: 0.02); decode of h264 360p 0.02 (144p, the default
+    format's: 0.01), vp9 360p 0.035."""
     ingest = {"pipeline_cpu_per_source_s": 0.05, "bare_decode_cpu_per_source_s": 0.03, "clips": 50,
               "clips_kept": 40, "source_seconds": 1000.0, "bytes_per_clip": 200_000, "date": "2026-12-02"}
     ingest.update(ingest_over)
@@ -22,6 +23,8 @@ def _results(tmp_path, decode=True, **ingest_over):
     if decode:
         (tmp_path / "decode_codecs.json").write_text(json.dumps({
             "cells": [{"codec": "h264", "height": 360, "decode_cpu_per_source_s": 0.02, "kbps": 400.0,
+                       "decoder": "h264"},
+                      {"codec": "h264", "height": 144, "decode_cpu_per_source_s": 0.01, "kbps": 100.0,
                        "decoder": "h264"},
                       {"codec": "vp9", "height": 360, "decode_cpu_per_source_s": 0.035, "kbps": 300.0,
                        "decoder": "vp9"}],
@@ -108,8 +111,14 @@ def test_decode_cost_follows_the_source_format_and_unmeasured_is_unknown(tmp_pat
 
 
 def test_source_format_from_download_format():
-    default = parse_config({}, require_sources=False).download.format
-    assert (source_format(default).codec, source_format(default).height) == ("h264", 360)
+    download = parse_config({}, require_sources=False).download
+    default = download.selected_format(90)
+    # the cheapest that serves 160x90: video-only H.264 at the 144p floor
+    assert (source_format(default).codec, source_format(default).height) == ("h264", 144)
+    assert source_format(download.model_copy(update={"codec_order": ["vp9"]}).selected_format(90)).codec == "vp9"
+    assert source_format(download.selected_format(200)).height == 240
+    old = "b[height<=360]/bv*[height<=360]+ba/b/bv*+ba"  # the default before: one file with audio, 360p
+    assert (source_format(old).codec, source_format(old).height) == ("combined", 360)
     assert (source_format("bv*[height<=720]+ba/b").codec, source_format("bv*[height<=720]+ba/b").height) == ("vp9", 720)
     f = source_format("bv*[vcodec^=av01][height<=480]+ba")
     assert (f.codec, f.height) == ("av1", 480)
@@ -122,7 +131,7 @@ def test_plan_cli_paper_scale_prints_every_bound_and_bytes(tmp_path, capsys):
     assert main(["plan", "--results", results, "--clip-hours", "244000"]) == 0
     out = capsys.readouterr().out
     for line in ("244,000 h of clips", "CPU ", "download starts", "download bandwidth", "bound by",
-                 "downloaded", "stored", "vCPU-hours billed", "h264 360p", "0.02000 CPU-s per source second"):
+                 "downloaded", "stored", "vCPU-hours billed", "h264 144p", "0.01000 CPU-s per source second"):
         assert line in out, line
     # the config flows in: four times the start rate, a quarter of the start bound
     assert main(["plan", "--results", results, "--source-hours", "1000", "--workers", "3", "--json"]) == 0
@@ -213,4 +222,4 @@ def test_the_committed_results_plan_the_paper(capsys):
     """The checkout's own benchmark results (decode_codecs.json included) give a whole plan."""
     assert main(["plan"]) == 0
     out = capsys.readouterr().out
-    assert "244,000 h of clips" in out and "decode of h264 360p" in out and "not measured" not in out
+    assert "244,000 h of clips" in out and "decode of h264 144p" in out and "not measured" not in out

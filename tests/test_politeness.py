@@ -197,8 +197,8 @@ def test_two_worker_processes_keep_the_job_wide_rate(site, tmp_path):
 def test_backoff_record_stops_other_workers_until_it_ends(site, tmp_path):
     hosts = str(tmp_path / "out" / "_hosts")
     # worker 1 meets a 429: its identity (this machine's address) rests at the host for the
-    # whole job (identity_rest_s 3: until now + 3 s); with one attempt, the video is deferred
-    [[err]] = run_workers([({"allowed_networks": ["127.0.0.0/8"], "retries": 0, "identity_rest_s": 3.0,
+    # whole job (backoff_s 3: until now + 3 s); with one attempt, the video is deferred
+    [[err]] = run_workers([({"allowed_networks": ["127.0.0.0/8"], "retries": 0, "backoff_s": 3.0,
                              "identity_attempts": 1},
                             str(tmp_path / "s1"), hosts, 2, [f"{site.url}/status/429"])])
     assert err == "HTTP429"

@@ -14,7 +14,8 @@ Rules (`WallRules`), per client address (what the site sees: a proxy's source ad
   (a stand-in for a proof-of-origin token provider); without it a plain 403;
 - `/slow/<path>`: the file at `slow_bytes_s` bytes per second.
 
-`walls_hit` counts wall answers per address, `served` requests let through per address.
+`walls_hit` counts wall answers per address, `served` requests let through per address;
+`log` holds (monotonic time, address, path, walled) of every request.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class WallSite(CorpusServer):
         self.walls_hit: collections.Counter = collections.Counter()
         self.walls_raised: collections.Counter = collections.Counter()
         self.served: collections.Counter = collections.Counter()
+        self.log: list[tuple[float, str, str, bool]] = []
         self._wall_lock = threading.Lock()
 
     def pot_token(self, path: str) -> str:
@@ -85,7 +87,10 @@ class WallSite(CorpusServer):
             return False
 
     def admit(self, handler, path: str, query: dict, head: bool) -> bool:
-        if self.walled(handler.client_address[0]):
+        walled = self.walled(handler.client_address[0])
+        with self._wall_lock:
+            self.log.append((time.monotonic(), handler.client_address[0], path, walled))
+        if walled:
             handler._send_bytes(self.rules.status, WALL_PAGE, "text/html; charset=utf-8", head)
             return False
         if path == "/pot":
