@@ -104,7 +104,7 @@ def one_run(name: str, corpus: Path, work: Path, n_identities: int, n: int, rule
     c1 = first["stats"]["last_run"].get("counters", {})
     done1 = first["stats"]["videos_done"]
     window_s = (max(served) - min(served)) if len(served) > 1 else float("nan")
-    per_video = len(served) / max(1, done1)
+    per_video = len(served) / done1 if done1 else 2.0  # none done: the 2 requests a video takes here
     allowed = n_identities * rules.limit / rules.window_s / per_video * 60
     rate = (done1 - 1) / window_s * 60 if done1 > 1 else 0.0  # n videos span n-1 gaps
     return {
