@@ -13,8 +13,11 @@ Per (site, identity), not per site:
   "HOST via IDENTITY": a 429 `backoff_s × 2^(strikes-1)` (capped at backoff_max_s, at least
   its Retry-After), a wall `identity_rest_s × 2^(strikes-1)` (capped at
   identity_rest_max_s), each jittered on the way back;
-- rate and concurrency: `identity_rate` starts per second and `identity_concurrency`
-  downloads in flight, job-wide, each worker process taking its share as for hosts.
+- rate: `identity_rate` starts per second, job-wide, through a start record per (site,
+  identity) beside the rest records (every start moves the next one a gap on), so two
+  worker processes cannot put two starts from one address inside a site's window;
+- concurrency: `identity_concurrency` downloads in flight, each process taking its share as
+  for hosts.
 The site-wide `per_host_rate` / `per_host_concurrency` still bound the whole job.
 
 Names: an identity is named `proxy-<sha256(url)[:10]>` or `own-<sha256(machine)[:10]>`,
@@ -30,6 +33,7 @@ soonest, least recently used first, so work rotates over the pool.
 from __future__ import annotations
 
 import hashlib
+import random
 import socket
 import threading
 import time
@@ -108,8 +112,12 @@ class IdentityPool:
             if ident.cookiefile:
                 weakref.finalize(self, fs.remove, ident.cookiefile)
         share = worker_share(cfg, job_workers)
-        rate = cfg.identity_rate / share.workers if cfg.identity_rate else None
-        self.limiter = HostLimiter(max(1, -(-cfg.identity_concurrency // share.workers)), rate) if rate else None
+        # concurrency: each process its share, as for hosts; the rate is paced job-wide through
+        # shared start records (below), since W processes each pacing rate/W at their own
+        # phase would still put two starts from one address within a site's window
+        self.limiter = HostLimiter(max(1, -(-cfg.identity_concurrency // share.workers)), float("inf"))
+        self.gap_s = 1.0 / cfg.identity_rate if cfg.identity_rate else 0.0
+        random.shuffle(self.identities)  # workers begin at different identities
         self.retired = 0
         for ident in self.identities:
             if ident.proxy and proxies and not probe(ident.proxy):
@@ -120,30 +128,43 @@ class IdentityPool:
 
     def choose(self, host: str, tried: set[str]) -> Identity | None:
         """The identity to try next for `host`: among those not retired and not in `tried`
-        (names), the one whose rest for `host` ends soonest, least recently used first; None
-        when there is none."""
+        (names), the one free soonest (its rest for `host` over, its next start due), least
+        recently used first; None when there is none."""
         now = self.backoff.clock()
         with self._lock:
             live = [i for i in self.identities if not i.retired and i.name not in tried]
-            if not live:
-                return None
+        if not live:
+            return None
 
-            def free_at(i: Identity) -> float:
-                return max(now, float(self.backoff_of(i).current(host).get("until", 0)))
+        def free_at(i: Identity) -> float:
+            rest = float(self.backoff_of(i).current(host).get("until", 0))
+            due = float(self.backoff.current(self._starts(host, i)).get("until", 0)) if self.gap_s else 0.0
+            return max(now, rest, due)
 
-            best = min(live, key=lambda i: (free_at(i), i.last_used))
+        best = min(live, key=lambda i: (free_at(i), i.last_used))
+        with self._lock:
             best.last_used = time.monotonic()
-            return best
+        return best
+
+    def _starts(self, host: str, ident: Identity) -> str:
+        return f"{host} via {ident.name} (starts)"
 
     def pace(self, host: str, ident: Identity) -> None:
-        """This identity's turn to start a download at `host` (identity_rate), if limited."""
-        if self.limiter:
-            self.limiter.pace(f"{host} via {ident.name}")
+        """Wait for this identity's turn to start a download at `host` (identity_rate, whole
+        job): the start record says when the next start may happen, and this start moves it
+        one gap on. Best effort across machines (a record read and written, not locked)."""
+        if not self.gap_s:
+            return
+        key = self._starts(host, ident)
+        now = self.backoff.clock()
+        with self._lock:  # threads of this process reserve in turn
+            at = max(now, float(self.backoff.current(key, fresh=True).get("until", 0)))
+            self.backoff.record(key, {"host": key, "until": at + self.gap_s, "reason": "paced", "strikes": 0})
+        if at > now:
+            self.backoff.sleep(at - now)
 
     def slot(self, host: str, ident: Identity):
-        import contextlib
-
-        return self.limiter.slot(f"{host} via {ident.name}") if self.limiter else contextlib.nullcontext()
+        return self.limiter.slot(f"{host} via {ident.name}")
 
     def walled(self, ident: Identity) -> None:
         with self._lock:

@@ -260,13 +260,17 @@ class HostBackoff:
             delay = max(min(max_s, base_s * 2 ** (strikes - 1)), wait)
             new = {"host": host, "until": now + delay, "reason": reason, "strikes": strikes}
         log.warning("backing off %s for %.1f s (%s, strike %d)", host, new["until"] - now, reason, new["strikes"])
+        self.record(host, new)
+        return new["until"]
+
+    def record(self, host: str, new: dict) -> None:
+        """Write `host`'s record (best effort: it holds in this process whatever the store says)."""
         with self._lock:
-            self._cache[host] = (now, new)
+            self._cache[host] = (self.clock(), new)
         try:
             fs.write_bytes(self.path(host), json.dumps(new).encode())
         except Exception as e:  # noqa: BLE001 — the back-off still holds in this process
             log.warning("cannot write the back-off record of %s: %s", host, e)
-        return new["until"]
 
     def _read(self, host: str) -> dict:
         path = self.path(host)

@@ -141,3 +141,33 @@ def test_a_walled_video_is_deferred_and_the_next_run_retries_it_unasked(corpus, 
     assert rows["t_walled"]["retry"] == "next_run" and rows["t_gone"]["retry"] == "no"
     assert {r["video_key"]: r["status"] for r in iter_rows(out, "videos")} == {"t_walled": "deferred",
                                                                                "t_gone": "failed"}
+
+
+def test_identity_rate_holds_across_downloaders_sharing_the_records(corpus, proxies, tmp_path):
+    """Two downloaders (two worker processes' worth) share one proxy at identity_rate 0.5/s
+    through the start records in the output: the site sees that address start a video every
+    2 s (1.5 s allowing for the time yt-dlp takes from its turn to its request), although each downloader alone would start its next video at once."""
+    import threading
+
+    pool = tmp_path / "proxies.txt"
+    pool.write_text(proxies[0].url() + "\n")
+    hosts = str(tmp_path / "hosts")
+    with WallSite(corpus, WallRules(limit=1000)) as site:
+        ds = [Downloader(local(proxies=str(pool), identity_rate=0.5), str(tmp_path / f"s{w}"), backoff_dir=hosts,
+                         job_workers=2) for w in range(2)]
+
+        def work(w: int) -> None:
+            for i in range(3):
+                ds[w].fetch(cand(f"{site.url}/v0.mp4?w={w}&i={i}", f"w{w}i{i}"))
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert {address for _, address, _, _ in site.log} == {"127.0.0.2"}
+    # a video's requests (page, media) come together; its start is the first after a pause
+    arrivals = sorted(t for t, _, _, _ in site.log)
+    starts = [arrivals[0]] + [b for a, b in zip(arrivals, arrivals[1:]) if b - a > 1.0]
+    assert len(starts) == 6 and min(b - a for a, b in zip(starts, starts[1:])) >= 1.5, \
+        [round(t - arrivals[0], 2) for t in arrivals]
