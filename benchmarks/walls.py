@@ -23,8 +23,8 @@ Runs, each into a fresh output:
 Recorded per run: videos done, videos/min over the download window (first to last request
 the site let through) and over the whole run (Beam start-up included), walls the site
 raised and wall answers it gave, identity switches (the `identity_walls` counter), videos
-deferred by the first run and recovered by the second, videos lost (failed for good: not
-done after both). The site's allowed rate: identities × limit / window requests per second,
+deferred by the first run and recovered by the second, videos lost (failed for good after
+both; a video still deferred is not lost: the next run takes it up). The site's allowed rate: identities × limit / window requests per second,
 divided by the requests a video takes (counted: requests the site let through / videos).
 """
 from __future__ import annotations
@@ -111,7 +111,8 @@ def one_run(name: str, corpus: Path, work: Path, n_identities: int, n: int, rule
         "run": name, "identities": n_identities, "videos": n, "download": download,
         "videos_done_first_run": done1, "videos_deferred_first_run": deferred,
         "videos_done_after_second_run": final["videos_done"],
-        "videos_lost": n - final["videos_done"], "videos_failed": final.get("videos_failed", 0),
+        # lost: failed for good; a video still deferred is taken up by the next run
+        "videos_lost": final.get("videos_failed", 0), "videos_still_deferred": final.get("videos_deferred", 0),
         "videos_per_min_download_window": round(rate, 2),
         "videos_per_min_whole_run": round(done1 / first["wall_s"] * 60, 2),
         "site_allowed_videos_per_min": round(allowed, 2),
