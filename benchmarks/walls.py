@@ -1,6 +1,6 @@
 """The download tier against a site that walls per client address, through the real ingest.
 
-    python benchmarks/walls.py [--pool-videos 40] [--one-videos 10]
+    python benchmarks/walls.py [--pool-videos 32] [--one-videos 6] [--runs one,pool,pool_paced,one_deferring]
 
 Site: the sample-corpus server behind walls (genie_pipeline/corpus/wallsite.py): an address
 that makes more than `--limit` requests within `--window` seconds meets a 403 bot-check page
@@ -24,8 +24,9 @@ Recorded per run: videos done, videos/min over the download window (first to las
 the site let through) and over the whole run (Beam start-up included), walls the site
 raised and wall answers it gave, identity switches (the `identity_walls` counter), videos
 deferred by the first run and recovered by the second, videos lost (failed for good after
-both; a video still deferred is not lost: the next run takes it up). The site's allowed rate: identities × limit / window requests per second,
-divided by the requests a video takes (counted: requests the site let through / videos).
+both; a video still deferred is not lost: the next run takes it up). The site's allowed
+rate: identities × limit / window requests per second, divided by the requests a video
+takes (counted: requests the site let through / videos).
 """
 from __future__ import annotations
 
@@ -128,9 +129,9 @@ def one_run(name: str, corpus: Path, work: Path, n_identities: int, n: int, rule
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pool-videos", type=int, default=40)
-    ap.add_argument("--one-videos", type=int, default=10)
-    ap.add_argument("--limit", type=int, default=4)
+    ap.add_argument("--pool-videos", type=int, default=32)
+    ap.add_argument("--one-videos", type=int, default=6)
+    ap.add_argument("--limit", type=int, default=2)
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--cooldown", type=float, default=30.0)
     ap.add_argument("--runs", default="one,pool,pool_paced,one_deferring")
@@ -141,7 +142,8 @@ def main() -> int:
     per_identity = args.limit / args.window / 2  # video starts per second an address may make (2 requests each)
     plans = {"one": (1, args.one_videos, rest),
              # one attempt a video: what a wall leaves is deferred, and the second run takes it up
-             "one_deferring": (1, args.one_videos, {**rest, "identity_attempts": 1}), "pool": (8, args.pool_videos, rest),
+             "one_deferring": (1, args.one_videos, {**rest, "identity_attempts": 1}),
+             "pool": (8, args.pool_videos, rest),
              "pool_paced": (8, args.pool_videos, {**rest, "identity_rate": round(0.9 * per_identity, 4)})}
     results = []
     with tempfile.TemporaryDirectory(prefix="walls-") as tmp:
