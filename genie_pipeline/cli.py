@@ -9,9 +9,11 @@ failed (or another run holds the output), 2 a bad config, flag or input (the mes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -368,8 +370,30 @@ def _train(cfg: PipelineConfig, args) -> int:
         print(f"genie-pipeline: training data: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2, default=str))
+        print(train_summary(summary))
     return 0
+
+
+def train_summary(summary: dict) -> str:
+    """A few lines for the terminal; the whole summary is in run.json ("summary")."""
+    lines = []
+    for phase, p in summary.get("phases", {}).items():
+        if p.get("skipped"):
+            lines.append(f"{phase}: finished earlier ({p['steps']} steps), left as it was")
+            continue
+        loss = p.get("final_metrics", {}).get("loss")
+        rate = p.get("sec_per_step")
+        lines.append(f"{phase}: {p['steps']} steps" + (f" (resumed from {p['resumed_from']})" if p.get("resumed_from")
+                                                      is not None else "")
+                     + f" in {p.get('seconds', 0):.0f} s"
+                     + (f", {rate:.2f} s/step" if isinstance(rate, float) and rate == rate else "")
+                     + (f", loss {p.get('first_loss'):.4f} -> {loss:.4f}" if loss is not None and p.get("first_loss")
+                        is not None else "")
+                     + f"; checkpoint {p.get('checkpoint')}")
+    if summary.get("genie_checkpoint"):
+        lines.append(f"model for play and eval: {summary['genie_checkpoint']}")
+    lines.append(f"full summary (JSON): {summary.get('run_json')} (\"summary\")")
+    return "\n".join(lines)
 
 
 def cmd_train(args, _) -> int:
@@ -540,6 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every command takes -c pipeline.yaml and --set section.key=VALUE. Exit status: 0 ok, 1 a check "
                "or run failed, 2 a bad config, flag or input.")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--version", action="version", version=f"genie-pipeline {version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def command(name, func, help_, config_required=False):
@@ -744,7 +769,76 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's for a checkout run in place)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("genie-pipeline")
+    except PackageNotFoundError:
+        import tomllib
+
+        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+
+
 # ---------------------------------------------------------------------------- errors
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT (128 + 2)
+
+# what each long command leaves behind when interrupted (train says it itself, with its checkpoint)
+_AFTER_INTERRUPT = {
+    "ingest": "nothing of this run is committed and the output's lock is released; run the same command again "
+              "to resume (videos already cut are not cut again)",
+    "run": "nothing of this run's ingest is committed and the output's lock is released; run the same command "
+           "again to resume",
+    "refilter": "the output is as it was or, if its commit had started, the next ingest or refilter finishes it",
+}
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    # `kill PID`, a scheduler's stop, a container's shutdown: stopped as cleanly as Ctrl-C
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts():
+    """Ctrl-C reaches the terminal's whole process group: the local Beam runner's and the
+    DataLoader's worker processes too, which would each die printing a traceback. So while a
+    command runs, SIGINT is blocked in every thread and ignored (children inherit that: the
+    runner starts its workers through `sh -c`, which keeps an ignored signal ignored, and
+    Python then leaves it so), and one thread takes it with sigwait (Linux queues a blocked
+    signal even when ignored) and raises it in the main thread as SIGTERM's handler: a
+    KeyboardInterrupt, or what training/stop.py installs. SIGTERM (`kill PID`, a scheduler)
+    reaches only this process and goes to that handler directly."""
+    import _thread
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    done = threading.Event()
+
+    def watch():
+        while signal.sigwait({signal.SIGINT}) and not done.is_set():
+            _thread.interrupt_main(signal.SIGTERM)
+
+    watcher = threading.Thread(target=watch, name="interrupt-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.pthread_kill(watcher.ident, signal.SIGINT)
+        watcher.join()
+        signal.signal(signal.SIGINT, old_int)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.signal(signal.SIGTERM, old_term)
+
+
 def _exit_code(e: Exception) -> int | None:
     """Exit status for the project's own error types (None: a bug, let it raise). The types
     are imported here, when an error happened, so that `--help` loads no torch."""
@@ -792,7 +886,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("apache_beam.runners.common", "apache_beam.runners.portability.local_job_service"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        return args.func(args, rest)
+        with interrupts():
+            return args.func(args, rest)
+    except KeyboardInterrupt:
+        from genie_pipeline.training.errors import TrainInterrupted
+
+        e = sys.exc_info()[1]
+        note = str(e) if isinstance(e, TrainInterrupted) else _AFTER_INTERRUPT.get(args.command, "")
+        print(f"genie-pipeline {args.command}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr)
+        return INTERRUPTED
     except ConfigError as e:
         print(f"genie-pipeline: config error: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ written, so a job commits whether or not its launcher is still there.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -28,8 +29,10 @@ import os
 import pickle
 import re
 import resource
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import zlib
@@ -450,8 +453,8 @@ class WriteShards(beam.DoFn):
     finished shard's record and, tagged MANIFEST, the rows of its clips. With `leftovers`,
     the clips of the writer's last, unfinished shard go out tagged LEFTOVER instead of being
     written as a small tail, for the one writer per split that finishes them all; that
-    writer also takes the small shards earlier runs left (OldTail, where there are two or
-    more small shards to merge) and names them, tagged COMPACTED, for the commit to replace."""
+    writer also takes the small shards earlier runs left (OldTail, where this run adds clips
+    to the split) and names them, tagged COMPACTED, for the commit to replace."""
 
     def __init__(self, tmp_dir: str, run_id: str, shards: ShardsConfig, spec: ClipSpec, leftovers: bool):
         self.tmp_dir, self.run_id, self.shards, self.spec, self.leftovers = tmp_dir, run_id, shards, spec, leftovers
@@ -463,8 +466,11 @@ class WriteShards(beam.DoFn):
         _, items = item
         parts = [x for x in items if isinstance(x, VideoResult)]
         tails = [x for x in items if isinstance(x, OldTail)]
-        if len({t.shard for t in tails}) + bool(parts) < 2:
-            tails = []  # one small shard and nothing to add to it: left as it is
+        if not parts:
+            # a run that adds nothing to the split rewrites nothing: every shard keeps its
+            # name and bytes (a run.json naming them stays valid); the next run with new clips
+            # compacts the small shards
+            tails = []
         for name in sorted({t.shard for t in tails}):
             yield beam.pvalue.TaggedOutput(COMPACTED, (name, [c.key for t in tails if t.shard == name
                                                               for c in t.video.clips]))
@@ -953,8 +959,7 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
             raise
         # nothing is committed; the clip stores already written are picked up by the next run
         raise env from None
-    counters = {m.key.metric.name: m.committed for m in result.metrics().query()["counters"]
-                if m.key.metric.namespace == NS}
+    counters = job_counters(result)
     # the job committed the run; a launcher still there adds what only it knows
     merged = read_stats(out)
     merged["last_run"] = {**merged.get("last_run", {}), "wall_s": round(time.time() - wall0, 2),
@@ -974,6 +979,60 @@ def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
     return merged
 
 
+@contextlib.contextmanager
+def _interruptible_local_run():
+    """An interrupted local job (KeyboardInterrupt: Ctrl-C or SIGTERM, see cli.interrupts)
+    stops in one piece: its worker processes are killed (they ignore SIGINT when started
+    from the CLI) and the runner's threads, losing them, stay silent instead of printing a
+    traceback each; the output lock is released on the way out."""
+    before = threading.excepthook
+    interrupted = threading.Event()
+
+    def hook(args):
+        if not interrupted.is_set():
+            before(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted.set()
+        # the runner logs each lost worker connection with its traceback while it closes them
+        logging.getLogger("apache_beam").disabled = True
+        _kill_children()
+        raise
+    finally:
+        if not interrupted.is_set():
+            threading.excepthook = before
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's child processes (the local runner's workers): they hold no
+    lock and their clip stores are written whole or not at all."""
+    pids = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def job_counters(result) -> dict[str, int]:
+    """The job's counters by name, summed over the steps that count them: Beam reports one
+    per step, and `clips_sharded` is counted up where shards are written and down where
+    curation purges clips from them (keyed by name alone, the last step's value won, and a
+    run showed "clips sharded -3")."""
+    counters: dict[str, int] = {}
+    for m in result.metrics().query()["counters"]:
+        if m.key.metric.namespace == NS:
+            counters[m.key.metric.name] = counters.get(m.key.metric.name, 0) + m.committed
+    return counters
+
+
 def _run_job(p: beam.Pipeline, runner: Any, already: int):
     """Run the job to its end and return Beam's result. Where the workers run on this machine
     (FnApiRunner, DirectRunner) they report progress through a file the launcher tails
@@ -982,7 +1041,7 @@ def _run_job(p: beam.Pipeline, runner: Any, already: int):
         result = p.run()
         result.wait_until_finish()
         return result
-    with tempfile.TemporaryDirectory(prefix="genie-progress-") as tmp, \
+    with tempfile.TemporaryDirectory(prefix="genie-progress-") as tmp, _interruptible_local_run(), \
             progress.Progress(os.path.join(tmp, "progress.log"), already=already):
         result = p.run()
         result.wait_until_finish()

@@ -331,23 +331,42 @@ def output_lock(out: str, what: str, lease_s: float = LEASE_S) -> Iterator[None]
         finally:
             lease.release()
         return
-    import fcntl
     import json
     import time
 
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _flock_file(path, out)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-            raise OutputBusy(f"{out} is in use by another run ({holder}); wait for it to finish "
-                             "or write to another output directory") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "what": what,
                                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
         yield
     finally:
+        # a run that ends, fails or is interrupted leaves no .lock behind: the file is removed
+        # while still locked (a run that locked it meanwhile finds it unlinked and retries)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         os.close(fd)  # closing releases the flock
+
+
+def _flock_file(path: str, out: str) -> int:
+    """An fd holding the exclusive flock of `path`, the file now at that path: one locked and
+    then unlinked by its releasing holder is opened again. OutputBusy when another holds it."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputBusy(f"{out} is in use by another run ({holder}); wait for it to finish "
+                             "or write to another output directory") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -13,3 +13,8 @@ class TrainingError(Exception):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT/SIGTERM after a checkpoint was saved; the message says where
+    it stopped and how to resume (the CLI prints it as its one line, exit status 130)."""

@@ -42,6 +42,7 @@ from genie_pipeline.shards.config import ClipsConfig
 from genie_pipeline.shards.reader import Clip, DataError, iter_tar_clips
 
 from .decoders import ClipDecoder, DecodeError, make_decoder
+from .stop import ignore_sigint
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +357,7 @@ def resize_video(video: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def _worker_init(_):
     torch.set_num_threads(1)
+    ignore_sigint()  # the trainer stops the run (training/stop.py); the worker is closed then
 
 
 def _identity(x):

@@ -47,6 +47,12 @@ def read_metrics(path: str | os.PathLike, name: str = "loss", phase: str | None 
                 if r["name"] == name and (phase is None or r["phase"] == phase)]
 
 
+def _clock(seconds: float) -> str:
+    m, sec = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+
+
 class MetricsLogger:
     """Writes only on rank 0 (`enabled=False` elsewhere)."""
 
@@ -58,6 +64,8 @@ class MetricsLogger:
         self.enabled = enabled
         self.stream = stream or sys.stdout
         self.t0 = time.time()
+        self.first_step: int | None = None  # the first step logged, with its time: the rate is measured from it
+        self.resume_step = resume_step
         self.tb = None
         if not enabled:
             return
@@ -91,7 +99,21 @@ class MetricsLogger:
         self._csv_file.flush()
         if console:
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items() if k in CONSOLE_KEYS)
-            print(f"[train {self.phase}] step {step}/{self.total} {shown}", file=self.stream, flush=True)
+            print(f"[train {self.phase}] step {step}/{self.total} {shown}{self._rate(step, now)}",
+                  file=self.stream, flush=True)
+
+    def _rate(self, step: int, now: float) -> str:
+        """` 2.1 steps/s, eta 00:45` from the steps since the first line (its step's cost,
+        start-up included, is left out), once there are any."""
+        if self.first_step is None:
+            self.first_step, self.first_t = step, now
+            return ""
+        done = step - self.first_step
+        if done <= 0 or now <= self.first_t:
+            return ""
+        rate = done / (now - self.first_t)
+        left = max(0, self.total - step) / rate
+        return f" {rate:.3g} steps/s, eta {_clock(left)}"
 
     def image(self, step: int, tag: str, grid_HWC: np.ndarray) -> None:
         if self.enabled and self.tb is not None:

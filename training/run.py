@@ -32,7 +32,7 @@ from genie_pipeline.shards.reader import ShardSet, resolve_inputs
 from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
 from .config import PHASES, TrainConfig
-from .errors import TrainingError
+from .errors import TrainingError, TrainInterrupted
 from .trainer import PhaseTrainer, check_parallel
 
 STAGES = (*PHASES, "all")
@@ -139,6 +139,19 @@ def describe_manifest(out_dir: str, snapshot: str | None = None) -> dict:
     return info
 
 
+def count_clips(shards: list[str]) -> int | None:
+    """Clips in the shards, from the stats file beside each (None where one is missing)."""
+    from genie_pipeline.shards.reader import stats_name
+
+    n = 0
+    for s in shards:
+        try:
+            n += int(json.loads(fs.read_bytes(fs.join(os.path.dirname(s), stats_name(os.path.basename(s)))))["n_samples"])
+        except Exception:  # noqa: BLE001 — a count for the banner; the loader reports bad shards
+            return None
+    return n
+
+
 def _read_run_json(out_dir: Path) -> dict:
     path = out_dir / "run.json"
     try:
@@ -226,6 +239,8 @@ def train_main(cfg: TrainConfig, stage: str = "all", inputs: list[str] | None = 
                     _push_after_failure(mirror)
                 if isinstance(e, TrainingError):  # name the bucket's files, not the staging copy's
                     raise TrainingError(e.key, mirror.to_remote(e.message)) from None
+                if isinstance(e, TrainInterrupted):
+                    raise TrainInterrupted(mirror.to_remote(str(e))) from None
                 raise
         return summary
     finally:
@@ -243,6 +258,11 @@ def _train_into(cfg: TrainConfig, mcfg: GenieConfig, out: Path, mirror: ckpt_lib
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_run_json(out, cfg, mcfg, shardset, stage, info, resume)
+        clips = count_clips(shardset.shards)
+        print(f"[train] {len(shardset.shards)} {cfg.split} shard(s), {clips if clips is not None else 'unknown'} "
+              f"clips ({cfg.windows_per_clip} windows of {cfg.frames} frames taken from each clip opened) from "
+              f"{', '.join(shardset.inputs)}; run directory {mirror.remote if mirror else out}", file=sys.stderr,
+              flush=True)
     dist_lib.barrier()
     summary: dict[str, Any] = {"out_dir": str(out), "stage": stage, "world_size": info.world_size,
                                "device": str(info.device), "shards": len(shardset.shards),

@@ -35,10 +35,11 @@ from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
 from .config import PHASES, TrainConfig
 from .controllability import HEADLINE_T, controllability, genie_rollout
-from .errors import TrainingError
+from .errors import TrainingError, TrainInterrupted
 from .loader import WindowLoader
 from .metrics import MetricsLogger, save_gif, save_png, video_rows_grid, video_side_by_side_frames
 from .schedule import lr_at, make_optimizer, set_lr
+from .stop import GracefulStop
 
 
 # ============================================================================ settings
@@ -122,6 +123,7 @@ class PhaseTrainer:
         self.total_steps = cfg.tokenizer_steps if phase == "tokenizer" else cfg.dynamics_steps
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.step = 0
+        self.stop: GracefulStop | None = None  # set while run() trains (training/stop.py)
         self.first_loss: float | None = None
         self.last_metrics: dict[str, float] = {}
         self.tokens_per_frame = tokens_per_frame(mcfg)
@@ -399,12 +401,16 @@ class PhaseTrainer:
                            first_loss=self.first_loss)
             return summary
         t_start = time.time()
+        if self.info.is_main:
+            print(self.banner(resumed_from), file=sys.stderr, flush=True)
         logger = MetricsLogger(self.out_dir, self.phase, self.total_steps, enabled=self.info.is_main,
                                resume_step=resumed_from)
         loader = self.make_loader()
         try:
-            step_times, last_ckpt = self._loop(loader, logger)
+            with GracefulStop(announce=self.info.is_main) as self.stop:
+                step_times, last_ckpt = self._loop(loader, logger)
         finally:
+            self.stop = None
             loader.close()
             logger.close()
         summary.update(steps=self.step, seconds=time.time() - t_start, first_loss=self.first_loss,
@@ -413,6 +419,18 @@ class PhaseTrainer:
                                    if last_ckpt or self.info.is_main else None),
                        **self._throughput(step_times), loader=loader.counts())
         return summary
+
+    def banner(self, resumed_from: int | None) -> str:
+        """What this phase trains, on what, where, for how long: printed before its first step
+        (which on a CPU can take a minute: workers start, the first batch decodes)."""
+        trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        what = "tokenizer (VQ-VAE)" if self.phase == "tokenizer" else "latent actions + dynamics (tokenizer frozen)"
+        start = (f"resuming from step {resumed_from} of {self.total_steps}" if resumed_from is not None
+                 else f"{self.total_steps} steps")
+        return (f"[train {self.phase}] {what}: model {self.cfg.model}, {trained / 1e6:.2f}M trained parameters; "
+                f"data {len(self.shards)} shard(s), windows of {self.cfg.frames} frames at "
+                f"{self.mcfg.image_height}x{self.mcfg.image_width}, batch {self.cfg.batch_size}; "
+                f"device {self.device} x{self.info.world_size}; {start}")
 
     def _loop(self, loader: WindowLoader, logger: MetricsLogger) -> tuple[list[float], Path | None]:
         """The optimizer steps with their logging, samples and checkpoints; (seconds of each
@@ -424,7 +442,10 @@ class PhaseTrainer:
         window = _Window()
         step_times: list[float] = []
         last_ckpt = None
+        stop = self.stop
         while self.step < self.total_steps:
+            if self._stop_requested(stop):
+                raise self._interrupted(loader)
             t0 = time.time()
             batch = next(it)
             t1 = time.time()
@@ -447,6 +468,22 @@ class PhaseTrainer:
                 last_ckpt = self.save_checkpoint(loader)
                 window.t0 = time.time()  # checkpoint time is not throughput
         return step_times, last_ckpt
+
+    def _stop_requested(self, stop: GracefulStop | None) -> bool:
+        """A signal reached this rank (or, distributed, any rank: all stop at the same step)."""
+        flag = bool(stop is not None and stop.requested)
+        if self.info.world_size > 1:
+            flag = dist_lib.mean_scalars({"stop": float(flag)}, self.device)["stop"] > 0
+        return flag
+
+    def _interrupted(self, loader: WindowLoader) -> TrainInterrupted:
+        """Save a checkpoint at the step reached and say how to go on."""
+        path = self.save_checkpoint(loader) if self.step > 0 else None
+        where = f"{self.phase} step {self.step}/{self.total_steps}"
+        if path is None:
+            return TrainInterrupted(f"stopped at {where} before any step: nothing saved")
+        return TrainInterrupted(f"stopped at {where}; checkpoint saved to {path}; to continue, run the same "
+                                "command with --resume")
 
     def _due(self, step: int, every: int) -> bool:
         return step % every == 0 or step == self.total_steps
