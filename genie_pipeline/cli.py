@@ -198,8 +198,11 @@ def cmd_report(args, _) -> int:
 
 
 def cmd_verify(args, _) -> int:
+    from genie_pipeline.shards import fs
     from genie_pipeline.shards.verify import verify
 
+    if not fs.isdir(args.out):
+        raise ConfigError("OUT", f"{args.out}: no such ingest output directory")
     # the output records its own clip spec; the config's serves outputs that predate it
     problems = verify(args.out, spec=_config(args).clips.spec, decode=args.deep and not args.no_decode)
     for p in problems:
@@ -296,11 +299,18 @@ def cmd_train_quality(args, _) -> int:
     else:
         source = _labels_db(cfg, input_dir)
         events = load_labels(source)
-    out = args.out or q.model or fs.join(input_dir, "quality", "model.pt")
-    meta = train_quality(index, resolve_labels(events), out, q, label_source=source,
+    out = args.out or q.model or default_quality_model(input_dir)
+    labels = resolve_labels(events)
+    small = small_label_set(labels)
+    if small:
+        print(f"genie-pipeline train-quality: warning: {small}", file=sys.stderr)
+    meta = train_quality(index, labels, out, q, label_source=source,
                          progress=not args.no_progress, ignore_missing=args.ignore_missing)
     print(f"wrote {out} (+ {os.path.basename(metadata_path(out))}, {', '.join(meta['pictures'].values())})")
     print(_quality_summary(meta))
+    if not args.out and not q.model:
+        print(f"next: `genie-pipeline refilter {input_dir} --rescore` scores every clip with it and re-applies "
+              "its threshold")
     return 0
 
 
@@ -319,6 +329,27 @@ def cmd_pretrain_quality(args, _) -> int:
     return 0
 
 
+MIN_QUALITY_LABELS, MIN_QUALITY_PER_CLASS = 200, 50  # below: validation and test are a handful of clips
+
+
+def small_label_set(labels: dict[str, str]) -> str | None:
+    """The warning for a label set too small to train and measure a classifier, else None."""
+    good = sum(v == "good" for v in labels.values())
+    bad = len(labels) - good
+    if len(labels) >= MIN_QUALITY_LABELS and min(good, bad) >= MIN_QUALITY_PER_CLASS:
+        return None
+    return (f"{len(labels)} labelled clips ({good} good, {bad} bad): below {MIN_QUALITY_LABELS} clips and "
+            f"{MIN_QUALITY_PER_CLASS} of each label, the validation and test splits hold a handful of clips, so its "
+            "threshold and ROC-AUC are noise; label more (`genie-pipeline label`)")
+
+
+def default_quality_model(input_dir: str) -> str:
+    """Where train-quality writes its model when neither --out nor filters.quality.model says."""
+    from genie_pipeline.shards import fs
+
+    return fs.join(input_dir, "quality", "model.pt")
+
+
 def _quality_summary(meta: dict) -> str:
     which = "test" if "test" in meta["metrics"] else "val"
     m = meta["metrics"][which]
@@ -335,9 +366,19 @@ def _quality_summary(meta: dict) -> str:
 def cmd_refilter(args, _) -> int:
     from genie_pipeline.filtering.quality import read_metadata, refilter, score_manifest
 
+    from genie_pipeline.shards import fs
+
+    from genie_pipeline.shards.reader import has_table
+
     cfg = _config(args)
     q = cfg.filters.quality
     out = args.out or cfg.output.dir
+    if not has_table(out, "manifest"):
+        raise ConfigError("OUT", f"{out}: not an ingest output (no manifest table)")
+    if not q.model and fs.exists(default_quality_model(out)):  # the one train-quality wrote for this output
+        q = q.model_copy(update={"model": default_quality_model(out)})
+        print(f"refilter: model {q.model} (train-quality's default place; filters.quality.model names another)",
+              file=sys.stderr)
     threshold = q.threshold
     if threshold is None and q.model:
         threshold = float(read_metadata(q.model)["threshold"])
@@ -351,8 +392,14 @@ def cmd_refilter(args, _) -> int:
 
     r = refilter(out, threshold, cfg.shards, cfg.clips.spec, rows=rows,
                  snapshot_meta={"command": command_line(sys.argv), "config_sha256": config_hash(cfg)})
+    from genie_pipeline.ingest.pipeline import card_details
+    from genie_pipeline.shards.card import write_card
+
+    write_card(out, card_details(cfg))  # the counts changed
     print(f"refilter {out}: threshold {threshold:.4f}: {r['kept_before']} -> {r['kept_after']} clips kept "
           f"of {r['clips']} ({r['rejected']} newly rejected, {r['kept']} restored)")
+    if not args.rescore and q.model:
+        print(f"the manifest's scores were used; --rescore scores every clip with {q.model} first")
     return 0
 
 
@@ -361,8 +408,15 @@ def _train(cfg: PipelineConfig, args) -> int:
     from genie_pipeline.shards.reader import DataError
     from genie_pipeline.training.run import train_main
 
+    from genie_pipeline.shards.reader import resolve_inputs
+
     check_train(cfg)
     inputs = list(getattr(args, "inputs", None) or cfg.train.data or [cfg.output.dir])
+    try:
+        resolve_inputs(inputs, cfg.train.split)  # a path given that is not there: bad input, exit 2
+    except DataError as e:
+        print(f"genie-pipeline: training data: {e}", file=sys.stderr)
+        return 2
     try:
         summary = train_main(cfg.train, stage=args.stage, inputs=inputs, resume=args.resume,
                              out_dir=getattr(args, "out", None))
@@ -465,6 +519,9 @@ def cmd_export(args, _) -> int:
     return 0
 
 
+MIN_EVAL_CLIPS = 16  # below: the bootstrap interval is as wide as the effects eval looks for
+
+
 def cmd_eval(args, _) -> int:
     """A checkpoint or run dir in a bucket is evaluated from a local copy of its checkpoint file
     and run.json (eval reads run folders directly); its report goes to the bucket's RUN/eval
@@ -476,6 +533,10 @@ def cmd_eval(args, _) -> int:
     from genie_pipeline.training.bundle import local_run_copy
     from genie_pipeline.training.eval import run_eval
 
+    if not fs.exists(args.checkpoint) and not fs.isdir(args.checkpoint):
+        from genie_pipeline.training.errors import TrainingError
+
+        raise TrainingError("checkpoint", f"{args.checkpoint} does not exist")
     remote_out = args.out if args.out and fs.is_remote(args.out) else None
     if remote_out is None and args.out is None and fs.is_remote(args.checkpoint):
         remote_out = fs.join(str(run_dir_of(resolve(args.checkpoint))), "eval")
@@ -502,6 +563,10 @@ def cmd_eval(args, _) -> int:
     d = report["delta_psnr"]
     print(f"ΔtPSNR@{d['t']} {d['value']:.2f} dB (95 % interval {d['ci95'][0]:.2f} to {d['ci95'][1]:.2f}) "
           f"against another clip's actions, sampler {report['default_sampler']}, on {report['clips']} clips")
+    if report["clips"] < MIN_EVAL_CLIPS:
+        print(f"genie-pipeline eval: warning: {report['clips']} clips, below {MIN_EVAL_CLIPS}: these numbers "
+              "are anecdotes, not measurements (the validation split is small; ingest more videos or raise "
+              "shards.val_fraction)", file=sys.stderr)
     print("\n".join((fs.join(out, name) if remote_out else str(Path(out) / name)) for name in report["files"].values()))
     return 0
 
@@ -532,6 +597,8 @@ def cmd_plan(args, _) -> int:
 
 
 # -------------------------------------------------------------------------------- parser
+# one default port per server, so the corpus, the label page and the play page run side by side
+CORPUS_PORT, PLAY_PORT, LABEL_PORT = 8765, 8766, 8767
 def _common(p: argparse.ArgumentParser, config_required: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=config_required, help="pipeline.yaml")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -622,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve-corpus", cmd_serve_corpus, "serve a sample corpus over HTTP with a search endpoint")
     p.add_argument("dir")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=int, default=CORPUS_PORT, help=f"port (default {CORPUS_PORT}; 0 = any free port)")
     p.add_argument("--token", default=os.environ.get("GENIE_CORPUS_TOKEN"),
                    help="required for a non-loopback --host: every URL then starts with /TOKEN "
                         "(env GENIE_CORPUS_TOKEN)")
@@ -631,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "default INPUT/labels.sqlite)")
     p.add_argument("input", help="ingest output directory, or a folder of mp4 clips")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    p.add_argument("--port", type=int, default=LABEL_PORT, help=f"port (default {LABEL_PORT}; 0 = any free port)")
     p.add_argument("--token", default=os.environ.get("GENIE_LABEL_TOKEN"),
                    help="access token, required for a non-loopback --host (env GENIE_LABEL_TOKEN)")
     p.add_argument("--target", type=int, default=1000, help="clips in the labelling sample (default 1000)")
@@ -645,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the labels to FILE (.parquet, or .json for Label Studio) and exit")
     p.add_argument("--base-url", metavar="URL", default=None,
                    help="with --export .json: clip URLs become URL/clip/KEY.mp4 (where this command serves "
-                        "the clips, as Label Studio's browser reaches it, e.g. http://host:8765/); "
+                        "the clips, as Label Studio's browser reaches it, e.g. http://host:8767/); "
                         "without it they stay /clip/KEY.mp4, relative to this server, which Label Studio cannot load")
     p.add_argument("--annotator", metavar="NAME=ID|EMAIL", action="append", default=[],
                    help="with --export .json: the Label Studio user (id or email) of labeller NAME, repeatable; "
@@ -711,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true",
                    help="play in the browser instead: upload or pick a prompt, press keys 1-8")
     p.add_argument("--host", default="127.0.0.1", help="with --serve: address to bind (others need --token)")
-    p.add_argument("--port", type=int, default=8766, help="with --serve: port (default 8766; 0 = any free port)")
+    p.add_argument("--port", type=int, default=PLAY_PORT,
+                   help=f"with --serve: port (default {PLAY_PORT}; 0 = any free port)")
     p.add_argument("--token", default=os.environ.get("GENIE_PLAY_TOKEN"),
                    help="with --serve: access token, required for a non-loopback --host (env GENIE_PLAY_TOKEN)")
     p.add_argument("--data", default=None, metavar="OUT_OR_SHARDS",
@@ -858,6 +926,8 @@ def _exit_code(e: Exception) -> int | None:
         return 2
     if isinstance(e, IngestError):
         return 1
+    if isinstance(e, FileNotFoundError):  # a path the user gave
+        return 2
     if environment_error(e):  # disk full, read-only, no permission
         return 1
     return None
@@ -902,7 +972,10 @@ def main(argv: list[str] | None = None) -> int:
         code = _exit_code(e)
         if code is None:
             raise
-        if isinstance(e, OSError) and e.strerror:
+        if isinstance(e, FileNotFoundError):
+            print(f"genie-pipeline {args.command}: {e.strerror.lower() + ': ' + str(e.filename) if e.strerror else e}",
+                  file=sys.stderr)
+        elif isinstance(e, OSError) and e.strerror:
             print(f"genie-pipeline: {e.strerror.lower()}" + (f": {e.filename}" if e.filename else "")
                   + "; nothing was committed, the next run resumes", file=sys.stderr)
         else:

@@ -7,6 +7,8 @@ which the CLI turns into exit status 2 with the dotted key and the problem.
 from __future__ import annotations
 
 import copy
+import difflib
+import os
 from pathlib import Path
 from typing import Any, get_args
 
@@ -63,8 +65,11 @@ SOURCE_TYPES = frozenset(m.model_fields["type"].annotation.__args__[0] for m in 
 
 
 def format_validation_error(e: ValidationError, prefix: str = "") -> ConfigError:
-    """The first problem of a pydantic error as a ConfigError with its dotted key."""
-    err = e.errors()[0]
+    """The first problem of a pydantic error as a ConfigError with its dotted key; an unknown
+    key comes first (a misspelt key also makes the one meant "missing"), with the known key
+    it most resembles."""
+    errors = e.errors()
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in err["loc"]]
     if len(loc) >= 3 and loc[0] == "sources" and loc[2] in SOURCE_TYPES:
         loc.pop(2)
@@ -74,9 +79,33 @@ def format_validation_error(e: ValidationError, prefix: str = "") -> ConfigError
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling against pipeline.yaml)"
+        missing = [str(x["loc"][-1]) for x in errors if x["type"] == "missing" and x["loc"][:-1] == err["loc"][:-1]]
+        near = difflib.get_close_matches(loc[-1], missing + _known_keys(err["loc"][:-1]), n=1, cutoff=0.6)
+        if near:
+            msg = f"unknown key; did you mean {near[0]!r}?"
     if err["type"] == "missing":
         msg = "required key is missing"
     return ConfigError(".".join(([prefix] if prefix else []) + loc) or "(top level)", msg)
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys a config mapping at `loc` (a pydantic error location) accepts."""
+    model: Any = PipelineConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in SOURCE_TYPES:
+            model = next(m for m in get_args(get_args(Source)[0]) if part in m.model_fields["type"].annotation.__args__)
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        while not hasattr(model, "model_fields") and get_args(model):  # list[X], X | None
+            model = next((a for a in get_args(model) if hasattr(a, "model_fields") or get_args(a)), None)
+            if model is None:
+                return []
+    return list(getattr(model, "model_fields", {}))
 
 
 def apply_sets(data: dict, sets: list[str]) -> dict:
@@ -134,6 +163,21 @@ def parse_config(data: Any, sets: list[str] = (), require_sources: bool = True) 
         raise format_validation_error(e) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last, so the
+    first setting is silently lost)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(str(key), f"duplicate key (lines {seen[key].start_mark.line + 1} and "
+                                            f"{key_node.start_mark.line + 1}): YAML would keep the last one silently")
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
@@ -141,9 +185,48 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as e:
         raise ConfigError("(file)", f"cannot read {path}: {e.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 — a SafeLoader
     except yaml.YAMLError as e:
         raise ConfigError("(yaml)", f"{path} is not valid YAML: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(e.key, f"{e.message} in {path}") from None
+
+
+# settings that name a file or folder: relative ones in a config file are relative to that
+# file (a config works from any directory), those in --set to the current directory
+PATH_KEYS = ("output.dir", "sources.*.glob", "sources.*.path", "sources.*.root", "download.scratch_dir",
+             "download.cookiefile", "download.proxy_file", "filters.quality.model", "filters.quality.labels_db",
+             "filters.quality.weights", "train.out_dir", "train.data.*", "train.tokenizer_checkpoint")
+
+
+def resolve_paths(data: Any, base: Path) -> Any:
+    """`data` (a config mapping read from a file in `base`) with its relative PATH_KEYS made
+    absolute against `base`; URLs (`gs://…`) and absolute paths stay as they are."""
+    if not isinstance(data, dict):
+        return data
+    data = copy.deepcopy(data)
+
+    def fix(v):
+        if not isinstance(v, str) or not v or "://" in v:
+            return v
+        v = os.path.expanduser(v)
+        return v if os.path.isabs(v) else str(base / v)
+
+    def walk(node, parts):
+        head, rest = parts[0], parts[1:]
+        keys = (range(len(node)) if isinstance(node, list) else []) if head == "*" else [head]
+        for k in keys:
+            if isinstance(node, dict) and k not in node:
+                continue
+            if rest:
+                if isinstance(node[k], (dict, list)):
+                    walk(node[k], rest)
+            else:
+                node[k] = fix(node[k])
+
+    for key in PATH_KEYS:
+        walk(data, key.split("."))
+    return data
 
 
 def merge(base: Any, overlay: Any) -> Any:
@@ -157,9 +240,9 @@ def load_config(path: str | Path | None, sets: list[str] = (), output_dir: str |
                 require_sources: bool = True, overlay: str | Path | None = None) -> PipelineConfig:
     """pipeline.yaml (None: every default), then an overlay file, `--set` overrides and
     `--output`, in that order."""
-    data: Any = {} if path is None else read_yaml(path)
+    data: Any = {} if path is None else resolve_paths(read_yaml(path), Path(path).resolve().parent)
     if overlay is not None and isinstance(data, dict):
-        data = merge(data, read_yaml(overlay) or {})
+        data = merge(data, resolve_paths(read_yaml(overlay) or {}, Path(overlay).resolve().parent))
     cfg = parse_config(data, sets, require_sources)
     if output_dir is not None:
         cfg.output.dir = output_dir

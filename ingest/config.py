@@ -74,6 +74,7 @@ class UrlsSource(SourceBase):
 class FilesSource(SourceBase):
     type: Literal["files"]
     glob: str  # local glob or any Beam FileSystem pattern (gs://bucket/videos/*.mp4)
+    allow_empty: bool = False  # a glob matching no file is an error (exit 2) unless this is set
 
 
 class LeRobotSource(SourceBase):

@@ -54,6 +54,7 @@ from genie_pipeline.ingest.politeness import job_worker_processes
 from genie_pipeline.ingest.process import KeywordVerdict, VideoProcessor
 from genie_pipeline.ingest.sources import Discover, check_sources
 from genie_pipeline.shards import fs, objstore, snapshots
+from genie_pipeline.shards.card import write_card
 from genie_pipeline.shards.clip import ClipSpec
 from genie_pipeline.shards.commit import (PartWriter, check_spec, commit_parts, failed_video_row, recover,
                                           rewrite_without, shard_stats_file, small_shards)
@@ -65,7 +66,7 @@ from genie_pipeline.shards.lease import acquire_job, describe, live_holder, rele
 from genie_pipeline.shards.lease import holder as lease_holder
 from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_stats, table_files,
                                           table_rows)
-from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row
+from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row, redact_url
 from genie_pipeline.shards.report import Threshold, write_report
 from genie_pipeline.shards.store import read_store_result
 from genie_pipeline.shards.writer import ShardMixer, StreamingShards, spread
@@ -654,9 +655,23 @@ def take_output(out: str, run_id: str, job_lease_s: float | None) -> str:
     return out
 
 
+def card_details(cfg: IngestConfig) -> dict:
+    """What the dataset card (shards/card.py) says of the config: sources, thresholds, dedupe."""
+    def where(s) -> str:
+        w = next((getattr(s, k) for k in ("glob", "root", "path") if getattr(s, k, None)), None)
+        return redact_url(w) if w else ", ".join(getattr(s, "queries", []) or [])[:80]
+
+    d = cfg.filters.dedupe
+    return {"sources": [{"name": s.name, "type": s.type, "where": where(s)} for s in cfg.sources],
+            "thresholds": {k: f"{t.name} = {t.value} (clips kept {t.keep} it)"
+                           for k, t in report_thresholds(cfg.filters).items()},
+            "dedupe": "on (near-duplicate clips rejected as `duplicate`)" if d.enabled else "off",
+            "keywords": "include/require/exclude terms on titles (see pipeline.yaml keywords)"}
+
+
 def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out: str, run_id: str, spec: ClipSpec,
                cleanup: list[str], lease_owner: str | None = None, drop_stores: bool = False,
-               snapshot_meta: dict | None = None) -> Iterator[dict]:
+               snapshot_meta: dict | None = None, card: dict | None = None) -> Iterator[dict]:
     """The job's last step: publish this run (shards/commit.py commit_parts). It runs on a
     worker once every part and shard is written, so a job commits with no launcher alive.
     With `drop_stores` (shards.keep_clip_store off, no quality scoring to come) it then
@@ -669,7 +684,10 @@ def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out:
         held = lease_holder(fs.join(out, ".lock"))
         if (held or {}).get("owner") != lease_owner:
             if read_stats(out).get("last_run", {}).get("run_id") == run_id:
-                return  # a retry of this step after it committed and freed the lease
+                # a retry of this step after it committed and freed the lease. (A bare return,
+                # no comment on its line: Beam reads a `return …` line in a generator as a
+                # value returned and warns "Using yield and return" at every ingest)
+                return
             raise fs.OutputBusy(
                 f"{out}: this job's lease on the output was lost (now held by "
                 f"{describe(held) if held else 'nobody'}); run {run_id} is not committed: its clip stores "
@@ -679,9 +697,11 @@ def commit_job(_, parts: list, shards: list, redone: list, compacted: list, out:
         by_table.setdefault(table, []).append(path)
     # a source counts as discovered again when this run wrote candidates for it (its parts are
     # named by source): one whose listing failed keeps its earlier candidates
-    yield commit_parts(out, run_id=run_id, parts=by_table, shard_records=list(shards), spec=spec,
-                       run_stats={"run_id": run_id, "committed_by": "job"}, cleanup=cleanup, redone=set(redone),
-                       compacted=dict(compacted), snapshot_meta=snapshot_meta)
+    stats = commit_parts(out, run_id=run_id, parts=by_table, shard_records=list(shards), spec=spec,
+                         run_stats={"run_id": run_id, "committed_by": "job"}, cleanup=cleanup, redone=set(redone),
+                         compacted=dict(compacted), snapshot_meta=snapshot_meta)
+    write_card(out, card)  # after the commit: it describes what the output now holds
+    yield stats
     if drop_stores:  # while the output is still this job's: a next run's stores must stay
         fs.rmtree(fs.join(out, "clips"))
     if lease_owner is not None:
@@ -792,7 +812,7 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
                                    paths.run_id if job_lease_s is not None else None,
                                    not s.keep_clip_store and cfg.filters.quality.mode == "off",
                                    {"command": snapshots.command_line(sys.argv),
-                                    "config_sha256": snapshots.config_hash(cfg)}))
+                                    "config_sha256": snapshots.config_hash(cfg)}, card_details(cfg)))
 
 
 def pipeline_options(runner_cfg: RunnerConfig, extra_args: list[str]) -> tuple[Any, PipelineOptions, int]:
@@ -937,6 +957,53 @@ def prepare_job(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None =
 
 
 def _run_ingest(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, retry_failed: bool,
+                detach: bool) -> dict:
+    with run_log(out, "ingest") as log:
+        stats = _run_logged(cfg, out, extra_beam_args, retry_failed, detach)
+        if not stats.get("submitted"):
+            log.write(summary_table(stats) + "\n")
+        return stats
+
+
+@contextlib.contextmanager
+def run_log(out: str, what: str):
+    """Everything this process writes to stderr during the run, also kept in
+    `OUT/logs/WHAT-YYYYmmddTHHMMSS.log` (written when the run ends, however it ends; a
+    bucket output gets it too). Yields the log, to add what is printed elsewhere."""
+    import io
+
+    buf = io.StringIO()
+
+    class Tee(io.TextIOBase):
+        def __init__(self, stream):
+            self.stream = stream
+
+        def write(self, text):
+            buf.write(text)
+            return self.stream.write(text)
+
+        def flush(self):
+            self.stream.flush()
+
+        def isatty(self):
+            return self.stream.isatty()
+
+        def fileno(self):
+            return self.stream.fileno()
+
+    name = f"{what}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    before = sys.stderr
+    sys.stderr = Tee(before)
+    try:
+        yield buf
+    finally:
+        sys.stderr = before
+        with contextlib.suppress(Exception):  # a log that cannot be written never fails the run
+            fs.makedirs(fs.join(out, "logs"))
+            fs.write_bytes(fs.join(out, "logs", name), buf.getvalue().encode())
+
+
+def _run_logged(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, retry_failed: bool,
                 detach: bool) -> dict:
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
@@ -1113,4 +1180,8 @@ def summary_table(stats: dict) -> str:
               "hours_in", "hours_out"):
         lines.append(f"{k:<34}{stats.get(k, 0):>10}")
     lines.append(f"{'wall s / cpu s':<34}{run.get('wall_s', 0):>5} / {run.get('cpu_s', 0)}")
+    if stats.get("clips_kept", 0) and not stats.get("clips_val", 0) and stats.get("videos_done", 0) >= 2:
+        lines.append(f"\nwarning: no validation clips (shards.val_fraction picks whole videos; none of the "
+                     f"{stats['videos_done']} was picked): `eval` needs val shards. Ingest into a new output with "
+                     "--set shards.val_fraction=0.3 (or more videos)")
     return "\n".join(lines)

@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 from genie_pipeline.ingest import rlds
 from genie_pipeline.ingest.actions import ACTIONS_KEY
-from genie_pipeline.ingest.config import (CatalogSource, FilesSource, LeRobotSource, RldsSource, SearchSource,
-                                          UrlsSource)
+from genie_pipeline.ingest.config import (CatalogSource, FilesSource, LeRobotSource, PreflightError, RldsSource,
+                                          SearchSource, UrlsSource)
 from genie_pipeline.ingest.download import YtdlpLog, site_provenance
 from genie_pipeline.ingest.errors import Count, no_count
 from genie_pipeline.shards import fs
@@ -33,6 +33,17 @@ from genie_pipeline.shards.records import Candidate, Failure, video_key
 
 def _hash_id(text: str) -> str:
     return "h" + hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def file_id(path: str) -> str:
+    """A file's video id: its name, lowercased to [a-z0-9-] (at most 30 characters), and 8 hex
+    of the hash of its whole path (two `clip.mp4` in two folders differ):
+    `my-run-03-1a2b3c4d`, so progress lines, failure rows and clip keys say which file. Only
+    this safe form of the name reaches keys and paths."""
+    stem = posixpath.splitext(posixpath.basename(path))[0]
+    slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")[:30].strip("-")
+    digest = hashlib.sha1(path.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{slug}-{digest[:8]}" if slug else "h" + digest[:16]
 
 
 def _fail(source: str, vid: str, message: str, error_type: str = "DiscoveryError", url: str | None = None) -> Failure:
@@ -191,7 +202,7 @@ def discover_files(src: FilesSource) -> Iterator[Candidate | Failure]:
                     break
             except Exception:
                 pass  # a bad sidecar only costs the nicer title
-        yield Candidate(source=src.name, video_id=_hash_id(path), path=path, title=title,
+        yield Candidate(source=src.name, video_id=file_id(path), path=path, title=title,
                         description=desc, extra={"size_bytes": size, **meta})
 
 
@@ -294,10 +305,21 @@ def discover_rlds(src: RldsSource) -> Iterator[Candidate | Failure]:
 
 def check_sources(sources: list) -> None:
     """PreflightError (ingest/config.py) for a source found unusable before any work starts:
-    an RLDS split without files or without its image feature."""
+    an RLDS split without files or without its image feature; a files glob that matches no
+    file (a typo in a path would otherwise run to an empty output and exit 0) unless the
+    source allows it (`allow_empty`)."""
     for i, src in enumerate(sources):
         if isinstance(src, RldsSource):
             rlds.check_rlds_source(src, f"sources.{i}")
+        if isinstance(src, FilesSource) and not src.allow_empty:
+            pattern = src.glob if "://" in src.glob else os.path.abspath(src.glob)
+            try:
+                found = any(not p.lower().endswith(".json") for p, _ in fs.list_files(pattern))
+            except Exception:  # noqa: BLE001 — a listing that fails is the discovery's failure row
+                continue
+            if not found:
+                raise PreflightError(f"sources.{i}.glob", f"{pattern} matches no file; fix the path (a relative "
+                                     "one is relative to the config file) or set allow_empty: true on the source")
 
 
 DISCOVER = {"search": discover_search, "catalog": discover_catalog, "urls": discover_urls,

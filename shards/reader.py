@@ -323,7 +323,12 @@ def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
                 manifests.append(os.path.normpath(fs.join(inp, "..")))
             found = live_shards(base, split)
             if not found:
-                raise DataError(f"{inp}: no {split}-*.tar shards in {base}")
+                hint = ""
+                if split == "val" and fs.glob(fs.join(base, "train-*.tar")):
+                    hint = ("; the ingest put every video in train (shards.val_fraction picks whole videos, so a "
+                            "few videos can give none): ingest into a new output with --set shards.val_fraction=0.3, "
+                            "or give shards of held-out videos")
+                raise DataError(f"{inp}: no {split}-*.tar shards in {base}{hint}")
             shards += found
         else:
             raise DataError(f"{inp}: no such directory or shard (give an ingest output dir, a .tar or a glob)")

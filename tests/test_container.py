@@ -278,7 +278,7 @@ def test_dockerfile_install_steps_give_a_working_worker_in_a_plain_venv(tmp_path
         # the CLI a flex-template launcher runs
         assert "ingest" in _run([str(venv / "bin" / "genie-pipeline"), "--help"], env, image_root).stdout
         # what a worker imports, from the venv and not from this checkout
-        probe = ("import apache_beam, torch, yt_dlp, decord, av, genie_pipeline.ingest.pipeline as p; "
+        probe = ("import apache_beam, torch, yt_dlp, av, genie_pipeline.ingest.pipeline as p; "
                  "print(apache_beam.__version__, torch.__version__, p.__file__)")
         beam, torch_version, where = _run([py, "-c", probe], env, image_root).stdout.split()
         assert beam == apache_beam.__version__ and torch_version.startswith("2.14.1")

@@ -1,5 +1,6 @@
 """Discovery for each source type (search is covered end to end in test_ingest_e2e.py)."""
 import json
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,6 +55,14 @@ def test_files_glob_with_sidecar_titles(tmp_path):
     out = sorted(discover(src({"type": "files", "name": "f", "glob": str(tmp_path / "*")})), key=lambda c: c.title)
     assert [c.title for c in out] == ["Kangaroo longplay", "pitfall any speedrun"]
     assert all(c.path.endswith(".mp4") for c in out)
+    # ids say which file (its name, made key-safe, and a hash of its path), not a bare hash
+    assert [c.video_id[:-9] for c in out] == ["x", "pitfall-any-speedrun"]
+    assert all(re.fullmatch(r"[a-z0-9-]+-[0-9a-f]{8}", c.video_id) for c in out)
+    for d in ("a", "b"):  # the same name in two folders: two videos
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.mp4").write_bytes((tmp_path / "x.mp4").read_bytes())
+    again = list(discover(src({"type": "files", "name": "f", "glob": str(tmp_path / "*" / "x.mp4")})))
+    assert len({c.video_id for c in again}) == 2
 
 
 def test_lerobot_v2_layout(tmp_path):

@@ -19,9 +19,42 @@ def _log(msg: str) -> None:
 
 
 def _bar(progress: bool, **kw):
+    """A tqdm bar on a terminal; into a file or pipe (a redirected log, CI) `\r` redraws would
+    pile up, so there it is one line per 10 %."""
     from tqdm import tqdm
 
+    if progress and not sys.stderr.isatty():
+        return _Lines(**kw)
     return tqdm(disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=1.0, **kw)
+
+
+class _Lines:
+    """The part of tqdm's interface used here, printing `desc: 30% (9/30 unit) k=v` lines."""
+
+    def __init__(self, iterable=None, total=None, desc="", unit="it", step_pct: int = 10):
+        self.iterable, self.desc, self.unit, self.step_pct = iterable, desc, unit, step_pct
+        self.total = total if total is not None else (len(iterable) if iterable is not None else None)
+        self.n, self.shown, self.postfix = 0, -1, ""
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update(1)
+
+    def set_postfix(self, **kw) -> None:
+        self.postfix = " " + " ".join(f"{k}={v}" for k, v in kw.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.total:
+            return
+        pct = min(100, self.n * 100 // self.total) // self.step_pct * self.step_pct
+        if pct > self.shown:
+            self.shown = pct
+            print(f"{self.desc}: {pct}% ({self.n}/{self.total} {self.unit}){self.postfix}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 def _frames_for(index: ClipIndex, keys: list[str], k: int, progress: bool) -> np.ndarray:

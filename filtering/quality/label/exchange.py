@@ -1,7 +1,7 @@
 """Labels to and from files: Parquet (one row per clip and labeller) and Label Studio JSON.
 
     genie-pipeline label OUT --export labels.parquet    (or .json: Label Studio tasks)
-    genie-pipeline label OUT --export ls.json --base-url http://host:8765/ --annotator ann=ann@x.org
+    genie-pipeline label OUT --export ls.json --base-url http://host:8767/ --annotator ann=ann@x.org
     genie-pipeline label OUT --import ls-export.json    Label Studio JSON / JSON_MIN, or our Parquet
 """
 from __future__ import annotations
