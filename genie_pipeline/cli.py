@@ -17,7 +17,15 @@ import signal
 import sys
 from pathlib import Path
 
-from genie_pipeline.config import ConfigError, PipelineConfig, check_train, load_config
+# Run as the program (`genie-pipeline`, `python -m genie_pipeline.cli`, torchrun -m): SIGINT is
+# blocked in the main thread before any library starts a thread (numpy's BLAS, pyarrow and
+# grpc start native ones at import), so that every thread of the process blocks it and the
+# sigwait thread of `interrupts` is the only one that can take it
+PROGRAM = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "genie-pipeline"
+if PROGRAM:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+from genie_pipeline.config import ConfigError, PipelineConfig, check_train, load_config  # noqa: E402
 
 
 
@@ -259,7 +267,8 @@ def cmd_label(args, _) -> int:
             print(f"exported {n} labels to {args.export}")
         elif args.import_:
             n = import_labels(store, index, args.import_)
-            print(f"imported {n} new labels from {args.import_} into {store.path}")
+            print(f"imported {n} changed label(s) from {args.import_} into {store.path} (labels already "
+                  "there, the same, are not counted)")
         else:
             serve_labels(index, store, host=args.host, port=args.port, token=args.token, target=args.target,
                          seed=args.seed, resample=args.resample or args.active,
@@ -876,23 +885,31 @@ def interrupts():
     command runs, SIGINT is blocked in every thread and ignored (children inherit that: the
     runner starts its workers through `sh -c`, which keeps an ignored signal ignored, and
     Python then leaves it so), and one thread takes it with sigwait (Linux queues a blocked
-    signal even when ignored) and raises it in the main thread as SIGTERM's handler: a
-    KeyboardInterrupt, or what training/stop.py installs. SIGTERM (`kill PID`, a scheduler)
+    signal even when ignored) and sends the main thread SIGTERM, whose handler raises
+    KeyboardInterrupt (or is what training/stop.py installs). SIGTERM (`kill PID`, a scheduler)
     reaches only this process and goes to that handler directly."""
-    import _thread
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    if not PROGRAM:  # main() called inside another program (tests): Ctrl-C as Python has it
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+        return
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     done = threading.Event()
 
+    main_thread = threading.main_thread().ident
+
     def watch():
         while signal.sigwait({signal.SIGINT}) and not done.is_set():
-            _thread.interrupt_main(signal.SIGTERM)
+            # a real signal to the main thread, which also ends a blocking sleep or wait
+            signal.pthread_kill(main_thread, signal.SIGTERM)
 
     watcher = threading.Thread(target=watch, name="interrupt-watch", daemon=True)
     watcher.start()

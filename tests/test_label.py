@@ -328,3 +328,22 @@ def test_label_cli_export_import(fixture, tmp_path, capsys):
         busy.listen()
         assert label(db, "--port", busy.getsockname()[1]) == 2
     assert "--host/--port" in capsys.readouterr().err
+
+
+def test_reimporting_our_own_export_counts_no_label_and_the_target_fits_the_clips(tmp_path, fixture):
+    """A re-import of the page's own export (Parquet, JSON: times rounded on the way) changes
+    no label and counts none (it counted every label as new); a target above the clips there
+    are is shown as the number of clips, so the page can say when it is done."""
+    index = ClipIndex.open(fixture)
+    keys = list(index.clips)[:3]
+    st = LabelStore(tmp_path / "a.sqlite")
+    for i, k in enumerate(keys):
+        st.add(k, "good" if i else "bad", "ann", ts=1_700_000_000.123456 + i)
+    for name in ("own.parquet", "own.json"):
+        export_labels(st, str(tmp_path / name))
+        assert import_labels(st, index, str(tmp_path / name)) == 0, name
+    fresh = LabelStore(tmp_path / "fresh.sqlite")  # into another store, every label is one
+    assert import_labels(fresh, index, str(tmp_path / "own.json")) == 3
+    app = LabelApp(index, LabelStore(tmp_path / "b.sqlite"), target=1000)
+    app.prepare_sample()
+    assert app.state("ann")["target"] == len(index.clips) == 12

@@ -44,7 +44,9 @@ function send(path, body, onOk, failed) {
 function renderCounts(c) {
   S.counts = c;
   const target = Math.max(1, S.target);
-  $("progress-text").textContent = `${c.labelled} / ${S.target} labelled` +
+  // done: the target (at most the clips there are) is reached; labelling more stays possible
+  const done = S.target > 0 && c.labelled >= S.target ? " · done: target reached, train-quality next" : "";
+  $("progress-text").textContent = `${c.labelled} / ${S.target} labelled${done}` +
     (c.skipped ? ` · ${c.skipped} skipped` : "") + (c.labellers && c.labellers.length > 1 ? ` · ${c.labellers.length} labellers` : "");
   $("bar-fill").style.width = Math.min(100, (100 * c.labelled) / target) + "%";
   $("n-good").textContent = String(c.good);

@@ -100,7 +100,9 @@ class LabelApp:
         return self.sample_keys
 
     def state(self, labeller: str) -> dict[str, Any]:
-        return {"target": self.target, "labeller_default": self.labeller_default, "clips": self.clips,
+        # a target above the clips there are could never be reached: the page's target is the sample
+        target = min(self.target, len(self.clips)) if self.clips else self.target
+        return {"target": target, "labeller_default": self.labeller_default, "clips": self.clips,
                 "mine": self.store.labels_of(labeller), "others": self.store.others(labeller),
                 "counts": self.store.counts(labeller)}
 

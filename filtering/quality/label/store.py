@@ -246,7 +246,10 @@ class LabelStore:
             lambda _: self._tally.set(key, labeller, label))
 
     def add_many(self, events: list[dict[str, Any]], origin: str) -> int:
-        """Import events; an event already present (same clip, labeller, label, time) is skipped."""
+        """Import events; returns how many changed a label. An event already present (same
+        clip, labeller, label, time) is skipped, and so is one that gives the label the
+        labeller's latest label of that clip already is (a re-import of our own export, whose
+        times are rounded, adds nothing)."""
         def fn(con):
             n = 0
             for e in events:
@@ -255,7 +258,9 @@ class LabelStore:
                 ts = float(e.get("ts") or time.time())
                 dup = con.execute("SELECT 1 FROM events WHERE key=? AND labeller=? AND label=? AND ts=?",
                                   (e["key"], e["labeller"], e["label"], ts)).fetchone()
-                if not dup:
+                latest = con.execute("SELECT label FROM events WHERE key=? AND labeller=? AND undone=0 "
+                                     "ORDER BY ts DESC, id DESC LIMIT 1", (e["key"], e["labeller"])).fetchone()
+                if not dup and not (latest and latest[0] == e["label"]):
                     con.execute("INSERT INTO events (key, labeller, label, ts, origin) VALUES (?, ?, ?, ?, ?)",
                                 (e["key"], e["labeller"], e["label"], ts, origin))
                     n += 1
