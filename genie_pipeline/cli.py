@@ -2,7 +2,8 @@
 
 Every command reads `pipeline.yaml` (`-c`, optional except for ingest and run) and takes
 `--set section.key=VALUE` overrides (VALUE is YAML). Exit status: 0 ok, 1 a check or a run
-failed (or another run holds the output), 2 a bad config, flag or input (the message names it).
+failed (or another run holds the output), 2 a bad config, flag or input, a path that is not
+there (the message names it), 130 interrupted (README: the exit-status table).
 
     torchrun --nproc_per_node 2 -m genie_pipeline.cli train -c pipeline.yaml out/ingest
 """
@@ -638,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="genie-pipeline", description="Curate gameplay and robot video and train a Genie-style world model.",
         epilog="Every command takes -c pipeline.yaml and --set section.key=VALUE. Exit status: 0 ok, 1 a check "
-               "or run failed, 2 a bad config, flag or input.")
+               "or run failed, 2 a bad config, flag, input or missing path, 130 interrupted.")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--version", action="version", version=f"genie-pipeline {version()}")
     sub = ap.add_subparsers(dest="command", required=True)

@@ -104,3 +104,21 @@ def test_the_ingest_graph_builds_without_beams_yield_and_return_warning(tmp_path
     with caplog.at_level(logging.WARNING):
         prepare_job(cfg, str(tmp_path / "out"))
     assert not [r for r in caplog.records if "yield and return" in r.getMessage()]
+
+
+def test_small_data_is_named(tmp_path):
+    from genie_pipeline.cli import small_label_set
+    from genie_pipeline.ingest.pipeline import summary_table
+    from genie_pipeline.shards.config import ClipsConfig
+    from genie_pipeline.shards.reader import DataError, resolve_inputs
+    from tests.fixtures.output import write_sprite_output
+
+    assert "18 labelled clips (9 good, 9 bad)" in small_label_set({f"k{i}": "good" if i % 2 else "bad"
+                                                                 for i in range(18)})
+    assert small_label_set({f"k{i}": "good" if i % 2 else "bad" for i in range(200)}) is None
+    assert "no validation clips" in summary_table({"clips_kept": 5, "clips_val": 0, "videos_done": 3})
+    assert "no validation clips" not in summary_table({"clips_kept": 5, "clips_val": 1, "videos_done": 3})
+    write_sprite_output(tmp_path, n_train_shards=1, clips_per_shard=2, n_val_shards=0, seed=1,
+                        clips=ClipsConfig(width=64, height=48, seconds=3.2))
+    with pytest.raises(DataError, match="--set shards.val_fraction=0.3"):
+        resolve_inputs([str(tmp_path)], "val")
