@@ -107,12 +107,19 @@ def _on_commit(hook: str, out: str, before: str | None) -> None:
               f"(snapshot {latest})", file=sys.stderr)
 
 
+def _require_output(out: str) -> None:
+    """A local output directory that is not there is bad input (exit 2), named."""
+    if "://" not in out and not os.path.isdir(out):
+        raise ConfigError("OUT", f"{out}: no such ingest output directory")
+
+
 def cmd_snapshots(args, _) -> int:
     """List an output's snapshots, or the diff between two."""
     from genie_pipeline.shards import retention, snapshots
 
     _config(args)
     out = args.out
+    _require_output(out)
     if args.latest:
         latest = snapshots.latest_id(out)
         if latest is None:
@@ -160,6 +167,7 @@ def cmd_gc(args, _) -> int:
     from genie_pipeline.shards import retention
 
     _config(args)
+    _require_output(args.out)
     if args.keep is not None and args.keep < 1:
         raise ConfigError("--keep", f"must be at least 1, got {args.keep}")
     if args.older_than is not None and not args.older_than >= 0:
@@ -207,11 +215,9 @@ def cmd_report(args, _) -> int:
 
 
 def cmd_verify(args, _) -> int:
-    from genie_pipeline.shards import fs
     from genie_pipeline.shards.verify import verify
 
-    if not fs.isdir(args.out):
-        raise ConfigError("OUT", f"{args.out}: no such ingest output directory")
+    _require_output(args.out)
     # the output records its own clip spec; the config's serves outputs that predate it
     problems = verify(args.out, spec=_config(args).clips.spec, decode=args.deep and not args.no_decode)
     for p in problems:

@@ -272,6 +272,12 @@ class ShardSet:
     sha256: dict[str, str] = field(default_factory=dict)  # shard -> its sha256, where a snapshot records it
 
 
+def _no_val_hint() -> str:
+    return ("; the ingest put every video in train (shards.val_fraction picks whole videos, so a few videos "
+            "can give none): ingest into a new output with --set shards.val_fraction=0.3, or give shards of "
+            "held-out videos")
+
+
 def _pinned(out: str, snap_id: str | None, split: str, into: ShardSet) -> None:
     """Add the shards of one snapshot of the output `out` (None: LATEST) to `into`."""
     try:
@@ -280,7 +286,8 @@ def _pinned(out: str, snap_id: str | None, split: str, into: ShardSet) -> None:
         raise DataError(str(e)) from None
     found = snapshots.shards_of(out, record, split)
     if not found:
-        raise DataError(f"{out}@{record['id']}: the snapshot has no {split} shards")
+        hint = _no_val_hint() if split == "val" and snapshots.shards_of(out, record, "train") else ""
+        raise DataError(f"{out}@{record['id']}: the snapshot has no {split} shards{hint}")
     into.snapshots[out] = record["id"]
     into.shards += [e["path"] for e in found]
     into.sha256.update((e["path"], e["sha256"]) for e in found if e.get("sha256"))
@@ -323,11 +330,7 @@ def resolve_inputs(inputs: Sequence[str], split: str = "train") -> ShardSet:
                 manifests.append(os.path.normpath(fs.join(inp, "..")))
             found = live_shards(base, split)
             if not found:
-                hint = ""
-                if split == "val" and fs.glob(fs.join(base, "train-*.tar")):
-                    hint = ("; the ingest put every video in train (shards.val_fraction picks whole videos, so a "
-                            "few videos can give none): ingest into a new output with --set shards.val_fraction=0.3, "
-                            "or give shards of held-out videos")
+                hint = _no_val_hint() if split == "val" and fs.glob(fs.join(base, "train-*.tar")) else ""
                 raise DataError(f"{inp}: no {split}-*.tar shards in {base}{hint}")
             shards += found
         else:
