@@ -54,6 +54,9 @@ class HeuristicsConfig(Section):
     max_dark_fraction: float = Field(default=0.8, ge=0, le=1, description="share of near-black/blank frames above: black")
     min_unique_fraction: float = Field(default=0.25, ge=0, le=1, description="share of frames that change below: slideshow")
     max_cuts_per_min: float = Field(default=30.0, ge=0, description="scene cuts per minute above: rapid cuts")
+    # a montage goes back to footage it showed before (filtering/heuristics.py `returns`); 6 a
+    # minute: two returns in a 16 s clip reject it, one (a respawn that looks like the start) does not
+    max_returns_per_min: float = Field(default=6.0, ge=0, description="shots per minute returning to earlier footage above: cuts")
 
 
 class DedupeConfig(Section):

@@ -23,7 +23,7 @@ import numpy as np
 # histogram L1 distance (0..2) a cut must exceed: consecutive frames of one shot stay under
 # ~0.35 on the spliced test footage (a scrolling level wrapping round is the worst), and
 # cuts between different footage start at ~1.1
-_MIN_JUMP = 0.6
+MIN_JUMP = 0.6
 # … and how many times the recent mean distance it must be: footage that changes fast all
 # the time raises the bar instead of cutting on every frame
 _RATIO = 3.0
@@ -49,22 +49,22 @@ class CutDetector:
 
     def push(self, frame_HWC: np.ndarray) -> list[int]:
         i, self._n = self._n, self._n + 1
-        hist = _histogram(frame_HWC)
+        hist = histogram(frame_HWC)
         prev, self._prev = self._prev, hist
         if prev is None:
             return []
         found: list[int] = []
         if self._suspect is not None:
             at, before = self._suspect
-            if _distance(hist, before) <= _MIN_JUMP:  # the old picture is back: a flash
+            if distance(hist, before) <= MIN_JUMP:  # the old picture is back: a flash
                 self._suspect = None
                 return []
             if i - at >= self.lag:
                 found.append(at)
                 self._suspect = None
-        jump = _distance(hist, prev)
+        jump = distance(hist, prev)
         recent = sum(self._recent) / len(self._recent) if self._recent else 0.0
-        if jump > _MIN_JUMP and jump > _RATIO * recent:
+        if jump > MIN_JUMP and jump > _RATIO * recent:
             if self._suspect is not None:  # a second jump elsewhere: the first was a cut too
                 found.append(self._suspect[0])
             self._suspect = (i, prev)
@@ -87,11 +87,11 @@ def find_cuts(frames: Iterable[np.ndarray], fps: float) -> list[int]:
     return found + detector.flush()
 
 
-def _distance(a: np.ndarray, b: np.ndarray) -> float:
+def distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).sum())
 
 
-def _histogram(frame_HWC: np.ndarray) -> np.ndarray:
+def histogram(frame_HWC: np.ndarray) -> np.ndarray:
     """Normalised 4096-bin RGB histogram of every other pixel of every other row."""
     q = frame_HWC[::2, ::2] >> (8 - _LEVELS_BITS)
     idx = (q[..., 0].astype(np.uint16) << 2 * _LEVELS_BITS) | (q[..., 1].astype(np.uint16) << _LEVELS_BITS) | q[..., 2]

@@ -10,7 +10,7 @@ type "VideoError").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Iterable, Iterator
 
@@ -203,15 +203,17 @@ class Window:
     shot: int  # the shot it starts in, 0 = the first
     cuts: int  # hard cuts inside it: always 0 when clips are split at cuts
     frames_THWC: np.ndarray
+    # the frames (0 = its first) that start a new shot inside it; len(cut_frames) == cuts
+    cut_frames: list[int] = field(default_factory=list)
 
 
 class ClipCutter:
     """Cuts a stream of frames into clips of cfg.frames.
 
-    With cfg.split_at_cuts, clips lie inside shots: a shot at least max(cfg.min_shot_s,
+    By default clips follow each other from the first frame whatever they span, and each
+    records the cuts inside it (`Window.cut_frames`). With cfg.split_at_cuts, clips lie inside shots: a shot at least max(cfg.min_shot_s,
     cfg.seconds) long gives consecutive clips from its first frame; the rest of it, shorter
-    than a clip, and every shorter shot give none. Without it, clips follow each other from
-    the first frame whatever they span, and each counts the cuts inside it. A clip goes out
+    than a clip, and every shorter shot give none. A clip goes out
     once no cut can still be reported inside it (the detector decides up to `lag` frames
     late), so at most max(one clip, min_shot_s) plus that lag of frames is held. Once the
     stream is exhausted it tells, for the caller's error message, how many `frames` and
@@ -259,11 +261,11 @@ class ClipCutter:
                 # a shot's first clips wait until the shot is known to be long enough
                 if decided + 1 - self._shot_start < self._min_shot:
                     return
-                shot, inside = self.shots, 0
+                shot, inside = self.shots, []
             else:
                 shot = self._cuts_passed + sum(c <= self._start for c in self._cuts)
-                inside = sum(self._start < c < self._start + n for c in self._cuts)
-            yield Window(self._start, shot, inside, np.stack(self._held[:n]))
+                inside = [c - self._start for c in self._cuts if self._start < c < self._start + n]
+            yield Window(self._start, shot, len(inside), np.stack(self._held[:n]), inside)
             del self._held[:n]
             self._start += n
             kept = [c for c in self._cuts if c >= self._start]

@@ -144,11 +144,11 @@ class VideoProcessor:
         # a header can understate the length: the time decoded counts against the limit too
         for w in iter_clips(path, self.clips, c.start_s, c.end_s, self.download.max_pixels, max_s=limit,
                             span_s=span, cutter=cutter):
-            row, mp4 = self._clip(c, offset + w.start / fps, w.frames_THWC, provenance)
+            row, mp4 = self._clip(c, offset + w.start / fps, w.frames_THWC, provenance, w.cut_frames)
             row.shot, row.cuts = w.shot, w.cuts
             clips.append(row)
             data.append((row.key, mp4))
-        if not clips and cutter.frames >= self.clips.frames:
+        if not clips and self.clips.split_at_cuts and cutter.frames >= self.clips.frames:
             raise IngestError("cut", "NoShotLongEnough",
                               f"no shot holds a clip: the longest of {cutter.shots} shots is "
                               f"{cutter.longest_shot / fps:.1f} s, a clip needs one of "
@@ -184,15 +184,16 @@ class VideoProcessor:
         self.count("clips_with_actions", len(clips))
         return ""
 
-    def _clip(self, c: Candidate, start_s: float, frames: np.ndarray, provenance: dict) -> tuple[ClipRow, bytes]:
-        """One clip's row (heuristic scores and verdict) and its encoded mp4."""
-        scores = score_clip(frames, self.clips.fps)
+    def _clip(self, c: Candidate, start_s: float, frames: np.ndarray, provenance: dict,
+              cut_frames: list[int]) -> tuple[ClipRow, bytes]:
+        """One clip's row (heuristic scores and verdict, its cuts) and its encoded mp4."""
+        scores = score_clip(frames, self.clips.fps, cut_frames)
         reason = verdict(scores, self.heuristics)
         mp4 = encode_clip(frames, self.clips.spec)
         row = ClipRow(key=clip_key(c.video_key, int(round(start_s * 1000))), video_key=c.video_key,
                       video_id=c.video_id, source=c.source, title=c.title, start_s=start_s,
                       duration_s=self.clips.seconds, n_frames=len(frames), bytes=len(mp4),
-                      kept=not reason, reason=reason, fingerprint=fingerprint(frames),
+                      kept=not reason, reason=reason, fingerprint=fingerprint(frames), cut_frames=list(cut_frames),
                       **scores.as_dict(), **provenance)
         self.count("clips_cut")
         self.count("clips_kept_heuristics" if not reason else f"clips_rejected_{reason}")

@@ -41,11 +41,13 @@ class ClipsConfig(Section):
     keyframe_interval: int = Field(default=16, ge=1)
     # at most this many clips per video, spread evenly over it (not the first N: title screens)
     max_clips_per_video: int | None = Field(default=None, ge=1)
-    # a world model must not learn a hard cut as an action: clips lie inside shots. A shot at
-    # least max(min_shot_s, seconds) long gives consecutive clips from its first frame; the
-    # remainder shorter than a clip is dropped, and so is every shorter shot. Off: clips
-    # follow each other from the start of the video and the manifest counts their cuts
-    split_at_cuts: bool = True
+    # Off (the default): clips lie on the video's fixed grid of `seconds` and may hold hard cuts
+    # (a level change, a respawn, a procgen reset are gameplay); each clip records its cuts'
+    # frames (`cut_frames`) and readers never take a window across one; montages are rejected
+    # by filters.heuristics. On: clips lie inside shots: a shot at least max(min_shot_s,
+    # seconds) long gives consecutive clips from its first frame; the remainder shorter than a
+    # clip is dropped, and so is every shorter shot (a video with none: NoShotLongEnough)
+    split_at_cuts: bool = False
     min_shot_s: float = Field(default=0, ge=0, le=3600)
 
     @field_validator("width", "height")

@@ -200,6 +200,10 @@ class ClipRow:
     # step between consecutive frames (n_frames - 1), ids in `action_space` ("ale:Pitfall:18")
     true_actions: list[int] | None = None
     action_space: str | None = None
+    # hard cuts inside the clip: the index (0 = the clip's first frame) of each frame that starts
+    # a new shot, so readers place windows between them (None: not recorded, outputs before v4)
+    cut_frames: list[int] | None = None
+    returns_per_min: float = 0.0  # shots per minute going back to earlier footage (a montage)
 
     def __post_init__(self):  # stores written before text was cleaned at discovery still commit
         self.title = clean_text(self.title)
@@ -290,7 +294,7 @@ class ShardRecord:
 
 PROVENANCE = ("url", "channel", "uploader", "upload_date", "license", "query")
 # written into every table's Parquet metadata; readers take older outputs without the newer columns
-SCHEMA_VERSION = 3  # 3: true_actions, action_space
+SCHEMA_VERSION = 4  # 3: true_actions, action_space; 4: cut_frames, returns_per_min
 
 
 def from_row(cls, row: dict[str, Any]):
@@ -307,8 +311,8 @@ def sample_json(c: ClipRow, spec: ClipSpec) -> dict:
         "n_frames": c.n_frames, "width": spec.width, "height": spec.height, "split": c.split,
         "scores": {"motion": c.motion, "dark_fraction": c.dark_fraction,
                    "unique_fraction": c.unique_fraction, "cuts_per_min": c.cuts_per_min,
-                   "quality_score": c.quality_score},
-        "shot": c.shot, "cuts": c.cuts, "fingerprint": c.fingerprint, "duplicate_of": c.duplicate_of,
+                   "quality_score": c.quality_score, "returns_per_min": c.returns_per_min},
+        "shot": c.shot, "cuts": c.cuts, "cut_frames": c.cut_frames, "fingerprint": c.fingerprint, "duplicate_of": c.duplicate_of,
         "provenance": {k: getattr(c, k) for k in PROVENANCE},
         "true_actions": c.true_actions, "action_space": c.action_space,
     }
@@ -324,7 +328,8 @@ SCHEMAS = {
                            ("cuts_per_min", _F), ("quality_score", _F), ("shot", _I), ("cuts", _I),
                            ("fingerprint", _STR), ("duplicate_of", _STR),
                            *((k, _STR) for k in ("url", "channel", "uploader", "upload_date", "license", "query")),
-                           ("true_actions", pa.list_(pa.int16())), ("action_space", _STR)]),
+                           ("true_actions", pa.list_(pa.int16())), ("action_space", _STR),
+                           ("cut_frames", pa.list_(pa.int32())), ("returns_per_min", _F)]),
     "videos": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("title", _STR),
                          ("status", _STR), ("n_clips", _I), ("n_kept", _I), ("seconds_in", _F),
                          ("seconds_out", _F), ("error", _STR), ("split", _STR)]),

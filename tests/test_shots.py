@@ -17,6 +17,7 @@ from tests.conftest import ffmpeg
 from tests.fixtures.footage import render
 
 CFG = ClipsConfig()
+SPLIT = CFG.model_copy(update={"split_at_cuts": True})  # clips inside shots (not the default)
 FPS = CFG.fps
 # cuts 1, 3 and 8 s apart; the first at 21 s falls inside what was the 16-32 s window
 SPLICED = [("testsrc2", 21), ("mandelbrot", 1), ("smptebars", 3), (("platformer", 1), 8), ("testsrc", 17),
@@ -120,7 +121,7 @@ def test_no_cuts_in_continuous_test_source(tmp_path):
 def test_clips_start_at_shot_starts_and_never_span_a_cut(spliced):
     _, truth, frames = spliced
     n = CFG.frames
-    windows = list(ClipCutter(CFG)(frames))
+    windows = list(ClipCutter(SPLIT)(frames))
     bounds = [0, *truth, len(frames)]
     shots = list(zip(bounds[:-1], bounds[1:]))
     # every shot of at least one clip, and only those, gives clips from its first frame on;
@@ -134,19 +135,24 @@ def test_clips_start_at_shot_starts_and_never_span_a_cut(spliced):
     assert [start for _, start in expected] == [0, 330, 670]
 
 
-def test_without_split_clips_are_fixed_windows_that_count_their_cuts(spliced):
+def test_by_default_clips_lie_on_the_grid_and_record_their_cut_frames(spliced):
     _, truth, frames = spliced
-    windows = list(ClipCutter(CFG.model_copy(update={"split_at_cuts": False}))(frames))
+    windows = list(ClipCutter(CFG)(frames))
     n = CFG.frames
     assert [w.start for w in windows] == [0, 160, 320, 480, 640]
     assert [w.cuts for w in windows] == [sum(s < t < s + n for t in truth) for s in (0, 160, 320, 480, 640)]
     assert [w.cuts for w in windows] == [0, 3, 1, 2, 1]
+    # each cut to the frame (±1, the encoder's timing), relative to the clip's first frame
+    for w in windows:
+        inside = [t - w.start for t in truth if w.start < t < w.start + n]
+        assert len(w.cut_frames) == len(inside) == w.cuts
+        assert all(abs(f - t) <= 1 for f, t in zip(w.cut_frames, inside)), (w.start, w.cut_frames, inside)
     assert [w.shot for w in windows] == [0, 0, 3, 4, 6]  # the shot each starts in
 
 
 def test_min_shot_s_drops_shorter_shots(spliced):
     _, _, frames = spliced
-    cutter = ClipCutter(CFG.model_copy(update={"min_shot_s": 17.5}))
+    cutter = ClipCutter(SPLIT.model_copy(update={"min_shot_s": 17.5}))
     windows = list(cutter(frames))
     # the 21 s and 18 s shots give a clip; the 17 s one no longer does
     assert [w.shot for w in windows] == [0, 7]
@@ -162,7 +168,7 @@ def _processor(tmp_path, **clips):
 def test_manifest_rows_record_shot_cuts_and_true_start(spliced, tmp_path):
     path, _, _ = spliced
     c = Candidate(source="t", video_id="spliced", path=str(path), title="spliced")
-    result = _processor(tmp_path)(c)
+    result = _processor(tmp_path, split_at_cuts=True)(c)
     assert isinstance(result, VideoResult), result
     starts_ms = [round(r.start_s * 1000) for r in result.clips]
     assert [abs(s - t) <= 100 for s, t in zip(starts_ms, (0, 33000, 67000))] == [True] * 3
@@ -174,13 +180,14 @@ def test_a_video_of_short_shots_is_a_failure_row(tmp_path):
     path = tmp_path / "short_shots.mp4"
     splice(path, [("testsrc2", 6), (("platformer", 1), 6), ("mandelbrot", 6), (("shooter", 2), 6)])
     c = Candidate(source="t", video_id="short", path=str(path), title="short shots")
-    fail = _processor(tmp_path)(c)
+    fail = _processor(tmp_path, split_at_cuts=True)(c)
     assert isinstance(fail, Failure), fail
     assert (fail.stage, fail.error_type) == ("cut", "NoShotLongEnough")
     assert "longest of 4 shots is 6.0 s" in fail.message and "16 s" in fail.message
-    # the same video with split_at_cuts off gives its one 16 s window, cuts counted
-    result = _processor(tmp_path, split_at_cuts=False)(c)
+    # by default (split_at_cuts off) the same video gives its one 16 s window, its cuts recorded
+    result = _processor(tmp_path / "grid")(c)
     assert [(r.shot, r.cuts) for r in result.clips] == [(0, 2)]
+    assert [[abs(f - t) <= 1 for f, t in zip(r.cut_frames, (60, 120))] for r in result.clips] == [[True, True]]
 
 
 # ------------------------------------------------------------------ clips spread evenly

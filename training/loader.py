@@ -181,17 +181,32 @@ class WindowDataset(torch.utils.data.IterableDataset):
 
     # -- decoding
     def window_starts(self, clip: Clip, epoch: int) -> list[int]:
+        """`windows_per_clip` random starts of windows that span no hard cut of the clip (its
+        json's `cut_frames`), uniform over all such starts; [] when no span between cuts holds
+        a window."""
         n = int(clip.meta.get("n_frames") or DEFAULT_CLIP_FRAMES)
         if n < self.frames:
             raise DecodeError(f"clip has {n} frames, fewer than a window ({self.frames})")
-        starts = _rng(self.seed, epoch, _key_hash(clip.key), 13).integers(0, n - self.frames + 1, self.windows_per_clip)
-        return [int(s) for s in starts]
+        spans = shot_spans(clip.meta, n, self.frames)
+        room = [b - a - self.frames + 1 for a, b in spans]
+        if not spans:
+            return []
+        draws = _rng(self.seed, epoch, _key_hash(clip.key), 13).integers(0, sum(room), self.windows_per_clip)
+        # the k-th valid start, counted over the spans in order
+        ends = np.cumsum(room)
+        out = []
+        for d in draws:
+            i = int(np.searchsorted(ends, d, side="right"))
+            out.append(int(spans[i][0] + d - (ends[i] - room[i])))
+        return out
 
     def _decode_group(self, decoder: ClipDecoder, group: list[Clip], epoch: int, stream: int, g: int, stats: dict):
         windows, keys, starts, actions = [], [], [], []
         for clip in group:
             try:
                 st = self.window_starts(clip, epoch)
+                if not st:  # cut into spans all shorter than a window: nothing to learn from
+                    continue
                 idx = [s + t for s in st for t in range(self.frames)]
                 frames = decoder.decode(clip.data, idx)  # (k*T, 3, H, W)
             except DecodeError as e:
@@ -275,6 +290,15 @@ class WindowDataset(torch.utils.data.IterableDataset):
         return self.iter_stream(self.stream_id(worker), worker)
 
 
+def shot_spans(meta: dict, n: int, frames: int) -> list[tuple[int, int]]:
+    """The spans [a, b) of a clip of `n` frames between the hard cuts its json records
+    (`cut_frames`: the first frame of each new shot) that hold at least one window of `frames`
+    frames. A window starting at s spans no cut when s and s + frames - 1 lie in one span."""
+    cuts = sorted(int(c) for c in (meta.get("cut_frames") or []) if 0 < int(c) < n)
+    bounds = [0, *cuts, n]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= frames]
+
+
 def window_actions(meta: dict, start: int, frames: int) -> tuple[list[int], str | None]:
     """The true actions between a window's frames and their action space, from its clip's
     json: action t is the step from frame start + t to start + t + 1 (the clip's
@@ -302,7 +326,8 @@ def eval_windows(shards: Sequence[str], frames: int = 16, *, step: int | None = 
                  max_windows: int | None = None) -> Iterator[dict]:
     """Every clip of `shards` in the order given and tar order, each cut into windows of
     `frames` frames starting at 0, `step`, 2 * `step`, … (default step: `frames`, windows
-    that do not overlap), in batches of up to `batch_size` windows as `collate_windows` makes
+    that do not overlap) counted from the start of each span between its hard cuts
+    (`shot_spans`: no window spans a cut), in batches of up to `batch_size` windows as `collate_windows` makes
     them; at most `max_windows` windows. No shuffling and no randomness: what eval reads,
     e.g. `eval_windows(resolve_inputs([OUT], "val").shards)`. Undecodable clips are skipped
     (logged) and unreadable shards counted by `iter_tar_clips`, as in training."""
@@ -312,7 +337,8 @@ def eval_windows(shards: Sequence[str], frames: int = 16, *, step: int | None = 
     done = 0
     for clip in (c for path in shards for c in iter_tar_clips(path, stats)):
         n = int(clip.meta.get("n_frames") or DEFAULT_CLIP_FRAMES)
-        starts = list(range(0, n - frames + 1, step or frames))
+        # fixed starts from the start of each span between the clip's hard cuts: no window spans one
+        starts = [s for a, b in shot_spans(clip.meta, n, frames) for s in range(a, b - frames + 1, step or frames)]
         if max_windows is not None:
             starts = starts[: max_windows - done]
         if not starts:

@@ -31,8 +31,9 @@ Catalog row (every key always present; `null` where it does not apply)::
     game            pitfall, montezuma_revenge, …, coinrun, kuka, panda, mixed, or null
     quality_label   good | bad | null (broken)  — reference labels for the quality classifier
     made_how        clean | static_menu | webcam_overlay | slideshow | blur | black | letterbox |
-                    rapid_cuts | truncated | zero_byte | not_video | no_moov | random_bytes |
-                    garbage_packets | too_short | audio_only | http_404 | http_500
+                    rapid_cuts | montage | level_change | flip_screen | resets | truncated |
+                    zero_byte | not_video | no_moov | random_bytes | garbage_packets |
+                    too_short | audio_only | http_404 | http_500
     expect_keyword  keep | reject  — verdict of the default keyword filter on the title
     keyword_set     "default" or "robot" (robot sources use their own terms)
     expect_failure  null or the reason: truncated | empty_file | not_a_video | no_moov |
@@ -59,6 +60,13 @@ montages (slideshow, rapid cuts: several agents, held stills), the title screen 
 files.
 
 The same seed gives the same catalog and byte-identical files (one x264 thread per file).
+
+Footage whose picture jumps (full corpus; CUT_FOOTAGE says what ingest must make of it, written
+down before the montage rule was tuned): `level_change` (32 s of Pitfall II, 1 s of black, a
+later part of the game), `flip_screen` (60 s of Private Eye at 10 FPS: the car drives from one
+screen to the next and back), `resets` (32 s of CoinRun on hard levels by an agent that rushes
+right and jumps: it dies every 2-5 s and procgen starts a new level each time; needs procgen)
+and `montage` (32 s of four Atari games cut every 1-3 s, each going on where it left off).
 """
 from __future__ import annotations
 
@@ -135,6 +143,11 @@ VFR_PATTERN = [(15, 2.0), (20, 2.0), (30, 2.0)]
 
 
 SIZES = ("small", "full", "quality")
+
+# made_how → (clips on the 16 s grid, clips kept by the heuristics, reason of the rejected ones):
+# gameplay whose picture jumps keeps every grid clip, its cuts recorded; a montage keeps none
+CUT_FOOTAGE = {"level_change": (2, 2, None), "flip_screen": (3, 3, None), "resets": (2, 2, None),
+               "montage": (2, 0, "cuts")}
 
 # Games of the `quality` corpus: the nine of the sample corpus and 21 more, different in look
 # (very dark games such as Centipede and Gravitar left out: their clean footage reads as "black").
@@ -286,12 +299,26 @@ def plan(size: str = "full", procgen: bool = False) -> list[dict]:
         _spec("http_500", "Mario Bros longplay (server error)", 120, game="mario_bros", failure="http_500",
               url="/status/500", renderer=None, description="The server always fails on this one.", **B),
     ]
+    if not small:
+        # footage whose picture jumps (expected outcome written before any tuning, see
+        # CUT_FOOTAGE): a level change through black, a flip-screen game, a montage
+        S += [
+            _spec("level_change", "Pitfall II: Lost Caverns - longplay, into the caverns", 32, game="pitfall2",
+                  description="The next part of the caverns after a black screen."),
+            _spec("flip_screen", "Private Eye - Atari 2600 retro longplay, driving round town", 60, game="private_eye",
+                  fps=10, agent_seed=1, description="Pierre drives from screen to screen."),
+            _spec("montage", "Atari 2600 platformer highlights gameplay mix", 32, game="mixed", quality="bad",
+                  games=["pitfall", "mario_bros", "kangaroo", "hero"],
+                  description="Quick cuts between my favourite platformer runs."),
+        ]
     if procgen:
         S.append(_spec("clean", "CoinRun procgen gameplay - level 12", 20 if small else 30, game="coinrun",
                        renderer="procgen", description="Procgen CoinRun, random agent that likes to run right."))
         if not small:
             S.append(_spec("clean", "CoinRun speedrun (procgen, easy mode)", 25, game="coinrun", renderer="procgen",
                            description="Procgen CoinRun, another level."))
+            S.append(_spec("resets", "CoinRun hard mode gameplay - rushing right, dying a lot", 32, game="coinrun",
+                           renderer="procgen", description="Procgen CoinRun, hard levels, a new one at every death."))
     return _finish_plan(S)
 
 
@@ -399,7 +426,8 @@ def _render_video(spec: dict, path: Path) -> list[int] | None:
             taken.append(arm.last_action)
             arm.close()
         elif spec["game"] == "coinrun":
-            ag = R.CoinRunAgent(seed, level=int(rng.integers(0, 10_000)))
+            hard = dict(mode="hard", weights=R.CoinRunAgent.RUSH) if how == "resets" else {}
+            ag = R.CoinRunAgent(seed, level=int(rng.integers(0, 10_000)), **hard)
             img = None
             for i in range(n):
                 if i % 2 == 0:  # procgen runs at 15 steps/s
@@ -433,6 +461,33 @@ def _render_video(spec: dict, path: Path) -> list[int] | None:
             bw, bh = int(disp_w * 0.25) // 2 * 2, int(disp_h * 0.3) // 2 * 2
             for fr, au in _atari_frames(spec["game"], seed, n, audio=spec["audio"], taken=taken):
                 emit(R.letterbox(fr, disp_w, disp_h, bw, bh), au)
+        elif how == "level_change":  # one level, 1 s of black, a later one of the same game
+            half = (n - fps) // 2
+            for fr, au in _atari_frames(spec["game"], seed, half, taken=taken):
+                emit(fr, au)
+            black = np.zeros_like(fr)
+            for _ in range(fps):
+                taken.append(None)
+                emit(black)
+            for fr, au in _atari_frames(spec["game"], seed + 1, n - half - fps, taken=taken):
+                emit(fr, au)
+            return None  # two agents: no one action stream
+        elif how == "flip_screen":  # an agent that drives between screens (cuts in the game itself)
+            ag = R.AtariAgent(spec["game"], spec["agent_seed"])
+            for _ in range(n):
+                emit(ag.step())
+                taken.append(ag.last_action)
+            ag.step()
+            taken.append(ag.last_action)
+        elif how == "montage":  # several games, a cut every 1-3 s, each game going on where it left off
+            agents = [R.AtariAgent(g, seed + k) for k, g in enumerate(spec["games"])]
+            cur, left = 0, 0
+            for _ in range(n):
+                if left <= 0:
+                    cur = (cur + 1 + int(rng.integers(0, len(agents) - 1))) % len(agents)
+                    left = int(rng.integers(fps, 3 * fps + 1))
+                left -= 1
+                emit(agents[cur].step())
         elif how == "rapid_cuts":
             games = spec["games"]
             agents = [R.AtariAgent(g, seed + k) for k, g in enumerate(games)]
@@ -531,7 +586,7 @@ def _cost(spec) -> float:
     c = spec["duration"] * (0.6 + px)
     if spec["kind"] == "robot":
         c *= 3.5
-    if spec["made_how"] in ("webcam_overlay", "slideshow", "rapid_cuts", "blur", "letterbox"):
+    if spec["made_how"] in ("webcam_overlay", "slideshow", "rapid_cuts", "blur", "letterbox", "montage"):
         c *= 1.6
     return c
 

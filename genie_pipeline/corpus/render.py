@@ -213,16 +213,21 @@ class CoinRunAgent:
     # procgen's 15 action combos; index 7 = RIGHT, 8 = RIGHT+UP, 5 = UP, 2 = LEFT+UP
     _W = np.array([0.3, 0.5, 0.5, 0.3, 0.5, 2.0, 0.5, 5.0, 5.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2])
 
-    def __init__(self, seed: int, level: int = 0):
+    # a weak agent: always right and jump. On hard levels it dies (or, rarely, wins) every
+    # 2-5 s, and procgen starts a new level each time: footage of frequent episode resets
+    RUSH = np.eye(15)[8]
+
+    def __init__(self, seed: int, level: int = 0, *, mode: str = "easy", weights: np.ndarray | None = None):
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from procgen import ProcgenGym3Env
         self.env = ProcgenGym3Env(num=1, env_name="coinrun", start_level=int(level), num_levels=0,
-                                  distribution_mode="easy", render_mode="rgb_array",
+                                  distribution_mode=mode, render_mode="rgb_array",
                                   rand_seed=int(seed) % (2**31 - 1))
         self.rng = np.random.default_rng(seed)
-        self._p = self._W / self._W.sum()
+        w = self._W if weights is None else np.asarray(weights, float)
+        self._p = w / w.sum()
         self._left = 0
         self._a = 7
         self.last_action = self._a
