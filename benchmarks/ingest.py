@@ -1,13 +1,22 @@
 """Ingest cost against a bare decode, measured in one run on the same files.
 
-    python benchmarks/ingest.py [--corpus DIR] [--size small|full] [--repeat N]
+    python benchmarks/ingest.py [--corpus DIR] [--size small|full] [--baseline TREE] [--rounds N]
+
+`--baseline TREE`: a checkout of the code before a change (`git worktree add /tmp/base main`):
+its pipeline runs on the same files in the same run, interleaved with this tree's and with the
+bare decodes round after round, so both ratios see the same machine (a shared machine's load
+drifts by tens of per cent within minutes). Each pipeline run is a fresh process (one warm-up
+run over one video, then the timed run), this tree's and the baseline's alike. The result
+also holds the per-video path's profile (`profile`: the top costs of VideoProcessor over the
+same videos, cProfile, grouped by component) and, with a baseline, whether both outputs hold
+the same clips and scores.
 
 Pipeline: keyword filter → shards (no quality classifier) on the sample corpus's decodable
 videos read from local paths, Beam FnApiRunner in one process (so this process's CPU time
 is all of it), with the default clips section: hard cuts found while decoding
 (clips.split_at_cuts), and each clip's fingerprint where the pipeline computes one. Bare
 decode: ffmpeg decoding the same files to 10 FPS 160×90 RGB, discarded. Both in CPU seconds
-per second of source video; the goal is a ratio ≤ 1.5. Cut detection is also timed alone,
+per second of source video; the goal is a ratio ≤ 1.2. Cut detection is also timed alone,
 per decoded frame.
 
 Like with like: the pipeline decodes and filters (fps, scale, RGB) on one thread each, as a
@@ -30,7 +39,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -76,18 +84,37 @@ def cut_detection(paths: list[str]) -> tuple[float, int]:
     return spent, frames
 
 
-def pipeline(catalog: Path, out: Path) -> tuple[float, dict]:
-    from genie_pipeline.config import parse_config
-    from genie_pipeline.ingest.pipeline import run_ingest
-
-    cfg = parse_config({
-        "sources": [{"type": "catalog", "name": "bench", "path": str(catalog), "keywords": "none"}],
-        "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
-        "output": {"dir": str(out)},
-    })
-    c0 = cpu()
+# runs in a fresh process with the tree under test first on sys.path: a warm-up run over one
+# video (imports, what a long-lived worker pays once), then the timed run; prints its CPU seconds
+_PIPELINE = """
+import json, sys, time
+from genie_pipeline.config import parse_config
+from genie_pipeline.ingest.pipeline import cpu_seconds, run_ingest
+one, cat, out = sys.argv[1:4]
+def run(path, dest):
+    cfg = parse_config({"sources": [{"type": "catalog", "name": "bench", "path": path, "keywords": "none"}],
+                        "runner": {"running_mode": "in_memory", "direct_num_workers": 1}, "output": {"dir": dest}})
+    c0, w0 = cpu_seconds(), time.time()
     stats = run_ingest(cfg)
-    return cpu() - c0, stats
+    return cpu_seconds() - c0, time.time() - w0, stats
+run(one, out + "-warmup")
+fixed = run(one, out + "-one")[0]
+cpu, wall, stats = run(cat, out)
+print("RESULT " + json.dumps({"cpu": cpu, "wall": wall, "fixed": fixed, "clips": stats["clips"],
+                              "clips_kept": stats["clips_kept"], "videos_failed": stats["videos_failed"]}))
+"""
+
+
+def pipeline(tree: Path, one: Path, catalog: Path, out: Path) -> dict:
+    """CPU seconds of an ingest of `catalog` by the code in `tree` (and of one over `one`, the
+    fixed cost), in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", _PIPELINE, str(one), str(catalog), str(out)], cwd=tree, env=env,
+                       capture_output=True, text=True)
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+    if r.returncode or not line:
+        raise SystemExit(f"pipeline run from {tree} failed:\n{r.stderr[-3000:]}")
+    return json.loads(line[-1][len("RESULT "):])
 
 
 def _mean_kept_bytes(out: Path) -> float:
@@ -95,10 +122,69 @@ def _mean_kept_bytes(out: Path) -> float:
     return sum(r["bytes"] for r in rows) / max(1, len(rows))
 
 
+# where the per-video path spends: a profiled function's module (and for C calls, their name)
+_COMPONENTS = [("decode (PyAV demux, h264, filter graph fps/scale/RGB)", ("ingest/decode.py:", "vpull", "vpush",
+                                                                         "to_ndarray", "av.container")),
+               ("cut detector (filtering/shots.py)", ("filtering/shots.py",)),
+               ("heuristics (filtering/heuristics.py)", ("filtering/heuristics.py",)),
+               ("fingerprint (filtering/fingerprint.py)", ("filtering/fingerprint.py",)),
+               ("clip encode (x264, shards/clip.py)", ("shards/clip.py", "from_ndarray", "'encode' of 'av.video")),
+               ("clip store write (shards/store.py)", ("shards/store.py", "fsync"))]
+
+
+def profile(paths: list[str], titles: list[str], scratch: Path, top: int = 5) -> dict:
+    """cProfile of VideoProcessor (probe, decode, cut detection, heuristics, fingerprint, encode,
+    clip store) over `paths`: the `top` functions by own time, and own time per component."""
+    import cProfile
+    import pstats
+
+    from genie_pipeline.filtering.config import HeuristicsConfig
+    from genie_pipeline.ingest.config import DownloadConfig
+    from genie_pipeline.ingest.process import VideoProcessor
+    from genie_pipeline.shards.config import ClipsConfig
+    from genie_pipeline.shards.records import Candidate
+
+    proc = VideoProcessor(DownloadConfig(), ClipsConfig(), HeuristicsConfig(), out=str(scratch / "out"),
+                          scratch=str(scratch / "dl"))
+    cands = [Candidate(source="bench", video_id=f"v{i}", path=p, title=t) for i, (p, t) in enumerate(zip(paths, titles))]
+    prof = cProfile.Profile(time.process_time)  # CPU time: the machine is shared
+    prof.enable()
+    for c in cands:
+        proc(c)
+    prof.disable()
+    st = pstats.Stats(prof)
+    total = sum(v[2] for v in st.stats.values())
+    rows = sorted(((v[2], f"{os.path.relpath(k[0], ROOT) if k[0].startswith(str(ROOT)) else k[0]}:{k[1]}({k[2]})")
+                   for k, v in st.stats.items()), reverse=True)
+    groups: dict[str, float] = {}
+    for k, v in st.stats.items():
+        name = f"{k[0]}:{k[2]}"
+        label = next((g for g, keys in _COMPONENTS if any(x in name for x in keys)), "other")
+        groups[label] = groups.get(label, 0.0) + v[2]
+    return {"cpu_s": round(total, 3),
+            "top_functions": [{"function": f, "own_cpu_s": round(t, 3), "share": round(t / total, 4)} for t, f in rows[:top]],
+            "components": {g: {"own_cpu_s": round(t, 3), "share": round(t / total, 4)}
+                           for g, t in sorted(groups.items(), key=lambda x: -x[1])}}
+
+
+def _same_output(a: Path, b: Path, tol: float = 1e-6) -> dict:
+    """Whether outputs `a` and `b` hold the same clips (keys, kept, reason, fingerprint) and
+    scores within `tol`."""
+    cols = ["key", "kept", "reason", "fingerprint", "motion", "dark_fraction", "unique_fraction", "cuts_per_min"]
+    ra = {r["key"]: r for r in pq.read_table(a / "manifest", columns=cols).to_pylist()}
+    rb = {r["key"]: r for r in pq.read_table(b / "manifest", columns=cols).to_pylist()}
+    differ = [k for k in ra.keys() & rb.keys()
+              if any(ra[k][c] != rb[k][c] for c in cols[:4]) or any(abs(ra[k][c] - rb[k][c]) > tol for c in cols[4:])]
+    return {"clips": len(ra), "only_in_one": len(ra.keys() ^ rb.keys()), "differ": len(differ), "tolerance": tol}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--corpus", help="an existing sample corpus (default: render one)")
     ap.add_argument("--size", default="full", choices=["small", "full"])
+    ap.add_argument("--baseline", help="a checkout of the code before a change, measured in the same run")
+    ap.add_argument("--same-as", help="a checkout whose output must equal this tree's (clips, scores)")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ingest.json"))
     args = ap.parse_args()
 
@@ -119,50 +205,70 @@ def main() -> int:
     cat = work / "bench.jsonl"
     cat.write_text("\n".join(json.dumps({"id": r["id"], "path": str(corpus / r["file"]), "title": r["title"]})
                              for r in videos) + "\n")
-
     # a run over one short real video pays what every run pays once whatever its size: Beam
-    # start-up, the shard writer, the commit and the report (its histograms and contact
-    # sheets); the warm-up pays the imports a long-lived worker pays once
+    # start-up, the shard writer, the commit and the report (its histograms and contact sheets)
     one = work / "one.jsonl"
     one.write_text(json.dumps({"id": videos[0]["id"], "path": paths[0], "title": videos[0]["title"]}) + "\n")
-    pipeline(one, work / "out-warmup")
-    fixed, _ = pipeline(one, work / "out-one")
-    fixed_bare = bare_decode(paths[:1])
-    bare = bare_decode(paths)
+
+    sides = {"after": ROOT, **({"before": Path(args.baseline).resolve()} if args.baseline else {}),
+             **({"same_as": Path(args.same_as).resolve()} if args.same_as else {})}
+    runs: dict[str, list[dict]] = {k: [] for k in sides}
+    bares: list[float] = []
     wall0 = time.time()
-    pipe, stats = pipeline(cat, work / "out")
-    wall = time.time() - wall0
-    # montages (rapid cuts, slideshows) have no shot long enough for a clip: decoded, not failed
-    broken = [f for f in pq.read_table(work / "out" / "failures").to_pylist()
-              if f["error_type"] != "NoShotLongEnough"]
-    if stats["clips"] == 0 or broken:
-        raise SystemExit(f"benchmark run is not representative: {stats['clips']} clips, "
-                         f"{len(broken)} failed videos (see {work / 'out'})")
-    bare2 = bare_decode(paths)  # again after: the machine's state drifts, take the mean
-    bare_mean = (bare + bare2) / 2
+    for rnd in range(args.rounds):
+        bares.append(bare_decode(paths))
+        for name, tree in sides.items():
+            if name == "same_as" and rnd:
+                continue  # its output is what is compared; once is enough
+            runs[name].append(pipeline(tree, one, cat, work / f"out-{name}-{rnd}"))
+            print(f"round {rnd} {name}: {runs[name][-1]['cpu']:.2f} CPU-s (bare {bares[-1]:.2f})", file=sys.stderr)
+    bares.append(bare_decode(paths))
+    fixed_bare = bare_decode(paths[:1])
+    bare_mean = sum(bares) / len(bares)
+
+    def ratios(name: str) -> dict:
+        rs = runs[name]
+        pipe, fixed = sum(r["cpu"] for r in rs) / len(rs), sum(r["fixed"] for r in rs) / len(rs)
+        return {"pipeline_cpu_s": round(pipe, 3), "pipeline_cpu_s_each": [round(r["cpu"], 3) for r in rs],
+                "ratio": round(pipe / bare_mean, 3),
+                "fixed_run_overhead_cpu_s": round(fixed - fixed_bare, 3),
+                "ratio_without_fixed_overhead": round(max(pipe - fixed, 0) / max(bare_mean - fixed_bare, 1e-9), 3),
+                "clips": rs[-1]["clips"], "clips_kept": rs[-1]["clips_kept"], "videos_failed": rs[-1]["videos_failed"],
+                "pipeline_wall_s": round(rs[-1]["wall"], 3)}
+
+    after = ratios("after")
+    out = work / f"out-after-{args.rounds - 1}"
+    broken = [f for f in pq.read_table(out / "failures").to_pylist() if f["error_type"] != "NoShotLongEnough"]
+    if after["clips"] == 0 or broken:
+        raise SystemExit(f"benchmark run is not representative: {after['clips']} clips, "
+                         f"{len(broken)} failed videos (see {out})")
     cuts_cpu, n_frames = cut_detection(paths)
     result = {
         "videos": len(paths), "source_seconds": round(seconds, 2),
         "source_pixels_per_frame_mean": round(source_pixels),
-        "clips": stats["clips"], "clips_kept": stats["clips_kept"],
-        "bytes_per_clip": round(_mean_kept_bytes(work / "out")),
-        "videos_without_a_long_enough_shot": stats["videos_failed"],
-        "pipeline_cpu_s": round(pipe, 3), "pipeline_wall_s": round(wall, 3),
-        "bare_decode_cpu_s": round(bare_mean, 3),
-        "pipeline_cpu_per_source_s": round(pipe / seconds, 5),
+        "clips": after["clips"], "clips_kept": after["clips_kept"],
+        "bytes_per_clip": round(_mean_kept_bytes(out)),
+        "videos_failed": after["videos_failed"],
+        "pipeline_cpu_s": after["pipeline_cpu_s"], "pipeline_wall_s": after["pipeline_wall_s"],
+        "bare_decode_cpu_s": round(bare_mean, 3), "bare_decode_cpu_s_each": [round(b, 3) for b in bares],
+        "pipeline_cpu_per_source_s": round(after["pipeline_cpu_s"] / seconds, 5),
         "bare_decode_cpu_per_source_s": round(bare_mean / seconds, 5),
-        "ratio": round(pipe / bare_mean, 3), "goal_ratio": 1.5,
+        "ratio": after["ratio"], "goal_ratio": 1.2,
         # cut detection alone (filtering.shots), per 10 FPS frame, and its share of a bare decode
         "cut_detection_us_per_frame": round(cuts_cpu / n_frames * 1e6, 1),
         "cut_detection_share_of_bare_decode": round(cuts_cpu / bare_mean, 4),
         # per-run fixed cost (a run over one video less that video's bare decode; imports
         # excluded) and the ratio without it, which is what a long run converges to
-        "fixed_run_overhead_cpu_s": round(fixed - fixed_bare, 3),
-        "ratio_without_fixed_overhead": round(max(pipe - fixed, 0) / max(bare_mean - fixed_bare, 1e-9), 3),
-        # the benchmark process after everything (the in-memory runner's workers are its threads;
-        # with --corpus given, no rendering is in it): what one worker process needs, roughly
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "fixed_run_overhead_cpu_s": after["fixed_run_overhead_cpu_s"],
+        "ratio_without_fixed_overhead": after["ratio_without_fixed_overhead"],
+        "after": after,
+        **({"before": ratios("before")} if "before" in runs else {}),
+        **({"same_output_as_" + sides["same_as"].name: _same_output(work / "out-same_as-0", out)}
+           if "same_as" in runs else {}),
+        "rounds": args.rounds, "benchmark_wall_s": round(time.time() - wall0, 1),
+        "profile": profile(paths, [r["title"] for r in videos], work / "profile"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average_1_5_15": [round(x, 1) for x in os.getloadavg()]},
         "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(result, indent=2))

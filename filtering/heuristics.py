@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genie_pipeline.filtering.config import HeuristicsConfig
+from genie_pipeline.filtering.fingerprint import luma_of
 from genie_pipeline.filtering.shots import distance, histogram
 
 # a pixel "changes" when its grey level moves by more than this (codec noise stays below);
@@ -102,16 +103,16 @@ def score_clip(frames_THWC: np.ndarray, fps: float, cut_frames: list[int] | None
     each shot after the first, as the manifest records them); without them (None) cuts are
     counted here as grey-histogram jumps, and no return is counted."""
     # grey at half resolution: the scores are about whole-frame change, not detail
-    grey_THW = frames_THWC[:, ::2, ::2].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey_THW = luma_of(frames_THWC[:, ::2, ::2])
     t = grey_THW.shape[0]
     changed_T1 = (np.abs(np.diff(grey_THW, axis=0)) > _PIXEL_DIFF).sum(axis=(1, 2))
     dark = (grey_THW.mean(axis=(1, 2)) < _DARK_LUMA) | (grey_THW.std(axis=(1, 2)) < _BLANK_STD)
-    bins_THW = np.minimum(grey_THW, 255).astype(np.int32) // 8 + 32 * np.arange(t, dtype=np.int32)[:, None, None]
-    hist_TB = np.bincount(bins_THW.ravel(), minlength=32 * t).reshape(t, 32).astype(np.float32)
-    hist_TB /= hist_TB.sum(axis=1, keepdims=True)
-    hist_jump_T1 = np.abs(np.diff(hist_TB, axis=0)).sum(axis=1)
     minutes = t / fps / 60.0
     if cut_frames is None:
+        bins_THW = np.minimum(grey_THW, 255).astype(np.int32) // 8 + 32 * np.arange(t, dtype=np.int32)[:, None, None]
+        hist_TB = np.bincount(bins_THW.ravel(), minlength=32 * t).reshape(t, 32).astype(np.float32)
+        hist_TB /= hist_TB.sum(axis=1, keepdims=True)
+        hist_jump_T1 = np.abs(np.diff(hist_TB, axis=0)).sum(axis=1)
         cuts, back = int((hist_jump_T1 > _CUT_HIST_L1).sum()), 0
     else:
         cuts, back = len(cut_frames), returns(frames_THWC, cut_frames)

@@ -94,6 +94,7 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
 def histogram(frame_HWC: np.ndarray) -> np.ndarray:
     """Normalised 4096-bin RGB histogram of every other pixel of every other row."""
     q = frame_HWC[::2, ::2] >> (8 - _LEVELS_BITS)
-    idx = (q[..., 0].astype(np.uint16) << 2 * _LEVELS_BITS) | (q[..., 1].astype(np.uint16) << _LEVELS_BITS) | q[..., 2]
+    # green and blue fit one byte together (4 + 4 bits): one widening, for red's, per frame
+    idx = (q[..., 0].astype(np.uint16) << 2 * _LEVELS_BITS) | ((q[..., 1] << _LEVELS_BITS) | q[..., 2])
     hist = np.bincount(idx.ravel(), minlength=1 << 3 * _LEVELS_BITS).astype(np.float32)
     return hist / idx.size

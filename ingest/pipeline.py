@@ -67,7 +67,7 @@ from genie_pipeline.shards.lease import holder as lease_holder
 from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_stats, table_files,
                                           table_rows)
 from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row, redact_url
-from genie_pipeline.shards.report import Threshold, write_report
+from genie_pipeline.shards.report import REPORT, Threshold, write_report
 from genie_pipeline.shards.store import read_store_result
 from genie_pipeline.shards.writer import ShardMixer, StreamingShards, spread
 
@@ -1036,11 +1036,16 @@ def _run_logged(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
     # its contact sheets show rejected clips only where the clip store was kept (the job
     # deletes it at its commit otherwise). The run is committed by now; a report that cannot
     # be drawn must not fail it.
-    try:
-        print(f"ingest: report {write_report(out, report_thresholds(cfg.filters))}", file=sys.stderr, flush=True)
-    except Exception as e:  # noqa: BLE001 — `genie-pipeline report OUT` redraws it and shows the error
-        print(f"ingest: report not written ({type(e).__name__}: {e}); the run is committed", file=sys.stderr,
-              flush=True)
+    report = fs.join(out, REPORT)
+    if not changed_output(counters) and fs.exists(report):
+        # its 2-3 s of drawing (matplotlib) would redraw the same page
+        print(f"ingest: report {report} (nothing new this run: not redrawn)", file=sys.stderr, flush=True)
+    else:
+        try:
+            print(f"ingest: report {write_report(out, report_thresholds(cfg.filters))}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 — `genie-pipeline report OUT` redraws it and shows the error
+            print(f"ingest: report not written ({type(e).__name__}: {e}); the run is committed", file=sys.stderr,
+                  flush=True)
     if not cfg.download.keep and cfg.download.scratch_dir is None:
         fs.rmtree(paths.scratch)
     return merged
@@ -1098,6 +1103,14 @@ def job_counters(result) -> dict[str, int]:
         if m.key.metric.namespace == NS:
             counters[m.key.metric.name] = counters.get(m.key.metric.name, 0) + m.committed
     return counters
+
+
+def changed_output(counters: dict[str, int]) -> bool:
+    """Whether a committed run changed what the report shows, from the job's counters: a video
+    cut (or loaded from its store), a failure recorded, a shard written or purged. A run that
+    found every video done already changes none of them."""
+    return any(v for k, v in counters.items()
+               if k in ("videos_done", "shards_written", "shards_purged", "clips_cut") or k.startswith("failed_"))
 
 
 def _run_job(p: beam.Pipeline, runner: Any, already: int):

@@ -191,8 +191,11 @@ def test_rerun_is_idempotent(ingested):
     out = ingested["out"]
     before = sorted(r["key"] for r in table(out, "manifest"))
     shards_before = sorted(p.name for p in (out / "shards").glob("*.tar"))
+    report_before = (out / "report.html").stat().st_mtime_ns
     stats = run_ingest(parse_config(ingested["cfg"]))
     assert stats["last_run"]["counters"].get("downloaded", 0) == 0
+    # nothing new: the report (matplotlib, seconds) is not drawn again
+    assert (out / "report.html").stat().st_mtime_ns == report_before
     assert sorted(r["key"] for r in table(out, "manifest")) == before
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == shards_before
     assert verify(str(out)) == []

@@ -323,3 +323,11 @@ def test_report_in_chromium(ingested, playwright_browser):
     assert [u for u in requests if u != url and not u.startswith("data:")] == []
     assert errors == []
     page.close()
+
+
+def test_a_run_that_changed_nothing_does_not_redraw_the_report():
+    from genie_pipeline.ingest.pipeline import changed_output
+
+    assert not changed_output({}) and not changed_output({"keyword_kept": 40, "stores_reused": 0})
+    for k in ("videos_done", "failed_download", "shards_written", "shards_purged", "clips_cut"):
+        assert changed_output({"keyword_kept": 3, k: 1}), k
