@@ -1105,12 +1105,17 @@ def job_counters(result) -> dict[str, int]:
     return counters
 
 
+# the stages of one video (Failure.stage) after discovery
+VIDEO_STAGES = ("download", "probe", "decode", "cut", "encode")
+
+
 def changed_output(counters: dict[str, int]) -> bool:
     """Whether a committed run changed what the report shows, from the job's counters: a video
-    cut (or loaded from its store), a failure recorded, a shard written or purged. A run that
-    found every video done already changes none of them."""
-    return any(v for k, v in counters.items()
-               if k in ("videos_done", "shards_written", "shards_purged", "clips_cut") or k.startswith("failed_"))
+    cut (or loaded from its store) or failed, a shard written or purged. A run that found every
+    video done already changes none of them (discovery's failures, recorded again by every
+    run, replace the same rows)."""
+    return any(counters.get(k) for k in ("videos_done", "shards_written", "shards_purged", "clips_cut",
+                                          *(f"failed_{stage}" for stage in VIDEO_STAGES)))
 
 
 def _run_job(p: beam.Pipeline, runner: Any, already: int):
