@@ -67,7 +67,9 @@ def cmd_ingest(args, beam_args) -> int:
     hook = args.on_commit or cfg.output.on_commit
     if hook is not None:
         _check_command("--on-commit", hook)
-    before = snapshots.latest_id(cfg.output.dir)
+    # read only for a hook: before the run's preflight, a remote output may not be reachable yet
+    # (a Dataflow run refused for a missing option would first wait out the store's retries)
+    before = snapshots.latest_id(cfg.output.dir) if hook else None
     stats = run_ingest(cfg, beam_args, retry_failed=args.retry_failed, detach=args.detach)
     if stats.get("submitted"):
         if hook:
