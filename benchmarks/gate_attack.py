@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def attack(port: int, request: bytes, depth: int, conns: int = 20) -> list[socket.socket]:
+    """`conns` connections each sending `request` `depth` times at once and never reading (a
+    small receive buffer, so the server's sends fill it soon); the caller closes them."""
     socks = []
     for _ in range(conns):
         s = socket.socket()

@@ -23,6 +23,7 @@ from genie_pipeline.filtering.quality.label.server import LabelApp, make_server 
 from genie_pipeline.filtering.quality.label.store import LabelStore  # noqa: E402
 from genie_pipeline.filtering.quality.labels import label_counts  # noqa: E402
 from genie_pipeline.shards.reader import ClipIndex  # noqa: E402
+from benchmarks.gate_attack import attack  # noqa: E402
 from tests.fixtures.output import write_quality_output  # noqa: E402
 
 POST_HEAD = ("POST /api/label HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -181,19 +182,6 @@ def test_half_sent_requests_hold_no_threads_and_are_closed(serve):
     c.close()
 
 
-def pipelined_never_read(port: int, request: bytes, n_conns: int, depth: int) -> list[socket.socket]:
-    """`n_conns` connections each sending `request` `depth` times at once and never reading
-    (a small receive buffer, so the server's sends fill it soon)."""
-    socks = []
-    for _ in range(n_conns):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.connect(("127.0.0.1", port))
-        s.sendall(request * depth)
-        socks.append(s)
-    return socks
-
-
 def test_readers_that_never_read_cost_only_their_own_connection(serve):
     """Issue 24: 20 connections x 40 pipelined clip GETs that are never read made a normal GET
     wait 29 s: once the socket buffers were full every worker blocked in sendall (here, with
@@ -203,7 +191,7 @@ def test_readers_that_never_read_cost_only_their_own_connection(serve):
     app, port = serve(timeout=5.0, workers=4)
     key = app.clips[0]["key"]
     req = f"GET /clip/{key}.mp4 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
-    attackers = pipelined_never_read(port, req, 20, 1000)  # ~9 MB of answers each: past any socket buffer
+    attackers = attack(port, req, 1000, conns=20)  # ~9 MB of answers each: past any socket buffer
     took = []
     try:
         end = time.monotonic() + 12
