@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+from genie_pipeline.corpus.reference import game_of  # noqa: E402
 from genie_pipeline.ingest.pipeline import cpu_seconds as cpu  # noqa: E402
 
 
@@ -90,11 +91,6 @@ def catalogs(dirs: list[tuple[str, Path]], work: Path, group: str) -> tuple[list
     ref = work / "reference.jsonl"
     ref.write_text("".join(json.dumps(r) + "\n" for r in labels.values()))
     return sources, ref, labels
-
-
-def game_of(row: dict) -> str:
-    """The cross-validation unit: the game (montages of several games are their own unit)."""
-    return row["id"] if row.get("game") in (None, "mixed") else row["game"]
 
 
 def ingest(sources: list[dict], out: Path, quality: dict | None = None, workers: int = 1) -> tuple[float, dict]:
@@ -251,10 +247,13 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=4, help="cross-validation folds (0: skip)")
     ap.add_argument("--cv-group", choices=["game", "video"], default="game", help="what cross-validation holds out")
     ap.add_argument("--stages", default="train,cv,cost,variants",
-                    help="comma-separated: train (2), cv (2b), cost (3), variants (4), labels (5); train, cost and "
-                         "variants run together")
+                    help="comma-separated: train (2), cv (2b), cvp (2b fine-tuned from the pretrained trunk), "
+                         "cost (3), variants (4), labels (5); train, cost and variants run together")
     ap.add_argument("--pretrain-steps", type=int, default=0, help="self-supervised steps for 5 and 2b (0: none)")
     ap.add_argument("--pretrain-batch", type=int, default=32)
+    ap.add_argument("--pretrained", default=None,
+                    help="the trunk stage cvp starts from (pretrain-quality's output; default: the one stage 5 wrote)")
+    ap.add_argument("--model", default=None, help="a trained model for 3 and 4 (skips 2)")
     ap.add_argument("--ingest-workers", type=int, default=1,
                     help="processes for step 1 (>1: faster, its CPU share in 3 no longer comparable)")
     ap.add_argument("--label-seeds", type=int, default=3, help="repetitions of the label-efficiency draws")
@@ -304,22 +303,26 @@ def main() -> int:
         _write(args.out, result)
     if "cv" in stages and args.folds > 1:
         print(f"2b. {args.folds}-fold cross-validation by {args.cv_group}", file=sys.stderr, flush=True)
-        result["cross_validation"] = cv = cross_validate(index, labels, args.folds, qcfg, work / "cv", rows,
-                                                         args.cv_group)
+        result["cross_validation"] = cross_validate(index, labels, args.folds, qcfg, work / "cv", rows, args.cv_group)
         _write(args.out, result)
-        if le is not None:
-            print("2b. again, fine-tuned from the pretrained trunk", file=sys.stderr, flush=True)
-            pq = qcfg.model_copy(update={"weights": str(work / "pretrained.pt")})
-            result["cross_validation_pretrained"] = cross_validate(index, labels, args.folds, pq, work / "cvp", rows,
-                                                                   args.cv_group)
-            _write(args.out, result)
+    if (le is not None or "cvp" in stages) and args.folds > 1:
+        print("2b. again, fine-tuned from the pretrained trunk", file=sys.stderr, flush=True)
+        pq = qcfg.model_copy(update={"weights": args.pretrained or str(work / "pretrained.pt")})
+        result["cross_validation_pretrained"] = cross_validate(index, labels, args.folds, pq, work / "cvp", rows,
+                                                               args.cv_group)
+        _write(args.out, result)
     if not {"train", "cost", "variants"} & stages:
         print(json.dumps({k: v for k, v in result.items() if k != "machine"})[:4000])
         return 0
 
-    print("2. train from reference labels", file=sys.stderr, flush=True)
-    model = work / "model" / "model.pt"
-    meta = train_quality(index, labels, model, qcfg, label_source=str(ref))
+    if args.model:
+        from genie_pipeline.filtering.quality.model import read_metadata
+
+        model, meta = Path(args.model), read_metadata(args.model)
+    else:
+        print("2. train from reference labels", file=sys.stderr, flush=True)
+        model = work / "model" / "model.pt"
+        meta = train_quality(index, labels, model, qcfg, label_source=str(ref))
     cv = result.get("cross_validation")
 
     print("3. ingest with score_only", file=sys.stderr, flush=True)

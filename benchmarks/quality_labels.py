@@ -140,6 +140,7 @@ def label_efficiency(index, labels: dict[str, str], rows: dict[str, dict], work:
 
     import torch
 
+    from genie_pipeline.corpus.reference import game_of
     from genie_pipeline.filtering.quality import QualityConfig
     from genie_pipeline.filtering.quality.pretrain import pretrain_backbone
 
@@ -147,7 +148,7 @@ def label_efficiency(index, labels: dict[str, str], rows: dict[str, dict], work:
     keys = sorted(labels)
     vid = np.array([index[k].video_id for k in keys])
     row = [rows[v] for v in vid]
-    unit = np.array([r["game"] if r.get("game") not in (None, "mixed") else r["id"] for r in row])
+    unit = np.array([game_of(r) for r in row])
     kinds = np.array([r["made_how"] for r in row])
     y = np.array([labels[k] == "good" for k in keys], int)
     t0 = time.time()

@@ -64,6 +64,25 @@ def test_split_is_by_video_and_stratified():
     assert sorted(tiny["train"]) == ["a", "b"] and tiny["val"] == tiny["test"] == []
 
 
+def test_split_by_game_holds_whole_games_out():
+    """`group_of`: no game has videos in two parts (the demo's held-out AUC is on unseen games)."""
+    vl, game = {}, {}
+    for g in range(8):
+        for i in range(4):
+            v = f"g{g}v{i}"
+            vl[v], game[v] = ("good" if i < 2 else "bad"), f"game{g}"
+    sp = split_videos(vl, 0.2, 0.2, seed=3, group_of=game)
+    assert sorted(sum(sp.values(), [])) == sorted(vl)
+    games = {p: {game[v] for v in vs} for p, vs in sp.items()}
+    assert not (games["train"] & games["test"]) and not (games["train"] & games["val"]) \
+        and not (games["val"] & games["test"])
+    for part in ("val", "test"):
+        assert {vl[v] for v in sp[part]} == {"good", "bad"} and len(sp[part]) >= 0.2 * len(vl)
+    assert split_videos(vl, 0.2, 0.2, seed=3, group_of=game) == sp
+    one = split_videos({"a": "good", "b": "bad"}, 0.2, 0.2, seed=0, group_of={"a": "x", "b": "x"})
+    assert sorted(one["train"]) == ["a", "b"]  # one game: all of it trains
+
+
 TINY = dict(epochs=3, min_epochs=1, patience=3, frames_per_clip=2, train_batch_size=8, train_frame_pool=4,
             steps_per_epoch=2)
 
@@ -202,9 +221,16 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
                           filters=FiltersConfig(quality=QualityConfig(**TINY)))
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    shutil.copy(info["catalog"], corpus / "catalog.jsonl")
+    rows = [json.loads(x) for x in open(info["catalog"])]
+    for i, r in enumerate(rows):
+        r["game"] = f"game{i % 4}"  # 10 videos over 4 games
+    (corpus / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = demo_quality(cfg, corpus, progress=False)
-    assert "ROC-AUC" in summary and (out / "quality" / "model.pt").exists()
+    assert "ROC-AUC" in summary and "games it never trained on" in summary
+    meta = json.loads((out / "quality" / "model.json").read_text())
+    game = {r["id"]: r["game"] for r in rows}
+    trained = {game[v] for v in meta["split"]["train"]}
+    assert trained and not trained & {game[v] for p in ("val", "test") for v in meta["split"][p]}
     rows = pq.read_table(out / "manifest").to_pylist()
     assert all(r["quality_score"] == r["quality_score"] for r in rows)  # no NaN
 

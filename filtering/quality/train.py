@@ -137,8 +137,15 @@ def check_labels(labels: dict[str, str], index: ClipIndex, source: str, ignore_m
 
 
 def split_videos(video_label: dict[str, str], val_fraction: float, test_fraction: float,
-                 seed: int) -> dict[str, list[str]]:
-    """train/val/test lists of video ids, each class split separately (stratified)."""
+                 seed: int, group_of: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """train/val/test lists of video ids, each class split separately (stratified).
+
+    `group_of` (video -> group, e.g. its game): whole groups go to one part, so test (and
+    val) hold only games training never saw — what a user meets on new footage. Groups are
+    drawn in a seeded order into test, then val, each until it holds its share of the videos
+    and both classes; training keeps at least one group."""
+    if group_of is not None:
+        return _split_groups(video_label, val_fraction, test_fraction, seed, group_of)
     rng = random.Random(seed)
     out = {"train": [], "val": [], "test": []}
     for cls in LABELS:
@@ -155,6 +162,24 @@ def split_videos(video_label: dict[str, str], val_fraction: float, test_fraction
         out["test"] += vids[:n_test]
         out["val"] += vids[n_test:n_test + n_val]
         out["train"] += vids[n_test + n_val:]
+    return out
+
+
+def _split_groups(video_label: dict[str, str], val_fraction: float, test_fraction: float, seed: int,
+                  group_of: dict[str, str]) -> dict[str, list[str]]:
+    members: dict[str, list[str]] = defaultdict(list)
+    for v in sorted(video_label):
+        members[group_of.get(v, v)].append(v)
+    groups = sorted(members)
+    random.Random(seed).shuffle(groups)
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    n = len(video_label)
+    for part, frac in (("test", test_fraction), ("val", val_fraction)):
+        if frac <= 0:
+            continue
+        while len(groups) > 1 and (len(out[part]) < frac * n or len({video_label[v] for v in out[part]}) < 2):
+            out[part] += members[groups.pop(0)]
+    out["train"] = [v for g in groups for v in members[g]]
     return out
 
 

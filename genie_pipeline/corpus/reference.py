@@ -2,7 +2,8 @@
 
 The corpus catalog says per video whether it is good or bad (`quality_label`), so the demo
 needs no person: every clip gets its video's label (`reference_labels`), the classifier is
-trained with held-out videos, every clip of the ingest output is scored by the Beam stage,
+trained with whole games held out (`game_of`: every video of a test game, clean or degraded,
+is unseen in training, so the AUC it prints is the one new footage meets), every clip of the ingest output is scored by the Beam stage,
 and the shards are rewritten with the model's threshold (`refilter`).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from genie_pipeline.filtering.quality import (LABELS, QualityError, refilter, resolve_labels, score_manifest,
                                               train_quality)
+from genie_pipeline.filtering.quality.train import split_videos
 from genie_pipeline.shards.reader import ClipIndex, has_table, read_rows
 
 
@@ -49,23 +51,41 @@ def reference_labels(ingest_out_dir: str, catalog_path: str) -> list[dict[str, A
     return labels
 
 
+def game_of(row: dict[str, Any]) -> str:
+    """What a held-out unit is: the video's game or robot setup (a montage of several games,
+    `mixed`, or a video without one is its own unit)."""
+    return str(row["id"]) if row.get("game") in (None, "mixed") else str(row["game"])
+
+
+def games_by_video(catalog_path: str) -> dict[str, str]:
+    """video id -> `game_of` its catalog row."""
+    rows = [json.loads(x) for x in Path(catalog_path).read_text().splitlines() if x.strip()]
+    return {str(r["id"]): game_of(r) for r in rows}
+
+
 def demo_quality(cfg, corpus: Path, progress: bool = True) -> str:
     """Train from `corpus`'s reference labels (model: filters.quality.model, else
     OUT/quality/model.pt), score every clip of cfg.output.dir, refilter with the model's
     threshold (or filters.quality.threshold); a one-line summary."""
     out = cfg.output.dir
     qcfg = cfg.filters.quality
-    labels = resolve_labels(reference_labels(out, str(Path(corpus) / "catalog.jsonl")))
+    catalog = str(Path(corpus) / "catalog.jsonl")
+    ref = reference_labels(out, catalog)
+    labels = resolve_labels(ref)
+    split = split_videos({str(r["video_id"]): r["label"] for r in ref}, qcfg.val_fraction, qcfg.test_fraction,
+                         qcfg.seed, group_of=games_by_video(catalog))
     model_path = Path(qcfg.model) if qcfg.model else Path(out) / "quality" / "model.pt"
     meta = train_quality(ClipIndex.open(out), labels, model_path, qcfg,
-                         label_source="corpus reference labels", progress=progress)
+                         label_source="corpus reference labels", progress=progress, split=split)
     rows = score_manifest(out, qcfg.model_copy(update={"model": str(model_path)}))
     threshold = qcfg.threshold if qcfg.threshold is not None else meta["threshold"]
     r = refilter(out, threshold, cfg.shards, cfg.clips.spec, rows=rows)
-    m = meta["metrics"].get("test") or meta["metrics"]["val"]
+    part = "test" if meta["metrics"].get("test") else "val"  # val: too few games for a test part
+    m = meta["metrics"][part]
 
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    return (f"{model_path} — held-out ROC-AUC {f(m['roc_auc'])}, precision {f(m['precision'])}, "
+    return (f"{model_path} — ROC-AUC {f(m['roc_auc'])} on {len(split[part])} videos of games it never trained on "
+            f"({part}), precision {f(m['precision'])}, "
             f"recall {f(m['recall'])} at threshold {threshold:.3f}; clips kept {r['kept_before']} -> {r['kept_after']}")
