@@ -120,10 +120,15 @@ def parse_sidecar(data: bytes, location: str) -> TrueActions:
 
 def read_sidecar(location: str, download: DownloadConfig) -> TrueActions:
     """Fetch and parse the sidecar at `location`: an http(s) URL through the download guard
-    (download.allowed_schemes, the address policy, timeout_s as its deadline), any other path
-    through the filesystem layer; at most MAX_SIDECAR_BYTES. BadActions naming it otherwise."""
+    (the address policy, timeout_s as its deadline), any other path through the filesystem
+    layer; a location with a scheme (gs://, s3://, file://) only where download.allowed_schemes
+    lists it; at most MAX_SIDECAR_BYTES. BadActions naming it otherwise."""
+    # refused before any request: a bucket's client retries an unreachable store for minutes
+    scheme = m.group(1).lower() if (m := re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", location)) else ""
+    if scheme and scheme not in download.allowed_schemes:
+        raise _bad(location, f"scheme {scheme!r} not in download.allowed_schemes {download.allowed_schemes}")
     try:
-        if re.match(r"^https?://", location, re.I):
+        if scheme in ("http", "https"):
             data = _fetch_url(location, download)
         else:
             with fs.open_read(location) as f:
@@ -141,9 +146,6 @@ def _fetch_url(url: str, download: DownloadConfig) -> bytes:
     from genie_pipeline.ingest.download import YtdlpLog, read_proxy
     from genie_pipeline.ingest.netguard import AddressPolicy, NetGuard, guarded_ydl
 
-    scheme = url.partition(":")[0].lower()
-    if scheme not in download.allowed_schemes:
-        raise _bad(url, f"scheme {scheme!r} not in download.allowed_schemes")
     guard = NetGuard(AddressPolicy(download.allow_private_networks, download.allowed_networks),
                      download.timeout_s, download.min_rate_bytes_s, download.rate_window_s)
     opts = {"quiet": True, "no_warnings": True, "socket_timeout": download.timeout_s, "logger": YtdlpLog()}

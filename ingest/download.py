@@ -132,6 +132,8 @@ class Downloader:
         deleted first, and a failed download leaves nothing behind."""
         if cand.url:
             return self._fetch_url(cand.url, cand.video_key)
+        if (cand.path or "")[:7].lower() == "file://":  # a local file named by a scheme: allowed like any
+            self._scheme(cand.path)
         if cand.path and fs.is_remote(cand.path):
             # an http(s) path is a URL: it goes through yt-dlp and the guard, not fsspec
             if self._scheme(cand.path) in ("http", "https"):

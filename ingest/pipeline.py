@@ -417,8 +417,8 @@ def old_tails(out: str, shards: ShardsConfig):
     import pyarrow.compute as pc
 
     shard_dir = fs.join(out, "shards")
-    small = {n for split in ("train", "val")
-             for n in small_shards(shard_dir, split, int(shards.target_mb * 2**20), shards.max_clips)}
+    small = {n: k for split in ("train", "val")
+             for n, k in small_shards(shard_dir, split, int(shards.target_mb * 2**20), shards.max_clips).items()}
     if not small:
         return
     found: dict[tuple[str, str], list] = {}
@@ -436,7 +436,12 @@ def old_tails(out: str, shards: ShardsConfig):
             continue
         for r in rows:
             found.setdefault((r["shard"], r["video_key"]), []).append(from_row(ClipRow, r))
+    named: dict[str, int] = defaultdict(int)
+    for (shard, _), clips in found.items():
+        named[shard] += len(clips)
     for (shard, vkey), clips in sorted(found.items()):
+        if named[shard] < small[shard]:  # rows of it are in a damaged part: the commit restores them from it
+            continue
         c = clips[0]
         yield c.split, OldTail(shard, VideoResult(video_key=vkey, video_id=c.video_id, source=c.source,
                                                   title=c.title, status="done", clips=clips, split=c.split,

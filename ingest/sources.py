@@ -111,7 +111,10 @@ def _read_table(path: str, fmt: str) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     table = pcsv.read_csv(io.BytesIO(data)) if fmt == "csv" else pq.read_table(io.BytesIO(data))
-    return table.to_pylist()
+    # a column with one byte that is not UTF-8 reads as binary: decode it a cell at a time, so
+    # that one bad byte costs one replacement character, not every cell of the column
+    return [{k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in r.items()}
+            for r in table.to_pylist()]
 
 
 def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
@@ -120,7 +123,7 @@ def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
     except Exception as e:
         yield _fail(src.name, _hash_id(src.path), f"cannot read catalog {src.path}: {e}", type(e).__name__)
         return
-    base = posixpath.dirname(src.path) if "://" in src.path else os.path.dirname(os.path.abspath(src.path))
+    base = posixpath.dirname(src.path) if fs.is_remote(src.path) else os.path.dirname(os.path.abspath(fs.local(src.path)))
     f = src.fields
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "__error__" in row:
@@ -132,7 +135,11 @@ def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
         if not url and not path:
             yield _fail(src.name, vid, f"catalog row {i} has neither {f.url!r} nor {f.path!r}")
             continue
-        path, actions = (_under(base, p) for p in (path, row.get(f.actions) or None))
+        try:
+            path, actions = (_under(base, p) for p in (path, row.get(f.actions) or None))
+        except ValueError as e:
+            yield _fail(src.name, vid, f"catalog row {i}: {e}", "PathOutsideCatalog")
+            continue
         yield Candidate(
             source=src.name, video_id=vid, title=str(row.get(f.title) or ""),
             description=str(row.get(f.description) or ""), url=str(url) if url else None,
@@ -143,9 +150,14 @@ def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
 
 
 def _under(base: str, path: Any) -> Any:
-    """A catalog's relative path (a video, a sidecar) made relative to the catalog's folder."""
+    """A catalog's relative path (a video, a sidecar) made relative to the catalog's folder;
+    ValueError where it leaves that folder (`../../etc/passwd`). An absolute path or a URL is
+    taken as it is (a scheme is checked against download.allowed_schemes where it is read)."""
     if path and "://" not in str(path) and not os.path.isabs(str(path)):
-        return posixpath.join(base, str(path)) if "://" in base else os.path.join(base, str(path))
+        rel = posixpath.normpath(str(path))
+        if rel == ".." or rel.startswith("../"):
+            raise ValueError(f"path {str(path)[:200]!r} leaves the catalog's folder {base}")
+        return posixpath.join(base, rel) if fs.is_remote(base) else os.path.join(base, rel)
     return path
 
 

@@ -48,10 +48,13 @@ from the old index and the new shards' records, without reading every shard's st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import re
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -61,12 +64,12 @@ import pyarrow.parquet as pq
 
 from genie_pipeline.shards import fs, snapshots
 from genie_pipeline.shards.clip import ClipSpec
-from genie_pipeline.shards.reader import (JOURNAL, SPLITS, DataError, _listed_table_files, existing_shards,
-                                          iter_part_batches, legacy_table_path, read_spec, read_stats, shard_name,
-                                          stats_name, table_dir, table_files)
+from genie_pipeline.shards.reader import (JOURNAL, SPLITS, TAR_ERRORS, DataError, _listed_table_files, existing_shards,
+                                          iter_part_batches, iter_tar_samples, legacy_table_path, read_spec,
+                                          read_stats, shard_name, stats_name, table_dir, table_files)
 from genie_pipeline.shards.records import (SCHEMA_VERSION, SCHEMAS, TABLES, Candidate, ClipRow, Failure, ShardRecord,
-                                           VideoResult, from_row)
-from genie_pipeline.shards.store import store_path
+                                           VideoResult, clip_from_sample, from_row)
+from genie_pipeline.shards.store import read_store_result, store_path
 from genie_pipeline.shards.writer import StreamingShards
 
 LEGACY_PART = "part-00000000T000000-000000-00000000.parquet"  # where an old layout's table file goes
@@ -230,17 +233,18 @@ def write_indexes(shard_dir: str) -> None:
         _write_index(shard_dir, split, _index(split, _entries_from_stats(shard_dir, split)))
 
 
-def small_shards(shard_dir: str, split: str, target_bytes: int, max_clips: int) -> list[str]:
+def small_shards(shard_dir: str, split: str, target_bytes: int, max_clips: int) -> dict[str, int]:
     """The shards of `split` (from its index) under half of `max_clips` and of `target_bytes`:
-    tails of earlier runs, or shards refilter shrank, which the next ingest compacts."""
+    tails of earlier runs, or shards refilter shrank, which the next ingest compacts. {name:
+    its samples}."""
     ip = fs.join(shard_dir, f"{split}.index.json")
     if not fs.exists(ip):
-        return []
+        return {}
     try:
         entries = json.loads(fs.read_bytes(ip))["shardlist"]
     except (ValueError, KeyError, TypeError):
-        return []
-    return [e["url"] for e in entries if e["nsamples"] < max_clips / 2 and e["filesize"] < target_bytes / 2]
+        return {}
+    return {e["url"]: e["nsamples"] for e in entries if e["nsamples"] < max_clips / 2 and e["filesize"] < target_bytes / 2}
 
 
 def _updated_indexes(shard_dir: str, records: list[ShardRecord], names: dict[str, str],
@@ -497,7 +501,8 @@ def _merge_old_part(out_dir: str, table: str, path: str, work: str, run_id: str,
         plan.renames.append((path, dest))
         plan.failures.append(Failure(video_key="", video_id="", source=source or "", stage="commit",
                                      error_type="CorruptTablePart",
-                                     message=f"{e}; moved to {dest}: its rows are no longer in the table").row())
+                                     message=f"{e}; moved to {dest}: the commit restores the rows of it that "
+                                             "the shards, clip stores and other tables still hold").row())
         return
     kept = whole.filter(keep)
     plan.deletes.append(path)
@@ -506,6 +511,117 @@ def _merge_old_part(out_dir: str, table: str, path: str, work: str, run_id: str,
         _write_table(new, table, kept)
         plan.renames.append((new, fs.join(table_dir(out_dir, table), os.path.basename(new))))
         plan.totals.add(table, kept)
+
+
+def _add_part(out_dir: str, work: str, run_id: str, table: str, rows: list[dict], plan: _Plan) -> None:
+    """`rows` as one new part of `table`, published by the commit and counted in its totals."""
+    path = part_file(work, run_id)
+    _write_table(path, table, rows)
+    plan.renames.append((path, fs.join(table_dir(out_dir, table), os.path.basename(path))))
+    plan.totals.add(table, pa.Table.from_pylist([{k: _null_nan(r.get(k)) for k in SCHEMAS[table].names}
+                                                 for r in rows], schema=SCHEMAS[table]))
+
+
+def _final_parts(out_dir: str, table: str, plan: _Plan) -> list[str]:
+    """The parts `table` will have once `plan` is applied, each where it can be read now."""
+    gone = set(plan.deletes) | {src for src, _ in plan.renames}
+    folder = table_dir(out_dir, table).rstrip("/") + "/"
+    return [p for p in table_files(out_dir, table) if p not in gone] + \
+        [src for src, dst in plan.renames if dst.startswith(folder) and "/" not in dst[len(folder):]]
+
+
+def _rows_where(paths: list[str], col: str, values: set[str], columns: list[str] | None = None) -> list[dict]:
+    want = pa.array(sorted(values), pa.string())
+    return [r for path in paths for b in iter_part_batches(path, columns)
+            for r in b.filter(pc.fill_null(pc.is_in(b[col], value_set=want), False)).to_pylist()]
+
+
+RESTORED_REASON = "restored"  # a clip rejected after it was cut whose reason was in a lost part
+
+
+def _clips_of_damaged_shards(out_dir: str, manifest: list[str], per_shard: Counter,
+                             indexes: dict[str, dict | None]) -> list[ClipRow]:
+    """The manifest rows (from the samples' JSON) of the clips in shards that hold more
+    samples than `manifest`'s parts name (`per_shard`: rows naming each shard)."""
+    damaged = {e["url"] for index in indexes.values() if index for e in index["shardlist"]
+               if e["nsamples"] > per_shard.get(e["url"], 0)}
+    if not damaged:
+        return []
+    named = {r["key"] for r in _rows_where(manifest, "shard", damaged, ["key", "shard"])}
+    restored = []
+    for name in sorted(damaged):
+        try:
+            for key, sample in iter_tar_samples(fs.join(out_dir, "shards", name)):
+                if key not in named and "json" in sample:
+                    restored.append(clip_from_sample(json.loads(sample["json"]), name, len(sample.get("mp4", b""))))
+        except TAR_ERRORS as e:  # a shard that cannot be read is verify's to report
+            logging.getLogger(__name__).warning("cannot restore rows from %s: %s", name, e)
+    return restored
+
+
+def _restore_lost_rows(out_dir: str, work: str, run_id: str, plan: _Plan, indexes: dict[str, dict | None]) -> None:
+    """Rows of the parts this commit moves aside, from what the output still holds: the
+    manifest rows of kept clips from their shards (a shard holding more samples than the
+    manifest names), the other clips of a done video short of rows from its clip store
+    (rejected, `reason` theirs or RESTORED_REASON), and the `videos` row of a video with
+    clips (from its clip store and rows) or failures but none. The parts are moved aside
+    unread, so what they held is found by reconciling the tables with each other and with
+    the shards; the rows of other runs' parts are never touched."""
+    manifest = _final_parts(out_dir, "manifest", plan)
+    per_shard: Counter = Counter()
+    per_video: Counter = Counter()
+    for path in manifest:
+        for b in iter_part_batches(path, ["video_key", "shard"]):
+            per_video.update(b["video_key"].to_pylist())
+            per_shard.update(x for x in b["shard"].to_pylist() if x)
+    done: dict[str, int] = {}
+    has_row: set[str] = set()
+    for path in _final_parts(out_dir, "videos", plan):
+        for b in iter_part_batches(path, ["video_key", "status", "n_clips"]):
+            for k, status, n in zip(*(b[c].to_pylist() for c in ("video_key", "status", "n_clips"))):
+                has_row.add(k)
+                if status == "done":
+                    done[k] = n or 0
+    restored = _clips_of_damaged_shards(out_dir, manifest, per_shard, indexes)
+    per_video.update(c.video_key for c in restored)
+    stores = {}
+    short = {k for k, n in done.items() if per_video.get(k, 0) < n}
+    if short:
+        have = {r["key"] for r in _rows_where(manifest, "video_key", short, ["key", "video_key"])}
+        have |= {c.key for c in restored}
+        for vk in sorted(short):
+            if fs.exists(store_path(out_dir, vk)):
+                stores[vk] = read_store_result(store_path(out_dir, vk))
+                restored += [dataclasses.replace(c, kept=False, shard=None, reason=c.reason or RESTORED_REASON)
+                             for c in stores[vk].clips if c.key not in have]
+    video_rows = []
+    missing = {k for k in per_video if k not in has_row}
+    if missing:
+        by_video: dict[str, list[dict]] = {}
+        for r in _rows_where(manifest, "video_key", missing) + [c.row() for c in restored if c.video_key in missing]:
+            by_video.setdefault(r["video_key"], []).append(r)
+        for vk, clips in sorted(by_video.items()):
+            kept = [c for c in clips if c["kept"]]
+            store = stores.get(vk) or (read_store_result(store_path(out_dir, vk))
+                                       if fs.exists(store_path(out_dir, vk)) else None)
+            video_rows.append({"video_key": vk, "video_id": clips[0]["video_id"], "source": clips[0]["source"],
+                               "title": clips[0]["title"], "status": "done", "n_clips": len(clips),
+                               "n_kept": len(kept), "seconds_in": store.seconds_in if store else None,
+                               "seconds_out": sum(c["duration_s"] or 0.0 for c in kept), "error": "",
+                               "split": (kept or clips)[0]["split"]})
+    failures = _final_parts(out_dir, "failures", plan)
+    failed = {k for path in failures for b in iter_part_batches(path, ["video_key", "stage"])
+              for k, stage in zip(b["video_key"].to_pylist(), b["stage"].to_pylist())
+              if k and stage != "discover" and k not in has_row and k not in missing}
+    if failed:
+        rows = [from_row(Failure, r) for r in _rows_where(failures, "video_key", failed) if r["stage"] != "discover"]
+        video_rows += [failed_video_row(f) for f in _first_per_video(rows)]
+    if restored:
+        _add_part(out_dir, work, run_id, "manifest", [c.row() for c in restored], plan)
+    if video_rows:
+        _add_part(out_dir, work, run_id, "videos", video_rows, plan)
+    logging.getLogger(__name__).warning("%s: parts moved aside; %d manifest and %d videos rows restored", out_dir,
+                                        len(restored), len(video_rows))
 
 
 def _keep_every_table(out_dir: str, work: str, run_id: str, plan: _Plan) -> None:
@@ -578,16 +694,14 @@ def commit_parts(out_dir: str, *, run_id: str, parts: dict[str, list[str]], shar
             for b in iter_part_batches(path, Totals.COLUMNS[table]):
                 plan.totals.add(table, b)
             plan.renames.append((path, fs.join(table_dir(out_dir, table), os.path.basename(path))))
-    if plan.failures:
-        path = part_file(work, run_id)
-        _write_table(path, "failures", plan.failures)
-        plan.renames.append((path, fs.join(table_dir(out_dir, "failures"), os.path.basename(path))))
-        plan.totals.add("failures", pa.Table.from_pylist(plan.failures, schema=SCHEMAS["failures"]))
+    indexes = _updated_indexes(shard_dir, shard_records, names, set(compacted))
+    if plan.failures:  # parts moved aside
+        _restore_lost_rows(out_dir, work, run_id, plan, indexes)
+        _add_part(out_dir, work, run_id, "failures", plan.failures, plan)
     _keep_every_table(out_dir, work, run_id, plan)
     stats = plan.totals.stats(run_stats or {}, spec)
     journal = {"renames": _shard_renames(shard_dir, shard_records, names) + plan.renames, "deletes": plan.deletes,
-               "indexes": _updated_indexes(shard_dir, shard_records, names, set(compacted)), "stats": stats,
-               "cleanup": list(cleanup) + [work]}
+               "indexes": indexes, "stats": stats, "cleanup": list(cleanup) + [work]}
     _finish(out_dir, journal, "ingest", {**(snapshot_meta or {}),
                                          **({"compacted_shards": sorted(compacted)} if compacted else {})})
     fs.write_bytes(fs.join(out_dir, JOURNAL), json.dumps(journal).encode())

@@ -318,6 +318,15 @@ def sample_json(c: ClipRow, spec: ClipSpec) -> dict:
     }
 
 
+
+def clip_from_sample(meta: dict, shard: str, nbytes: int) -> ClipRow:
+    """The manifest row of a kept clip from its sample's JSON (`sample_json`'s inverse), the
+    clip in `shard`, its mp4 `nbytes` long: how a commit restores the rows of a part it lost."""
+    scores, prov = meta.get("scores") or {}, meta.get("provenance") or {}
+    return from_row(ClipRow, {**{k: v for k, v in meta.items() if k not in ("scores", "provenance")},
+                              **scores, **{k: prov.get(k) for k in PROVENANCE},
+                              "kept": True, "reason": "", "shard": shard, "bytes": nbytes})
+
 # ---------------------------------------------------------------------- table schemas
 _STR, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
 SCHEMAS = {

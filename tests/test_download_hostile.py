@@ -282,7 +282,8 @@ def test_ffmpeg_cannot_fetch_around_the_guard(hostile, listener, tmp_path):
 
 def test_remote_paths_need_an_allowed_scheme(tmp_path):
     d = downloader(tmp_path)
-    for path in ("s3://bucket/videos/a.mp4", "gs://bucket/a.mp4", "hdfs://nn/a.mp4"):
+    # issue 24: a catalog's file:// path read the local file whatever allowed_schemes said
+    for path in ("s3://bucket/videos/a.mp4", "gs://bucket/a.mp4", "hdfs://nn/a.mp4", "file:///etc/passwd"):
         e = failure(d, cand(path=path))
         assert e.error_type == "DisallowedScheme" and path.split(":")[0] in str(e), str(e)
     # an http(s) path is fetched as a URL: through the guard

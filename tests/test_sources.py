@@ -40,6 +40,30 @@ def test_catalog_formats_and_field_mapping(tmp_path):
     assert len(missing) == 1 and isinstance(missing[0], Failure) and missing[0].stage == "discover"
 
 
+def test_catalog_paths_stay_in_its_folder_and_a_bad_byte_costs_one_cell(tmp_path):
+    """Issue 24: `../../etc/passwd` in a catalog reached the file; one byte that is not UTF-8
+    turned every cell of its column into a b'…' repr."""
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "c.csv").write_bytes(
+        b"id,path,title,actions\n"
+        b"a,v/a.mp4,Caf\xe9 speedrun,v/a.actions.json\n"
+        b"b,v/./b.mp4,Mario longplay,\n"
+        b"c,../../etc/passwd,escape,\n"
+        b"d,v/d.mp4,sidecar escape,v/../../../secret.json\n"
+        b"e,/data/e.mp4,absolute,\n")
+    out = list(discover(src({"type": "catalog", "name": "c", "path": str(tmp_path / "cat" / "c.csv")})))
+    cands = {c.video_id: c for c in out if isinstance(c, Candidate)}
+    assert [(c.video_id, c.title) for c in cands.values()] == [
+        ("a", "Caf\ufffd speedrun"), ("b", "Mario longplay"), ("e", "absolute")]
+    assert cands["a"].path == str(tmp_path / "cat" / "v" / "a.mp4") and cands["b"].path == str(tmp_path / "cat" / "v" / "b.mp4")
+    assert cands["a"].extra["actions"] == str(tmp_path / "cat" / "v" / "a.actions.json")
+    assert cands["e"].path == "/data/e.mp4"  # an absolute path is the catalog author's to give
+    fails = {f.video_id: f for f in out if isinstance(f, Failure)}
+    assert set(fails) == {"c", "d"} and {f.error_type for f in fails.values()} == {"PathOutsideCatalog"}
+    assert "'../../etc/passwd' leaves the catalog's folder" in fails["c"].message
+    assert "row 3" in fails["d"].message and "secret.json" in fails["d"].message
+
+
 def test_urls_inline_and_file_deduplicated(tmp_path):
     (tmp_path / "u.txt").write_text("# comment\nhttps://a/1.mp4\n\nhttps://a/2.mp4\nhttps://a/1.mp4\n")
     out = list(discover(src({"type": "urls", "name": "u", "urls": ["https://a/0.mp4", "https://a/1.mp4"],

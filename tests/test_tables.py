@@ -103,30 +103,48 @@ def test_an_output_in_the_old_layout_opens_and_takes_new_runs(tmp_path):
             len(read_rows(str(out), name))
 
 
+def _rows_by_key(out, table, key):
+    return {r[key]: r for r in read_rows(str(out), table)}
+
+
 def test_a_corrupt_table_part_is_named_in_a_failure_and_the_run_goes_on(tmp_path):
+    """Issue 24: a `videos` part moved aside lost its videos' rows for good; the commit that
+    moves it restores them from the manifest and clip stores (the clips are in the shards)."""
     rows = videos(tmp_path, [17, 33])
-    run_ingest(config(tmp_path, rows[:1]))
+    gone = {"id": "gone", "path": str(tmp_path / "gone.mp4"), "title": "no such file"}
+    run_ingest(config(tmp_path, rows[:1] + [gone]))
     out = tmp_path / "out"
+    before = _rows_by_key(out, "videos", "video_id")
+    assert before["gone"]["status"] == "failed"
     (part,) = (out / "videos").glob("part-*.parquet")
     part.write_bytes(part.read_bytes()[:40])
-    run_ingest(config(tmp_path, rows))
+    run_ingest(config(tmp_path, rows))  # `gone` left the catalog: its row comes from its failure
     fails = [f for f in read_rows(str(out), "failures") if f["error_type"] == "CorruptTablePart"]
     assert len(fails) == 1 and part.name in fails[0]["message"]
     assert (out / "_corrupt" / "videos").is_dir() and not part.exists()
-    # the lost part's video is not cut again (its clips are in the manifest and shards); the new one is there
-    assert {r["video_id"]: r["status"] for r in read_rows(str(out), "videos")} == {"v1": "done"}
-    assert {r["video_id"] for r in read_rows(str(out), "manifest")} == {"v0", "v1"}
+    # v0's row is back as it was (not cut again: its clips are in the manifest and shards)
+    after = _rows_by_key(out, "videos", "video_id")
+    assert {k: r["status"] for k, r in after.items()} == {"v0": "done", "v1": "done", "gone": "failed"}
+    assert after["v0"] == before["v0"] and after["gone"] == before["gone"]
+    assert sorted(r["video_id"] for r in read_rows(str(out), "manifest")).count("v0") == before["v0"]["n_clips"]
+    assert read_stats(str(out))["videos_done"] == 2
     assert verify(str(out)) == []
-    # a run after that one still does not cut v0 again (the lost part is remembered in _corrupt/)
+    # a run after that one does not cut v0 again either
     run_ingest(config(tmp_path, rows))
-    assert sorted(r["video_id"] for r in read_rows(str(out), "manifest")).count("v0") == 1
+    assert sorted(r["video_id"] for r in read_rows(str(out), "manifest")).count("v0") == before["v0"]["n_clips"]
+    assert _rows_by_key(out, "videos", "video_id") == after
     assert verify(str(out)) == []
 
 
 def test_a_corrupt_manifest_part_does_not_stop_the_next_run(tmp_path):
-    rows = videos(tmp_path, [17, 33])
-    run_ingest(config(tmp_path, rows[:1]))
+    """Issue 24: the rows of a manifest part moved aside come back, kept clips' from their
+    shards and the others from the clip store, so verify passes again."""
+    black = {"id": "dark", "path": str(make_video(tmp_path / "dark.mp4", 17, src="color=black")), "title": "dark"}
+    rows = [black] + videos(tmp_path, [17, 33])
+    run_ingest(config(tmp_path, rows[:2]))
     out = tmp_path / "out"
+    before = _rows_by_key(out, "manifest", "key")
+    assert {r["kept"] for r in before.values()} == {True, False}  # a kept clip and a rejected one
     (part,) = (out / "manifest").glob("part-*.parquet")
     part.write_bytes(b"PAR1 not really")
     # issue 24: verify raised (exit 2, a usage error) on the damaged part; it is a problem found (exit 1)
@@ -134,7 +152,13 @@ def test_a_corrupt_manifest_part_does_not_stop_the_next_run(tmp_path):
     run_ingest(config(tmp_path, rows))  # curation and compaction skip it; the commit moves it aside
     fails = [f for f in read_rows(str(out), "failures") if f["error_type"] == "CorruptTablePart"]
     assert len(fails) == 1 and part.name in fails[0]["message"] and not part.exists()
-    assert {r["video_id"] for r in read_rows(str(out), "manifest")} == {"v1"}
+    after = _rows_by_key(out, "manifest", "key")
+    assert {r["video_id"] for r in after.values()} == {"dark", "v0", "v1"}
+    assert {k: after[k] for k in before} == before  # every row as it was, the rejected one's reason too
+    assert verify(str(out)) == []
+    assert read_stats(str(out))["clips"] == len(after)
+    run_ingest(config(tmp_path, rows))  # and nothing is restored twice
+    assert _rows_by_key(out, "manifest", "key") == after and verify(str(out)) == []
 
 
 @pytest.mark.slow  # ~30 s: a 200 s video cut into 12 clips

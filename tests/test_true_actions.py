@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,14 @@ def test_read_sidecar_from_a_path_and_through_the_guard(small_corpus, corpus_ser
         read_sidecar(url, DownloadConfig(allowed_schemes=["https"]))
     with pytest.raises(IngestError, match=r"missing\.json: cannot read it \(FileNotFoundError"):
         read_sidecar(str(tmp_path / "missing.json"), DownloadConfig())
+    # issue 24: a bucket path ignored allowed_schemes (148 s per row trying to reach the store)
+    local = small_corpus / row["actions"]
+    for location in ("gs://bucket/a.actions.json", "s3://bucket/a.actions.json", f"file://{local}"):
+        t0 = time.monotonic()
+        with pytest.raises(IngestError, match="scheme '(gs|s3|file)' not in download.allowed_schemes"):
+            read_sidecar(location, DownloadConfig())
+        assert time.monotonic() - t0 < 1.0
+    assert read_sidecar(f"file://{local}", DownloadConfig(allowed_schemes=["file"])).actions.tolist() == want
 
 
 def test_a_site_cannot_name_a_local_sidecar():
