@@ -162,7 +162,7 @@ def _cli(*args, timeout=120):
 
 def test_unknown_flags_exit_2_before_anything_runs(tmp_path):
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"sources: [{{type: files, name: f, glob: '{tmp_path}/*.mp4'}}]\n")
+    cfg.write_text(f"sources: [{{type: files, name: f, glob: '{tmp_path}/*.mp4', allow_empty: true}}]\n")
     for bad, named in ((["--retry-faild"], "--retry-faild"), (["stray"], "stray"), (["--runner", "Foo"], "Foo")):
         p = _cli("ingest", "-c", str(cfg), "-o", str(tmp_path / "o"), *bad)
         assert p.returncode == 2 and named in p.stderr and "Traceback" not in p.stderr, p.stderr
@@ -298,7 +298,7 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(tmp_path):
 def test_a_bad_beam_flag_value_is_one_line_exit_2(tmp_path):
     """Issue 24: --direct_num_workers=abc printed Beam's 152 lines of usage."""
     cfg = tmp_path / "p.yaml"
-    cfg.write_text(f"sources: [{{type: files, name: f, glob: '{tmp_path}/*.mp4'}}]\n")
+    cfg.write_text(f"sources: [{{type: files, name: f, glob: '{tmp_path}/*.mp4', allow_empty: true}}]\n")
     p = _cli("ingest", "-c", str(cfg), "-o", str(tmp_path / "out"), "--direct_num_workers=abc")
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == ["genie-pipeline: argument --direct_num_workers: invalid int value: 'abc'"]
