@@ -55,6 +55,7 @@ def test_a_job_that_dies_holds_the_output_only_until_its_lease_expires(s3):
     nxt.release()
 
 
+@pytest.mark.slow  # a whole detached ingest; the lease's rules are tested directly above
 def test_detached_ingest_runs_under_the_job_lease_and_its_commit_frees_it(s3, tmp_path, monkeypatch):
     """The local runner runs the job inside `p.run()`: the commit step sees the lease under
     the job's run id (a second run is refused then), and nothing holds the output after."""

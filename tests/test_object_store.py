@@ -184,7 +184,8 @@ def gs_sprite_out(gcs):
     return _sprite_output(gcs)
 
 
-@pytest.fixture(params=["s3", "gs"])
+# s3 in the slow suite: the same code path as gs (Beam's filesystems), another emulator
+@pytest.fixture(params=[pytest.param("s3", marks=pytest.mark.slow), "gs"])
 def any_sprite_out(request):
     return request.getfixturevalue("sprite_out" if request.param == "s3" else "gs_sprite_out")
 
@@ -228,6 +229,7 @@ print(json.dumps(sorted({k for b in ds.iter_stream(ds.stream_id(0)) for k in b["
 """
 
 
+@pytest.mark.slow  # two torchrun-style processes on the emulator; the node split is tested locally in the fast suite
 def test_two_ranks_read_disjoint_clips_that_cover_the_bucket(sprite_out, tmp_path):
     """The loader's node split, torchrun-style (RANK, WORLD_SIZE in each process's
     environment), reading shards from the bucket: every train clip once, on exactly one rank."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from genie_pipeline.shards.reader import read_rows, table_files
@@ -13,6 +14,7 @@ from genie_pipeline.training import checkpoint as ckpt_lib
 from tests.conftest import ROOT, make_video
 
 
+@pytest.mark.slow  # a whole ingest then a training; the demo and the e2e tests cover each half
 def test_run_ingests_then_trains(tmp_path):
     for i in range(2):
         make_video(tmp_path / f"v{i}.mp4", 17, src=["testsrc2", "mandelbrot"][i] + "=size=320x180:rate=30")

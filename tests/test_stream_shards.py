@@ -141,6 +141,7 @@ def test_no_shuffle_between_cutting_and_writing_with_the_quality_filter_on(tmp_p
     assert shuffles == []
 
 
+@pytest.mark.slow  # a 16-video ingest timed against its cutting; streaming itself is tested above
 def test_shards_are_written_while_videos_are_still_being_cut(tmp_path, monkeypatch):
     """20 one-clip videos in one bundle, 4 clips per shard: the first shard is written once
     16 videos are cut, before the last ones are (the whole job runs in this process)."""
