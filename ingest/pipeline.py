@@ -64,9 +64,9 @@ from genie_pipeline.shards.dedupe import (CAPS, ENTRY, QUERY, RunClips, add_clip
 from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
 from genie_pipeline.shards.lease import acquire_job, describe, live_holder, release_job
 from genie_pipeline.shards.lease import holder as lease_holder
-from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, read_stats, table_files,
-                                          table_rows)
-from genie_pipeline.shards.records import ClipRow, Failure, VideoResult, from_row, redact_url
+from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, live_shards, read_stats,
+                                          table_files, table_rows)
+from genie_pipeline.shards.records import Candidate, ClipRow, Failure, VideoResult, from_row, redact_url
 from genie_pipeline.shards.report import REPORT, Threshold, write_report
 from genie_pipeline.shards.store import read_store_result
 from genie_pipeline.shards.writer import ShardMixer, StreamingShards, spread
@@ -138,16 +138,75 @@ def one_per_video(item):
         yield _dead_letter(Failure(
             video_key=vkey, video_id=c.video_id, source=c.source, stage="discover", error_type="DuplicateVideo",
             message=f"another candidate has the same id {c.video_id!r}; kept {cands[0].url or cands[0].path}",
-            url=c.url))
+            url=c.url, title=c.title, path=c.path))
 
 
-def assign_split(v: VideoResult, val_fraction: float, seed: int) -> VideoResult:
+def split_draw(video_key: str, seed: int) -> float:
+    """A video's draw in [0, 1): it goes to val where the draw is below shards.val_fraction."""
+    return zlib.crc32(f"{seed}:{video_key}".encode()) / 2**32
+
+
+def assign_split(v: VideoResult, val_fraction: float, seed: int, split: str | None = None) -> VideoResult:
     """By video, never by clip: neighbouring clips of one video would leak across splits."""
-    h = zlib.crc32(f"{seed}:{v.video_key}".encode()) / 2**32
-    v.split = "val" if h < val_fraction else "train"
+    v.split = split or ("val" if split_draw(v.video_key, seed) < val_fraction else "train")
     for c in v.clips:
         c.split = v.split
     return v
+
+
+HELD = "held"
+
+
+def drawn_to_val(item, val_fraction: float, seed: int) -> tuple[int, bool]:
+    """(1, whether the draw puts it in val) for a video of the run, a candidate or a Staged store."""
+    vkey = item.video_key if isinstance(item, Candidate) else os.path.basename(item.store)[: -len(".tar")]
+    return 1, split_draw(vkey, seed) < val_fraction
+
+
+def val_guard(out: str, run: tuple[int, bool], val_fraction: float) -> dict:
+    """Whether this run's videos wait for each other before their split is set (`hold`): where
+    the output has no val shard yet and the draw puts none of this run's `run` = (videos,
+    any drawn to val) in val, the run may be the one that must give val its first video
+    (`guaranteed_val`). `earlier`: the output's videos with clips, which count towards the
+    two videos the guarantee needs."""
+    n_run, any_val = run
+    if val_fraction <= 0 or any_val or not n_run or live_shards(fs.join(out, "shards"), "val"):
+        return {"hold": False, "earlier": 0}
+    earlier = 0
+    for path in table_files(out, "videos"):
+        try:
+            for b in iter_part_batches(path, ["status", "n_kept"]):
+                earlier += sum(st == "done" and (k or 0) > 0 for st, k in zip(b["status"].to_pylist(),
+                                                                               b["n_kept"].to_pylist()))
+        except DataError:
+            continue  # the commit moves it aside; the run's own videos still count
+    return {"hold": True, "earlier": earlier}
+
+
+def split_or_hold(v: VideoResult, val_fraction: float, seed: int):
+    """The split as drawn, for the shard writers at once; or, where the run holds its videos
+    (val_guard: CutOrLoad marked the video's split HELD), the video tagged HELD for
+    `guaranteed_val`."""
+    if v.split == HELD:
+        yield beam.pvalue.TaggedOutput(HELD, v)
+    else:
+        yield assign_split(v, val_fraction, seed)
+
+
+def guaranteed_val(item, val_fraction: float, seed: int, guard: dict):
+    """The held videos of a run whose draw gave val nothing, with their splits: as drawn
+    (train), except that where the output then has at least two videos with clips (its
+    earlier ones and these) and no val shard, the video with clips nearest to being drawn
+    (the lowest draw) goes to val, so that eval and early stopping have data. Deterministic
+    for a set of videos; only this run's videos are placed (a committed video keeps its split)."""
+    _, vids = item
+    vids = sorted(vids, key=lambda v: (split_draw(v.video_key, seed), v.video_key))
+    with_clips = [v for v in vids if any(c.kept for c in v.clips)]
+    pick = with_clips[0].video_key if with_clips and guard["earlier"] + len(with_clips) >= 2 else None
+    for v in vids:
+        if v.video_key == pick:
+            _count("videos_val_guaranteed")
+        yield assign_split(v, val_fraction, seed, "val" if v.video_key == pick else None)
 
 
 def curation_decisions(p: beam.Pipeline, videos, out: str | beam.PCollection, dedupe: DedupeConfig,
@@ -642,8 +701,12 @@ class CutOrLoad:
     def __init__(self, cut: Callable[..., Callable[[Any], Any]], count: Callable[..., None]):
         self.cut = cut(count=count)
 
-    def __call__(self, item):
-        return read_store_result(item.store) if isinstance(item, Staged) else self.cut(item)
+    def __call__(self, element):
+        item, hold = element  # hold: the run holds its videos for the val guard (val_guard)
+        out = read_store_result(item.store) if isinstance(item, Staged) else self.cut(item)
+        if hold and isinstance(out, VideoResult):
+            out.split = HELD
+        return out
 
 
 def take_output(out: str, run_id: str, job_lease_s: float | None) -> str:
@@ -749,10 +812,23 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
     routed = ({"candidates": kept, "markers": markers}
               | "GroupByVideo" >> beam.CoGroupByKey()
               | "Route" >> beam.FlatMap(route).with_outputs(FAILURES, REDO, main="candidates"))
+    # val is never left empty by the draw where the output has two videos with clips: a run
+    # whose draw gives val none holds its videos until all are cut and places one (val_guard).
+    # The flag joins each video before it is cut: a side input read after cutting would part
+    # the cutting from the shard writers it streams into (a local runner stores the whole
+    # collection between them)
+    s = cfg.shards
+    drawn = (routed.candidates
+             | "DrawnToVal" >> beam.Map(drawn_to_val, s.val_fraction, s.seed)
+             | "RunDraws" >> beam.CombineGlobally(
+                 lambda ds: functools.reduce(lambda a, b: (a[0] + b[0], a[1] or b[1]), ds, (0, False))))
+    guard = beam.pvalue.AsSingleton(output | "ValGuard" >> beam.Map(val_guard, beam.pvalue.AsSingleton(drawn),
+                                                                    s.val_fraction))
     processor = functools.partial(VideoProcessor, cfg.download, cfg.clips, cfg.filters.heuristics,
                                   paths.out, paths.scratch, job_workers=job_workers)
     # candidates cut, and videos cut by an earlier run that was stopped before it committed loaded
     cut = (routed.candidates
+           | "HoldFlag" >> beam.Map(lambda item, g: (item, g["hold"]), guard)
            | "DownloadAndCut" >> beam.ParDo(StageFn(functools.partial(CutOrLoad, processor)))
            .with_outputs(FAILURES, main="videos"))
     videos = cut.videos
@@ -761,17 +837,22 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
         from genie_pipeline.filtering.quality import ScoreQuality
 
         videos = videos | "ScoreQuality" >> ScoreQuality(cfg.filters.quality, workers)
-    s = cfg.shards
-    videos = videos | "AssignSplit" >> beam.Map(assign_split, s.val_fraction, s.seed)
+    split = videos | "AssignSplit" >> beam.FlatMap(split_or_hold, s.val_fraction, s.seed).with_outputs(
+        HELD, main="videos")
+    held = (split[HELD]
+            | "HoldVideos" >> beam.Map(lambda v: (None, v))
+            | "AllHeld" >> beam.GroupByKey()
+            | "GuaranteedVal" >> beam.FlatMap(guaranteed_val, s.val_fraction, s.seed, guard))
+    videos = (split.videos, held) | "SplitVideos" >> beam.Flatten()
 
     # shards: written as videos are cut, in the cutting bundle (WriteAsCut); what a bundle
     # cannot mix goes in parts to every writer (one per worker of the job), and what those
     # leave unfinished to one writer per split
     spec = cfg.clips.spec
-    live = (videos
+    live = (split.videos
             | "WriteAsCut" >> beam.ParDo(WriteAsCut(paths.tmp_shards, paths.run_id, s, spec))
             .with_outputs(MANIFEST, LEFTOVER, main="shards"))
-    written = (live[LEFTOVER]
+    written = ((live[LEFTOVER], held) | "LeftoversAndHeld" >> beam.Flatten()
                | "SpreadVideos" >> beam.FlatMap(to_writers, spread_chunk(s), job_workers)
                | "ToWriters" >> beam.GroupByKey()
                | "WriteShards" >> beam.ParDo(WriteShards(paths.tmp_shards, paths.run_id, s, spec, leftovers=True))
@@ -1204,7 +1285,7 @@ def summary_table(stats: dict) -> str:
         lines.append(f"{k:<34}{stats.get(k, 0):>10}")
     lines.append(f"{'wall s / cpu s':<34}{run.get('wall_s', 0):>5} / {run.get('cpu_s', 0)}")
     if stats.get("clips_kept", 0) and not stats.get("clips_val", 0) and stats.get("videos_done", 0) >= 2:
-        lines.append(f"\nwarning: no validation clips (shards.val_fraction picks whole videos; none of the "
-                     f"{stats['videos_done']} was picked): `eval` needs val shards. Ingest into a new output with "
-                     "--set shards.val_fraction=0.3 (or more videos)")
+        lines.append(f"\nwarning: no validation clips among {stats['videos_done']} videos (shards.val_fraction "
+                     "is 0, or curation rejected the val video's clips): `eval` needs val shards. Ingest into a "
+                     "new output with --set shards.val_fraction=0.3 (or more videos)")
     return "\n".join(lines)

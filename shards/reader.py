@@ -273,9 +273,9 @@ class ShardSet:
 
 
 def _no_val_hint() -> str:
-    return ("; the ingest put every video in train (shards.val_fraction picks whole videos, so a few videos "
-            "can give none): ingest into a new output with --set shards.val_fraction=0.3, or give shards of "
-            "held-out videos")
+    return ("; the ingest put every video in train (it does where one video has clips, or shards.val_fraction "
+            "is 0): ingest more videos, or into a new output with --set shards.val_fraction=0.3, or give shards "
+            "of held-out videos")
 
 
 def _pinned(out: str, snap_id: str | None, split: str, into: ShardSet) -> None:
