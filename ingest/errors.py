@@ -34,4 +34,4 @@ class IngestError(Exception):
 def failure(c: Candidate, stage: str, error_type: str, message: str) -> Failure:
     """The dead-letter row for candidate `c`."""
     return Failure(video_key=c.video_key, video_id=c.video_id, source=c.source, stage=stage,
-                   error_type=error_type, message=message[:2000], url=c.url)
+                   error_type=error_type, message=message[:2000], url=c.url, title=c.title, path=c.path)

@@ -157,7 +157,7 @@ class VideoProcessor:
             raise IngestError("cut", "TooShort", f"{span:.1f} s of video gives no full {seconds:g} s clip")
         warning = self._true_actions(c, clips, info.duration_s, info.fps)
         result = VideoResult(video_key=c.video_key, video_id=c.video_id, source=c.source, title=c.title,
-                             status="done", clips=clips, seconds_in=float(span if span == span else 0),
+                             path=c.path, status="done", clips=clips, seconds_in=float(span if span == span else 0),
                              seconds_out=len(clips) * seconds, error=warning, store=store_path(self.out, c.video_key))
         try:
             write_store(result.store, result, data)

@@ -46,9 +46,10 @@ def file_id(path: str) -> str:
     return f"{slug}-{digest[:8]}" if slug else "h" + digest[:16]
 
 
-def _fail(source: str, vid: str, message: str, error_type: str = "DiscoveryError", url: str | None = None) -> Failure:
+def _fail(source: str, vid: str, message: str, error_type: str = "DiscoveryError", url: str | None = None,
+          path: str | None = None) -> Failure:
     return Failure(video_key=video_key(source, vid), video_id=vid, source=source, stage="discover",
-                   error_type=error_type, message=message[:2000], url=url)
+                   error_type=error_type, message=message[:2000], url=url, path=path)
 
 
 # ------------------------------------------------------------------------------- search
@@ -121,7 +122,8 @@ def discover_catalog(src: CatalogSource) -> Iterator[Candidate | Failure]:
     try:
         rows = _read_table(src.path, src.format)
     except Exception as e:
-        yield _fail(src.name, _hash_id(src.path), f"cannot read catalog {src.path}: {e}", type(e).__name__)
+        yield _fail(src.name, _hash_id(src.path), f"cannot read catalog {src.path}: {e}", type(e).__name__,
+                    path=src.path)
         return
     base = posixpath.dirname(src.path) if fs.is_remote(src.path) else os.path.dirname(os.path.abspath(fs.local(src.path)))
     f = src.fields
@@ -196,7 +198,7 @@ def discover_files(src: FilesSource) -> Iterator[Candidate | Failure]:
     try:
         matches = fs.list_files(pattern)
     except Exception as e:
-        yield _fail(src.name, _hash_id(src.glob), f"cannot list {src.glob}: {e}", type(e).__name__)
+        yield _fail(src.name, _hash_id(src.glob), f"cannot list {src.glob}: {e}", type(e).__name__, path=src.glob)
         return
     for path, size in matches:
         stem, ext = posixpath.splitext(posixpath.basename(path))
@@ -230,7 +232,8 @@ def discover_lerobot(src: LeRobotSource) -> Iterator[Candidate | Failure]:
         with open(os.path.join(root, "meta", "info.json")) as fh:
             info = json.load(fh)
     except Exception as e:
-        yield _fail(src.name, _hash_id(root), f"not a LeRobot dataset ({root}/meta/info.json): {e}", type(e).__name__)
+        yield _fail(src.name, _hash_id(root), f"not a LeRobot dataset ({root}/meta/info.json): {e}", type(e).__name__,
+                    path=root)
         return
     cams = [k for k, v in info.get("features", {}).items() if isinstance(v, dict) and v.get("dtype") == "video"]
     if src.cameras:
@@ -241,7 +244,7 @@ def discover_lerobot(src: LeRobotSource) -> Iterator[Candidate | Failure]:
     try:
         episodes = _lerobot_episodes(root, version)
     except Exception as e:
-        yield _fail(src.name, _hash_id(root), f"cannot read episodes of {root}: {e}", type(e).__name__)
+        yield _fail(src.name, _hash_id(root), f"cannot read episodes of {root}: {e}", type(e).__name__, path=root)
         return
     for ep in episodes:
         for cam in cams:
@@ -298,13 +301,13 @@ def discover_rlds(src: RldsSource) -> Iterator[Candidate | Failure]:
     try:
         files = rlds.split_files(src.root, src.split)
     except Exception as e:
-        yield _fail(src.name, _hash_id(src.root), f"cannot list {src.root}: {e}", type(e).__name__)
+        yield _fail(src.name, _hash_id(src.root), f"cannot list {src.root}: {e}", type(e).__name__, path=src.root)
         return
     info = rlds.dataset_info(src.root)
     name = str(info.get("name") or posixpath.basename(posixpath.dirname(src.root.rstrip("/"))) or "rlds")
     for shard, path, count in rlds.episode_counts(info, src.split, files):
         if isinstance(count, Exception):
-            yield _fail(src.name, _hash_id(path), f"cannot read {path}: {count}", type(count).__name__)
+            yield _fail(src.name, _hash_id(path), f"cannot read {path}: {count}", type(count).__name__, path=path)
             continue
         for record in range(count):
             yield Candidate(

@@ -787,7 +787,7 @@ def _first_per_video(failures: list[Failure]) -> list[Failure]:
 def failed_video_row(f: Failure) -> dict:
     """The `videos` row of a video that failed (its first failure): `deferred` where a later
     run tries it again by itself (a wall), else `failed`."""
-    return {"video_key": f.video_key, "video_id": f.video_id, "source": f.source, "title": "",
+    return {"video_key": f.video_key, "video_id": f.video_id, "source": f.source, "title": f.title, "path": f.path,
             "status": "deferred" if f.retry == "next_run" else "failed", "n_clips": 0, "n_kept": 0, "seconds_in": 0.0, "seconds_out": 0.0,
             "error": f"{f.stage}:{f.error_type}: {f.message}"[:500], "split": ""}
 

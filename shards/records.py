@@ -232,9 +232,13 @@ class Failure:
     message: str
     url: str | None = None
     retry: str = ""
+    # which video, for a source without URLs (files, catalogs of paths): its title and path
+    title: str = ""
+    path: str | None = None
 
     def __post_init__(self):
         self.video_id, self.message = clean_text(self.video_id), redact(self.message)
+        self.title, self.path = clean_text(_capped(self.title)), printable_path(self.path)
         self.retry = self.retry or ("next_run" if self.error_type in RETRY_LATER else "no")
 
     def row(self) -> dict[str, Any]:
@@ -256,16 +260,17 @@ class VideoResult:
     error: str = ""
     store: str | None = None  # path of the clip store tar
     split: str = "train"
+    path: str | None = None  # the file it was cut from, as a table shows it (printable_path); None for a URL
 
     def __post_init__(self):
-        self.title, self.error = clean_text(self.title), redact(self.error)
+        self.title, self.error, self.path = clean_text(self.title), redact(self.error), printable_path(self.path)
 
     def row(self) -> dict[str, Any]:
         return {
             "video_key": self.video_key, "video_id": self.video_id, "source": self.source,
             "title": self.title, "status": self.status, "n_clips": len(self.clips),
             "n_kept": sum(c.kept for c in self.clips), "seconds_in": self.seconds_in,
-            "seconds_out": self.seconds_out, "error": self.error, "split": self.split,
+            "seconds_out": self.seconds_out, "error": self.error, "split": self.split, "path": self.path,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -294,7 +299,7 @@ class ShardRecord:
 
 PROVENANCE = ("url", "channel", "uploader", "upload_date", "license", "query")
 # written into every table's Parquet metadata; readers take older outputs without the newer columns
-SCHEMA_VERSION = 4  # 3: true_actions, action_space; 4: cut_frames, returns_per_min
+SCHEMA_VERSION = 5  # 3: true_actions, action_space; 4: cut_frames, returns_per_min; 5: path (videos), title, path (failures)
 
 
 def from_row(cls, row: dict[str, Any]):
@@ -341,10 +346,10 @@ SCHEMAS = {
                            ("cut_frames", pa.list_(pa.int32())), ("returns_per_min", _F)]),
     "videos": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("title", _STR),
                          ("status", _STR), ("n_clips", _I), ("n_kept", _I), ("seconds_in", _F),
-                         ("seconds_out", _F), ("error", _STR), ("split", _STR)]),
+                         ("seconds_out", _F), ("error", _STR), ("split", _STR), ("path", _STR)]),
     "failures": pa.schema([("video_key", _STR), ("video_id", _STR), ("source", _STR), ("stage", _STR),
                            ("error_type", _STR), ("message", _STR), ("url", _STR),
-                           ("retry", _STR)]),
+                           ("retry", _STR), ("title", _STR), ("path", _STR)]),
     "candidates": pa.schema([("video_key", _STR), ("source", _STR), ("video_id", _STR), ("title", _STR),
                              ("description", _STR), ("url", _STR), ("path", _STR), ("duration_s", _F),
                              ("start_s", _F), ("end_s", _F), ("extra", _STR), ("keyword_verdict", _STR),

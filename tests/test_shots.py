@@ -183,6 +183,7 @@ def test_a_video_of_short_shots_is_a_failure_row(tmp_path):
     fail = _processor(tmp_path, split_at_cuts=True)(c)
     assert isinstance(fail, Failure), fail
     assert (fail.stage, fail.error_type) == ("cut", "NoShotLongEnough")
+    assert (fail.title, fail.path) == ("short shots", str(path))  # the row says which file
     assert "longest of 4 shots is 6.0 s" in fail.message and "16 s" in fail.message
     # by default (split_at_cuts off) the same video gives its one 16 s window, its cuts recorded
     result = _processor(tmp_path / "grid")(c)
