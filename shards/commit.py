@@ -608,7 +608,7 @@ def _restore_lost_rows(out_dir: str, work: str, run_id: str, plan: _Plan, indexe
                                "title": clips[0]["title"], "status": "done", "n_clips": len(clips),
                                "n_kept": len(kept), "seconds_in": store.seconds_in if store else None,
                                "seconds_out": sum(c["duration_s"] or 0.0 for c in kept), "error": "",
-                               "split": (kept or clips)[0]["split"]})
+                               "split": (kept or clips)[0]["split"], "path": store.path if store else None})
     failures = _final_parts(out_dir, "failures", plan)
     failed = {k for path in failures for b in iter_part_batches(path, ["video_key", "stage"])
               for k, stage in zip(b["video_key"].to_pylist(), b["stage"].to_pylist())
