@@ -155,22 +155,27 @@ def assign_split(v: VideoResult, val_fraction: float, seed: int, split: str | No
 
 
 HELD = "held"
+# a run whose draw puts at least this many videos in val is not held: that all of them fail
+# (a video drawn to val may fail to download or give no clip) is not worth the streaming
+HOLD_BELOW_VAL_VIDEOS = 20
 
 
-def drawn_to_val(item, val_fraction: float, seed: int) -> tuple[int, bool]:
-    """(1, whether the draw puts it in val) for a video of the run, a candidate or a Staged store."""
+def drawn_to_val(item, val_fraction: float, seed: int) -> tuple[int, int]:
+    """(1, 1 where the draw puts it in val) for a video of the run, a candidate or a Staged store."""
     vkey = item.video_key if isinstance(item, Candidate) else os.path.basename(item.store)[: -len(".tar")]
-    return 1, split_draw(vkey, seed) < val_fraction
+    return 1, int(split_draw(vkey, seed) < val_fraction)
 
 
-def val_guard(out: str, run: tuple[int, bool], val_fraction: float) -> dict:
+def val_guard(out: str, run: tuple[int, int], val_fraction: float) -> dict:
     """Whether this run's videos wait for each other before their split is set (`hold`): where
-    the output has no val shard yet and the draw puts none of this run's `run` = (videos,
-    any drawn to val) in val, the run may be the one that must give val its first video
-    (`guaranteed_val`). `earlier`: the output's videos with clips, which count towards the
-    two videos the guarantee needs."""
-    n_run, any_val = run
-    if val_fraction <= 0 or any_val or not n_run or live_shards(fs.join(out, "shards"), "val"):
+    the output has no val shard yet and the draw puts fewer than HOLD_BELOW_VAL_VIDEOS of
+    this run's `run` = (videos, videos drawn to val) in val (none, or ones that may all
+    fail), the run may be the one that must give val its first video (`guaranteed_val`).
+    `earlier`: the output's videos with clips, which count towards the two videos the
+    guarantee needs."""
+    n_run, n_val = run
+    if (val_fraction <= 0 or n_val >= HOLD_BELOW_VAL_VIDEOS or not n_run
+            or live_shards(fs.join(out, "shards"), "val")):
         return {"hold": False, "earlier": 0}
     earlier = 0
     for path in table_files(out, "videos"):
@@ -194,15 +199,18 @@ def split_or_hold(v: VideoResult, val_fraction: float, seed: int):
 
 
 def guaranteed_val(item, val_fraction: float, seed: int, guard: dict):
-    """The held videos of a run whose draw gave val nothing, with their splits: as drawn
-    (train), except that where the output then has at least two videos with clips (its
-    earlier ones and these) and no val shard, the video with clips nearest to being drawn
-    (the lowest draw) goes to val, so that eval and early stopping have data. Deterministic
-    for a set of videos; only this run's videos are placed (a committed video keeps its split)."""
+    """The held videos of a run (val_guard), with their splits: as drawn, except that where
+    no video with clips was drawn to val (none was, or those drawn failed) and the output then
+    has at least two videos with clips (its earlier ones and these) and no val shard, the
+    video with clips nearest to being drawn (the lowest draw) goes to val, so that eval and
+    early stopping have data. Deterministic for a set of videos; only this run's videos are
+    placed (a committed video keeps its split)."""
     _, vids = item
     vids = sorted(vids, key=lambda v: (split_draw(v.video_key, seed), v.video_key))
     with_clips = [v for v in vids if any(c.kept for c in v.clips)]
-    pick = with_clips[0].video_key if with_clips and guard["earlier"] + len(with_clips) >= 2 else None
+    drawn_val = with_clips and split_draw(with_clips[0].video_key, seed) < val_fraction
+    pick = (with_clips[0].video_key if with_clips and not drawn_val and guard["earlier"] + len(with_clips) >= 2
+            else None)
     for v in vids:
         if v.video_key == pick:
             _count("videos_val_guaranteed")
@@ -813,7 +821,8 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
               | "GroupByVideo" >> beam.CoGroupByKey()
               | "Route" >> beam.FlatMap(route).with_outputs(FAILURES, REDO, main="candidates"))
     # val is never left empty by the draw where the output has two videos with clips: a run
-    # whose draw gives val none holds its videos until all are cut and places one (val_guard).
+    # whose draw gives val few videos (none, or some that may fail) holds its videos until all
+    # are cut and places one where none with clips is in val (val_guard).
     # The flag joins each video before it is cut: a side input read after cutting would part
     # the cutting from the shard writers it streams into (a local runner stores the whole
     # collection between them)
@@ -821,7 +830,7 @@ def build_pipeline(p: beam.Pipeline, cfg: IngestConfig, paths: RunPaths, retry_f
     drawn = (routed.candidates
              | "DrawnToVal" >> beam.Map(drawn_to_val, s.val_fraction, s.seed)
              | "RunDraws" >> beam.CombineGlobally(
-                 lambda ds: functools.reduce(lambda a, b: (a[0] + b[0], a[1] or b[1]), ds, (0, False))))
+                 lambda ds: functools.reduce(lambda a, b: (a[0] + b[0], a[1] + b[1]), ds, (0, 0))))
     guard = beam.pvalue.AsSingleton(output | "ValGuard" >> beam.Map(val_guard, beam.pvalue.AsSingleton(drawn),
                                                                     s.val_fraction))
     processor = functools.partial(VideoProcessor, cfg.download, cfg.clips, cfg.filters.heuristics,

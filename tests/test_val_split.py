@@ -44,6 +44,11 @@ def test_the_video_with_clips_nearest_to_the_draw_goes_to_val():
     assert {v.split for v in guaranteed_val((None, alone), FRACTION, SEED, {"hold": True, "earlier": 0})} == {"train"}
     assert [v.video_key for v in guaranteed_val((None, alone), FRACTION, SEED, {"hold": True, "earlier": 1})
             if v.split == "val"] == ["c_a"]
+    # a video with clips drawn to val: it is val's, nothing else moves
+    assert split_draw("c_x50", SEED) < FRACTION
+    out = {v.video_key: v.split for v in guaranteed_val((None, vids + [_video("c_x50", 1)]), FRACTION, SEED,
+                                                         {"hold": True, "earlier": 0})}
+    assert [k for k, s in out.items() if s == "val"] == ["c_x50"]
 
 
 @pytest.mark.slow  # ~70 s on 2 busy cores: four ingests
@@ -69,8 +74,13 @@ def test_a_second_video_goes_to_val_and_committed_splits_never_change(tmp_path):
 
 
 def test_a_first_run_of_two_videos_puts_one_in_val(tmp_path):
+    """Also where the draw's one val video fails (the shipped config on the sample corpus:
+    of 18 candidates the one drawn to val failed, val stayed empty)."""
     rows = videos(tmp_path, [17, 17])
     assert all(split_draw(f"c_v{i}", SEED) >= FRACTION for i in range(2))
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 100)
+    assert split_draw("c_x50", SEED) < FRACTION  # drawn to val, and its probe fails
+    rows.append({"id": "x50", "path": str(tmp_path / "broken.mp4"), "title": "broken"})
     run_ingest(config(tmp_path, rows, filters={"dedupe": {"enabled": False}}))
     first = min(("v0", "v1"), key=lambda i: split_draw(f"c_{i}", SEED))
     assert _splits(tmp_path / "out") == {first: "val", ({"v0", "v1"} - {first}).pop(): "train"}
