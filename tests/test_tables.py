@@ -157,8 +157,6 @@ def test_a_corrupt_manifest_part_does_not_stop_the_next_run(tmp_path):
     assert {k: after[k] for k in before} == before  # every row as it was, the rejected one's reason too
     assert verify(str(out)) == []
     assert read_stats(str(out))["clips"] == len(after)
-    run_ingest(config(tmp_path, rows))  # and nothing is restored twice
-    assert _rows_by_key(out, "manifest", "key") == after and verify(str(out)) == []
 
 
 @pytest.mark.slow  # ~30 s: a 200 s video cut into 12 clips
