@@ -167,6 +167,65 @@ def profile(paths: list[str], titles: list[str], scratch: Path, top: int = 5) ->
                            for g, t in sorted(groups.items(), key=lambda x: -x[1])}}
 
 
+def fixed_cost(one: Path, out: Path, rounds: int = 2) -> dict:
+    """Where a run over one video spends its CPU seconds, measured in this process without a
+    profiler (whose overhead on Beam's Python code is several times the code's own): the
+    whole run, Beam's building of the job, its running less the video's processing and the
+    commit, the commit, the video itself (VideoProcessor), and the report drawn after it (the
+    ingest leaves that to a process of its own: output.report background). Means over
+    `rounds` runs after a warm-up run."""
+    from genie_pipeline.config import parse_config
+    from genie_pipeline.ingest import pipeline as P
+    from genie_pipeline.ingest.process import VideoProcessor
+    from genie_pipeline.shards.report import write_report
+
+    spent: dict[str, float] = {}
+
+    def timed(owner, name: str, label: str) -> None:
+        f = getattr(owner, name)
+
+        def g(*a, **k):
+            c0 = cpu()
+            try:
+                return f(*a, **k)
+            finally:
+                spent[label] = spent.get(label, 0.0) + cpu() - c0
+        setattr(owner, name, g)
+
+    timed(P, "build_pipeline", "Beam: building the job (build_pipeline)")
+    timed(P, "_run_job", "run")
+    timed(P, "commit_job", "commit (commit_job)")
+    timed(VideoProcessor, "__call__", "the video (VideoProcessor: decode, cuts, heuristics, fingerprint, encode)")
+
+    def run(dest: Path) -> float:
+        cfg = parse_config({"sources": [{"type": "catalog", "name": "bench", "path": str(one), "keywords": "none"}],
+                            "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
+                            "output": {"dir": str(dest), "report": "inline"}})
+        c0 = cpu()
+        P.run_ingest(cfg)
+        return cpu() - c0
+
+    P.write_report = lambda *a, **k: None  # the run's own: the report is timed apart below
+    run(out / "warmup")
+    write_report(str(out / "warmup"))  # matplotlib's import: paid once per process
+    spent.clear()
+    total = report = 0.0
+    for i in range(rounds):
+        total += run(out / f"run{i}")
+        c0 = cpu()
+        write_report(str(out / f"run{i}"))
+        report += cpu() - c0
+    parts = {k: v / rounds for k, v in spent.items()}
+    run_ = parts.pop("run")
+    job = "Beam: running the job less the video and the commit"
+    parts[job] = run_ - sum(v for k, v in parts.items() if k != "Beam: building the job (build_pipeline)")
+    parts["the rest of run_ingest (discovery of done videos, stats, logs)"] = total / rounds - run_ - parts[
+        "Beam: building the job (build_pipeline)"]
+    parts["report (write_report; off the run's path: a process of its own)"] = report / rounds
+    return {"run_cpu_s": round(total / rounds, 3), "report_cpu_s": round(report / rounds, 3),
+            "components_cpu_s": {k: round(v, 3) for k, v in sorted(parts.items(), key=lambda x: -x[1])}}
+
+
 def _same_output(a: Path, b: Path, tol: float = 1e-6) -> dict:
     """Whether outputs `a` and `b` hold the same clips (keys, kept, reason, fingerprint) and
     scores within `tol`."""
@@ -243,6 +302,7 @@ def main() -> int:
         raise SystemExit(f"benchmark run is not representative: {after['clips']} clips, "
                          f"{len(broken)} failed videos (see {out})")
     cuts_cpu, n_frames = cut_detection(paths)
+    fixed_parts = fixed_cost(one, work / "fixed")
     result = {
         "videos": len(paths), "source_seconds": round(seconds, 2),
         "source_pixels_per_frame_mean": round(source_pixels),
@@ -261,6 +321,10 @@ def main() -> int:
         # excluded) and the ratio without it, which is what a long run converges to
         "fixed_run_overhead_cpu_s": after["fixed_run_overhead_cpu_s"],
         "ratio_without_fixed_overhead": after["ratio_without_fixed_overhead"],
+        # what a run pays whatever its size, by part (one video, no profiler), and the ratio
+        # had the report been drawn inline as before (ingest leaves it to a process of its own)
+        "fixed_cost_one_video": fixed_parts,
+        "ratio_with_the_report_inline": round((after["pipeline_cpu_s"] + fixed_parts["report_cpu_s"]) / bare_mean, 3),
         "after": after,
         **({"before": ratios("before")} if "before" in runs else {}),
         **({"same_output_as_" + sides["same_as"].name: _same_output(work / "out-same_as-0", out)}

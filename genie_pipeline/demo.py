@@ -45,10 +45,7 @@ def main(argv=None) -> int:
     else:
         generate_corpus(corpus, seed=0, size=args.size)
 
-    cfg = load_config(args.config, sets=[f"train.out_dir={out / 'train'}"], output_dir=str(out / "ingest"),
-                      overlay=HERE / "demo.yaml")
-    if (corpus / "lerobot" / "meta" / "info.json").exists():
-        cfg.sources.append(LeRobotSource(type="lerobot", name="robot", root=str(corpus / "lerobot")))
+    cfg = demo_config(args.config, out, corpus)
     if _ingest(cfg, corpus):
         return 1
 
@@ -67,6 +64,16 @@ def main(argv=None) -> int:
         for line in trained:
             print(line)
     return 0
+
+
+def demo_config(config: str, out: Path, corpus: Path) -> PipelineConfig:
+    """`config` with the demo's overlay, writing under `out`, plus the corpus's LeRobot
+    dataset as a source where it has one."""
+    cfg = load_config(config, sets=[f"train.out_dir={out / 'train'}"], output_dir=str(out / "ingest"),
+                      overlay=HERE / "demo.yaml")
+    if (corpus / "lerobot" / "meta" / "info.json").exists():
+        cfg.sources.append(LeRobotSource(type="lerobot", name="robot", root=str(corpus / "lerobot")))
+    return cfg
 
 
 def _corpus_current(corpus: Path) -> bool:

@@ -67,7 +67,7 @@ from genie_pipeline.shards.lease import holder as lease_holder
 from genie_pipeline.shards.reader import (DataError, iter_part_batches, iter_tar_samples, live_shards, read_stats,
                                           table_files, table_rows)
 from genie_pipeline.shards.records import Candidate, ClipRow, Failure, VideoResult, from_row, redact_url
-from genie_pipeline.shards.report import REPORT, Threshold, write_report
+from genie_pipeline.shards.report import REPORT, Threshold, write_report, write_report_detached
 from genie_pipeline.shards.store import read_store_result
 from genie_pipeline.shards.writer import ShardMixer, StreamingShards, spread
 
@@ -1137,7 +1137,16 @@ def _run_logged(cfg: IngestConfig, out: str, extra_beam_args: list[str] | None, 
         print(f"ingest: report {report} (nothing new this run: not redrawn)", file=sys.stderr, flush=True)
     else:
         try:
-            print(f"ingest: report {write_report(out, report_thresholds(cfg.filters))}", file=sys.stderr, flush=True)
+            if cfg.output.report == "background" and not fs.is_remote(out):
+                # its 1-3 s of matplotlib need not hold the run: the output is committed
+                log = os.path.join(out, "logs", f"report-{time.strftime('%Y%m%dT%H%M%S')}.log")
+                os.makedirs(os.path.dirname(log), exist_ok=True)
+                write_report_detached(out, report_thresholds(cfg.filters), log)
+                print(f"ingest: report {report} (being drawn in the background; log {log})", file=sys.stderr,
+                      flush=True)
+            else:
+                print(f"ingest: report {write_report(out, report_thresholds(cfg.filters))}", file=sys.stderr,
+                      flush=True)
         except Exception as e:  # noqa: BLE001 — `genie-pipeline report OUT` redraws it and shows the error
             print(f"ingest: report not written ({type(e).__name__}: {e}); the run is committed", file=sys.stderr,
                   flush=True)

@@ -108,6 +108,10 @@ class OutputConfig(Section):
     # a command run after each commit of `genie-pipeline ingest` (split like a shell would, run
     # without one), with GENIE_SNAPSHOT, GENIE_OUTPUT and the counts in its environment
     on_commit: str | None = None
+    # OUT/report.html after a run that changed something: drawn in a process of its own once
+    # the run is committed (the ingest returns without waiting for it; a bucket output:
+    # inline), or inline before the ingest returns
+    report: Literal["background", "inline"] = "background"
 
     @field_validator("on_commit")
     @classmethod

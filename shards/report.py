@@ -16,9 +16,12 @@ import base64
 import html
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -70,6 +73,23 @@ def write_report(out: str, thresholds: dict[str, Threshold] | None = None, sheet
     path = fs.join(out, REPORT)
     fs.write_bytes(path, _page(out, sections).encode())
     return path
+
+
+# the report's own process: its parent exits at once, so it outlives the ingest that started
+# it and is nobody's child there (its CPU is not the ingest's, and nothing must reap it)
+_DETACH = "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"
+
+
+def write_report_detached(out: str, thresholds: dict[str, Threshold], log: str) -> None:
+    """Draw OUT/report.html (a local output) in a process of its own, off the caller's path:
+    it returns once that process is started; what it prints, an error included, goes to the
+    file `log`. The page appears whole when drawn (`fs.write_bytes`); until then an earlier
+    one stays. The process imports this code from the caller's `sys.path`."""
+    spec = json.dumps({k: asdict(t) for k, t in thresholds.items()})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    with open(log, "ab") as f:
+        subprocess.run([sys.executable, "-c", _DETACH, sys.executable, "-m", "genie_pipeline.shards.report", out, spec],
+                       stdin=subprocess.DEVNULL, stdout=f, stderr=f, env=env, check=True)
 
 
 def load_output(out: str) -> Output:
@@ -374,3 +394,7 @@ def _by(rows: list[dict], key: str | Callable[[dict], str]) -> dict[str, list[di
     for r in rows:
         out[r[key] if isinstance(key, str) else key(r)].append(r)
     return dict(out)
+
+
+if __name__ == "__main__":  # write_report_detached's process: OUT and the thresholds as JSON
+    print(f"wrote {write_report(sys.argv[1], {k: Threshold(**v) for k, v in json.loads(sys.argv[2]).items()})}")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,16 @@ def ffmpeg() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def wait_for_file(path: Path, timeout_s: float = 120) -> Path:
+    """`path` once it exists (an ingest's report is drawn by a process of its own after the
+    run returns: output.report background)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout_s} s"
+        time.sleep(0.2)
+    return path
 
 
 def make_video(path: Path, seconds: float, size: str = "640x360", fps: int = 30, src: str = "testsrc2",

@@ -56,7 +56,7 @@ def hostile_run(tmp_path_factory):
                        {"type": "files", "name": "f", "glob": str(vids / "*.mp4"), "keywords": "none"}],
            "download": {"max_duration_s": 20, "retries": 0, "timeout_s": 2},
            "runner": {"running_mode": "in_memory", "direct_num_workers": 1},
-           "output": {"dir": str(d / "out")}}
+           "output": {"dir": str(d / "out"), "report": "inline"}}  # the report is read right after
     stats = run_ingest(parse_config(cfg))
     return d, cfg, stats
 

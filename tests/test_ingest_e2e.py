@@ -19,7 +19,7 @@ from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.pipeline import run_ingest
 from genie_pipeline.shards.clip import clip_fps, decode_clip
 from genie_pipeline.shards.verify import verify
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for_file
 
 QUERIES = ["pitfall", "montezuma", "kangaroo", "mario", "kuka", "panda", "atari", "retro", "coinrun", "platformer"]
 
@@ -191,7 +191,7 @@ def test_rerun_is_idempotent(ingested):
     out = ingested["out"]
     before = sorted(r["key"] for r in table(out, "manifest"))
     shards_before = sorted(p.name for p in (out / "shards").glob("*.tar"))
-    report_before = (out / "report.html").stat().st_mtime_ns
+    report_before = wait_for_file(out / "report.html").stat().st_mtime_ns
     stats = run_ingest(parse_config(ingested["cfg"]))
     assert stats["last_run"]["counters"].get("downloaded", 0) == 0
     # nothing new: the report (matplotlib, seconds) is not drawn again

@@ -30,7 +30,7 @@ from genie_pipeline.shards.config import ClipsConfig
 from genie_pipeline.shards.reader import DataError
 from genie_pipeline.shards.records import ClipRow, VideoResult, clip_key, video_key
 from genie_pipeline.shards.report import write_report
-from tests.conftest import make_video
+from tests.conftest import make_video, wait_for_file
 from tests import test_label_browser
 from tests.fixtures.footage import sprite_frames
 from tests.fixtures.output import write_output
@@ -116,6 +116,7 @@ def ingested(tmp_path_factory):
                         "shards": {"keep_clip_store": False}, "output": {"dir": str(base / "out")}})
     with contextlib.redirect_stderr(io.StringIO()) as err:  # where the launcher's progress goes
         stats = run_ingest(cfg)
+    wait_for_file(base / "out" / "report.html")  # drawn by a process of its own (output.report: background)
     return {"out": base / "out", "stats": stats, "stderr": err.getvalue()}
 
 
@@ -128,7 +129,11 @@ def test_every_ingest_writes_the_report_and_worker_processes_report_progress(ing
     # the report was written at the end of the run; the job's commit removed the clip store
     assert (ingested["out"] / "report.html").is_file()
     assert not (ingested["out"] / "clips").exists()
-    assert f"ingest: report {ingested['out'] / 'report.html'}" in ingested["stderr"]
+    assert f"ingest: report {ingested['out'] / 'report.html'} (being drawn in the background; log " \
+        in ingested["stderr"]
+    # the drawing process's log names the page it wrote
+    logs = list((ingested["out"] / "logs").glob("report-*.log"))
+    assert len(logs) == 1 and f"wrote {ingested['out'] / 'report.html'}" in logs[0].read_text()
     # the launcher's lines, from counts only the two worker processes made
     lines = ingested["stderr"].splitlines()
     assert "ingest: 5 candidates found, 4 kept by keywords, 0 done before" in lines
