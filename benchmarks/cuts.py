@@ -1,7 +1,7 @@
 """Issue 20's proof: what the ingest keeps of footage whose picture jumps, before and after
 clips on the 16 s grid, and whether any training window spans a cut.
 
-    python benchmarks/cuts.py [--corpus DIR] [--demo OUT] [--out benchmarks/results/cuts.json]
+    python benchmarks/cuts.py [--corpus DIR] [--demo OUT] [--out benchmarks/results/cuts.json] [--quality-only]
 
 The sample corpus's footage with jumps (`CUT_FOOTAGE` in genie_pipeline/corpus/generate.py,
 its expected outcome written before the thresholds were set) goes through the real ingest
@@ -17,6 +17,11 @@ reads), and the draws are checked to lie among those starts.
 `--demo OUT`: the same count over every clip of an existing `make demo` ingest output
 (`out/demo/ingest`); without it, the demo's ingest (sample corpus served on 127.0.0.1 and
 searched through yt-dlp, the demo's config) is run on the corpus here.
+
+`quality_corpus_montages`: the quality corpus's slideshow, rapid-cut and fade videos
+(`--size quality`, seed 0; 14 of each) through the same two ingests: what the shot cutter
+dropped before and what the heuristics reject on the grid (`--quality-only` adds just this to
+an existing result).
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ def loader_windows(out: str, frames: int = FRAMES) -> dict:
     shards = [p for split in ("train", "val") for p in live_shards(os.path.join(out, "shards"), split)]
     ds = WindowDataset(shards, batch_size=1, frames=frames, windows_per_clip=2000, decoder="pyav")
     stats: dict = defaultdict(int)
-    per_clip, total, spanning, clips, without = {}, 0, 0, 0, 0
+    per_clip, total, spanning, clips, without, with_cuts, n_cuts, disagree = {}, 0, 0, 0, 0, 0, 0, 0
     for path in shards:
         for clip in iter_tar_clips(path, stats):
             n = int(clip.meta["n_frames"])
@@ -59,12 +64,16 @@ def loader_windows(out: str, frames: int = FRAMES) -> dict:
             per_clip[clip.key] = {"window_starts": len(starts), "spanning_a_cut": bad}
             clips += 1
             without += not starts
+            with_cuts += bool(cuts[clip.key])
+            n_cuts += len(cuts[clip.key])
+            disagree += sorted(clip.meta.get("cut_frames") or []) != sorted(cuts[clip.key])
             total += len(starts)
             spanning += bad
     if stats["bad_shards"] or stats["bad_samples"]:
         raise SystemExit(f"unreadable shards or samples in {out}: {dict(stats)}")
-    return {"shards": len(shards), "clips": clips, "clips_without_a_window": without, "window_starts": total,
-            "windows_spanning_a_cut": spanning, "per_clip": per_clip}
+    return {"shards": len(shards), "clips": clips, "clips_with_cuts": with_cuts, "cut_frames": n_cuts,
+            "clips_whose_json_and_manifest_cuts_differ": disagree, "clips_without_a_window": without,
+            "window_starts": total, "windows_spanning_a_cut": spanning, "per_clip": per_clip}
 
 
 def ingest(catalog: Path, out: Path, split_at_cuts: bool) -> None:
@@ -94,6 +103,42 @@ def per_video(out: Path) -> dict[str, dict]:
     return dict(got)
 
 
+def quality_montages(work: Path) -> dict:
+    """The quality corpus's slideshow, rapid-cut and fade videos (seed 0, rendered one by one
+    as the corpus renders them) through the ingest split at cuts and on the grid: clips, kept,
+    reasons, failures."""
+    from collections import Counter
+
+    from genie_pipeline.corpus.generate import _render_one, seeded_plan
+    from genie_pipeline.corpus.render import renderers_available
+
+    specs = [s for s in seeded_plan("quality", 0, renderers_available()["procgen"])
+             if s["made_how"] in QUALITY_MONTAGES]
+    (work / "videos").mkdir(parents=True, exist_ok=True)
+    for s in specs:
+        _render_one(s, str(work))
+    cat = work / "catalog.jsonl"
+    cat.write_text("".join(json.dumps({"id": s["id"], "path": str(work / s["file"]), "title": s["title"]}) + "\n"
+                           for s in specs))
+    ingest(cat, work / "before", split_at_cuts=True)
+    ingest(cat, work / "after", split_at_cuts=False)
+    out = {}
+    for name in ("before", "after"):
+        got = per_video(work / name)
+        for how in QUALITY_MONTAGES:
+            vs = [got.get(s["id"], {}) for s in specs if s["made_how"] == how]
+            out.setdefault(how, {})[name] = {
+                "videos": len(vs), "videos_failed": Counter(v["failure"] for v in vs if v.get("failure")),
+                "clips": sum(v.get("clips", 0) for v in vs), "kept": sum(v.get("kept", 0) for v in vs),
+                "reasons": Counter(r for v in vs for r in v.get("reasons", []) if r),
+                "cuts_of_kept_clips": sorted(len(c) for v in vs for c, r in zip(v.get("cut_frames", []),
+                                                                                  v.get("reasons", [])) if not r)}
+    return out
+
+
+QUALITY_MONTAGES = ("slideshow", "rapid_cuts", "fade")
+
+
 def demo_ingest(corpus: Path, dest: Path) -> str:
     """The demo's ingest step (genie_pipeline.demo) on `corpus`, into dest/ingest."""
     from genie_pipeline import demo
@@ -109,7 +154,15 @@ def main() -> int:
     ap.add_argument("--corpus", help="an existing full sample corpus (default: render one)")
     ap.add_argument("--demo", help="an existing `make demo` ingest output (default: run the demo's ingest)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cuts.json"))
+    ap.add_argument("--quality-only", action="store_true",
+                    help="only the quality corpus's montage-like videos, added to an existing --out")
     args = ap.parse_args()
+    if args.quality_only:
+        result = json.loads(Path(args.out).read_text())
+        result["quality_corpus_montages"] = quality_montages(Path(tempfile.mkdtemp(prefix="bench-cuts-q-")))
+        print(json.dumps(result["quality_corpus_montages"], indent=2))
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
 
     from genie_pipeline.corpus.generate import CUT_FOOTAGE, generate_corpus
 
@@ -155,12 +208,10 @@ def main() -> int:
         "videos": table,
         "montage_clips": montage,
         "montage_clips_rejected": sum(m["reason"] != "" for m in montage),
-        "loader_window_starts_fixtures": windows["window_starts"],
-        "loader_windows_spanning_a_cut_fixtures": windows["windows_spanning_a_cut"],
+        "fixtures_loader": {k: v for k, v in windows.items() if k != "per_clip"},
         "demo": {"output": "given" if args.demo else "the demo's ingest run here (sample corpus, seed 0)",
-                 **{k: v for k, v in demo_windows.items() if k != "per_clip"},
-                 "manifest_clips_with_cuts": sum(1 for c in _cut_frames(demo_out) if c),
-                 "manifest_cut_frames": sum(len(c) for c in _cut_frames(demo_out))},
+                 **{k: v for k, v in demo_windows.items() if k != "per_clip"}},
+        "quality_corpus_montages": quality_montages(work / "quality"),
         "window_frames": FRAMES,
         "wall_s": round(time.time() - t0, 1),
         "date": time.strftime("%Y-%m-%d"),
@@ -169,12 +220,6 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
-
-
-def _cut_frames(out: str) -> list[list[int]]:
-    from genie_pipeline.shards.reader import read_rows
-
-    return [list(r["cut_frames"] or []) for r in read_rows(out, "manifest", columns=["cut_frames"])]
 
 
 if __name__ == "__main__":

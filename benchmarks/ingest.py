@@ -30,8 +30,11 @@ does not depend on the source's format, and adds the decode of the format `downl
 selects from benchmarks/decode_codecs.py.
 
 The goal is for the cost per second of source: `ratio_without_fixed_overhead` takes out what
-a run pays once whatever its size (start-up, the commit, the report), measured by a run over
-one video; `ratio` keeps it, so it falls as a corpus grows.
+a run pays once whatever its size (start-up, the commit), measured by a run over one video;
+`ratio` keeps it, so it falls as a corpus grows. The report is drawn by a process of its own
+after the run (`output.report: background`), outside the pipeline's CPU seconds:
+`fixed_cost_one_video` times it apart with the other parts of a one-video run, and
+`ratio_with_the_report_inline` adds it back.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@
 `quality` is a corpus for measuring the quality classifier rather than the ingest: for each
 of 30 Atari games (and CoinRun where procgen imports) 3 clean and 5 degraded 33 s videos, for
 each of 3 robot arms (Kuka, Panda, xArm6) 2 clean and 6 degraded, the 12 degradations of
-degrade.py taken in turn: 272 videos, 437 labelled 16 s clips after ingest (the montages and
-fades give almost none: the shot cutter rejects them), so a benchmark can
+degrade.py taken in turn: 272 videos, each 2 labelled 16 s clips on the grid after ingest
+(437 in all when clips were split at cuts: the shot cutter dropped most slideshow, rapid-cut
+and fade videos; on the grid the heuristics reject most of their clips), so a benchmark can
 hold out whole games (a classifier that learned which games look "bad" fails that test). Its
 videos are 160x90 at 15 FPS (the ingest keeps 160x90 at 10 FPS) and have no actions sidecar.
 
@@ -653,6 +654,15 @@ def _pool(workers: int):
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
 
 
+def seeded_plan(size: str, seed: int, procgen: bool) -> list[dict]:
+    """`plan(size)` with each video's seed, as `generate_corpus(seed=seed)` renders it (one
+    video is rendered alone, the same, by `_render_one`)."""
+    specs = plan(size, procgen=procgen)
+    for i, s in enumerate(specs):
+        s["seed"] = int(np.random.SeedSequence([int(seed), i + 1]).generate_state(1)[0] % (2**31 - 1))
+    return specs
+
+
 def generate_corpus(out_dir, seed: int = 0, size: str = "full", *, workers: int | None = None,
                     lerobot: bool = True, verbose: bool = False) -> Path:
     """Render the sample corpus into `out_dir`; returns the path of `catalog.jsonl`.
@@ -671,9 +681,7 @@ def generate_corpus(out_dir, seed: int = 0, size: str = "full", *, workers: int 
     missing = [k for k in ("ale", "pybullet") if not avail[k]]
     if missing:
         raise RuntimeError(f"cannot render the corpus without {missing} (pip install 'genie-pipeline[corpus]')")
-    specs = plan(size, procgen=avail["procgen"])
-    for i, s in enumerate(specs):
-        s["seed"] = int(np.random.SeedSequence([int(seed), i + 1]).generate_state(1)[0] % (2**31 - 1))
+    specs = seeded_plan(size, seed, procgen=avail["procgen"])
     workers = workers or max(1, min(2, os.cpu_count() or 1))
     results: dict[str, dict] = {}
     jobs = sorted(specs, key=_cost, reverse=True)
