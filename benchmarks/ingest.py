@@ -173,8 +173,8 @@ def profile(paths: list[str], titles: list[str], scratch: Path, top: int = 5) ->
 def fixed_cost(one: Path, out: Path, rounds: int = 2) -> dict:
     """Where a run over one video spends its CPU seconds, measured in this process without a
     profiler (whose overhead on Beam's Python code is several times the code's own): the
-    whole run, Beam's building of the job, its running less the video's processing and the
-    commit, the commit, the video itself (VideoProcessor), and the report drawn after it (the
+    whole run, Beam's building of the job, its running (the commit included) less the video's
+    processing, the video itself (VideoProcessor), and the report drawn after it (the
     ingest leaves that to a process of its own: output.report background). Means over
     `rounds` runs after a warm-up run."""
     from genie_pipeline.config import parse_config
@@ -197,7 +197,6 @@ def fixed_cost(one: Path, out: Path, rounds: int = 2) -> dict:
 
     timed(P, "build_pipeline", "Beam: building the job (build_pipeline)")
     timed(P, "_run_job", "run")
-    timed(P, "commit_job", "commit (commit_job)")
     timed(VideoProcessor, "__call__", "the video (VideoProcessor: decode, cuts, heuristics, fingerprint, encode)")
 
     def run(dest: Path) -> float:
@@ -220,7 +219,7 @@ def fixed_cost(one: Path, out: Path, rounds: int = 2) -> dict:
         report += cpu() - c0
     parts = {k: v / rounds for k, v in spent.items()}
     run_ = parts.pop("run")
-    job = "Beam: running the job less the video and the commit"
+    job = "Beam: running the job less the video (the commit included)"
     parts[job] = run_ - sum(v for k, v in parts.items() if k != "Beam: building the job (build_pipeline)")
     parts["the rest of run_ingest (discovery of done videos, stats, logs)"] = total / rounds - run_ - parts[
         "Beam: building the job (build_pipeline)"]
@@ -268,7 +267,7 @@ def main() -> int:
     cat.write_text("\n".join(json.dumps({"id": r["id"], "path": str(corpus / r["file"]), "title": r["title"]})
                              for r in videos) + "\n")
     # a run over one short real video pays what every run pays once whatever its size: Beam
-    # start-up, the shard writer, the commit and the report (its histograms and contact sheets)
+    # start-up, the shard writer, the commit (and the report, in a tree that draws it inline)
     one = work / "one.jsonl"
     one.write_text(json.dumps({"id": videos[0]["id"], "path": paths[0], "title": videos[0]["title"]}) + "\n")
 
