@@ -25,7 +25,7 @@
    cross-validation (2b) is run twice, from scratch and from the pretrained trunk.
 
 `--stages` picks what runs (default all: train,cv,cost,variants; add `labels` for 5, `cvp` for
-2b fine-tuned from `--pretrained`). On the quality corpus alone: `--seeds '' --quality-seeds 0`.
+2b fine-tuned from `--pretrained`, `testkinds` for the model's own test videos per kind). On the quality corpus alone: `--seeds '' --quality-seeds 0`.
 On a busy machine the stages run as separate processes on one `--work`: `--model` (e.g. a
 fold's model from 2b) skips 2, `variants` without `cost` estimates the scoring share from the
 variants' CPU per clip and the unscored ingest's CPU, and `--merge A.json B.json …` combines
@@ -203,16 +203,7 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
                          "epochs": meta["training"]["epochs_run"], "seconds": round(time.time() - t0, 1)})
         print(f"  fold {f}: {per_fold[-1]}", file=sys.stderr, flush=True)
     y, s, kp = np.concatenate(ys), np.concatenate(ss), np.concatenate(keep)
-    kinds = np.array(kinds)
-    by_kind = {}
-    for kind in sorted(set(kinds)):
-        sel = kinds == kind
-        d = {"clips": int(sel.sum()), "mean_score": round(float(s[sel].mean()), 3),
-             "kept_fraction": round(float(kp[sel].mean()), 3)}
-        if kind != "clean":
-            both = sel | (y == 1)
-            d["roc_auc_vs_clean"] = round(float(roc_auc_score(y[both], s[both])), 3)
-        by_kind[kind] = d
+    by_kind = per_kind(y, s, kp, np.array(kinds))
     tp, fp, fn = int((kp & (y == 1)).sum()), int((kp & (y == 0)).sum()), int((~kp & (y == 1)).sum())
     return {"folds": folds, "held_out_unit": unit, "units": len(units), "clips": int(len(y)), "videos": len(fold_of),
             "roc_auc_pooled": float(roc_auc_score(y, s)),
@@ -232,6 +223,39 @@ def corpus_summary(index, labels: dict[str, str], rows: dict[str, dict], args, s
 
 
 GOAL_ROC_AUC = 0.92
+
+
+def per_kind(y, s, kp, kinds) -> dict:
+    """Per made_how: clips, mean score, kept fraction, and (a bad kind) its ROC-AUC against every clean clip."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for kind in sorted(set(kinds.tolist())):
+        sel = kinds == kind
+        d = {"clips": int(sel.sum()), "mean_score": round(float(s[sel].mean()), 3),
+             "kept_fraction": round(float(kp[sel].mean()), 3)}
+        if kind != "clean":
+            both = sel | (y == 1)
+            d["roc_auc_vs_clean"] = round(float(roc_auc_score(y[both], s[both])), 3)
+        out[kind] = d
+    return out
+
+
+def model_test_by_kind(index, labels: dict[str, str], rows: dict[str, dict], model_path: str) -> dict:
+    """A trained model on its own held-out test videos (its metadata's split), per bad kind."""
+    import numpy as np
+
+    from genie_pipeline.filtering.quality import load_quality_model
+    from genie_pipeline.filtering.quality.frames import sample_frames
+    from genie_pipeline.filtering.quality.score import score_clips
+
+    model, meta = load_quality_model(model_path, bf16="off")
+    test = set(meta["split"]["test"])
+    keys = [k for k in sorted(labels) if index[k].video_id in test]
+    s = score_clips(model, [sample_frames(index.read(k), meta["model_params"]["frames_per_clip"]) for k in keys])
+    y = np.array([labels[k] == "good" for k in keys], int)
+    return per_kind(y, s, s >= meta["threshold"], np.array([rows[index[k].video_id]["made_how"] for k in keys]))
 
 
 def measured_cost(on_cpu: float, counters: dict, off_cpu: float, bf16_used: bool) -> dict:
@@ -367,6 +391,10 @@ def main() -> int:
         pq = qcfg.model_copy(update={"weights": args.pretrained or str(work / "pretrained.pt")})
         result["cross_validation_pretrained"] = cross_validate(index, labels, args.folds, pq, work / "cvp", rows,
                                                                args.cv_group)
+        _write(args.out, result)
+    if "testkinds" in stages and args.model:
+        print("2c. the model's held-out test videos, per kind", file=sys.stderr, flush=True)
+        result["held_out_test_by_kind"] = model_test_by_kind(index, labels, rows, args.model)
         _write(args.out, result)
     if not {"train", "cost", "variants"} & stages:
         print(json.dumps({k: v for k, v in result.items() if k != "machine"})[:4000])
