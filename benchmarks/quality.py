@@ -337,9 +337,10 @@ def main() -> int:
         result = {}
         for f in args.merge:
             result.update(json.loads(Path(f).read_text()))
-        result["held_out_games"] = held_out_summary(result)
+        if "cross_validation" in result:
+            result["held_out_games"] = held_out_summary(result)
         _write(args.out, result)
-        print(json.dumps(result["held_out_games"], indent=1))
+        print(json.dumps(result.get("held_out_games", {k: result[k] for k in result if k != "variants"}))[:2000])
         return 0
 
     import torch
