@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.gate_attack import attack
 from genie_pipeline.cli import main
 from genie_pipeline.models import Genie, get_config
 from genie_pipeline.models.config import config_to_dict
@@ -305,3 +307,29 @@ def test_each_session_has_its_own_episode_and_a_busy_model_answers_429(served):
         resp, body = b.request("POST", "/api/step?action=1")
     assert resp.status == 429 and resp.headers["Retry-After"] == "1" and b"busy" in body
     assert b.request("POST", "/api/step?action=1")[1][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readers_that_never_read_cost_the_play_server_only_their_own_connection(bundle):
+    """Issue 24: 20 connections x 40 pipelined GETs never read stalled the play server (a normal
+    request took 55.7 s): its workers blocked in sendall. It shares the label server's gate
+    (shards/httpgate.py), so a slow reader now costs its own connection only."""
+    srv = make_play_server(PlayApp(load_genie(bundle), greedy=True, steps=1), "127.0.0.1", 0, timeout=5.0,
+                           workers=4)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    attackers = attack(port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 1000, conns=20)
+    took = []
+    try:
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            resp, body = Client(port).request("GET", "/api/info")
+            took.append(time.monotonic() - t0)
+            assert resp.status == 200 and json.loads(body)
+            time.sleep(0.5)
+    finally:
+        for s in attackers:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
+    assert max(took) < 1.0, f"a normal GET took up to {max(took):.1f} s during the attack"
