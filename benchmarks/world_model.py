@@ -118,21 +118,24 @@ def write_episodes(out: Path, episodes: int, frames: int, seed: int, val_episode
             if k != "actions"}, "true_action_histogram": dict(sorted(counts["actions"].items()))}
 
 
-def train_config(data: Path, run: Path, preset: dict, tok_steps: int, dyn_steps: int):
+def train_config(data: Path, run: Path, preset: dict, tok_steps: int, dyn_steps: int, threads: int = 0):
+    """The trainer's config for both phases; `threads` 0: the preset's, else every core."""
     from genie_pipeline.training.config import TrainConfig
 
-    keys = {k: v for k, v in preset.items() if k not in ("tokenizer_steps", "dynamics_steps")}
+    keys = {k: v for k, v in preset.items() if k not in ("tokenizer_steps", "dynamics_steps", "threads")}
     return TrainConfig(**keys, data=[str(data)], out_dir=str(run), tokenizer_steps=tok_steps,
                        dynamics_steps=dyn_steps, num_workers=0, checkpoint_every=max(tok_steps, dyn_steps, 1),
-                       sample_every=max(tok_steps, dyn_steps, 1), log_every=25, threads=os.cpu_count() or 1)
+                       sample_every=max(tok_steps, dyn_steps, 1), log_every=25,
+                       threads=threads or preset.get("threads") or os.cpu_count() or 1)
 
 
-def probe_step_seconds(data: Path, tmp: Path, preset: dict, steps: int = 12) -> tuple[float, float]:
+def probe_step_seconds(data: Path, tmp: Path, preset: dict, steps: int = 12, threads: int = 0) -> tuple[float, float]:
     """Seconds per optimizer step of each phase on this machine: the trainer's own steady-state
     step time (warm-up steps dropped) over a short run of both phases."""
     from genie_pipeline.training.run import train_main
 
-    summary = train_main(train_config(data, tmp / "probe", preset, steps, steps), stage="all", inputs=[str(data)])
+    summary = train_main(train_config(data, tmp / "probe", preset, steps, steps, threads), stage="all",
+                         inputs=[str(data)])
     return tuple(float(summary["phases"][p]["sec_per_step"]) for p in ("tokenizer", "dynamics"))
 
 
@@ -150,6 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-clips", type=int, default=256)
     ap.add_argument("--out", default=None, help="work dir (default: a temporary one, removed)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (0: every core); 1 on a machine other jobs share: threads that wait "
+                         "for a descheduled sibling spin, and a step then costs many times its CPU")
     ap.add_argument("--eval-only", action="store_true",
                     help="re-run only eval on the model trained in --out, keeping the recorded training")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -179,22 +185,23 @@ def main(argv=None) -> int:
     if args.steps:
         (tok_steps, dyn_steps), probe = args.steps, None
     else:
-        torch.set_num_threads(os.cpu_count() or 1)
-        tok_s, dyn_s = probe_step_seconds(data, work / "probe", preset)
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        tok_s, dyn_s = probe_step_seconds(data, work / "probe", preset, threads=args.threads)
         budget = args.minutes * 60
         tok_steps = int(budget * args.tokenizer_share / tok_s)
         dyn_steps = int(budget * (1 - args.tokenizer_share) / dyn_s)
         probe = {"tokenizer_s_per_step": round(tok_s, 3), "dynamics_s_per_step": round(dyn_s, 3)}
         print(f"[world_model] probe {probe} → {tok_steps} tokenizer + {dyn_steps} dynamics steps", flush=True)
     t1 = time.perf_counter()
-    summary = train_main(train_config(data, run, preset, tok_steps, dyn_steps), stage="all", inputs=[str(data)])
+    summary = train_main(train_config(data, run, preset, tok_steps, dyn_steps, args.threads), stage="all",
+                         inputs=[str(data)])
     train_s = time.perf_counter() - t1
     phases = {name: {"steps": p.get("steps"), "first_loss": p.get("first_loss"), "sec_per_step": p.get("sec_per_step"),
                      "final": p.get("final_metrics", {})} for name, p in summary["phases"].items()}
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "loadavg_end": list(os.getloadavg())},
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads or os.cpu_count(), "platform": platform.platform(),
+                    "torch": torch.__version__, "loadavg_end": list(os.getloadavg())},
         "scale": args.scale, "preset": preset, "budget_minutes": None if args.steps else args.minutes,
         "data": {**data_info, "action_space": ACTION_SPACE, "seconds_to_render": round(data_s, 1)},
         "probe": probe,

@@ -5,6 +5,10 @@ MaskGIT steps) swept on the default variant, which needs no training.
 
     python benchmarks/world_model_ablation.py --out /tmp/wm_ablate [--tokenizer-steps 1200]
         [--dynamics-steps 2000] [--variants add prepend lam_vq] [--eval-only]
+    python benchmarks/world_model_ablation.py --run /tmp/wm/run --out /tmp/wm   # the sampler sweep only,
+        on a model world_model.py trained (--out /tmp/wm): its data, its held-out windows
+    python benchmarks/world_model_ablation.py --smoke --out /tmp/smoke --results /tmp/smoke   # every
+        variant and sampler for a couple of steps on CPU (the test suite): checks the script
 
 Writes benchmarks/results/world_model_ablation.json. The budget is stated in the file: a
 reduced one is a reduced one (the CPU is shared), and only differences measured on the same
@@ -25,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.world_model import CPU_PRESET, RESULTS, summary_row, train_config, write_episodes  # noqa: E402
+from genie_pipeline.training.controllability import sampler_label  # noqa: E402
 
 # phase-2 variants: model overrides on top of CPU_PRESET (the tokenizer is shared)
 VARIANTS = {
@@ -34,10 +39,15 @@ VARIANTS = {
     "lam_decoder_past": {"lam.decoder_past": True},  # the LAM decoder sees x_1..x_t (the paper's view)
     "dyn_wide": {"dynamics.st.dim": 128},  # a wider dynamics model on the same tokenizer
 }
-# samplers swept on the default variant's model: (label, eval keyword arguments)
-SAMPLERS = {"greedy/4 steps": {"greedy": True, "steps": 4}, "T=0.5/4 steps": {"temperature": 0.5, "steps": 4},
-            "T=1/4 steps": {"temperature": 1.0, "steps": 4}, "T=2/4 steps": {"temperature": 2.0, "steps": 4},
-            "greedy/8 steps": {"greedy": True, "steps": 8}, "T=1/8 steps": {"temperature": 1.0, "steps": 8}}
+# samplers swept on the default variant's model (eval keyword arguments, labelled as eval labels
+# them): the temperature at the preset's 4 MaskGIT steps (greedy is T = 0), then more steps
+SAMPLER_GRID = [(True, 0.0, 4), (False, 0.5, 4), (False, 1.0, 4), (False, 2.0, 4),
+                (True, 0.0, 8), (False, 0.5, 8), (False, 1.0, 8),
+                (True, 0.0, 16), (False, 0.5, 16), (False, 1.0, 16)]
+SAMPLERS = {sampler_label(g, t, n): ({"greedy": True, "steps": n} if g else {"temperature": t, "steps": n})
+            for g, t, n in SAMPLER_GRID}
+SMOKE = {"episodes": 4, "val_episodes": 2, "frames_per_clip": 16, "tokenizer_steps": 2, "dynamics_steps": 2,
+         "eval_clips": 2}
 
 
 def train_variants(work: Path, args) -> dict:
@@ -82,13 +92,27 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer-steps", type=int, default=1200)
     ap.add_argument("--dynamics-steps", type=int, default=2000)
     ap.add_argument("--variants", nargs="+", default=["add", "prepend"], choices=sorted(VARIANTS))
+    ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS), metavar="LABEL",
+                    help=f"the samplers swept (default all: {', '.join(SAMPLERS)})")
+    ap.add_argument("--run", default=None,
+                    help="sweep the samplers only, on this trained run (world_model.py --out's run dir; "
+                         "--out is that work dir, whose coinrun/ data it reads)")
     ap.add_argument("--eval-clips", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--smoke", action="store_true",
+                    help="every variant and sampler, a couple of steps of each on CPU: checks the script")
+    ap.add_argument("--results", default=str(RESULTS), help="where world_model_ablation.json goes")
     args = ap.parse_args(argv)
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+        args.variants = list(VARIANTS)
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
+    if args.run:
+        return evaluate_samplers_only(work, Path(args.run), args)
     if not args.eval_only:
         train_variants(work, args)
     if args.train_only:
@@ -96,9 +120,47 @@ def main(argv=None) -> int:
     return evaluate_variants(work, args)
 
 
-def evaluate_variants(work: Path, args) -> int:
+def sweep_samplers(run: Path, work: Path, args) -> list[dict]:
+    """Every sampler in one eval of the model in `run`: the same windows, the same noise per sampler."""
+    from genie_pipeline.training.eval import run_eval
+
+    t0 = time.perf_counter()
+    r = run_eval(str(run), data=[str(work / "coinrun")], out_dir=str(work / "eval-samplers"), clips=args.eval_clips,
+                 seed=args.seed, samplers={label: SAMPLERS[label] for label in args.samplers})
+    rows = [summary_row(r, label) for label in args.samplers]
+    for row in rows:
+        print(f"[ablation] {row}", flush=True)
+    print(f"[ablation] {len(rows)} samplers on {r['clips']} windows in {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def write_result(args, extra: dict) -> None:
     import torch
 
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "smoke": bool(args.smoke),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                          "loadavg_end": list(os.getloadavg()),
+                          "note": "a 2-core machine shared with other jobs: wall times are not comparable"},
+              "preset": CPU_PRESET, **extra}
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "world_model_ablation.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+
+
+def evaluate_samplers_only(work: Path, run: Path, args) -> int:
+    """The sampler sweep on a model trained elsewhere (world_model.py's): no retraining, so the
+    training-time variants are not in this table; the file says so."""
+    tc = json.loads((run / "run.json").read_text()).get("train_config", {})
+    trained = {"run": str(run), "from": "benchmarks/world_model.py (--out's run: world_model.json's model)",
+               **{k: tc.get(k) for k in ("model", "tokenizer_steps", "dynamics_steps", "batch_size", "threads")}}
+    write_result(args, {"model": trained, "variants": [],
+                        "variants_not_run": "training-time variants need a retrain each (~30 CPU-minutes): "
+                                            f"{', '.join(VARIANTS)} not run in this table",
+                        "samplers": sweep_samplers(run, work, args)})
+    return 0
+
+
+def evaluate_variants(work: Path, args) -> int:
     from genie_pipeline.training.eval import run_eval
 
     training = json.loads((work / "training.json").read_text()) if (work / "training.json").exists() else {}
@@ -110,22 +172,10 @@ def evaluate_variants(work: Path, args) -> int:
         rows.append({"variant": name, "overrides": VARIANTS[name], "eval_seconds": round(time.perf_counter() - t0, 1),
                      **summary_row(r)})
         print(f"[ablation] {rows[-1]}", flush=True)
-    # every sampler in one eval of the default variant: the same windows, the same noise per sampler
-    r = run_eval(str(work / args.variants[0]), data=[str(work / "coinrun")],
-                 out_dir=str(work / args.variants[0] / "eval-samplers"), clips=args.eval_clips, seed=args.seed,
-                 samplers=SAMPLERS)
-    samplers = [summary_row(r, label) for label in SAMPLERS]
-    for row in samplers:
-        print(f"[ablation] {row}", flush=True)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                          "loadavg_end": list(os.getloadavg()),
-                          "note": "a 2-core machine shared with other jobs: wall times are not comparable"},
-              "budget": {"tokenizer_steps": args.tokenizer_steps, "dynamics_steps": args.dynamics_steps,
-                         "note": "reduced budget: below the 30-minute CPU benchmark's 2775 + 4923 steps"},
-              "preset": CPU_PRESET, "training": training, "variants": rows, "samplers": samplers}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "world_model_ablation.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    samplers = sweep_samplers(work / args.variants[0], work, args)
+    write_result(args, {"budget": {"tokenizer_steps": args.tokenizer_steps, "dynamics_steps": args.dynamics_steps,
+                                   "note": "reduced budget: below the 30-minute CPU benchmark's step counts"},
+                        "training": training, "variants": rows, "samplers": samplers})
     return 0
 
 

@@ -43,9 +43,11 @@ from benchmarks.world_model import RESULTS, episode_clip, summary_row, train_con
 # the GPU run: GenieRedux/Jasmine's CoinRun scale at 64×64 and 16 frames, sized for minutes
 GPU_RUN = {"model": "small", "batch_size": 32, "frames": 16, "resolution": [64, 64], "lr": 3e-4,
            "warmup_steps": 100, "overrides": {}, "precision": "bf16", "device": "cuda", "compile": True}
-# the smoke run: the same path on CPU in seconds
+# the smoke run: the same path on CPU in seconds; one thread, since the test machine is shared and
+# waiting threads spin (two threads made its eval of 2 clips take minutes under a load of ~13)
 SMOKE_RUN = {"model": "tiny", "batch_size": 2, "frames": 4, "resolution": [64, 64], "lr": 3e-4,
-             "warmup_steps": 1, "overrides": {}, "precision": "fp32", "device": "cpu", "compile": False}
+             "warmup_steps": 1, "overrides": {}, "precision": "fp32", "device": "cpu", "compile": False,
+             "threads": 1}
 # dense bf16 peak of the cards this is meant for (NVIDIA data sheets, SXM): MFU's denominator
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 PHASES = ("tokenizer", "dynamics")
