@@ -41,7 +41,7 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m genie_pipeline.demo --out $(DEMO)
 
 test: setup browser ffmpeg-libs
-	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	PATH="$(abspath $(VENV))/bin:$$PATH" HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" --durations=25
 
 # everything, the slow tests too
 test-all: setup browser ffmpeg-libs

@@ -334,6 +334,7 @@ def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
     assert "ΔtPSNR@4" in printed and str(out / "eval.html") in printed
 
 
+@pytest.mark.slow  # the I3D network on CPU; the fast tests check FVD's math and its absence without weights
 def test_eval_fvd_with_a_local_i3d_file(tiny_run, i3d_file, tmp_path):
     run, data = tiny_run
     out = tmp_path / "report"

@@ -3,6 +3,7 @@ row with its reason, the run completes, and the good video's clips are all there
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.pipeline import run_ingest
@@ -30,16 +31,17 @@ def test_duplicates_bad_rows_and_bad_urls(tmp_path):
         {"id": "same", "path": str(b), "title": "second"},
         "null", "[1, 2]",
         {"id": "badurl", "url": "https://[oops/v", "title": "broken url"},
-        {"id": "fileprefix", "path": f"file://{b}", "title": "a file:// path is a local path"},
+        {"id": "fileprefix", "path": f"file://{b}", "title": "file:// is a scheme download.allowed_schemes must list"},
     ])
     by = {(f["video_id"], f["error_type"]) for f in fails}
     assert ("same", "DuplicateVideo") in by
     assert ("badurl", "BadURL") in by
+    assert ("fileprefix", "DisallowedScheme") in by  # issue 24: file:// went around allowed_schemes
     assert sum("not an object" in f["message"] for f in fails) == 2
     clips = {}
     for r in manifest:
         clips[r["video_id"]] = clips.get(r["video_id"], 0) + 1
-    assert clips == {"same": 2, "fileprefix": 1}  # the kept duplicate is a.mp4 (sorted by path)
+    assert clips == {"same": 2}  # the kept duplicate is a.mp4 (sorted by path)
     assert verify(str(tmp_path / "out")) == []
     # a second run: no new rows, the discovery failures are replaced rather than piled up
     _, fails2, manifest2 = run(tmp_path, [
@@ -72,6 +74,7 @@ def test_retry_failed_replaces_the_failure(tmp_path):
     assert verify(str(out)) == []
 
 
+@pytest.mark.slow  # two ingests at once; test_job_lease checks a held output is refused, touching nothing
 def test_a_second_run_on_a_busy_output_stops_and_touches_nothing(tmp_path, capsys):
     """Another process holds the output (here: a real second process); an ingest on it exits 1
     naming the holder and deletes nothing; once the holder is killed the ingest runs."""
