@@ -26,7 +26,7 @@ T = 0 is the argmax) and is also MaskGIT's choice temperature: Gumbel noise of s
 T·(1 - s/steps) is added to the log-confidence, so early steps commit tokens in a partly
 random order and the last steps are by confidence alone. `greedy=True` takes the argmax
 with no noise at all: deterministic. The paper's "25 steps, temperature 2" maps to
-`steps=25, temperature=2.0`; the configs default to T = 1 (models/config.py says why).
+`steps=25, temperature=2.0`; the configs default to T = 0.5 (models/config.py says why).
 
 Context frames are run once into a temporal KV cache (models/st_transformer.py); each
 MaskGIT step then runs only the new frame. `sample_frame` takes the model as a function

@@ -309,9 +309,10 @@ def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
     assert report["clips"] == 4 and report["frames"] == 16 and report["split"] == "val"
     assert all(os.path.basename(s).startswith("val-") for s in report["data"])
     assert {"psnr", "ssim"} <= set(report["tokenizer"]) and -1 <= report["tokenizer"]["ssim"] <= 1
-    # every number under greedy and T = 1 decoding; the config's own sampler (tiny: T = 1) the default
-    assert set(report["samplers"]) == {"greedy/4 steps", "T=1/4 steps"} and report["default_sampler"] == "T=1/4 steps"
-    assert report["samplers"]["greedy/4 steps"]["sampler"] == {"greedy": True, "steps": 4, "temperature": 1.0}
+    # every number under greedy and T = 1 decoding, and the config's own sampler (T = 0.5), the default
+    assert set(report["samplers"]) == {"greedy/4 steps", "T=0.5/4 steps", "T=1/4 steps"}
+    assert report["default_sampler"] == "T=0.5/4 steps"
+    assert report["samplers"]["greedy/4 steps"]["sampler"] == {"greedy": True, "steps": 4, "temperature": 0.5}
     assert len(report["dynamics"]["psnr_per_step"]) == 15 == len(report["copy_prompt"]["psnr_per_step"])
     assert set(report["dynamics"]["baselines"]) == {"shuffled", "uniform", "most_frequent"}
     d = report["delta_psnr"]
