@@ -126,7 +126,8 @@ def _mean_kept_bytes(out: Path) -> float:
 
 
 # where the per-video path spends: a profiled function's module (and for C calls, their name)
-_COMPONENTS = [("decode (PyAV demux, h264, filter graph fps/scale/RGB)", ("ingest/decode.py:", "vpull", "vpush",
+DECODE = "decode (PyAV demux, h264, filter graph fps/scale/RGB)"
+_COMPONENTS = [(DECODE, ("ingest/decode.py:", "vpull", "vpush",
                                                                          "to_ndarray", "av.container")),
                ("cut detector (filtering/shots.py)", ("filtering/shots.py",)),
                ("heuristics (filtering/heuristics.py)", ("filtering/heuristics.py",)),
@@ -305,6 +306,7 @@ def main() -> int:
                          f"{len(broken)} failed videos (see {out})")
     cuts_cpu, n_frames = cut_detection(paths)
     fixed_parts = fixed_cost(one, work / "fixed")
+    prof = profile(paths, [r["title"] for r in videos], work / "profile")
     result = {
         "videos": len(paths), "source_seconds": round(seconds, 2),
         "source_pixels_per_frame_mean": round(source_pixels),
@@ -332,7 +334,12 @@ def main() -> int:
         **({"same_output_as_" + sides["same_as"].name: _same_output(work / "out-same_as-0", out)}
            if "same_as" in runs else {}),
         "rounds": args.rounds, "benchmark_wall_s": round(time.time() - wall0, 1),
-        "profile": profile(paths, [r["title"] for r in videos], work / "profile"),
+        "profile": prof,
+        # what plan adds to a format's decode: the pipeline's CPU less its own decode (the
+        # profile's share), not less the bare decode, which is an ffmpeg process writing RGB
+        # to a pipe and can cost more than the pipeline's in-process decode of the same frames
+        "post_decode_cpu_per_source_s": round(after["pipeline_cpu_s"] / seconds * (1 - prof["components"].get(
+            DECODE, {}).get("share", 0.0)), 5),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "load_average_1_5_15": [round(x, 1) for x in os.getloadavg()]},
         "date": time.strftime("%Y-%m-%d"),

@@ -18,6 +18,7 @@ def _results(tmp_path, decode=True, **ingest_over):
     ingest = {"pipeline_cpu_per_source_s": 0.05, "bare_decode_cpu_per_source_s": 0.03, "clips": 50,
               "clips_kept": 40, "source_seconds": 1000.0, "bytes_per_clip": 200_000, "date": "2026-12-02"}
     ingest.update(ingest_over)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "ingest.json").write_text(json.dumps(ingest))
     (tmp_path / "quality.json").write_text(json.dumps({"cost": {"clips_per_scoring_cpu_s": 80.0}}))
     if decode:
@@ -30,6 +31,19 @@ def _results(tmp_path, decode=True, **ingest_over):
                        "decoder": "vp9"}],
             "not_measured": [{"codec": "av1", "reason": "no encoder in ffmpeg"}], "date": "2026-12-07"}))
     return tmp_path
+
+
+def test_the_rest_of_the_ingest_is_the_pipeline_less_its_own_profiled_decode(tmp_path):
+    """Where the pipeline decodes cheaper than the bare ffmpeg decode (in-process, no pipe), the
+    difference of the two would say the cuts, heuristics and encode cost nothing: the profiled
+    post-decode rate is used where the result has one."""
+    old = read_rates(_results(tmp_path / "old", bare_decode_cpu_per_source_s=0.06))
+    assert old.rest_cpu_per_source_s == 0.0
+    new = read_rates(_results(tmp_path / "new", bare_decode_cpu_per_source_s=0.06, post_decode_cpu_per_source_s=0.015))
+    assert new.rest_cpu_per_source_s == pytest.approx(0.015)
+    p = make_plan(new, source_hours=1000, fmt=H264, download=Download(per_host_rate=2.0, mean_video_s=600),
+                  workers=10)
+    assert p["ingest_cpu_per_source_s"] == pytest.approx(0.015 + 0.02)
 
 
 def test_plan_by_hand(tmp_path):

@@ -413,7 +413,7 @@ def test_scoring_handler_decides_on_the_worker(model_file, monkeypatch):
     assert qs.QualityModelHandler(str(model_file), meta, 4, device="cpu").share_model_across_processes() is False
 
 
-def test_shared_model_scores_through_beams_cross_process_proxy(fixture, model_file):
+def test_shared_model_scores_through_beams_cross_process_proxy(fixture, model_file, tmp_path):
     """A GPU worker's processes call the one model through Beam's multi-process proxy: the same
     scores as the model called in-process (plain numpy in, floats out, nothing pickled that
     the proxy cannot carry)."""
@@ -426,7 +426,8 @@ def test_shared_model_scores_through_beams_cross_process_proxy(fixture, model_fi
     _, info = fixture
     handler = qs.QualityModelHandler(str(model_file), read_metadata(str(model_file)), 2, device="cpu", bf16="off")
     local = handler.run_inference(info["videos"][:2], handler.load_model())
-    proxy = MultiProcessShared(handler.load_model, tag=f"quality-test-{uuid.uuid4().hex}", always_proxy=True).acquire()
+    proxy = MultiProcessShared(handler.load_model, tag=f"quality-test-{uuid.uuid4().hex}", path=str(tmp_path),
+                               always_proxy=True).acquire()
     shared = handler.run_inference(info["videos"][:2], proxy)
     assert [p.inference.keys() for p in shared] == [p.inference.keys() for p in local]
     assert all(len(p.inference) > 0 for p in local)
