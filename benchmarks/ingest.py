@@ -51,7 +51,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# the code measured: this tree, or (--profile-only, run by profile_of) a baseline checkout
+CODE = Path(os.environ.get("GENIE_BENCH_CODE", ROOT))
+sys.path.insert(0, str(CODE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -158,7 +160,7 @@ def profile(paths: list[str], titles: list[str], scratch: Path, top: int = 5) ->
     prof.disable()
     st = pstats.Stats(prof)
     total = sum(v[2] for v in st.stats.values())
-    rows = sorted(((v[2], f"{os.path.relpath(k[0], ROOT) if k[0].startswith(str(ROOT)) else k[0]}:{k[1]}({k[2]})")
+    rows = sorted(((v[2], f"{os.path.relpath(k[0], CODE) if k[0].startswith(str(CODE)) else k[0]}:{k[1]}({k[2]})")
                    for k, v in st.stats.items()), reverse=True)
     groups: dict[str, float] = {}
     for k, v in st.stats.items():
@@ -169,6 +171,18 @@ def profile(paths: list[str], titles: list[str], scratch: Path, top: int = 5) ->
             "top_functions": [{"function": f, "own_cpu_s": round(t, 3), "share": round(t / total, 4)} for t, f in rows[:top]],
             "components": {g: {"own_cpu_s": round(t, 3), "share": round(t / total, 4)}
                            for g, t in sorted(groups.items(), key=lambda x: -x[1])}}
+
+
+def profile_of(tree: Path, paths: list[str], titles: list[str], scratch: Path) -> dict:
+    """`profile` of the code in `tree` (a baseline checkout's VideoProcessor), in a process of its own."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "videos.json").write_text(json.dumps({"paths": paths, "titles": titles}))
+    env = {**os.environ, "GENIE_BENCH_CODE": str(tree), "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, __file__, "--profile-only", str(scratch)], cwd=tree, env=env,
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"profile of {tree} failed:\n{r.stderr[-3000:]}")
+    return json.loads((scratch / "profile.json").read_text())
 
 
 def fixed_cost(one: Path, out: Path, rounds: int = 2) -> dict:
@@ -248,7 +262,13 @@ def main() -> int:
     ap.add_argument("--same-as", help="a checkout whose output must equal this tree's (clips, scores)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ingest.json"))
+    ap.add_argument("--profile-only", metavar="DIR", help=argparse.SUPPRESS)  # profile_of's child
     args = ap.parse_args()
+    if args.profile_only:
+        d = Path(args.profile_only)
+        v = json.loads((d / "videos.json").read_text())
+        (d / "profile.json").write_text(json.dumps(profile(v["paths"], v["titles"], d / "work")))
+        return 0
 
     from genie_pipeline.corpus.generate import generate_corpus
     from genie_pipeline.ingest.decode import probe
@@ -306,7 +326,9 @@ def main() -> int:
                          f"{len(broken)} failed videos (see {out})")
     cuts_cpu, n_frames = cut_detection(paths)
     fixed_parts = fixed_cost(one, work / "fixed")
-    prof = profile(paths, [r["title"] for r in videos], work / "profile")
+    titles = [r["title"] for r in videos]
+    prof = profile(paths, titles, work / "profile")
+    prof_before = profile_of(sides["before"], paths, titles, work / "profile-before") if "before" in sides else None
     result = {
         "videos": len(paths), "source_seconds": round(seconds, 2),
         "source_pixels_per_frame_mean": round(source_pixels),
@@ -335,6 +357,7 @@ def main() -> int:
            if "same_as" in runs else {}),
         "rounds": args.rounds, "benchmark_wall_s": round(time.time() - wall0, 1),
         "profile": prof,
+        **({"profile_before": prof_before} if prof_before else {}),
         # what plan adds to a format's decode: the pipeline's CPU less its own decode (the
         # profile's share), not less the bare decode, which is an ffmpeg process writing RGB
         # to a pipe and can cost more than the pipeline's in-process decode of the same frames
