@@ -45,28 +45,30 @@ def quiet_start() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _config(args, require_sources: bool = False, beam_args: list[str] | None = None) -> PipelineConfig:
-    """The config, with its Beam options (runner.options, then `beam_args`: e.g.
-    --s3_endpoint_url) set for this process's filesystems, so every command reads and writes
-    gs:// and s3:// as the ingest's workers do."""
-    from genie_pipeline.shards.objstore import configure
-
+def _config(args, require_sources: bool = False, beam_args: list[str] | None = None, check=None) -> PipelineConfig:
+    """The config (and `check(cfg)`'s cross-checks), with its Beam options (runner.options, then
+    `beam_args`: e.g. --s3_endpoint_url) set for this process's filesystems, so every command
+    reads and writes gs:// and s3:// as the ingest's workers do."""
     cfg = load_config(getattr(args, "config", None), sets=getattr(args, "set", None) or [],
                       output_dir=getattr(args, "output", None), require_sources=require_sources)
+    if check is not None:
+        check(cfg)
+    # imported once the config is valid: Beam takes 1.5 s to import, a bad config exits before
+    from genie_pipeline.shards.objstore import configure
+
     configure(list(cfg.runner.options) + list(beam_args or []))
     return cfg
 
 
 # ------------------------------------------------------------------ ingest and checks
 def cmd_ingest(args, beam_args) -> int:
-    from genie_pipeline.ingest.pipeline import run_ingest, summary_table
-
-    from genie_pipeline.shards import snapshots
-
     cfg = _config(args, require_sources=True, beam_args=beam_args)
     hook = args.on_commit or cfg.output.on_commit
     if hook is not None:
         _check_command("--on-commit", hook)
+    from genie_pipeline.ingest.pipeline import run_ingest, summary_table
+    from genie_pipeline.shards import snapshots
+
     # read only for a hook: before the run's preflight, a remote output may not be reachable yet
     # (a Dataflow run refused for a missing option would first wait out the store's retries)
     before = snapshots.latest_id(cfg.output.dir) if hook else None
@@ -303,7 +305,6 @@ def _active(q, index, store) -> dict:
 def cmd_train_quality(args, _) -> int:
     from genie_pipeline.filtering.quality import load_labels, resolve_labels, train_quality
     from genie_pipeline.filtering.quality.model import metadata_path
-    from genie_pipeline.shards import fs
     from genie_pipeline.shards.reader import ClipIndex
 
     cfg = _config(args)
@@ -423,12 +424,10 @@ def cmd_refilter(args, _) -> int:
 
 # ---------------------------------------------------------------------------- training
 def _train(cfg: PipelineConfig, args) -> int:
-    from genie_pipeline.shards.reader import DataError
+    check_train(cfg)
+    from genie_pipeline.shards.reader import DataError, resolve_inputs
     from genie_pipeline.training.run import train_main
 
-    from genie_pipeline.shards.reader import resolve_inputs
-
-    check_train(cfg)
     inputs = list(getattr(args, "inputs", None) or cfg.train.data or [cfg.output.dir])
     try:
         resolve_inputs(inputs, cfg.train.split)  # a path given that is not there: bad input, exit 2
@@ -469,7 +468,7 @@ def train_summary(summary: dict) -> str:
 
 
 def cmd_train(args, _) -> int:
-    return _train(_config(args), args)
+    return _train(_config(args, check=check_train), args)
 
 
 def cmd_run(args, beam_args) -> int:
@@ -479,8 +478,7 @@ def cmd_run(args, beam_args) -> int:
               "use `genie-pipeline ingest --detach` and `genie-pipeline watch OUT --then CMD` to start training "
               "on the snapshot the job commits", file=sys.stderr)
         return 2
-    cfg = _config(args, require_sources=True)
-    check_train(cfg)  # before hours of ingest, not after
+    cfg = _config(args, require_sources=True, check=check_train)  # before hours of ingest, not after
     rc = cmd_ingest(args, beam_args)
     return rc or _train(cfg, args)
 

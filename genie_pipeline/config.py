@@ -254,7 +254,7 @@ def check_train(cfg: PipelineConfig, world_size: int | None = None) -> None:
     heads vs width, batch vs processes): run before a command trains, not hours into it."""
     from genie_pipeline.models.config import ModelConfigError
     from genie_pipeline.training.errors import TrainingError
-    from genie_pipeline.training.run import check_train_config
+    from genie_pipeline.training.checks import check_train_config
 
     if world_size is None:
         import os

@@ -15,14 +15,21 @@ from .config import (
     get_config,
     validate,
 )
-from .dynamics import DynamicsModel
-from .episode import Episode
-from .genie import Genie, count_params
-from .lam import LatentActionModel
-from .patches import PatchGrid
-from .st_transformer import KVCache, STBlock, STTransformer
-from .tokenizer import VideoTokenizer
-from .vq import VectorQuantizer
+
+# the torch modules load on first use: validating a config (models.config) must not cost the
+# 1.5 s of importing torch
+_LAZY = {"DynamicsModel": "dynamics", "Episode": "episode", "Genie": "genie", "count_params": "genie",
+         "LatentActionModel": "lam", "PatchGrid": "patches", "KVCache": "st_transformer",
+         "STBlock": "st_transformer", "STTransformer": "st_transformer", "VideoTokenizer": "tokenizer",
+         "VectorQuantizer": "vq"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "NAMED_CONFIGS",

@@ -74,6 +74,30 @@ def test_cli_exits_2_naming_the_key(tmp_path):
     assert r.returncode == 2 and "not valid YAML" in r.stderr
 
 
+def test_a_bad_config_exits_before_beam_or_torch_is_imported(tmp_path):
+    """A typo costs the user the config's own check, not the 2-3 s of importing Beam and torch;
+    the runners that skip Beam's list are in it."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from genie_pipeline.ingest.config import COMMON_RUNNERS
+
+    assert COMMON_RUNNERS <= set(StandardOptions.KNOWN_RUNNER_NAMES)
+    probe = ("import runpy, sys\nsys.argv = ['genie-pipeline', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('genie_pipeline.cli', run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    print('rc', e.code, 'beam', 'apache_beam' in sys.modules, 'torch', 'torch' in sys.modules)\n")
+    src = "sources: [{type: urls, name: u, urls: ['http://a/b.mp4']}]\n"
+    for command, text, key in [("ingest", "clips: {width: 161}", "clips.width"),
+                               ("train", "train: {model: tiny, overrides: {tokenizer.st.heads: 7}}",
+                                "train.overrides.tokenizer.st.heads")]:
+        bad = tmp_path / f"{command}.yaml"
+        bad.write_text(src + text + "\n")
+        args = [command, "-c", str(bad)] + ([str(tmp_path)] if command == "train" else [])
+        r = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT)
+        assert key in r.stderr, r.stderr
+        assert r.stdout.split() == ["rc", "2", "beam", "False", "torch", "False"], (command, r.stdout + r.stderr)
+
+
 def test_output_override(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("sources:\n  - {type: search, name: gc, queries: [a]}\n")

@@ -2,7 +2,7 @@
 
 Kept free of torch and the model code: `genie_pipeline.config` imports it to validate the
 file. Checks that need the model code (patch vs resolution, heads vs width) or the number of
-processes run in `training.run.check_train_config`, which raises `TrainingError` with a
+processes run in `training.checks.check_train_config`, which raises `TrainingError` with a
 dotted `train.…` key.
 """
 from __future__ import annotations

@@ -13,7 +13,6 @@ Settings that cannot work raise `TrainingError` (dotted `train.…` key);
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from genie_pipeline.models.config import GenieConfig, ModelConfigError, config_to_dict, get_config
+from genie_pipeline.models.config import GenieConfig, config_to_dict
 from genie_pipeline.shards import fs, snapshots
 from genie_pipeline.shards.reader import ShardSet, resolve_inputs
 
@@ -33,67 +32,10 @@ from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
 from .config import PHASES, TrainConfig
 from .errors import TrainingError, TrainInterrupted
+from .checks import build_model_config, check_train_config  # noqa: F401 — callers import them from here
 from .trainer import PhaseTrainer, check_parallel
 
 STAGES = (*PHASES, "all")
-
-
-# ============================================================================ configs
-def build_model_config(cfg: TrainConfig) -> GenieConfig:
-    """The model config a training config asks for: the named config, `train.overrides` (dotted
-    keys or nested mappings), `train.frames` and `train.resolution`. Bad sizes raise
-    `TrainingError` with the `train.…` key to change."""
-    overrides = copy.deepcopy(cfg.overrides)
-    flat_keys = _flat_keys(overrides)
-    if "frames" in flat_keys and _flat_get(overrides, "frames") != cfg.frames:
-        raise TrainingError("train.overrides.frames", f"conflicts with train.frames={cfg.frames}; set train.frames only")
-    extra: dict[str, Any] = {"frames": cfg.frames}
-    if cfg.resolution:
-        for k in ("image_height", "image_width"):
-            if k in flat_keys:
-                raise TrainingError(f"train.overrides.{k}", "set the image size with train.resolution")
-        extra["image_height"], extra["image_width"] = int(cfg.resolution[0]), int(cfg.resolution[1])
-    try:
-        return get_config(cfg.model, {**overrides, **extra})
-    except ModelConfigError as e:
-        raise TrainingError(_train_key(e.key, cfg), e.message) from None
-
-
-def _train_key(key: str, cfg: TrainConfig) -> str:
-    """The train.… key behind a model config key."""
-    if key == "name":
-        return "train.model"
-    if key == "frames":
-        return "train.frames"
-    if key in ("image_height", "image_width") and cfg.resolution:
-        return "train.resolution"
-    return f"train.overrides.{key}"
-
-
-def _flat_keys(d: dict, prefix: str = "") -> set[str]:
-    """Dotted keys of a nested override mapping (`stated_params` is a value, not a section)."""
-    out = set()
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key != "stated_params":
-            out |= _flat_keys(v, key + ".")
-        else:
-            out.add(key)
-    return out
-
-
-def _flat_get(d: dict, key: str):
-    if key in d:
-        return d[key]
-    head, _, rest = key.partition(".")
-    return _flat_get(d[head], rest) if rest and isinstance(d.get(head), dict) else None
-
-
-def check_train_config(cfg: TrainConfig, world_size: int = 1) -> None:
-    """Every check that needs only the config and the number of processes: the model config
-    builds, the batch splits over the processes, the strategy allows the options."""
-    build_model_config(cfg)
-    check_parallel(cfg, world_size)
 
 
 # ============================================================================ run files

@@ -35,6 +35,7 @@ from . import checkpoint as ckpt_lib
 from . import distributed as dist_lib
 from .config import PHASES, TrainConfig
 from .controllability import HEADLINE_T, controllability, genie_rollout
+from .checks import check_parallel
 from .errors import TrainingError, TrainInterrupted
 from .loader import WindowLoader
 from .metrics import MetricsLogger, save_gif, save_png, video_rows_grid, video_side_by_side_frames
@@ -43,15 +44,6 @@ from .stop import GracefulStop
 
 
 # ============================================================================ settings
-def check_parallel(cfg: TrainConfig, world_size: int) -> None:
-    """The settings that depend on the number of processes."""
-    if cfg.batch_size % world_size:
-        raise TrainingError("train.batch_size",
-                            f"global batch {cfg.batch_size} does not split over {world_size} processes")
-    if cfg.strategy == "fsdp" and cfg.compile:
-        raise TrainingError("train.compile", "torch.compile with fsdp is not supported here; use one of them")
-
-
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of `train.precision` on `device` (None: fp32, no autocast)."""
     if cfg.precision == "fp32":
