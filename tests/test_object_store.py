@@ -561,9 +561,16 @@ QUALITY_TINY = dict(epochs=2, min_epochs=1, patience=2, frames_per_clip=2, train
                     steps_per_epoch=2, torch_threads=1)
 
 
-def test_train_quality_writes_its_model_to_a_bucket_and_scoring_reads_it(bucket, tmp_path, capsys):
+@pytest.fixture(params=[pytest.param("s3", marks=pytest.mark.slow), "gs"])
+def any_bucket(request):
+    """A fresh bucket; s3 in the slow suite (the same filesystem code as gs, another emulator)."""
+    return request.getfixturevalue("s3" if request.param == "s3" else "gcs").bucket()
+
+
+def test_train_quality_writes_its_model_to_a_bucket_and_scoring_reads_it(any_bucket, tmp_path, capsys):
     """`train-quality --out BUCKET/q/model.pt`: model, metadata and pictures in the bucket;
     the scoring stage (refilter --rescore's) scores every clip with the model from there."""
+    bucket = any_bucket
     import math
 
     from genie_pipeline.cli import main

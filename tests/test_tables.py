@@ -75,6 +75,7 @@ def test_tables_are_datasets_of_parts_that_every_reader_opens(tmp_path):
     assert len(read_rows(str(out), "manifest")) == 2
 
 
+@pytest.mark.slow  # an output of the old layout through two runs; the layout readers are in the fast suite
 def test_an_output_in_the_old_layout_opens_and_takes_new_runs(tmp_path):
     """Outputs written with one `{table}.parquet` per table: read as they are; a new run adds
     part files beside them, and a retried video replaces its old row."""
@@ -136,6 +137,7 @@ def test_a_corrupt_table_part_is_named_in_a_failure_and_the_run_goes_on(tmp_path
     assert verify(str(out)) == []
 
 
+@pytest.mark.slow  # two ingest runs; a corrupt part of any table is in the fast suite
 def test_a_corrupt_manifest_part_does_not_stop_the_next_run(tmp_path):
     """Issue 24: the rows of a manifest part moved aside come back, kept clips' from their
     shards and the others from the clip store, so verify passes again."""
@@ -192,6 +194,7 @@ def test_commit_run_numbers_shards_and_an_empty_table_keeps_a_part(tmp_path):
     assert verify(str(tmp_path)) == []
 
 
+@pytest.mark.slow  # four ingest runs; shard numbering and the commit are in the fast suite
 def test_incremental_runs_compact_the_small_shards_of_earlier_runs(tmp_path):
     """Each run's last shard per split is small; the next run writes those clips again into
     its own shards, so incremental runs leave one small shard per split, not one per run
