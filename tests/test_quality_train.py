@@ -209,7 +209,7 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
 
     import pyarrow.parquet as pq
 
-    from genie_pipeline.corpus.reference import demo_quality
+    from genie_pipeline.corpus.reference import APPLY_MIN_ROC_AUC, demo_quality
     from genie_pipeline.filtering.config import FiltersConfig
     from genie_pipeline.filtering.quality import QualityConfig
     from genie_pipeline.shards.config import ClipsConfig, OutputConfig, ShardsConfig
@@ -233,6 +233,17 @@ def test_demo_quality_from_reference_labels(fixture, tmp_path):
     assert trained and not trained & {game[v] for p in ("val", "test") for v in meta["split"][p]}
     rows = pq.read_table(out / "manifest").to_pylist()
     assert all(r["quality_score"] == r["quality_score"] for r in rows)  # no NaN
+    before, after = (int(x) for x in summary.rsplit("clips kept ", 1)[1].split(" -> "))
+    auc = meta["metrics"]["test" if meta["metrics"].get("test") else "val"]["roc_auc"]
+    if auc is None or auc < APPLY_MIN_ROC_AUC:  # a model no better than that filters nothing
+        assert "not applied" in summary and after == before
+    else:
+        assert after == sum(r["kept"] for r in rows) and all(
+            not r["kept"] or r["quality_score"] >= meta["threshold"] for r in rows)
+    # a threshold the config names is applied whatever the model's ROC-AUC
+    cfg.filters = FiltersConfig(quality=QualityConfig(**{**TINY, "threshold": 0.999}))
+    strict = demo_quality(cfg, corpus, progress=False)
+    assert "not applied" not in strict and strict.endswith(f"-> {sum(r['kept'] for r in pq.read_table(out / 'manifest').to_pylist())}")
 
 
 def test_mil_frame_loss_and_training_views():
