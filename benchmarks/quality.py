@@ -155,11 +155,15 @@ def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
 
 
 def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, rows: dict[str, dict],
-                   unit: str = "game") -> dict:
+                   unit: str = "game", only: set[int] | None = None) -> dict:
     """Every game (`unit="game"`) or video held out once: K folds; per fold, training on the
     rest (a quarter of its videos for validation: early stopping and threshold), scores and
     keep/reject decisions on the held-out fold. Pooled out-of-fold ROC-AUC, precision,
-    recall, and per degradation kind its ROC-AUC against every clean clip."""
+    recall, and per degradation kind its ROC-AUC against every clean clip.
+
+    A fold whose model an earlier run left in `work` (cvF/model.json) is not trained again
+    (the folds are a function of the seed), so `only` (a subset of the folds, e.g. one process
+    per core) and a last run over all of them pool what several processes trained."""
     import random
 
     import numpy as np
@@ -168,6 +172,7 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
     from genie_pipeline.filtering.quality import load_quality_model, train_quality
     from genie_pipeline.filtering.quality.frames import sample_frames
     from genie_pipeline.filtering.quality.metrics import clip_metrics
+    from genie_pipeline.filtering.quality.model import read_metadata
     from genie_pipeline.filtering.quality.score import score_clips
     from genie_pipeline.filtering.quality.train import split_videos
 
@@ -181,12 +186,20 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
     fold_of = {v: units.index(group[v]) % folds for v in vlabel}
     ys, ss, keep, kinds, per_fold = [], [], [], [], []
     for f in range(folds):
+        if only is not None and f not in only:
+            continue
         test = sorted(v for v, g in fold_of.items() if g == f)
         rest = {v: lab for v, lab in vlabel.items() if fold_of[v] != f}
         sp = split_videos(rest, 0.25, 0.0, qcfg.seed + f)
         t0 = time.time()
-        meta = train_quality(index, labels, work / f"cv{f}" / "model.pt", qcfg, label_source="labels",
-                             progress=False, split={"train": sp["train"], "val": sp["val"], "test": test})
+        if (work / f"cv{f}" / "model.json").exists():
+            meta = read_metadata(work / f"cv{f}" / "model.pt")
+            if sorted(meta["split"]["test"]) != test:
+                raise SystemExit(f"{work / f'cv{f}'}: a model of another fold split; delete it to train again")
+            print(f"  fold {f}: reusing {work / f'cv{f}'}", file=sys.stderr, flush=True)
+        else:
+            meta = train_quality(index, labels, work / f"cv{f}" / "model.pt", qcfg, label_source="labels",
+                                 progress=False, split={"train": sp["train"], "val": sp["val"], "test": test})
         model, _ = load_quality_model(str(work / f"cv{f}" / "model.pt"), bf16="off")
         keys = [k for k in labels if video_of[k] in test]
         k_frames = meta["model_params"]["frames_per_clip"]
@@ -315,6 +328,8 @@ def main() -> int:
     ap.add_argument("--steps-per-epoch", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--folds", type=int, default=4, help="cross-validation folds (0: skip)")
+    ap.add_argument("--cv-folds-only", default=None, help="train only these folds (e.g. 2,3: one process per core); "
+                    "a later run on the same --work reuses every fold's model and pools them")
     ap.add_argument("--cv-group", choices=["game", "video"], default="game", help="what cross-validation holds out")
     ap.add_argument("--stages", default="train,cv,cost,variants",
                     help="comma-separated: train (2), cv (2b), cvp (2b fine-tuned from the pretrained trunk), "
@@ -385,7 +400,9 @@ def main() -> int:
         _write(args.out, result)
     if "cv" in stages and args.folds > 1:
         print(f"2b. {args.folds}-fold cross-validation by {args.cv_group}", file=sys.stderr, flush=True)
-        result["cross_validation"] = cross_validate(index, labels, args.folds, qcfg, work / "cv", rows, args.cv_group)
+        only = {int(x) for x in args.cv_folds_only.split(",")} if args.cv_folds_only else None
+        result["cross_validation"] = cross_validate(index, labels, args.folds, qcfg, work / "cv", rows, args.cv_group,
+                                                    only)
         _write(args.out, result)
     if (le is not None or "cvp" in stages) and args.folds > 1:
         print("2b. again, fine-tuned from the pretrained trunk", file=sys.stderr, flush=True)
