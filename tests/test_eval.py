@@ -458,3 +458,15 @@ def test_world_model_benchmark_finds_the_camera_shift():
         frames.append(torch.roll(frames[-1], shifts=(dy, dx), dims=(1, 2)))  # the content moves by (dy, dx)
     shift = camera_shift(torch.stack(frames)[None])
     assert shift[0].tolist() == [list(m) for m in moves[1:]]
+
+
+def test_the_demo_eval_line_says_how_many_latent_actions_the_model_uses():
+    from genie_pipeline.demo import eval_line
+
+    report = {"clips": 3, "delta_psnr": {"t": 4, "value": 0.004, "ci95": [0.0, 0.013]},
+              "lam": {"counts": [0, 0, 0, 0, 0, 15, 0, 30], "num_actions": 8, "perplexity": 1.89}}
+    line = eval_line(report)
+    assert "ΔtPSNR@4 0.00 dB (95 % interval 0.00 to 0.01) on 3 clips" in line
+    assert "uses 2 of 8 actions (perplexity 1.9): few actions" in line
+    report["lam"] = {"counts": [5] * 8, "num_actions": 8, "perplexity": 8.0}
+    assert "uses 8 of 8 actions (perplexity 8.0). " in eval_line(report)
