@@ -424,7 +424,7 @@ def cmd_refilter(args, _) -> int:
 
 # ---------------------------------------------------------------------------- training
 def _train(cfg: PipelineConfig, args) -> int:
-    check_train(cfg)
+    """Train on `cfg` (its train section already passed `check_train`, in `_config`)."""
     from genie_pipeline.shards.reader import DataError, resolve_inputs
     from genie_pipeline.training.run import train_main
 
