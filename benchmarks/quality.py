@@ -113,7 +113,12 @@ def ingest(sources: list[dict], out: Path, quality: dict | None = None, workers:
     })
     c0 = cpu()
     stats = run_ingest(cfg)
-    return cpu() - c0, stats
+    spent = cpu() - c0
+    # the report is drawn by a process of its own: let it finish before anything else is timed
+    deadline = time.time() + 300
+    while not (out / "report.html").exists() and time.time() < deadline:
+        time.sleep(1)
+    return spent, stats
 
 
 def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
@@ -122,7 +127,7 @@ def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
 
     from genie_pipeline.filtering.quality import load_quality_model
     from genie_pipeline.filtering.quality.frames import sample_frames
-    from genie_pipeline.filtering.quality.model import QualityNet
+    from genie_pipeline.filtering.quality.model import INT8_CALIBRATION, QualityNet, native_bf16
     from genie_pipeline.shards.reader import ClipIndex
 
     torch.set_num_threads(1)
@@ -130,15 +135,23 @@ def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
     keys = list(index.clips)[:n_clips]
     data = [index.read(k) for k in keys]
     base, meta = load_quality_model(model_path, bf16="off")
+    calib = torch.load(model_path, weights_only=True).get(INT8_CALIBRATION)
     rows = []
     for k in (2, 4, 8):
         t0 = time.thread_time()
         clips = np.stack([sample_frames(d, k) for d in data])
         sample_s = (time.thread_time() - t0) / len(keys)
-        for layout, bf16 in (("contiguous", False), ("channels_last", False), ("channels_last", True)):
-            m = QualityNet(**{**meta["model_params"], "frames_per_clip": k}, channels_last=layout == "channels_last",
+        for layout, bf16 in (("contiguous", False), ("channels_last", False), ("channels_last", True),
+                             ("channels_last int8", False)):
+            if bf16 and not native_bf16():  # emulated: ~8x slower than fp32, never chosen by `auto`
+                continue
+            m = QualityNet(**{**meta["model_params"], "frames_per_clip": k}, channels_last=layout != "contiguous",
                            bf16=bf16).eval()
             m.load_state_dict(base.state_dict())
+            if layout.endswith("int8"):
+                if calib is None:
+                    continue
+                m.quantize(calib)
             with torch.inference_mode():
                 m(torch.from_numpy(clips[:16]))  # warm-up (oneDNN primitives)
                 t0 = time.thread_time()
@@ -152,6 +165,51 @@ def variants(model_path: str, out: Path, n_clips: int = 48) -> list[dict]:
             print(f"  K={k} {layout:13s} bf16={bf16!s:5s}: sample {sample_s * 1000:.1f} ms + infer "
                   f"{infer_s * 1000:.1f} ms per clip", file=sys.stderr, flush=True)
     return rows
+
+
+def int8_calibration(index, labels: dict[str, str], model_path: Path, meta: dict, seed: int):
+    """The frames a model's int8 trunk is calibrated on: those its file stores, or for a model
+    trained before int8 existed, drawn as training draws them (`calibration_frames` over the K
+    scoring frames of its training videos' clips)."""
+    import numpy as np
+    import torch
+
+    from genie_pipeline.filtering.quality.frames import sample_frames
+    from genie_pipeline.filtering.quality.model import INT8_CALIBRATION, calibration_frames
+
+    calib = torch.load(model_path, weights_only=True).get(INT8_CALIBRATION)
+    if calib is not None:
+        return calib.numpy()
+    train_v, k_frames = set(meta["split"]["train"]), meta["model_params"]["frames_per_clip"]
+    return calibration_frames(np.stack([sample_frames(index.read(k), k_frames) for k in sorted(labels)
+                                        if index[k].video_id in train_v]), seed=seed)
+
+
+def with_int8(index, labels: dict[str, str], model_path: Path, out: Path, seed: int) -> Path:
+    """A copy of a model trained before int8 existed, made as training now makes one: the
+    calibration frames stored with it and `int8` in its metadata measured on its own held-out
+    test videos (`precision_check`). A model that has them is returned as it is."""
+    import numpy as np
+    import torch
+
+    from genie_pipeline.filtering.quality import load_quality_model
+    from genie_pipeline.filtering.quality.frames import sample_frames
+    from genie_pipeline.filtering.quality.model import INT8_CALIBRATION, save_quality_model
+    from genie_pipeline.filtering.quality.train import precision_check
+
+    if INT8_CALIBRATION in torch.load(model_path, weights_only=True):
+        return model_path
+    model, meta = load_quality_model(str(model_path), bf16="off")
+    calib = int8_calibration(index, labels, model_path, meta, seed)
+    test = set(meta["split"]["test"])
+    keys = [k for k in sorted(labels) if index[k].video_id in test]
+    frames = np.stack([sample_frames(index.read(k), meta["model_params"]["frames_per_clip"]) for k in keys])
+    y = np.array([labels[k] == "good" for k in keys], int)
+    check = precision_check(model, frames, y, meta["threshold"], "int8", calib)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "model_file", "model_params")}
+    meta["int8"] = {**check, "calibration_frames": len(calib), "added_by": "benchmarks/quality.py with_int8"}
+    print(f"   int8 check on the model's test videos: {check}", file=sys.stderr, flush=True)
+    return save_quality_model(model, out / "model.pt", meta, calibration=calib)
 
 
 def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, rows: dict[str, dict],
@@ -184,7 +242,7 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
     units = sorted(set(group.values()))
     random.Random(qcfg.seed).shuffle(units)
     fold_of = {v: units.index(group[v]) % folds for v in vlabel}
-    ys, ss, keep, kinds, per_fold = [], [], [], [], []
+    ys, ss, ss8, keep, kinds, per_fold = [], [], [], [], [], []
     for f in range(folds):
         if only is not None and f not in only:
             continue
@@ -203,7 +261,10 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
         model, _ = load_quality_model(str(work / f"cv{f}" / "model.pt"), bf16="off")
         keys = [k for k in labels if video_of[k] in test]
         k_frames = meta["model_params"]["frames_per_clip"]
-        s = score_clips(model, [sample_frames(index.read(k), k_frames) for k in keys])
+        clips = [sample_frames(index.read(k), k_frames) for k in keys]
+        s = score_clips(model, clips)
+        model.quantize(int8_calibration(index, labels, work / f"cv{f}" / "model.pt", meta, qcfg.seed))
+        ss8.append(score_clips(model, clips))
         y = np.array([labels[k] == "good" for k in keys], int)
         ys.append(y)
         ss.append(s)
@@ -216,13 +277,21 @@ def cross_validate(index, labels: dict[str, str], folds: int, qcfg, work: Path, 
                          "epochs": meta["training"]["epochs_run"], "seconds": round(time.time() - t0, 1)})
         print(f"  fold {f}: {per_fold[-1]}", file=sys.stderr, flush=True)
     y, s, kp = np.concatenate(ys), np.concatenate(ss), np.concatenate(keep)
+    s8 = np.concatenate(ss8)
+    thr = np.concatenate([np.full(len(f), p["threshold"]) for f, p in zip(ys, per_fold)])
     by_kind = per_kind(y, s, kp, np.array(kinds))
     tp, fp, fn = int((kp & (y == 1)).sum()), int((kp & (y == 0)).sum()), int((~kp & (y == 1)).sum())
     return {"folds": folds, "held_out_unit": unit, "units": len(units), "clips": int(len(y)), "videos": len(fold_of),
             "roc_auc_pooled": float(roc_auc_score(y, s)),
             "roc_auc_mean_of_folds": float(np.mean([p["roc_auc"] for p in per_fold if p["roc_auc"] is not None])),
             "precision_at_threshold": tp / (tp + fp) if tp + fp else None,
-            "recall_at_threshold": tp / (tp + fn) if tp + fn else None, "by_kind": by_kind, "per_fold": per_fold}
+            "recall_at_threshold": tp / (tp + fn) if tp + fn else None, "by_kind": by_kind, "per_fold": per_fold,
+            "int8": {"roc_auc_pooled": float(roc_auc_score(y, s8)),
+                     "decision_agreement": float(((s8 >= thr) == kp).mean()),
+                     "max_abs_score_diff": float(np.abs(s8 - s).max()),
+                     "by_kind": per_kind(y, s8, s8 >= thr, np.array(kinds)),
+                     "what": "the same fold models scoring with the int8 trunk (filters.quality.int8), calibrated "
+                             "on 64 frames of each fold's training clips"}}
 
 
 def corpus_summary(index, labels: dict[str, str], rows: dict[str, dict], args, seeds, qseeds) -> dict:
@@ -240,7 +309,6 @@ GOAL_ROC_AUC = 0.92
 
 def per_kind(y, s, kp, kinds) -> dict:
     """Per made_how: clips, mean score, kept fraction, and (a bad kind) its ROC-AUC against every clean clip."""
-    import numpy as np
     from sklearn.metrics import roc_auc_score
 
     out = {}
@@ -271,7 +339,7 @@ def model_test_by_kind(index, labels: dict[str, str], rows: dict[str, dict], mod
     return per_kind(y, s, s >= meta["threshold"], np.array([rows[index[k].video_id]["made_how"] for k in keys]))
 
 
-def measured_cost(on_cpu: float, counters: dict, off_cpu: float, bf16_used: bool) -> dict:
+def measured_cost(on_cpu: float, counters: dict, off_cpu: float, bf16_used: bool, int8_used: bool) -> dict:
     """The scoring share of one score_only ingest (stage 3)."""
     scoring_cpu = (counters.get("quality_sample_cpu_ms", 0) + counters.get("quality_infer_cpu_ms", 0)) / 1000
     n_scored = counters.get("quality_clips_scored", 0)
@@ -283,7 +351,7 @@ def measured_cost(on_cpu: float, counters: dict, off_cpu: float, bf16_used: bool
         "infer_cpu_s": counters.get("quality_infer_cpu_ms", 0) / 1000,
         "ingest_off_cpu_s": round(off_cpu, 2),
         "share_by_difference": round((on_cpu - off_cpu) / on_cpu, 4) if on_cpu else None,
-        "bf16_used": bf16_used, "channels_last": True, "torch_threads": 1,
+        "bf16_used": bf16_used, "int8_used": int8_used, "channels_last": True, "torch_threads": 1,
         "note": "scoring_share: the stage's own thread CPU counters over the whole run's process CPU (one "
                 "process, one torch thread); share_by_difference compares with the run without scoring "
                 "(noisier: two runs on a shared machine)",
@@ -338,6 +406,9 @@ def main() -> int:
     ap.add_argument("--pretrain-batch", type=int, default=32)
     ap.add_argument("--pretrained", default=None,
                     help="the trunk stage cvp starts from (pretrain-quality's output; default: the one stage 5 wrote)")
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="stages 3-4 score with the int8 trunk where the model's check allows (filters.quality.int8: "
+                         "auto); a model without calibration frames gets them first (with_int8)")
     ap.add_argument("--model", default=None, help="a trained model for 3 and 4 (skips 2)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="only combine the results of runs of separate stages (later files win) into --out, with "
@@ -418,9 +489,9 @@ def main() -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "machine"})[:4000])
         return 0
 
-    if args.model:
-        from genie_pipeline.filtering.quality.model import read_metadata
+    from genie_pipeline.filtering.quality.model import read_metadata
 
+    if args.model:
         model, meta = Path(args.model), read_metadata(args.model)
     else:
         print("2. train from reference labels", file=sys.stderr, flush=True)
@@ -429,18 +500,23 @@ def main() -> int:
     cv = result.get("cross_validation")
 
     bf16_used = meta["bf16"].get("keeps_accuracy", False)
+    if args.int8 and {"cost", "variants"} & stages:
+        model = with_int8(index, labels, Path(model), work / "model_int8", qcfg.seed)
+        meta = read_metadata(model)
+    int8_used = bool(args.int8 and meta.get("int8", {}).get("keeps_accuracy"))
     if "cost" in stages:
         print("3. ingest with score_only", file=sys.stderr, flush=True)
         on_cpu, on_stats = ingest(sources, work / "scored",
-                                  {"mode": "score_only", "model": str(model), "torch_threads": 1})
+                                  {"mode": "score_only", "model": str(model), "torch_threads": 1,
+                                   "int8": "auto" if args.int8 else "off"})
         print("4. variants", file=sys.stderr, flush=True)
         var = variants(str(model), work / "scored")
-        cost = measured_cost(on_cpu, on_stats["last_run"]["counters"], off_cpu, bf16_used)
+        cost = measured_cost(on_cpu, on_stats["last_run"]["counters"], off_cpu, bf16_used, int8_used)
     else:  # variants alone: the scoring share estimated from them and the unscored ingest's CPU
         print("4. variants", file=sys.stderr, flush=True)
         var = variants(str(model), work / "off")
-        row = next(v for v in var if v["frames"] == args.frames and v["layout"] == "channels_last"
-                   and v["bf16"] == bf16_used)
+        row = next(v for v in var if v["frames"] == args.frames and v["bf16"] == bf16_used
+                   and v["layout"] == ("channels_last int8" if int8_used else "channels_last"))
         scoring_cpu = len(index.clips) * (row["sample_ms"] + row["infer_ms"]) / 1000
         cost = {"method": "estimate: clips x the variant's CPU per clip, over the unscored ingest's CPU plus that",
                 "ingest_off_cpu_s": round(off_cpu, 2), "clips": len(index.clips),

@@ -134,6 +134,48 @@ def test_train_quality_cli_end_to_end(fixture, trained):
     assert again["roc_auc"] == pytest.approx(meta["metrics"]["test"]["roc_auc"], abs=1e-6)
 
 
+def test_int8_scoring_from_the_calibration_stored_with_the_model(fixture, trained):
+    """Training stores 64 of its training frames and measures int8 against fp32 on held-out
+    clips; loading with int8 quantizes the trunk from those frames, and its scores follow the
+    fp32 model's (same ranking to within what the metadata reports). Without calibration
+    frames `auto` scores in fp32 and `on` names the problem."""
+    import torch
+
+    from genie_pipeline.filtering.quality import QualityError, load_quality_model
+    from genie_pipeline.filtering.quality.frames import sample_frames
+    from genie_pipeline.filtering.quality.model import INT8_CALIBRATION, save_quality_model, use_int8
+    from genie_pipeline.filtering.quality.score import score_clips
+
+    out, _ = fixture
+    meta = json.loads(trained.with_suffix(".json").read_text())
+    calib = torch.load(trained, weights_only=True)[INT8_CALIBRATION]
+    assert calib.dtype == torch.uint8 and tuple(calib.shape) == (meta["int8"]["calibration_frames"], 90, 160, 3)
+    assert calib.float().std() > 5  # real frames, not a constant
+    assert {"keeps_accuracy", "roc_auc_fp32", "roc_auc_int8", "decision_agreement"} <= set(meta["int8"])
+
+    fp32, _ = load_quality_model(str(trained), bf16="off", int8="off")
+    int8, _ = load_quality_model(str(trained), bf16="off", int8="on")
+    assert not fp32.int8 and int8.int8 and int8.int8_trunk is not None
+    index = ClipIndex.open(out)
+    clips = [sample_frames(index.read(k), 2) for k in list(index.clips)[:12]]
+    s32, s8 = score_clips(fp32, clips), score_clips(int8, clips)
+    assert not np.array_equal(s32, s8)  # the int8 trunk really ran
+    assert np.abs(s32 - s8).max() < 0.15
+    assert np.corrcoef(s32, s8)[0, 1] > 0.9
+    auto, _ = load_quality_model(str(trained), bf16="off", int8="auto")
+    assert auto.int8 == bool(meta["int8"]["keeps_accuracy"])
+    # the state dict keeps the fp32 weights: saving an int8-loaded model writes the same file
+    assert set(int8.state_dict()) == set(fp32.state_dict())
+
+    old = save_quality_model(fp32, trained.parent / "old" / "model.pt", {**meta, "int8": {}})  # no calibration
+    assert not load_quality_model(str(old), bf16="off", int8="auto")[0].int8
+    with pytest.raises(QualityError, match="no int8 calibration frames"):
+        load_quality_model(str(old), bf16="off", int8="on")
+    with pytest.raises(QualityError, match="int8 scoring is for CPUs"):
+        use_int8("on", meta, True, device="cuda")
+    assert not use_int8("auto", {"int8": {"keeps_accuracy": True}}, True, device="cuda")
+
+
 def test_train_quality_clear_errors(fixture, tmp_path, capsys):
     out, info = fixture
     keys = list(ClipIndex.open(out).clips)

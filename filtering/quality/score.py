@@ -3,7 +3,7 @@
 
 Each clip's mp4 is read from its video's clip store, K frames are sampled exactly as in
 training (`frames.sample_frames`), and RunInference (the PyTorch handler over whole videos,
-clips batched across them) scores them. The device, torch threads and bf16 are decided on
+clips batched across them) scores them. The device, torch threads, bf16 and int8 are decided on
 the worker, from its own CPU and GPU, when the model loads: a CPU worker loads the model in
 each SDK process; a GPU worker loads it once per VM, in one process the others call through
 Beam's multi-process shared model (one copy on the accelerator, not one per vCPU).
@@ -11,7 +11,6 @@ Beam's multi-process shared model (one copy on the accelerator, not one per vCPU
 from __future__ import annotations
 
 import copy
-import io
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import torch
 from genie_pipeline.filtering.quality.config import QualityConfig
 from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.frames import sample_frames
-from genie_pipeline.filtering.quality.model import QualityNet, read_metadata, resolve_device, use_bf16
+from genie_pipeline.filtering.quality.model import QualityNet, load_quality_model, read_metadata, resolve_device
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.reader import has_table, read_rows
 from genie_pipeline.shards.records import ClipRow, VideoResult, from_row
@@ -52,8 +51,6 @@ def score_clips(model: QualityNet, clips: Iterable[np.ndarray], batch_size: int 
 def uncertainty(index, model_path: str, keys: list[str], threshold: float | None = None) -> dict[str, float]:
     """Active labelling's margin per clip: |score - threshold| under the model at `model_path`
     (its stored threshold unless given), the clips scored outside Beam, streamed."""
-    from genie_pipeline.filtering.quality.model import load_quality_model
-
     model, meta = load_quality_model(model_path, bf16="off")
     t = float(meta["threshold"]) if threshold is None else threshold
     k = meta["model_params"]["frames_per_clip"]
@@ -132,10 +129,11 @@ def _handler_base():
 
 class QualityModelHandler(_handler_base()):
     """RunInference handler whose examples are whole videos. Built on the launcher from the
-    settings (`device`, `bf16`, `torch_threads` of filters.quality, the model's metadata and
-    the SDK processes per machine); everything that depends on the machine is decided in
+    settings (`device`, `bf16`, `int8`, `torch_threads` of filters.quality, the model's metadata
+    and the SDK processes per machine); everything that depends on the machine is decided in
     `load_model`, on the worker: the device (`resolve_device`), torch threads (the setting,
-    else the worker's cores over its processes) and bf16 (`use_bf16` for that device). On
+    else the worker's cores over its processes), bf16 and int8 (`use_bf16`, `use_int8` for
+    that device). On
     CUDA the model is shared across the VM's SDK processes (`share_model_across_processes`):
     one copy on the GPU, loaded by the first process, called by the others through Beam's
     multi-process proxy; on CPU each process loads its own (RunInference shares it among the
@@ -146,13 +144,14 @@ class QualityModelHandler(_handler_base()):
     is {clip key: probability}, NaN for a clip that cannot be read."""
 
     def __init__(self, model_path: str, meta: dict, batch_size: int, *, device: str = "auto", bf16: str = "auto",
-                 channels_last: bool = True, torch_threads: int | None = None, processes: int | None = 1):
+                 int8: str = "auto", channels_last: bool = True, torch_threads: int | None = None,
+                 processes: int | None = 1):
         model_params = {**meta["model_params"], "channels_last": channels_last}
         super().__init__(state_dict_path=model_path, model_class=QualityNet, model_params=model_params,
                          device="CPU", load_model_args={"weights_only": True},
                          min_batch_size=1, max_batch_size=batch_size)
         self._path, self._meta, self._params = model_path, meta, model_params
-        self._device_setting, self._bf16_setting = device, bf16
+        self._device_setting, self._bf16_setting, self._int8_setting = device, bf16, int8
         self._torch_threads, self._processes, self._clips_per_pass = torch_threads, processes, batch_size
         self._k = int(model_params["frames_per_clip"])
         self._resolved: str | None = None  # the device, once decided on the worker
@@ -175,16 +174,11 @@ class QualityModelHandler(_handler_base()):
         device = self.device()
         threads = self._torch_threads or default_torch_threads(self._processes)
         torch.set_num_threads(threads)
-        bf16 = use_bf16(self._bf16_setting, self._meta, device)
-        net = QualityNet(**self._params, bf16=bf16)
-        try:
-            state = torch.load(io.BytesIO(fs.read_bytes(self._path)), map_location=device, weights_only=True)
-            net.load_state_dict(state)
-        except Exception as e:  # noqa: BLE001
-            raise QualityError(f"cannot load model {self._path}: {type(e).__name__}: {e}") from None
-        net.to(device).eval().requires_grad_(False)
-        log.info("quality model on %s (%s), %d torch thread(s), bf16 %s", device,
-                 torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores", threads, bf16)
+        net, _ = load_quality_model(self._path, self._bf16_setting, self._params["channels_last"],
+                                    int8=self._int8_setting, device=device, meta=self._meta)
+        log.info("quality model on %s (%s), %d torch thread(s), bf16 %s, int8 %s", device,
+                 torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} cores", threads,
+                 net.bf16, net.int8)
         return ScoringModel(net, device)
 
     def run_inference(self, batch, model, inference_args=None):
@@ -275,7 +269,7 @@ class ScoreQuality(beam.PTransform):
         except QualityError as e:
             raise QualityError(f"filters.quality.model: {e}") from None
         self.threshold = quality_cfg.threshold if quality_cfg.threshold is not None else float(self.meta["threshold"])
-        # device, threads and bf16 are not decided here, on the launcher: the handler decides
+        # device, threads, bf16 and int8 are not decided here, on the launcher: the handler decides
         # them on each worker from that machine's CPU and GPU
 
     def expand(self, videos):
@@ -284,7 +278,7 @@ class ScoreQuality(beam.PTransform):
         from apache_beam.ml.inference.base import RunInference
 
         q = self.cfg
-        handler = QualityModelHandler(q.model, self.meta, q.batch_size, device=q.device, bf16=q.bf16,
+        handler = QualityModelHandler(q.model, self.meta, q.batch_size, device=q.device, bf16=q.bf16, int8=q.int8,
                                       channels_last=q.channels_last, torch_threads=q.torch_threads,
                                       processes=processes_per_machine(videos.pipeline, self.workers))
         return (videos

@@ -17,8 +17,10 @@ pooling's validation and test ROC-AUC, so the choice is justified by numbers.
               one-cycle schedule, bf16 autocast, BatchNorm statistics re-estimated each epoch;
               the epoch with the lowest validation loss kept (early stop after `patience`)
     evaluate  pooling; threshold = the most recall whose validation precision reaches
-              `target_precision`; held-out test metrics; bf16 inference checked on held-out clips
-    write     MODEL.pt (state dict, loadable with torch.load(weights_only=True)), MODEL.json
+              `target_precision`; held-out test metrics; bf16 and int8 inference checked on
+              held-out clips (the same clips scored both ways)
+    write     MODEL.pt (state dict, loadable with torch.load(weights_only=True), and 64 training
+              frames that the int8 trunk is calibrated on where it is loaded), MODEL.json
               (input spec, threshold, metrics, label-set hash, training time) and two
               pictures: MODEL_pr_curve.png and MODEL_score_hist.png
 """
@@ -44,8 +46,9 @@ from genie_pipeline.filtering.quality.errors import QualityError
 from genie_pipeline.filtering.quality.frames import sample_indices
 from genie_pipeline.filtering.quality.labels import LABELS, label_set_hash
 from genie_pipeline.filtering.quality.metrics import choose_threshold, clip_metrics, roc_auc, write_plots
-from genie_pipeline.filtering.quality.model import (POOLINGS, QualityNet, metadata_path, native_bf16, pool_logits,
-                                                    read_metadata, save_quality_model, train_bf16)
+from genie_pipeline.filtering.quality.model import (POOLINGS, QualityNet, calibration_frames, metadata_path,
+                                                    native_bf16, pool_logits, read_metadata, save_quality_model,
+                                                    train_bf16)
 from genie_pipeline.filtering.quality.trainkit import _bar, _frames_for, _log, _new_model, _one_cycle
 from genie_pipeline.shards import fs
 from genie_pipeline.shards.reader import ClipIndex
@@ -74,6 +77,8 @@ class Evaluation:
     target_met: bool
     metrics: dict[str, Any]
     bf16: dict[str, Any]
+    int8: dict[str, Any]
+    calibration: np.ndarray  # uint8 (N, H, W, 3) training frames the int8 trunk is calibrated on
     ys: dict[str, np.ndarray]
     scores: dict[str, np.ndarray]
 
@@ -459,31 +464,49 @@ def evaluate(model: QualityNet, data: LabelledClips, frames: np.ndarray, qcfg: Q
     metrics["pooling_roc_auc"] = pooling_auc
     metrics["history"] = history
     held = "test" if len(data.idx["test"]) else "val"
-    bf16 = _bf16_check(model, frames[data.idx[held]], ys[held], threshold)
-    return Evaluation(pooling, threshold, met, metrics, bf16, ys, scores)
+    calibration = calibration_frames(frames[data.idx["train"]], seed=qcfg.seed)
+    bf16 = precision_check(model, frames[data.idx[held]], ys[held], threshold, "bf16")
+    int8 = precision_check(model, frames[data.idx[held]], ys[held], threshold, "int8", calibration)
+    return Evaluation(pooling, threshold, met, metrics, bf16, int8, calibration, ys, scores)
+
+
+# How far a lower precision may move the scores before `auto` leaves it off: a ranking as good
+# (on a few dozen clips one swapped near-tie moves the AUC by ~0.01: a stricter bound would only
+# measure the sample size) and the same keep/reject decisions. int8 moves clips near the
+# threshold more than bf16 (1.1 % of 544 held-out clips in benchmarks/results/quality_games.json).
+MAX_AUC_DROP = 0.02
+MIN_AGREEMENT = {"bf16": 0.99, "int8": 0.98}
 
 
 @torch.inference_mode()
-def _bf16_check(model: QualityNet, frames: np.ndarray, y: np.ndarray, threshold: float) -> dict:
-    """Does bf16 autocast keep the classifier's accuracy? Same clips, both precisions."""
+def precision_check(model: QualityNet, frames: np.ndarray, y: np.ndarray, threshold: float, precision: str,
+                    calibration: np.ndarray | None = None) -> dict:
+    """Does scoring in `precision` (bf16 autocast, or the int8 trunk calibrated on
+    `calibration`) keep the classifier's accuracy? The same clips scored in fp32 and in it."""
     if not len(frames):
         return {"keeps_accuracy": False, "reason": "no clips to compare"}
-    if not native_bf16():  # emulated bf16 would cost minutes here and is never used by `auto`
+    if precision == "bf16" and not native_bf16():  # emulated bf16 costs minutes here and `auto` never uses it
         return {"keeps_accuracy": False, "reason": "not measured: this CPU has no native bf16"}
+    if precision == "int8" and not (calibration is not None and len(calibration)):
+        return {"keeps_accuracy": False, "reason": "no calibration frames"}
     o32 = _outputs(model, frames)
-    model.bf16 = True
     try:
-        o16 = _outputs(model, frames)
+        if precision == "bf16":
+            model.bf16 = True
+        else:
+            model.quantize(calibration)
+        low = _outputs(model, frames)
+    except QualityError as e:
+        return {"keeps_accuracy": False, "reason": str(e)}
     finally:
         model.bf16 = False
-    s32, s16 = _pooled(o32, model.pooling), _pooled(o16, model.pooling)
-    a32, a16 = roc_auc(y, s32), roc_auc(y, s16)
-    agree = float(((s32 >= threshold) == (s16 >= threshold)).mean())
-    # the same keep/reject decisions, and a ranking as good (on a few dozen clips one swapped
-    # near-tie moves the AUC by ~0.01: a stricter bound would only measure the sample size)
-    keeps = (a32 is None or abs(a32 - a16) <= 0.02) and agree >= 0.99
-    return {"keeps_accuracy": bool(keeps), "roc_auc_fp32": a32, "roc_auc_bf16": a16,
-            "max_abs_score_diff": float(np.abs(s32 - s16).max()), "decision_agreement": agree, "n": int(len(y))}
+        model.quantize(None)
+    s32, s_low = _pooled(o32, model.pooling), _pooled(low, model.pooling)
+    a32, a_low = roc_auc(y, s32), roc_auc(y, s_low)
+    agree = float(((s32 >= threshold) == (s_low >= threshold)).mean())
+    keeps = (a32 is None or abs(a32 - a_low) <= MAX_AUC_DROP) and agree >= MIN_AGREEMENT[precision]
+    return {"keeps_accuracy": bool(keeps), "roc_auc_fp32": a32, f"roc_auc_{precision}": a_low,
+            "max_abs_score_diff": float(np.abs(s32 - s_low).max()), "decision_agreement": agree, "n": int(len(y))}
 
 
 # ---------------------------------------------------------------------------------- write
@@ -520,6 +543,7 @@ def write_model(model: QualityNet, out_path: str | os.PathLike, data: LabelledCl
         "threshold_chosen_on": "train" if data.val_is_train else "val",
         "metrics": ev.metrics,
         "bf16": ev.bf16,
+        "int8": {**ev.int8, "calibration_frames": int(len(ev.calibration))},
         "labels": {"hash": label_set_hash(data.labels), "source": label_source, "n_clips": len(data.keys),
                    "n_good": n_good, "n_bad": len(data.keys) - n_good, "n_videos": len(data.video_label)},
         "split": {p: sorted(v) for p, v in data.split.items()},
@@ -529,4 +553,4 @@ def write_model(model: QualityNet, out_path: str | os.PathLike, data: LabelledCl
         "pictures": pics,
     }
     write_plots(out_path.parent, pics, ev.ys, ev.scores, ev.threshold, qcfg.target_precision)
-    return read_metadata(save_quality_model(model, out_path, meta))
+    return read_metadata(save_quality_model(model, out_path, meta, calibration=ev.calibration))
