@@ -271,6 +271,7 @@ def summary_row(report: dict, sampler: str | None = None) -> dict:
     return {"sampler": label, "clips": report["clips"],
             "psnr_t1_4": [round(x, 2) for x in s["dynamics"]["psnr_per_step"][:4]],
             "copy_prompt_t1_4": [round(x, 2) for x in report["copy_prompt"]["psnr_per_step"][:4]],
+            "tokenizer_bound_t1_4": [round(x, 2) for x in report["tokenizer_bound"]["psnr_per_step"][:4]],
             "delta_psnr_t4": {k: {"value": round(v["value"], 2), "ci95": [round(c, 2) for c in v["ci95"]]}
                               for k, v in s["delta_psnr"]["against"].items()},
             "tokenizer_psnr": round(report["tokenizer"]["psnr"], 2)}

@@ -262,6 +262,22 @@ def test_copying_the_prompt_scores_what_a_frozen_world_scores():
     assert all(abs(s["value"]) < 1e-6 for s in scores["model_minus_copy"])
 
 
+def test_the_tokenizer_bound_is_the_psnr_of_the_true_frames_decoded():
+    """Perfect dynamics scores what the tokenizer's reconstruction scores; the bound lists the
+    steps where copying the prompt is above it (no dynamics can beat copying there)."""
+    from genie_pipeline.training.controllability import copy_prompt, psnr_per_step
+    from genie_pipeline.training.eval import tokenizer_bound
+
+    video, _ = _bar_clips()
+    noisy = (video + 0.05 * torch.randn(video.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    _, copy = copy_prompt(video, seed=0)
+    bound = tokenizer_bound(noisy, video, copy)
+    assert bound["psnr_per_step"] == pytest.approx(psnr_per_step(noisy, video).mean(0).tolist())
+    expected = [t + 1 for t, (b, c) in enumerate(zip(bound["psnr_per_step"], copy["psnr_per_step"])) if c > b]
+    assert bound["copy_above_bound_at_t"] == expected
+    assert tokenizer_bound(video, video, copy)["copy_above_bound_at_t"] == []  # a perfect tokenizer
+
+
 # ------------------------------------------------------------------------ end to end
 TINY = {"image_height": 32, "image_width": 32, "frames": 4}
 

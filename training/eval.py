@@ -267,6 +267,7 @@ def evaluate(genie: Genie, windows: Windows, i3d: nn.Module | None, seed: int,
                   "num_actions": cfg.lam.num_actions, "maskgit_steps": cfg.dynamics.maskgit_steps,
                   "temperature": cfg.dynamics.temperature},
         "tokenizer": reconstruction_scores(recon, target[:, :frames]),
+        "tokenizer_bound": tokenizer_bound(recon, target[:, :frames], main["dynamics"]["copy_prompt"]),
         "default_sampler": default,
         "dynamics": main["dynamics"], "delta_psnr": main["delta_psnr"], "model_minus_copy": main["model_minus_copy"],
         "copy_prompt": main["dynamics"]["copy_prompt"],
@@ -293,6 +294,20 @@ def reconstruction_scores(recon_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor)
     psnr_B = em.psnr(recon_BTCHW, target_BTCHW, dims=(1, 2, 3, 4))
     ssim_B = em.ssim(recon_BTCHW.flatten(0, 1), target_BTCHW.flatten(0, 1)).view(B, T).mean(1)
     return {"psnr": float(psnr_B.mean()), "ssim": float(ssim_B.mean()), "frames": T}
+
+
+def tokenizer_bound(recon_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, copy: dict) -> dict:
+    """PSNR per generated step t of the tokenizer's reconstruction of the true frame t: what a
+    dynamics model that predicted every token of every frame right would score (the decoder is
+    causal, so frame t's decode reads only true tokens of frames <= t). Where copying the prompt
+    scores above it, no dynamics model beats copying with this tokenizer."""
+    from .controllability import psnr_per_step
+
+    bound = psnr_per_step(recon_BTCHW, target_BTCHW).mean(0).tolist()
+    steps = [t + 1 for t, (b, c) in enumerate(zip(bound, copy["psnr_per_step"])) if c > b]
+    return {"psnr_per_step": bound, "copy_above_bound_at_t": steps,
+            "what": "the tokenizer's reconstruction of the true frame t (perfect dynamics); copying the prompt "
+                    "is above it at the steps listed"}
 
 
 def i3d_features(i3d: nn.Module, video_BTCHW: torch.Tensor, device) -> np.ndarray:

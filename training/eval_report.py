@@ -62,6 +62,9 @@ def _plots(report: dict) -> dict[str, bytes]:
         for name, values in dyn["baselines"].items():
             ax.plot(steps, values, "--", label=BASELINE_NAMES[name])
         ax.plot(steps, dyn["copy_prompt"]["psnr_per_step"], "k:", label="copy the prompt frame")
+        bound = report.get("tokenizer_bound", {}).get("psnr_per_step", [])[:len(steps)]
+        if bound:
+            ax.plot(steps[:len(bound)], bound, "g-.", label="tokenizer bound (true tokens decoded)")
         ax.set(xlabel="generated step t", ylabel="PSNR (dB)",
                title=f"Rollout PSNR per step ({report['default_sampler']})")
         ax.legend()
@@ -99,6 +102,9 @@ def _summary_rows(r: dict) -> list[tuple[str, str]]:
         rows.append((f"PSNR at t = 1..4, model vs copying the prompt ({label})",
                      " / ".join(f"{m:.2f} vs {c:.2f}" for m, c in zip(s["dynamics"]["psnr_per_step"][:4],
                                                                      r["copy_prompt"]["psnr_per_step"][:4]))))
+    if "tokenizer_bound" in r:
+        rows.append(("PSNR at t = 1..4 with every token right (tokenizer bound)",
+                     " / ".join(f"{b:.2f}" for b in r["tokenizer_bound"]["psnr_per_step"][:4])))
     rows += [
             ("tokenizer reconstruction", f"PSNR {_fmt(r['tokenizer']['psnr'], ' dB')}, SSIM "
                                          f"{_fmt(r['tokenizer']['ssim'], '', 4)}"),
