@@ -298,9 +298,10 @@ def reconstruction_scores(recon_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor)
 
 def tokenizer_bound(recon_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, copy: dict) -> dict:
     """PSNR per generated step t of the tokenizer's reconstruction of the true frame t: what a
-    dynamics model that predicted every token of every frame right would score (the decoder is
-    causal, so frame t's decode reads only true tokens of frames <= t). Where copying the prompt
-    scores above it, no dynamics model beats copying with this tokenizer."""
+    dynamics model that predicted every token of every frame as the encoder gives it would score
+    (the decoder is causal, so frame t's decode reads only true tokens of frames <= t). Where
+    copying the prompt scores above it, predicting the encoder's tokens cannot beat copying with
+    this tokenizer (other tokens could decode closer, but that is not what training targets)."""
     from .controllability import psnr_per_step
 
     bound = psnr_per_step(recon_BTCHW, target_BTCHW).mean(0).tolist()

@@ -218,7 +218,6 @@ class QualityNet(nn.Module):
         return torch.sigmoid(clip) if self.pooling == "learned" else pool_logits(frame, self.pooling)
 
 
-
 def trunk_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The ResNet up to its pooled embedding (no fc): normalised (N, 3, H, W) -> (N, 512)."""
     b = backbone
