@@ -48,7 +48,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from genie_pipeline.filtering.config import DedupeConfig, FiltersConfig, KeywordsConfig
 from genie_pipeline.ingest.config import DownloadConfig, PreflightError, RunnerConfig, Source, check_remote_run
-from genie_pipeline.ingest import progress
+from genie_pipeline.ingest import beam_memo, progress
 from genie_pipeline.ingest.download import check_pot_provider, check_secret_files
 from genie_pipeline.ingest.politeness import job_worker_processes
 from genie_pipeline.ingest.process import KeywordVerdict, VideoProcessor
@@ -70,6 +70,8 @@ from genie_pipeline.shards.records import Candidate, ClipRow, Failure, VideoResu
 from genie_pipeline.shards.report import REPORT, Threshold, write_report, write_report_detached
 from genie_pipeline.shards.store import read_store_result
 from genie_pipeline.shards.writer import ShardMixer, StreamingShards, spread
+
+beam_memo.install()  # Beam's repeated per-job introspection, once (ingest/beam_memo.py)
 
 NS = "ingest"
 FAILURES = "failures"
