@@ -4,8 +4,8 @@
 
 `--baseline TREE`: a checkout of the code before a change (`git worktree add /tmp/base main`):
 its pipeline runs on the same files in the same run, interleaved with this tree's and with the
-bare decodes round after round, so both ratios see the same machine (a shared machine's load
-drifts by tens of per cent within minutes). Each pipeline run is a fresh process (one warm-up
+bare decodes round after round (every other round in the reverse order), so both ratios see
+the same machine (a shared machine's load drifts by tens of per cent within minutes). Each pipeline run is a fresh process (one warm-up
 run over one video, then the timed run), this tree's and the baseline's alike. The result
 also holds the per-video path's profile (`profile`: the top costs of VideoProcessor over the
 same videos, cProfile, grouped by component) and, with a baseline, whether both outputs hold
@@ -92,7 +92,7 @@ def cut_detection(paths: list[str]) -> tuple[float, int]:
 # runs in a fresh process with the tree under test first on sys.path: a warm-up run over one
 # video (imports, what a long-lived worker pays once), then the timed run; prints its CPU seconds
 _PIPELINE = """
-import json, sys, time
+import json, os, sys, time
 from genie_pipeline.config import parse_config
 from genie_pipeline.ingest.pipeline import cpu_seconds, run_ingest
 one, cat, out = sys.argv[1:4]
@@ -101,7 +101,13 @@ def run(path, dest):
                         "runner": {"running_mode": "in_memory", "direct_num_workers": 1}, "output": {"dir": dest}})
     c0, w0 = cpu_seconds(), time.time()
     stats = run_ingest(cfg)
-    return cpu_seconds() - c0, time.time() - w0, stats
+    spent = cpu_seconds() - c0, time.time() - w0, stats
+    # the report is drawn by a process of its own after the run: wait for it, or it shares
+    # the machine with whatever is timed next
+    deadline = time.time() + 300
+    while not os.path.exists(os.path.join(dest, "report.html")) and time.time() < deadline:
+        time.sleep(0.2)
+    return spent
 run(one, out + "-warmup")
 fixed = run(one, out + "-one")[0]
 cpu, wall, stats = run(cat, out)
@@ -299,7 +305,8 @@ def main() -> int:
     wall0 = time.time()
     for rnd in range(args.rounds):
         bares.append(bare_decode(paths))
-        for name, tree in sides.items():
+        # every other round in reverse, so that neither tree always runs first after a decode
+        for name, tree in (list(sides.items()) if rnd % 2 == 0 else list(sides.items())[::-1]):
             if name == "same_as" and rnd:
                 continue  # its output is what is compared; once is enough
             runs[name].append(pipeline(tree, one, cat, work / f"out-{name}-{rnd}"))
