@@ -24,8 +24,14 @@
    and per bad kind (quality_labels.py); with --pretrain-steps > 0 the fine-tuned
    cross-validation (2b) is run twice, from scratch and from the pretrained trunk.
 
+3b. (`costmodes`) in one process, one after another: the ingest without scoring, with
+   `score_only` (every clip scored) and with `filter` (only the clips the heuristics kept are
+   scored): the scoring share of each by the stage's counters and by difference with the
+   unscored run measured beside them.
+
 `--stages` picks what runs (default all: train,cv,cost,variants; add `labels` for 5, `cvp` for
-2b fine-tuned from `--pretrained`, `testkinds` for the model's own test videos per kind). On the quality corpus alone: `--seeds '' --quality-seeds 0`.
+2b fine-tuned from `--pretrained`, `testkinds` for the model's own test videos per kind,
+`costmodes` for 3b). On the quality corpus alone: `--seeds '' --quality-seeds 0`.
 On a busy machine the stages run as separate processes on one `--work`: `--model` (e.g. a
 fold's model from 2b) skips 2, `variants` without `cost` estimates the scoring share from the
 variants' CPU per clip and the unscored ingest's CPU, and `--merge A.json B.json …` combines
@@ -358,6 +364,27 @@ def measured_cost(on_cpu: float, counters: dict, off_cpu: float, bf16_used: bool
     }
 
 
+def cost_by_mode(sources: list[dict], work: Path, model: Path, int8: bool, bf16_used: bool, int8_used: bool) -> dict:
+    """Stage 3b: the unscored ingest, then score_only, then filter, in this process one after
+    another (fresh outputs), so that the differences see the same machine."""
+    import pyarrow.parquet as pq
+
+    quality = {"model": str(model), "torch_threads": 1, "int8": "auto" if int8 else "off"}
+    print("3b. ingest without scoring, with score_only, with filter", file=sys.stderr, flush=True)
+    off_cpu, _ = ingest(sources, work / "mode-off")
+    out = {"ingest_off_cpu_s": round(off_cpu, 2)}
+    for mode in ("score_only", "filter"):
+        on_cpu, stats = ingest(sources, work / f"mode-{mode}", {**quality, "mode": mode})
+        rows = pq.read_table(work / f"mode-{mode}" / "manifest", columns=["reason"]).to_pylist()
+        out[mode] = {**measured_cost(on_cpu, stats["last_run"]["counters"], off_cpu, bf16_used, int8_used),
+                     "clips": len(rows), "rejected_by_reason": {r: sum(x["reason"] == r for x in rows)
+                                                                for r in sorted({x["reason"] for x in rows}) if r}}
+        print(f"   {mode}: {json.dumps(out[mode])}", file=sys.stderr, flush=True)
+    out["note"] = ("filter scores only the clips no earlier filter rejected (here the heuristics reject the "
+                   "corpus's black, static, slideshow and montage clips); score_only scores every clip")
+    return out
+
+
 def held_out_summary(result: dict) -> dict:
     """Before (the old recipe: no pretraining) and after (the recipe that measured best) on
     whole held-out games, pooled and per bad kind."""
@@ -485,7 +512,7 @@ def main() -> int:
         print("2c. the model's held-out test videos, per kind", file=sys.stderr, flush=True)
         result["held_out_test_by_kind"] = model_test_by_kind(index, labels, rows, args.model)
         _write(args.out, result)
-    if not {"train", "cost", "variants"} & stages:
+    if not {"train", "cost", "costmodes", "variants"} & stages:
         print(json.dumps({k: v for k, v in result.items() if k != "machine"})[:4000])
         return 0
 
@@ -500,10 +527,16 @@ def main() -> int:
     cv = result.get("cross_validation")
 
     bf16_used = meta["bf16"].get("keeps_accuracy", False)
-    if args.int8 and {"cost", "variants"} & stages:
+    if args.int8 and {"cost", "costmodes", "variants"} & stages:
         model = with_int8(index, labels, Path(model), work / "model_int8", qcfg.seed)
         meta = read_metadata(model)
     int8_used = bool(args.int8 and meta.get("int8", {}).get("keeps_accuracy"))
+    if "costmodes" in stages:
+        result["cost_by_mode"] = cost_by_mode(sources, work, model, args.int8, bf16_used, int8_used)
+        _write(args.out, result)
+        if not {"cost", "variants"} & stages:
+            print(json.dumps(result["cost_by_mode"], indent=1))
+            return 0
     if "cost" in stages:
         print("3. ingest with score_only", file=sys.stderr, flush=True)
         on_cpu, on_stats = ingest(sources, work / "scored",

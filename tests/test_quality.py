@@ -200,7 +200,8 @@ def _run_stages(branches, workers=1, mode="in_memory"):
 def test_score_quality_stage(fixture, model_file, tmp_path):
     """score_only / filter against scores computed outside Beam; two worker processes (the
     handler is pickled to them); bf16; a missing clip store (NaN, rejected); a failed video
-    passed through; heuristic reasons never overridden; inputs not mutated."""
+    passed through; heuristic reasons never overridden, and in filter mode the clips they
+    rejected not scored; inputs not mutated."""
     import copy
 
     out, info = fixture
@@ -214,30 +215,38 @@ def test_score_quality_stage(fixture, model_file, tmp_path):
     odd = [copy.deepcopy(v) for v in videos[:3]]
     odd[1].store = str(tmp_path / "missing.tar")
     odd[2].status, odd[2].clips = "failed", []
+    # filter mode's input: one clip the heuristics rejected, one whole video
+    to_filter = copy.deepcopy(videos)
+    to_filter[0].clips[0].kept, to_filter[0].clips[0].reason = False, "static"
+    for c in to_filter[1].clips:
+        c.kept, c.reason = False, "black"
 
     got = _run_stages({
         "scoreonly": (videos, QualityConfig(mode="score_only", model=str(model_file), bf16="off")),
-        "filter": (videos, QualityConfig(mode="filter", model=str(model_file), threshold=threshold, bf16="off")),
+        "filter": (to_filter, QualityConfig(mode="filter", model=str(model_file), threshold=threshold, bf16="off")),
         "odd": (odd, QualityConfig(mode="filter", model=str(model_file), threshold=0.0, bf16="on")),
     }, workers=2, mode="multi_processing")
 
     scored, filtered = got["scoreonly"], got["filter"]
     assert set(scored) == set(filtered) == {v.video_key for v in videos}
-    n_quality = 0
-    for v in videos:
+    n_quality = n_unscored = 0
+    for v, vf in zip(videos, to_filter):
         assert v.clips[0].quality_score is None  # not scored; the input elements were not mutated
-        for c0, c, f in zip(v.clips, scored[v.video_key].clips, filtered[v.video_key].clips):
+        for c0, cf, c, f in zip(v.clips, vf.clips, scored[v.video_key].clips, filtered[v.video_key].clips):
             assert c.key == c0.key == f.key
             assert c.quality_score == pytest.approx(direct[c.key], abs=1e-4)
             assert (c.kept, c.reason) == (c0.kept, c0.reason)  # score_only keeps everything
-            if c0.reason:  # an earlier heuristic verdict is never overridden
-                assert (f.kept, f.reason) == (False, c0.reason)
-            elif direct[c.key] >= threshold:
+            if cf.reason:  # an earlier heuristic verdict is never overridden, nor scored
+                assert (f.kept, f.reason, f.quality_score) == (False, cf.reason, None)
+                n_unscored += 1
+                continue
+            assert f.quality_score == pytest.approx(direct[c.key], abs=1e-4)
+            if direct[c.key] >= threshold:
                 assert (f.kept, f.reason) == (True, "")
             else:
                 assert (f.kept, f.reason) == (False, "quality")
                 n_quality += 1
-    assert n_quality > 0
+    assert n_quality > 0 and n_unscored >= 1 + len(videos[1].clips)
 
     o = got["odd"]
     assert all(c.quality_score == pytest.approx(direct[c.key], abs=0.05) for c in o[odd[0].video_key].clips)  # bf16

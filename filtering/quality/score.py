@@ -101,10 +101,11 @@ def _counter(name: str):
     return beam.metrics.Metrics.counter("ingest", name)
 
 
-def _video_frames(video: VideoResult, k: int) -> Iterator[tuple[str, np.ndarray | None]]:
+def _video_frames(video: VideoResult, k: int, kept_only: bool = False) -> Iterator[tuple[str, np.ndarray | None]]:
     """(clip key, K sampled uint8 frames, or None where the clip cannot be read) for each
-    clip of a done video, decoded one clip at a time from its clip store."""
-    if video.status != "done" or not video.clips:
+    clip of a done video (`kept_only`: each clip not rejected already), decoded one clip at a
+    time from its clip store."""
+    if video.status != "done" or not any(c.kept or not kept_only for c in video.clips):
         return
     try:
         data = read_store(video.store)[1] if video.store else {}
@@ -112,6 +113,8 @@ def _video_frames(video: VideoResult, k: int) -> Iterator[tuple[str, np.ndarray 
         log.warning("quality: cannot read clip store %s: %s", video.store, e)
         data = {}
     for clip in video.clips:
+        if kept_only and not clip.kept:
+            continue
         try:
             if clip.key not in data:
                 raise QualityError(f"{clip.key}.mp4 not in clip store {video.store}")
@@ -141,11 +144,14 @@ class QualityModelHandler(_handler_base()):
     A batch of videos is scored as one stream of their clips, `batch_size` clips per
     forward pass, each clip's frames decoded just before its pass, so memory holds one
     pass's frames and one clip store whatever the videos' lengths. Each video's prediction
-    is {clip key: probability}, NaN for a clip that cannot be read."""
+    is {clip key: probability}, NaN for a clip that cannot be read. With `kept_only` (filter
+    mode) the clips an earlier filter rejected are not scored: they are out whatever the
+    score, and the heuristics reject what costs nothing to find (black, static, slideshow,
+    montage), often half of what the classifier would score."""
 
     def __init__(self, model_path: str, meta: dict, batch_size: int, *, device: str = "auto", bf16: str = "auto",
                  int8: str = "auto", channels_last: bool = True, torch_threads: int | None = None,
-                 processes: int | None = 1):
+                 processes: int | None = 1, kept_only: bool = False):
         model_params = {**meta["model_params"], "channels_last": channels_last}
         super().__init__(state_dict_path=model_path, model_class=QualityNet, model_params=model_params,
                          device="CPU", load_model_args={"weights_only": True},
@@ -153,7 +159,7 @@ class QualityModelHandler(_handler_base()):
         self._path, self._meta, self._params = model_path, meta, model_params
         self._device_setting, self._bf16_setting, self._int8_setting = device, bf16, int8
         self._torch_threads, self._processes, self._clips_per_pass = torch_threads, processes, batch_size
-        self._k = int(model_params["frames_per_clip"])
+        self._k, self._kept_only = int(model_params["frames_per_clip"]), kept_only
         self._resolved: str | None = None  # the device, once decided on the worker
 
     def __getstate__(self):
@@ -201,7 +207,7 @@ class QualityModelHandler(_handler_base()):
             pending.clear()
 
         for video in batch:
-            frames = _video_frames(video, self._k)
+            frames = _video_frames(video, self._k, self._kept_only)
             while True:
                 t0 = time.thread_time()
                 item = next(frames, None)
@@ -221,7 +227,7 @@ class QualityModelHandler(_handler_base()):
         return [PredictionResult(v, scores[v.video_key]) for v in batch]
 
     def get_num_bytes(self, batch) -> int:
-        return sum(len(v.clips) for v in batch)
+        return sum(sum(c.kept or not self._kept_only for c in v.clips) for v in batch)
 
     def get_metrics_namespace(self) -> str:
         return "quality"
@@ -249,9 +255,10 @@ class ScoreQuality(beam.PTransform):
     RunInference takes whole videos (QualityModelHandler): each clip's mp4 is read from the
     video's clip store, K frames are sampled exactly as in training and scored in batches of
     clips across the batched videos. No shuffle: a video leaves the stage in the bundle that
-    brought it, so shards are written as videos are cut. `filter` mode rejects clips below the threshold with
-    reason "quality" (a clip already rejected keeps its reason); `score_only` keeps all;
-    `off` is the identity."""
+    brought it, so shards are written as videos are cut. `filter` mode scores the clips no
+    earlier filter rejected and rejects those below the threshold with reason "quality" (a
+    clip already rejected keeps its reason, and no score); `score_only` scores every clip and
+    keeps all; `off` is the identity."""
 
     def __init__(self, quality_cfg: QualityConfig, workers: int):
         """`workers`: SDK processes per machine under a local runner (a remote runner's shape
@@ -280,7 +287,8 @@ class ScoreQuality(beam.PTransform):
         q = self.cfg
         handler = QualityModelHandler(q.model, self.meta, q.batch_size, device=q.device, bf16=q.bf16, int8=q.int8,
                                       channels_last=q.channels_last, torch_threads=q.torch_threads,
-                                      processes=processes_per_machine(videos.pipeline, self.workers))
+                                      processes=processes_per_machine(videos.pipeline, self.workers),
+                                      kept_only=q.mode == "filter")
         return (videos
                 | "QualityInference" >> RunInference(handler)
                 | "QualityApply" >> beam.Map(_apply_scores, self.cfg.mode, self.threshold))
