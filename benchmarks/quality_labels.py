@@ -1,8 +1,9 @@
 """Label efficiency of the quality classifier: held-out-games ROC-AUC against the number of labels,
 random vs active labelling, with and without self-supervised pretraining. Used by quality.py
-(`--label-efficiency`); runs alone on an ingest output and its reference labels too:
+(stage `labels`); runs alone on an ingest output (quality off) and the catalog rows that label
+it (quality.py writes them to WORK/reference.jsonl), into results/quality_labels.json:
 
-    python benchmarks/quality_labels.py OUT REFERENCE.jsonl CATALOG_ROWS.jsonl [--pretrain-steps 150]
+    python benchmarks/quality_labels.py OUT REFERENCE.jsonl --work DIR [--pretrain-steps 60]
 
 Protocol (what a CPU affords for 4 sizes x 2 strategies x 3 feature sets x folds x seeds):
 the trunk is frozen and a logistic regression is fitted on per-clip features, so each point is
@@ -173,3 +174,50 @@ def label_efficiency(index, labels: dict[str, str], rows: dict[str, dict], work:
             "folds": folds, "seeds": seeds, "sizes": list(sizes),
             "pretraining": {**pre, "wall_s": round(pre_s, 1)}, "feature_wall_s": round(feat_s, 1),
             "auc": curves, "per_kind_all_labels": kinds_auc}
+
+
+def main() -> int:
+    import argparse
+    import json
+    import os
+    import platform
+    import time
+
+    import torch
+
+    from genie_pipeline.corpus.reference import reference_labels
+    from genie_pipeline.filtering.quality import resolve_labels
+    from genie_pipeline.shards.reader import ClipIndex
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", help="an ingest output, quality off")
+    ap.add_argument("reference", help="catalog rows with quality_label, made_how, game and kind (JSON lines)")
+    ap.add_argument("--work", required=True, help="where the pretrained trunk is written")
+    ap.add_argument("--pretrain-steps", type=int, default=60)
+    ap.add_argument("--pretrain-batch", type=int, default=32)
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=3, help="repetitions of the label draws")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "quality_labels.json"))
+    args = ap.parse_args()
+    rows = {r["id"]: r for r in map(json.loads, Path(args.reference).read_text().splitlines()) if r}
+    labels = resolve_labels(reference_labels(args.out, args.reference))
+    index = ClipIndex.open(args.out)
+    vids = {index[k].video_id for k in labels}
+    corpus = {"output": args.out, "clips": len(labels), "videos": len(vids),
+              "games": len({rows[v]["game"] for v in vids if rows[v]["kind"] == "game"}),
+              "robot_setups": len({rows[v]["game"] for v in vids if rows[v]["kind"] == "robot"}),
+              "clips_by_kind": {k: sum(rows[index[c].video_id]["made_how"] == k for c in labels)
+                                for k in sorted({rows[v]["made_how"] for v in vids})}}
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    le = label_efficiency(index, labels, rows, Path(args.work), pretrain_steps=args.pretrain_steps, folds=args.folds,
+                          seeds=args.seeds, pretrain_batch_size=args.pretrain_batch)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+              "corpus": corpus, "label_efficiency": le}
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(le["auc"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
