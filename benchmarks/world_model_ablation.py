@@ -7,6 +7,9 @@ MaskGIT steps) swept on the default variant, which needs no training.
         [--dynamics-steps 2000] [--variants add prepend lam_vq] [--eval-only]
     python benchmarks/world_model_ablation.py --run /tmp/wm/run --out /tmp/wm   # the sampler sweep only,
         on a model world_model.py trained (--out /tmp/wm): its data, its held-out windows
+    python benchmarks/world_model_ablation.py --out /tmp/wm_ablate --variants lam_vq --add-to-results
+        # one more variant (trained on the same tokenizer) into the committed table: its row
+        replaces a row of that name, the other rows and the sampler sweep stay as they were
     python benchmarks/world_model_ablation.py --smoke --out /tmp/smoke --results /tmp/smoke   # every
         variant and sampler for a couple of steps on CPU (the test suite): checks the script
 
@@ -104,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="every variant and sampler, a couple of steps of each on CPU: checks the script")
     ap.add_argument("--results", default=str(RESULTS), help="where world_model_ablation.json goes")
+    ap.add_argument("--add-to-results", action="store_true",
+                    help="evaluate --variants only and put their rows into the existing table (no sampler sweep)")
     args = ap.parse_args(argv)
     if args.smoke:
         for k, v in SMOKE.items():
@@ -172,10 +177,36 @@ def evaluate_variants(work: Path, args) -> int:
         rows.append({"variant": name, "overrides": VARIANTS[name], "eval_seconds": round(time.perf_counter() - t0, 1),
                      **summary_row(r)})
         print(f"[ablation] {rows[-1]}", flush=True)
+    if args.add_to_results:
+        return add_to_results(args, rows, training)
     samplers = sweep_samplers(work / args.variants[0], work, args)
     write_result(args, {"budget": {"tokenizer_steps": args.tokenizer_steps, "dynamics_steps": args.dynamics_steps,
                                    "note": "reduced budget: below the 30-minute CPU benchmark's step counts"},
                         "training": training, "variants": rows, "samplers": samplers})
+    return 0
+
+
+def add_to_results(args, rows: list[dict], training: dict) -> int:
+    """Rows of variants trained and evaluated after the table was written, on its budget, data
+    and windows (the caller's --dynamics-steps and --eval-clips must be the table's)."""
+    path = Path(args.results) / "world_model_ablation.json"
+    table = json.loads(path.read_text())
+    budget, clips = table["budget"]["dynamics_steps"], {r["clips"] for r in table["variants"]}
+    if args.dynamics_steps != budget or {r["clips"] for r in rows} != clips:
+        raise SystemExit(f"--add-to-results: the table was measured with {budget} dynamics steps on {clips} "
+                         f"windows; these rows: {args.dynamics_steps} steps, {sorted({r['clips'] for r in rows})}")
+    names = {r["variant"] for r in rows}
+    table["variants"] = [r for r in table["variants"] if r["variant"] not in names] + rows
+    table["training"].update({k: v for k, v in training.items() if k in names})
+    not_run = table.get("variants_not_run")  # "a, b, c: why"
+    if isinstance(not_run, str) and ":" in not_run:
+        listed, why = not_run.split(":", 1)
+        left = [n.strip() for n in listed.split(",") if n.strip() not in names]
+        table["variants_not_run"] = f"{', '.join(left)}:{why}" if left else None
+    table["variants_added"] = {**table.get("variants_added", {}),
+                               **{n: {"date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_end": list(os.getloadavg())}
+                                  for n in sorted(names)}}
+    path.write_text(json.dumps(table, indent=2, default=float) + "\n")
     return 0
 
 
