@@ -50,15 +50,16 @@ def test_a_variant_added_later_joins_the_table_only_on_its_budget(tmp_path):
     shutil.copy(Path(__file__).parent.parent / "benchmarks" / "results" / "world_model_ablation.json", tmp_path)
     table = json.loads((tmp_path / "world_model_ablation.json").read_text())
     steps, clips = table["budget"]["dynamics_steps"], table["variants"][0]["clips"]
-    row = {"variant": "lam_vq", "overrides": {"lam.quantizer": "vq"}, "clips": clips, "psnr_t1_4": [1, 2, 3, 4]}
+    row = {"variant": "dyn_wide", "overrides": {"dynamics.st.dim": 128}, "clips": clips, "psnr_t1_4": [1, 2, 3, 4]}
     args = argparse.Namespace(results=str(tmp_path), dynamics_steps=steps)
-    add_to_results(args, [row], {"lam_vq": {"seconds": 1.0}, "other": {}})
+    add_to_results(args, [row], {"dyn_wide": {"seconds": 1.0}, "other": {}})
     got = json.loads((tmp_path / "world_model_ablation.json").read_text())
-    assert [r["variant"] for r in got["variants"]] == [r["variant"] for r in table["variants"]] + ["lam_vq"]
-    assert got["samplers"] == table["samplers"] and got["training"]["lam_vq"] == {"seconds": 1.0}
-    assert "other" not in got["training"] and "lam_vq" not in (got["variants_not_run"] or "")
+    assert [r["variant"] for r in got["variants"]] == [r["variant"] for r in table["variants"]
+                                                       if r["variant"] != "dyn_wide"] + ["dyn_wide"]
+    assert got["samplers"] == table["samplers"] and got["training"]["dyn_wide"] == {"seconds": 1.0}
+    assert "other" not in got["training"] and "dyn_wide" not in (got["variants_not_run"] or "")
     add_to_results(args, [{**row, "psnr_t1_4": [5, 6, 7, 8]}], {})  # a rerun replaces its row
     again = json.loads((tmp_path / "world_model_ablation.json").read_text())
-    assert [r["psnr_t1_4"] for r in again["variants"] if r["variant"] == "lam_vq"] == [[5, 6, 7, 8]]
+    assert [r["psnr_t1_4"] for r in again["variants"] if r["variant"] == "dyn_wide"] == [[5, 6, 7, 8]]
     with pytest.raises(SystemExit, match="dynamics steps"):
         add_to_results(argparse.Namespace(results=str(tmp_path), dynamics_steps=steps // 2), [row], {})
