@@ -5,8 +5,9 @@
 `--baseline TREE`: a checkout of the code before a change (`git worktree add /tmp/base main`):
 its pipeline runs on the same files in the same run, interleaved with this tree's and with the
 bare decodes round after round (every other round in the reverse order), so both ratios see
-the same machine (a shared machine's load drifts by tens of per cent within minutes). Each pipeline run is a fresh process (one warm-up
-run over one video, then the timed run), this tree's and the baseline's alike. The result
+the same machine (a shared machine's load drifts by tens of per cent within minutes). Each
+pipeline run is a fresh process (one warm-up run over one video, then the timed run; each
+run's background report waited for), this tree's and the baseline's alike. The result
 also holds the per-video path's profile (`profile`: the top costs of VideoProcessor over the
 same videos, cProfile, grouped by component) and, with a baseline, whether both outputs hold
 the same clips and scores.

@@ -48,8 +48,7 @@ def _views_once(make):
         if mine is None:
             mine = made[self] = {}
         view = mine.get(cls)
-        # `made` matches options by ==: a view of another object, or of this one after its
-        # flags or value dict were replaced, is made anew
+        # a view made before this object's flags or value dict were replaced is made anew
         if view is None or view._all_options is not self._all_options or view._flags is not self._flags:
             view = mine[cls] = make(self, cls)
         return view
