@@ -268,12 +268,18 @@ def summary_row(report: dict, sampler: str | None = None) -> dict:
     """The numbers an ablation compares, from one eval report and one of its samplers."""
     label = sampler or report["default_sampler"]
     s = report["samplers"][label]
+    bound = report["tokenizer_bound"]
+    detail = s["sampler"].get("prompt_detail", False)
     return {"sampler": label, "clips": report["clips"],
             "psnr_t1_4": [round(x, 2) for x in s["dynamics"]["psnr_per_step"][:4]],
             "copy_prompt_t1_4": [round(x, 2) for x in report["copy_prompt"]["psnr_per_step"][:4]],
-            "tokenizer_bound_t1_4": [round(x, 2) for x in report["tokenizer_bound"]["psnr_per_step"][:4]],
+            # the bound as this sampler's frames are shown: with prompt detail or the decoder's alone
+            "tokenizer_bound_t1_4": [round(x, 2) for x in (bound["psnr_per_step"] if detail else bound.get(
+                "decoded_only_psnr_per_step", bound["psnr_per_step"]))[:4]],
             "delta_psnr_t4": {k: {"value": round(v["value"], 2), "ci95": [round(c, 2) for c in v["ci95"]]}
                               for k, v in s["delta_psnr"]["against"].items()},
+            "model_minus_copy_t1_4": [{"value": round(m["value"], 2), "ci95": [round(c, 2) for c in m["ci95"]]}
+                                      for m in s["model_minus_copy"][:4]],
             "tokenizer_psnr": round(report["tokenizer"]["psnr"], 2)}
 
 

@@ -43,12 +43,15 @@ VARIANTS = {
     "dyn_wide": {"dynamics.st.dim": 128},  # a wider dynamics model on the same tokenizer
 }
 # samplers swept on the default variant's model (eval keyword arguments, labelled as eval labels
-# them): the temperature at the preset's 4 MaskGIT steps (greedy is T = 0), then more steps
-SAMPLER_GRID = [(True, 0.0, 4), (False, 0.5, 4), (False, 1.0, 4), (False, 2.0, 4),
-                (True, 0.0, 8), (False, 0.5, 8), (False, 1.0, 8),
-                (True, 0.0, 16), (False, 0.5, 16), (False, 1.0, 16)]
-SAMPLERS = {sampler_label(g, t, n): ({"greedy": True, "steps": n} if g else {"temperature": t, "steps": n})
-            for g, t, n in SAMPLER_GRID}
+# them): the temperature at the preset's 4 MaskGIT steps (greedy is T = 0), then more steps; all
+# with prompt detail (the preset's), and the preset's temperature and greedy without it
+SAMPLER_GRID = [(True, 0.0, 4, True), (False, 0.5, 4, True), (False, 1.0, 4, True), (False, 2.0, 4, True),
+                (True, 0.0, 4, False), (False, 0.5, 4, False),
+                (True, 0.0, 8, True), (False, 0.5, 8, True), (False, 1.0, 8, True),
+                (True, 0.0, 16, True), (False, 0.5, 16, True), (False, 1.0, 16, True)]
+SAMPLERS = {sampler_label(g, t, n, d): {**({"greedy": True} if g else {"temperature": t}), "steps": n,
+                                        "prompt_detail": d}
+            for g, t, n, d in SAMPLER_GRID}
 SMOKE = {"episodes": 4, "val_episodes": 2, "frames_per_clip": 16, "tokenizer_steps": 2, "dynamics_steps": 2,
          "eval_clips": 2}
 
@@ -109,6 +112,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="where world_model_ablation.json goes")
     ap.add_argument("--add-to-results", action="store_true",
                     help="evaluate --variants only and put their rows into the existing table (no sampler sweep)")
+    ap.add_argument("--resweep", action="store_true",
+                    help="with --add-to-results: the sampler sweep again too, on the first of --variants "
+                         "(e.g. after a change to how rollouts are scored), replacing the table's")
     args = ap.parse_args(argv)
     if args.smoke:
         for k, v in SMOKE.items():
@@ -174,11 +180,13 @@ def evaluate_variants(work: Path, args) -> int:
         t0 = time.perf_counter()
         r = run_eval(str(work / name), data=[str(work / "coinrun")], out_dir=str(work / name / "eval"),
                      clips=args.eval_clips, seed=args.seed)
+        plain = f"{r['default_sampler']}, decoded only"
         rows.append({"variant": name, "overrides": VARIANTS[name], "eval_seconds": round(time.perf_counter() - t0, 1),
-                     **summary_row(r)})
+                     **summary_row(r), **({"decoded_only": summary_row(r, plain)} if plain in r["samplers"] else {})})
         print(f"[ablation] {rows[-1]}", flush=True)
     if args.add_to_results:
-        return add_to_results(args, rows, training)
+        return add_to_results(args, rows, training, sweep_samplers(work / args.variants[0], work, args)
+                              if args.resweep else None)
     samplers = sweep_samplers(work / args.variants[0], work, args)
     write_result(args, {"budget": {"tokenizer_steps": args.tokenizer_steps, "dynamics_steps": args.dynamics_steps,
                                    "note": "reduced budget: below the 30-minute CPU benchmark's step counts"},
@@ -186,9 +194,10 @@ def evaluate_variants(work: Path, args) -> int:
     return 0
 
 
-def add_to_results(args, rows: list[dict], training: dict) -> int:
+def add_to_results(args, rows: list[dict], training: dict, samplers: list[dict] | None = None) -> int:
     """Rows of variants trained and evaluated after the table was written, on its budget, data
-    and windows (the caller's --dynamics-steps and --eval-clips must be the table's)."""
+    and windows (the caller's --dynamics-steps and --eval-clips must be the table's); with
+    `samplers` (--resweep: the sweep run again on the first variant) the sweep's rows too."""
     path = Path(args.results) / "world_model_ablation.json"
     table = json.loads(path.read_text())
     budget, clips = table["budget"]["dynamics_steps"], {r["clips"] for r in table["variants"]}
@@ -197,6 +206,9 @@ def add_to_results(args, rows: list[dict], training: dict) -> int:
                          f"windows; these rows: {args.dynamics_steps} steps, {sorted({r['clips'] for r in rows})}")
     names = {r["variant"] for r in rows}
     table["variants"] = [r for r in table["variants"] if r["variant"] not in names] + rows
+    if samplers is not None:  # the sweep it replaces stays beside it, dated
+        table["samplers_previous"] = {"date": table.get("date"), "rows": table["samplers"]}
+        table["samplers"] = samplers
     table["training"].update({k: v for k, v in training.items() if k in names})
     not_run = table.get("variants_not_run")  # "a, b, c: why"
     if isinstance(not_run, str) and ":" in not_run:

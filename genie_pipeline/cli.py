@@ -506,7 +506,7 @@ def cmd_play(args, _) -> int:
                             genie.cfg.lam.num_actions, args.seed)
     prompt_HWC = load_prompt(args.prompt, cfg.clips, cfg.download.max_pixels)
     out = play(genie, prompt_HWC, actions, args.out, args.steps, args.temperature, args.greedy, args.seed,
-               args.fps, device=args.device)
+               args.fps, device=args.device, prompt_detail=args.prompt_detail)
     print(f"{out.with_suffix('.mp4')}\n{out.with_suffix('.gif')}")
     return 0
 
@@ -524,7 +524,7 @@ def _play_serve(args) -> int:
         raise TrainingError("play", f"--temperature must be >= 0, got {args.temperature}")
     serve_play(args.checkpoint, host=args.host, port=args.port, token=args.token, data=args.data,
                steps=args.steps, temperature=args.temperature, greedy=args.greedy, seed=args.seed,
-               device=args.device, max_pixels=_config(args).download.max_pixels)
+               device=args.device, max_pixels=_config(args).download.max_pixels, prompt_detail=args.prompt_detail)
     return 0
 
 
@@ -788,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None,
                    help="token sampling temperature (default: the model config; paper: 2)")
     p.add_argument("--greedy", action="store_true", help="most likely tokens, no noise: deterministic")
+    p.add_argument("--decoded-only", dest="prompt_detail", action="store_const", const=False, default=None,
+                   help="show the tokenizer decoder's frames alone, without the prompt's detail on the patches "
+                        "whose token stayed the prompt's (default: the model config's dynamics.prompt_detail)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=5)
     p.add_argument("--device", default="cpu")

@@ -3,7 +3,7 @@
     episode = genie.start(prompt_BCHW, steps=25, temperature=2.0, seed=0)
     frame_BCHW = episode.step(3)      # latent action 3 for every sample (or a (B,) tensor)
     episode.undo()                    # back one frame
-    episode.frames                    # [prompt as reconstructed, frame 1, ...], each (B, 3, H, W)
+    episode.frames                    # [prompt as shown, frame 1, ...], each (B, 3, H, W)
 
 The context window. The models were trained on clips of `cfg.frames` frames (W) whose
 first frame sits at time position 0 and has no leading action. Frame t is generated and
@@ -15,6 +15,13 @@ causal attention over several layers make the cached keys of a frame depend on w
 window starts, so a window cannot slide one frame at a time without re-running it);
 between restarts no past frame is ever re-run. Amortised that is about one extra frame per
 step, against the W frames per MaskGIT step and per decode that the uncached path re-runs.
+
+Prompt detail (`prompt_detail`, default the config's `dynamics.prompt_detail`). The tokenizer
+loses detail of the prompt that a background that does not move keeps. With it on, the
+frames shown add the prompt's lost detail (prompt - decoded prompt) back on each patch whose
+token is the prompt's token there, so `frames[0]` is the prompt itself and an unchanged patch
+shows the prompt's pixels; a patch whose token changed shows the decoder's pixels alone.
+Only the pixels shown change: tokens, and so what the dynamics model sees, do not.
 
 Caching. With `cache=True` two temporal KV caches cover the window: the dynamics model's
 (each MaskGIT step runs only the new frame against it) and the tokenizer decoder's (each
@@ -42,12 +49,14 @@ class Episode:
     """
 
     def __init__(self, genie, prompt_BCHW: torch.Tensor, *, steps: int | None = None,
-                 temperature: float | None = None, greedy: bool = False, cache: bool = True, seed: int = 0):
+                 temperature: float | None = None, greedy: bool = False, cache: bool = True, seed: int = 0,
+                 prompt_detail: bool | None = None):
         dyn_cfg = genie.cfg.dynamics
         self.genie = genie
         self.steps = steps or dyn_cfg.maskgit_steps
         self.temperature = dyn_cfg.temperature if temperature is None else temperature
         self.greedy = greedy
+        self.prompt_detail = dyn_cfg.prompt_detail if prompt_detail is None else prompt_detail
         self.cache = cache
         self.window = genie.cfg.frames
         self.keep = max(1, self.window // 2)
@@ -65,9 +74,14 @@ class Episode:
         self._starts: list[int] = []  # window start each frame was made with
         self._dyn_cache: KVCache | None = None  # both caches cover frames [_starts[-1], len - 1]
         self._dec_cache: KVCache | None = None
+        self._detail_BCHW: torch.Tensor | None = None  # prompt - decoded prompt, where prompt_detail
         with torch.no_grad():
-            tokens_B1N = genie.tokenizer.encode(prompt_BCHW.to(self.device)[:, None])
-            self._append(tokens_B1N[:, 0], None, start=0)
+            prompt_B1CHW = prompt_BCHW.to(self.device)[:, None]
+            tokens_B1N = genie.tokenizer.encode(prompt_B1CHW)
+            decoded_BCHW = self._append(tokens_B1N[:, 0], None, start=0)
+            if self.prompt_detail:
+                self._detail_BCHW = genie.tokenizer.grid.target(prompt_B1CHW)[:, 0] - decoded_BCHW
+                self.frames[0] = self._shown(tokens_B1N[:, 0], decoded_BCHW)
 
     @property
     def batch(self) -> int:
@@ -138,9 +152,14 @@ class Episode:
             video_B1CHW, self._dec_cache = tokenizer.decode_frames(tokens_BN[:, None], None if first else self._dec_cache)
         else:
             video_B1CHW = tokenizer.decode(torch.stack(self._tokens[start:], dim=1))[:, -1:]
-        frame_BCHW = video_B1CHW[:, 0]
+        frame_BCHW = self._shown(tokens_BN, video_B1CHW[:, 0])
         self.frames.append(frame_BCHW)
         return frame_BCHW
+
+    def _shown(self, tokens_BN: torch.Tensor, decoded_BCHW: torch.Tensor) -> torch.Tensor:
+        if self._detail_BCHW is None:
+            return decoded_BCHW
+        return with_prompt_detail(self.genie.tokenizer.grid, decoded_BCHW, tokens_BN, self._tokens[0], self._detail_BCHW)
 
     def _prefill(self, start: int) -> None:
         """Rebuild both caches over frames [start, now): the window restarts at `start`."""
@@ -165,3 +184,12 @@ class Episode:
         if action_B.min() < 0 or action_B.max() >= self.num_actions:
             raise ValueError(f"action ids must be in [0, {self.num_actions}), got {action_B.tolist()}")
         return action_B
+
+
+def with_prompt_detail(grid, decoded_BCHW: torch.Tensor, tokens_BN: torch.Tensor, prompt_tokens_BN: torch.Tensor,
+                       detail_BCHW: torch.Tensor) -> torch.Tensor:
+    """The frame shown for `tokens_BN` (decoded as `decoded_BCHW`) under prompt detail: the
+    prompt's lost detail `detail_BCHW` (prompt - decoded prompt) added on the patches of `grid`
+    whose token is the prompt's (`prompt_tokens_BN`), clamped to [0, 1]."""
+    same_B1HW = grid.spread((tokens_BN == prompt_tokens_BN).to(decoded_BCHW.dtype))
+    return (decoded_BCHW + same_B1HW * detail_BCHW).clamp(0, 1)

@@ -101,6 +101,11 @@ class PatchGrid:
         out_h, out_w = self.out_hw
         return video_BTCHW[..., :out_h, :out_w]
 
+    def spread(self, values_BN: torch.Tensor) -> torch.Tensor:
+        """One value per token (B, N) -> that value on every pixel of its patch, (B, 1, *out_hw)."""
+        patches_B1NP = values_BN[:, None, :, None].expand(-1, -1, -1, self.patch * self.patch)
+        return self.unpatchify(patches_B1NP)[:, 0]
+
     def _check_size(self, video_BTCHW: torch.Tensor) -> None:
         if video_BTCHW.ndim != 5 or tuple(video_BTCHW.shape[-2:]) != (self.height, self.width):
             raise ValueError(

@@ -278,6 +278,30 @@ def test_the_tokenizer_bound_is_the_psnr_of_the_true_frames_decoded():
     assert tokenizer_bound(video, video, copy)["copy_above_bound_at_t"] == []  # a perfect tokenizer
 
 
+def test_the_tokenizer_bound_with_prompt_detail_adds_the_prompts_lost_detail_where_tokens_stay():
+    """With prompt detail the bound scores the true frames as a rollout shows them: the prompt's
+    lost detail added on patches whose token is the prompt's; no patch keeping its token: the
+    decoder's frames alone."""
+    from genie_pipeline.models.patches import PatchGrid
+    from genie_pipeline.training.controllability import copy_prompt, psnr_per_step
+    from genie_pipeline.training.eval import tokenizer_bound
+
+    video, _ = _bar_clips()
+    B, T = video.shape[:2]
+    grid = PatchGrid(16, 16, 4)
+    noisy = (video + 0.05 * torch.randn(video.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    _, copy = copy_prompt(video, seed=0)
+    kept = torch.zeros(B, T, grid.num_tokens, dtype=torch.long)
+    changed = torch.arange(T)[None, :, None].expand(B, T, grid.num_tokens)
+    all_kept = tokenizer_bound(noisy, video, copy, (grid, kept))
+    expect = (noisy + (video[:, :1] - noisy[:, :1])).clamp(0, 1)
+    assert all_kept["psnr_per_step"] == pytest.approx(psnr_per_step(expect, video).mean(0).tolist())
+    assert all_kept["decoded_only_psnr_per_step"] == pytest.approx(psnr_per_step(noisy, video).mean(0).tolist())
+    none_kept = tokenizer_bound(noisy, video, copy, (grid, changed))
+    assert none_kept["psnr_per_step"] == pytest.approx(none_kept["decoded_only_psnr_per_step"])
+    assert all_kept["psnr_per_step"] != pytest.approx(none_kept["psnr_per_step"])
+
+
 # ------------------------------------------------------------------------ end to end
 TINY = {"image_height": 32, "image_width": 32, "frames": 4}
 
@@ -325,10 +349,14 @@ def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
     assert report["clips"] == 4 and report["frames"] == 16 and report["split"] == "val"
     assert all(os.path.basename(s).startswith("val-") for s in report["data"])
     assert {"psnr", "ssim"} <= set(report["tokenizer"]) and -1 <= report["tokenizer"]["ssim"] <= 1
-    # every number under greedy and T = 1 decoding, and the config's own sampler (T = 0.5), the default
-    assert set(report["samplers"]) == {"greedy/4 steps", "T=0.5/4 steps", "T=1/4 steps"}
+    # every number under greedy and T = 1 decoding, and the config's own sampler (T = 0.5), the
+    # default, all with prompt detail (the config's), and the default without it
+    assert set(report["samplers"]) == {"greedy/4 steps", "T=0.5/4 steps", "T=1/4 steps", "T=0.5/4 steps, decoded only"}
     assert report["default_sampler"] == "T=0.5/4 steps"
-    assert report["samplers"]["greedy/4 steps"]["sampler"] == {"greedy": True, "steps": 4, "temperature": 0.5}
+    assert report["samplers"]["greedy/4 steps"]["sampler"] == {"greedy": True, "steps": 4, "temperature": 0.5,
+                                                               "prompt_detail": True}
+    assert report["samplers"]["T=0.5/4 steps, decoded only"]["sampler"]["prompt_detail"] is False
+    assert report["tokenizer_bound"]["prompt_detail"] is True
     assert len(report["dynamics"]["psnr_per_step"]) == 15 == len(report["copy_prompt"]["psnr_per_step"])
     assert set(report["dynamics"]["baselines"]) == {"shuffled", "uniform", "most_frequent"}
     d = report["delta_psnr"]

@@ -66,6 +66,42 @@ def test_cached_and_uncached_episodes_agree_past_the_window_and_through_undo(gre
     assert cached.frames[-1].shape == (2, 3, 32, 48) and 0 <= cached.frames[-1].min() <= cached.frames[-1].max() <= 1
 
 
+def test_prompt_detail_shows_the_prompt_on_unchanged_patches_and_the_decoder_elsewhere():
+    """With prompt detail the first frame is the prompt itself; a generated frame shows
+    decoded + (prompt - decoded prompt) on the patches whose token is the prompt's, the
+    decoder's pixels alone on the others; the tokens are those of the episode without it."""
+    model, p = genie(), prompt()
+    grid = model.tokenizer.grid
+    # a random model almost never samples the prompt's token where it stood: this one keeps it
+    # on every other patch, so both kinds of patch are shown
+    prompt_BN = model.tokenizer.encode(p[:, None])[:, 0]
+    sample = model.dynamics.sample_frame
+
+    def keeps_half(*args, **kwargs):
+        tokens_BN = sample(*args, **kwargs).clone()
+        tokens_BN[:, ::2] = prompt_BN[:, ::2]
+        return tokens_BN
+
+    model.dynamics.sample_frame = keeps_half
+    on = model.start(p, steps=2, greedy=True, seed=1)
+    off = model.start(p, steps=2, greedy=True, seed=1, prompt_detail=False)
+    assert model.cfg.dynamics.prompt_detail and on.prompt_detail and not off.prompt_detail
+    assert torch.allclose(on.frames[0], p, atol=1e-6) and not torch.allclose(off.frames[0], p, atol=1e-2)
+    lost = p - off.frames[0]
+    same_seen = changed_seen = 0
+    for action in (1, 2, 3, 0, 5):
+        shown, decoded = on.step(action), off.step(action)
+        assert torch.equal(on._tokens[-1], off._tokens[-1])
+        same_BN = on._tokens[-1] == on._tokens[0]
+        same = grid.spread(same_BN.float()).bool().expand_as(shown)
+        assert torch.allclose(shown[same], (decoded + lost).clamp(0, 1)[same], atol=1e-5)
+        assert torch.equal(shown[~same], decoded[~same])
+        same_seen, changed_seen = same_seen + int(same_BN.sum()), changed_seen + int((~same_BN).sum())
+    assert same_seen and changed_seen, (same_seen, changed_seen)  # both kinds of patch were checked
+    with pytest.raises(Exception, match="prompt_detail"):
+        Genie(tiny(dynamics={"prompt_detail": "yes"}))
+
+
 def test_episode_is_reproducible_by_seed_and_leaves_the_global_rng_alone():
     model = genie()
     state = torch.get_rng_state()
@@ -153,6 +189,24 @@ def test_play_writes_mp4_and_gif_from_a_picture(run_dir, tmp_path, capsys, fmt):
     assert code == 0, err
     assert decode_clip(out.read_bytes()).shape == (5, 64, 96, 3)  # prompt + 4 frames at scale 2
     assert Image.open(out.with_suffix(".gif")).n_frames == 5
+
+
+def test_play_shows_the_prompt_itself_first_unless_decoded_only(run_dir, tmp_path, capsys):
+    """With the config's prompt detail the first frame is the prompt picture (fitted to the
+    model's frame: bars where the aspect differs); --decoded-only shows the decoder's
+    reconstruction of it (a random tiny model's: far from the picture)."""
+    from genie_pipeline.shards.clip import decode_clip
+
+    image = tmp_path / "prompt.png"
+    Image.new("RGB", (96, 64), (30, 160, 90)).save(image)
+    first = {}
+    for name, extra in (("detail", []), ("decoded", ["--decoded-only"])):
+        out = tmp_path / name / "demo.mp4"
+        code, err = play(["--checkpoint", run_dir, "--prompt", image, "--actions", "1,2", "--out", out,
+                          "--steps", 2, *extra], capsys)
+        assert code == 0, err
+        first[name] = np.abs(decode_clip(out.read_bytes())[0].astype(float) - (30, 160, 90)).mean()
+    assert first["detail"] < first["decoded"] / 3, first
 
 
 def test_play_from_a_video_bundle_and_random_actions(run_dir, tmp_path, capsys):

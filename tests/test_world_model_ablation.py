@@ -31,9 +31,13 @@ def test_sampler_labels_are_evals_and_sweep_temperature_and_steps():
     from genie_pipeline.training.controllability import sampler_label
 
     for label, kw in SAMPLERS.items():
-        assert label == sampler_label(kw.get("greedy", False), kw.get("temperature", 0.0), kw["steps"])
+        assert label == sampler_label(kw.get("greedy", False), kw.get("temperature", 0.0), kw["steps"],
+                                      kw["prompt_detail"])
     four = {kw.get("temperature", 0.0) for kw in SAMPLERS.values() if kw["steps"] == 4}
     assert four == {0.0, 0.5, 1.0, 2.0}
+    # the preset's temperature and greedy, each with and without prompt detail
+    assert {(kw.get("temperature", 0.0), kw["prompt_detail"]) for kw in SAMPLERS.values() if kw["steps"] == 4} >= {
+        (0.0, True), (0.0, False), (0.5, True), (0.5, False)}
     assert {kw["steps"] for kw in SAMPLERS.values()} == {4, 8, 16}
 
 

@@ -13,7 +13,9 @@ clips of the validation split (`val-*.tar` of the run's inputs, or of `data`), p
   config's own sampler if it is neither; `default_sampler` names the config's): from each
   clip's first frame, 15 frames generated with the actions the LAM infers from the true clip;
   PSNR against the true frame at every step t = 1..15, beside `copy_prompt` (the true first
-  frame repeated) and the model minus copying, per t;
+  frame repeated) and the model minus copying, per t. The frames scored are the frames shown:
+  with the config's `dynamics.prompt_detail` (models/episode.py), and the default sampler also
+  without it (`…, decoded only`);
 - ΔtPSNR (the Genie paper's controllability metric) against three baselines
   (training/controllability.py): the headline against the actions inferred from *another*
   held-out clip (`shuffled`), beside uniformly random codes and the most frequent code; per
@@ -49,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from genie_pipeline.models.episode import with_prompt_detail
 from genie_pipeline.models.genie import Genie
 from genie_pipeline.models.lam import LatentActionModel
 from genie_pipeline.shards.reader import DataError, resolve_inputs
@@ -228,13 +231,18 @@ def _batched(fn, video_BTCHW: torch.Tensor, device, batch: int = BATCH) -> torch
 # ============================================================================ measurements
 def eval_samplers(cfg) -> tuple[dict[str, dict], str]:
     """The samplers eval reports every rollout number under ({label: Episode keywords}) and
-    the label of the model config's own: greedy and T = 1 at the config's MaskGIT steps, and
-    the config's temperature where it is neither."""
-    steps, temperature = cfg.dynamics.maskgit_steps, cfg.dynamics.temperature
-    samplers = {sampler_label(True, 0.0, steps): {"greedy": True, "steps": steps},
-                sampler_label(False, 1.0, steps): {"temperature": 1.0, "steps": steps}}
-    default = sampler_label(False, temperature, steps)
+    the label of the model config's own: greedy and T = 1 at the config's MaskGIT steps, the
+    config's temperature where it is neither, all with the config's prompt detail; and where
+    that is on, the config's sampler without it (the decoder's frames alone), so the report
+    shows what the detail adds."""
+    steps, temperature, detail = cfg.dynamics.maskgit_steps, cfg.dynamics.temperature, cfg.dynamics.prompt_detail
+    samplers = {sampler_label(True, 0.0, steps, detail): {"greedy": True, "steps": steps},
+                sampler_label(False, 1.0, steps, detail): {"temperature": 1.0, "steps": steps}}
+    default = sampler_label(False, temperature, steps, detail)
     samplers.setdefault(default, {"temperature": temperature, "steps": steps})
+    if detail:
+        samplers[sampler_label(False, temperature, steps, False)] = {"temperature": temperature, "steps": steps,
+                                                                     "prompt_detail": False}
     return samplers, default
 
 
@@ -249,14 +257,16 @@ def evaluate(genie: Genie, windows: Windows, i3d: nn.Module | None, seed: int,
     video = windows.video_BTCHW
     target = genie.tokenizer.grid.target(video)
     frames = min(cfg.frames, video.shape[1])
-    recon = _batched(lambda v: genie.tokenizer.decode(genie.tokenizer.encode(v)), video[:, :frames], device, batch)
+    tokens = _batched(genie.tokenizer.encode, video[:, :frames], device, batch)
+    recon = _batched(genie.tokenizer.decode, tokens, device, batch)
     actions = _batched(lambda v: infer_actions(genie.lam, v, cfg.frames), video, device, batch)
     by_sampler, preds = {}, {}
     for label, kw in samplers.items():
         rollout = genie_rollout(genie, seed, batch=batch, **kw)
         scores, pred, base_preds = controllability(video, target, rollout, actions, cfg.lam.num_actions, seed)
         resolved = {"greedy": bool(kw.get("greedy", False)), "steps": kw.get("steps") or cfg.dynamics.maskgit_steps,
-                    "temperature": kw.get("temperature", cfg.dynamics.temperature)}
+                    "temperature": kw.get("temperature", cfg.dynamics.temperature),
+                    "prompt_detail": kw.get("prompt_detail", cfg.dynamics.prompt_detail)}
         by_sampler[label] = {"sampler": resolved, **scores}
         preds[label] = (pred, base_preds)
     pred, base_preds = preds[default]
@@ -267,7 +277,8 @@ def evaluate(genie: Genie, windows: Windows, i3d: nn.Module | None, seed: int,
                   "num_actions": cfg.lam.num_actions, "maskgit_steps": cfg.dynamics.maskgit_steps,
                   "temperature": cfg.dynamics.temperature},
         "tokenizer": reconstruction_scores(recon, target[:, :frames]),
-        "tokenizer_bound": tokenizer_bound(recon, target[:, :frames], main["dynamics"]["copy_prompt"]),
+        "tokenizer_bound": tokenizer_bound(recon, target[:, :frames], main["dynamics"]["copy_prompt"],
+                                           (genie.tokenizer.grid, tokens) if cfg.dynamics.prompt_detail else None),
         "default_sampler": default,
         "dynamics": main["dynamics"], "delta_psnr": main["delta_psnr"], "model_minus_copy": main["model_minus_copy"],
         "copy_prompt": main["dynamics"]["copy_prompt"],
@@ -296,19 +307,32 @@ def reconstruction_scores(recon_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor)
     return {"psnr": float(psnr_B.mean()), "ssim": float(ssim_B.mean()), "frames": T}
 
 
-def tokenizer_bound(recon_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, copy: dict) -> dict:
+def tokenizer_bound(recon_BTCHW: torch.Tensor, target_BTCHW: torch.Tensor, copy: dict,
+                    detail: tuple | None = None) -> dict:
     """PSNR per generated step t of the tokenizer's reconstruction of the true frame t: what a
     dynamics model that predicted every token of every frame as the encoder gives it would score
     (the decoder is causal, so frame t's decode reads only true tokens of frames <= t). Where
     copying the prompt scores above it, predicting the encoder's tokens cannot beat copying with
-    this tokenizer (other tokens could decode closer, but that is not what training targets)."""
+    this tokenizer (other tokens could decode closer, but that is not what training targets).
+    `detail` (the grid and the encoder's tokens_BTN): the frames shown with prompt detail
+    (models/episode.py), as the rollouts scored beside it show them; the decoder's alone too."""
     from .controllability import psnr_per_step
 
-    bound = psnr_per_step(recon_BTCHW, target_BTCHW).mean(0).tolist()
+    def per_step(frames_BTCHW):
+        return psnr_per_step(frames_BTCHW, target_BTCHW).mean(0).tolist()
+
+    decoded = per_step(recon_BTCHW)
+    bound = decoded
+    if detail is not None:
+        grid, tokens_BTN = detail
+        lost_BCHW = target_BTCHW[:, 0] - recon_BTCHW[:, 0]
+        bound = per_step(torch.stack([with_prompt_detail(grid, recon_BTCHW[:, t], tokens_BTN[:, t], tokens_BTN[:, 0],
+                                                         lost_BCHW) for t in range(recon_BTCHW.shape[1])], 1))
     steps = [t + 1 for t, (b, c) in enumerate(zip(bound, copy["psnr_per_step"])) if c > b]
-    return {"psnr_per_step": bound, "copy_above_bound_at_t": steps,
-            "what": "the tokenizer's reconstruction of the true frame t (perfect dynamics); copying the prompt "
-                    "is above it at the steps listed"}
+    return {"psnr_per_step": bound, "decoded_only_psnr_per_step": decoded, "prompt_detail": detail is not None,
+            "copy_above_bound_at_t": steps,
+            "what": "the tokenizer's reconstruction of the true frame t (perfect dynamics), shown as the rollouts "
+                    "are (prompt_detail); copying the prompt is above it at the steps listed"}
 
 
 def i3d_features(i3d: nn.Module, video_BTCHW: torch.Tensor, device) -> np.ndarray:

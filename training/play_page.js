@@ -108,7 +108,8 @@ function render() {
   $("limits").textContent = "at most " + (info.max_upload / 1048576).toFixed(0) + " MiB and " +
     info.max_pixels + " pixels; resized to " + info.width + "×" + info.height;
   $("settings").textContent = "MaskGIT steps " + (info.steps ?? "default") + ", temperature " +
-    (info.temperature ?? "default") + (info.greedy ? ", greedy" : "");
+    (info.temperature ?? "default") + (info.greedy ? ", greedy" : "") +
+    (info.prompt_detail === false ? ", decoder's frames only" : "");
   for (const p of info.prompts) {
     const b = document.createElement("button");
     b.type = "button";
