@@ -423,7 +423,7 @@ def main() -> int:
     ap.add_argument("--steps-per-epoch", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--folds", type=int, default=4, help="cross-validation folds (0: skip)")
-    ap.add_argument("--cv-folds-only", default=None, help="train only these folds (e.g. 2,3: one process per core); "
+    ap.add_argument("--cv-folds-only", default=None, help="cv and cvp train only these folds (e.g. 2,3: one process per core); "
                     "a later run on the same --work reuses every fold's model and pools them")
     ap.add_argument("--cv-group", choices=["game", "video"], default="game", help="what cross-validation holds out")
     ap.add_argument("--stages", default="train,cv,cost,variants",
@@ -505,8 +505,9 @@ def main() -> int:
     if (le is not None or "cvp" in stages) and args.folds > 1:
         print("2b. again, fine-tuned from the pretrained trunk", file=sys.stderr, flush=True)
         pq = qcfg.model_copy(update={"weights": args.pretrained or str(work / "pretrained.pt")})
+        only = {int(x) for x in args.cv_folds_only.split(",")} if args.cv_folds_only else None
         result["cross_validation_pretrained"] = cross_validate(index, labels, args.folds, pq, work / "cvp", rows,
-                                                               args.cv_group)
+                                                               args.cv_group, only)
         _write(args.out, result)
     if "testkinds" in stages and args.model:
         print("2c. the model's held-out test videos, per kind", file=sys.stderr, flush=True)
