@@ -10,6 +10,10 @@ MaskGIT steps) swept on the default variant, which needs no training.
     python benchmarks/world_model_ablation.py --out /tmp/wm_ablate --variants lam_vq --add-to-results
         # one more variant (trained on the same tokenizer) into the committed table: its row
         replaces a row of that name, the other rows and the sampler sweep stay as they were
+    python benchmarks/world_model_ablation.py --run /tmp/wm/run --out /tmp/wm --keep-bias 0 1 2 4 8
+        # the sampler's keep bias (dynamics.keep_bias) chosen on 128 episodes of levels neither
+        trained on nor in the table (rendered into --out/coinrun-tune), then the choice and 0
+        measured on the table's windows; both go into the table under `keep_bias`
     python benchmarks/world_model_ablation.py --smoke --out /tmp/smoke --results /tmp/smoke   # every
         variant and sampler for a couple of steps on CPU (the test suite): checks the script
 
@@ -31,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.world_model import CPU_PRESET, RESULTS, summary_row, train_config, write_episodes  # noqa: E402
+from benchmarks.world_model import (  # noqa: E402
+    CPU_PRESET, RESULTS, episode_clip, summary_row, train_config, write_episodes)
 from genie_pipeline.training.controllability import sampler_label  # noqa: E402
 
 # phase-2 variants: model overrides on top of CPU_PRESET (the tokenizer is shared)
@@ -52,6 +57,10 @@ SAMPLER_GRID = [(True, 0.0, 4, True), (False, 0.5, 4, True), (False, 1.0, 4, Tru
 SAMPLERS = {sampler_label(g, t, n, d): {**({"greedy": True} if g else {"temperature": t}), "steps": n,
                                         "prompt_detail": d}
             for g, t, n, d in SAMPLER_GRID}
+# the keep bias is chosen on episodes of their own levels, after the training and table ones
+TUNE_EPISODES = 128
+KEEP_RULE = ("the bias whose worst step t = 1..4 of model minus copying the prompt is highest on the tuning "
+             "episodes, among those whose ΔtPSNR@4 against another clip's actions has its 95 % interval above 0")
 SMOKE = {"episodes": 4, "val_episodes": 2, "frames_per_clip": 16, "tokenizer_steps": 2, "dynamics_steps": 2,
          "eval_clips": 2}
 
@@ -104,6 +113,8 @@ def main(argv=None) -> int:
                     help="sweep the samplers only, on this trained run (world_model.py --out's run dir; "
                          "--out is that work dir, whose coinrun/ data it reads)")
     ap.add_argument("--eval-clips", type=int, default=256)
+    ap.add_argument("--tune-episodes", type=int, default=TUNE_EPISODES,
+                    help="with --keep-bias: episodes of new levels the bias is chosen on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--eval-only", action="store_true")
@@ -112,6 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="where world_model_ablation.json goes")
     ap.add_argument("--add-to-results", action="store_true",
                     help="evaluate --variants only and put their rows into the existing table (no sampler sweep)")
+    ap.add_argument("--keep-bias", type=float, nargs="+", default=None, metavar="B",
+                    help="with --run: choose dynamics.keep_bias among these on tuning episodes, then measure the "
+                         "choice and 0 on the table's windows, at the model's temperature and MaskGIT steps")
     ap.add_argument("--resweep", action="store_true",
                     help="with --add-to-results: the sampler sweep again too, on the first of --variants "
                          "(e.g. after a change to how rollouts are scored), replacing the table's")
@@ -122,6 +136,8 @@ def main(argv=None) -> int:
         args.variants = list(VARIANTS)
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
+    if args.run and args.keep_bias:
+        return tune_keep_bias(work, Path(args.run), args)
     if args.run:
         return evaluate_samplers_only(work, Path(args.run), args)
     if not args.eval_only:
@@ -168,6 +184,71 @@ def evaluate_samplers_only(work: Path, run: Path, args) -> int:
                         "variants_not_run": "training-time variants need a retrain each (~30 CPU-minutes): "
                                             f"{', '.join(VARIANTS)} not run in this table",
                         "samplers": sweep_samplers(run, work, args)})
+    return 0
+
+
+def keep_samplers(cfg, biases: list[float], greedy: bool = False) -> dict[str, dict]:
+    """Eval samplers (label -> Episode keywords) at the model's temperature (or greedy) and
+    MaskGIT steps, with prompt detail, one per keep bias."""
+    dyn = cfg.dynamics
+    t = 0.0 if greedy else dyn.temperature
+    return {sampler_label(greedy, t, dyn.maskgit_steps, True, b): {**({"greedy": True} if greedy else {"temperature": t}),
+                                                                   "steps": dyn.maskgit_steps, "prompt_detail": True,
+                                                                   "keep_bias": b}
+            for b in biases}
+
+
+def choose_keep_bias(rows: list[dict]) -> dict:
+    """KEEP_RULE over summary rows that carry `keep_bias`; None when no bias passes."""
+    def worst(row):
+        return min(m["value"] for m in row["model_minus_copy_t1_4"])
+
+    ok = [r for r in rows if r["delta_psnr_t4"]["shuffled"]["ci95"][0] > 0]
+    return max(ok, key=worst) if ok else None
+
+
+def tune_keep_bias(work: Path, run: Path, args) -> int:
+    """Choose the keep bias on tuning episodes, measure the choice against 0 on the table's
+    windows (work/coinrun, --eval-clips of them), greedy too; put it all under `keep_bias` in
+    the table (the rest of the table stays as it was)."""
+    from genie_pipeline.training.bundle import load_genie
+    from genie_pipeline.training.eval import run_eval
+
+    tune = work / "coinrun-tune"
+    if not (tune / "stats.json").exists():
+        first = args.episodes + args.val_episodes
+        clips = [episode_clip((args.seed, first + i, args.frames_per_clip)) for i in range(args.tune_episodes)]
+        write_episodes(tune, 0, args.frames_per_clip, args.seed, args.tune_episodes, clips=clips)
+    cfg = load_genie(str(run), "cpu").cfg
+    biases = sorted(set(args.keep_bias) | {0.0})
+
+    def measure(data: Path, samplers: dict[str, dict], name: str) -> list[dict]:
+        t0 = time.perf_counter()
+        r = run_eval(str(run), data=[str(data)], out_dir=str(work / name), clips=args.eval_clips, seed=args.seed,
+                     samplers=samplers)
+        rows = [{**summary_row(r, label), "keep_bias": kw["keep_bias"]} for label, kw in samplers.items()]
+        for row in rows:
+            print(f"[keep {name}] {row}", flush=True)
+        print(f"[keep {name}] {len(rows)} samplers on {r['clips']} windows in {time.perf_counter() - t0:.0f} s",
+              flush=True)
+        return rows
+
+    tuning = measure(tune, keep_samplers(cfg, biases), "eval-keep-tune")
+    chosen = choose_keep_bias(tuning)
+    test_biases = sorted({0.0, chosen["keep_bias"]} if chosen else {0.0})
+    test = measure(work / "coinrun", {**keep_samplers(cfg, test_biases), **keep_samplers(cfg, test_biases, True)},
+                   "eval-keep-test")
+    path = Path(args.results) / "world_model_ablation.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table["keep_bias"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "run": str(run), "loadavg_end": list(os.getloadavg()),
+        "tuning": {"episodes": f"{args.tune_episodes} CoinRun episodes after the training and table ones (episode "
+                               f"seeds {args.episodes + args.val_episodes}..): levels in neither",
+                   "rows": tuning},
+        "rule": KEEP_RULE, "chosen": chosen["keep_bias"] if chosen else None,
+        "test": {"windows": "the table's (--out/coinrun's held-out episodes)", "rows": test}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=2, default=float) + "\n")
     return 0
 
 

@@ -495,10 +495,7 @@ def cmd_play(args, _) -> int:
     cfg = _config(args)
     if args.prompt is None:
         raise TrainingError("play", "--prompt IMAGE is required")
-    if args.steps is not None and args.steps < 1:
-        raise TrainingError("play", f"--steps must be >= 1, got {args.steps}")
-    if args.temperature is not None and args.temperature < 0:
-        raise TrainingError("play", f"--temperature must be >= 0, got {args.temperature}")
+    _check_sampler_flags(args)
     if args.fps < 1:
         raise TrainingError("play", f"--fps must be >= 1, got {args.fps}")
     genie = load_genie(args.checkpoint, args.device)
@@ -506,9 +503,19 @@ def cmd_play(args, _) -> int:
                             genie.cfg.lam.num_actions, args.seed)
     prompt_HWC = load_prompt(args.prompt, cfg.clips, cfg.download.max_pixels)
     out = play(genie, prompt_HWC, actions, args.out, args.steps, args.temperature, args.greedy, args.seed,
-               args.fps, device=args.device, prompt_detail=args.prompt_detail)
+               args.fps, device=args.device, prompt_detail=args.prompt_detail, keep_bias=args.keep_bias)
     print(f"{out.with_suffix('.mp4')}\n{out.with_suffix('.gif')}")
     return 0
+
+
+def _check_sampler_flags(args) -> None:
+    from genie_pipeline.training.errors import TrainingError
+
+    if args.steps is not None and args.steps < 1:
+        raise TrainingError("play", f"--steps must be >= 1, got {args.steps}")
+    for flag, value in (("--temperature", args.temperature), ("--keep-bias", args.keep_bias)):
+        if value is not None and value < 0:
+            raise TrainingError("play", f"{flag} must be >= 0, got {value}")
 
 
 def _play_serve(args) -> int:
@@ -516,15 +523,13 @@ def _play_serve(args) -> int:
     from genie_pipeline.training.errors import TrainingError
     from genie_pipeline.training.serve import serve_play
 
-    if args.steps is not None and args.steps < 1:
-        raise TrainingError("play", f"--steps must be >= 1, got {args.steps}")
+    _check_sampler_flags(args)
     if not 0 <= args.port <= 65535:
         raise TrainingError("play", f"--port must be in [0, 65535], got {args.port}")
-    if args.temperature is not None and args.temperature < 0:
-        raise TrainingError("play", f"--temperature must be >= 0, got {args.temperature}")
     serve_play(args.checkpoint, host=args.host, port=args.port, token=args.token, data=args.data,
                steps=args.steps, temperature=args.temperature, greedy=args.greedy, seed=args.seed,
-               device=args.device, max_pixels=_config(args).download.max_pixels, prompt_detail=args.prompt_detail)
+               device=args.device, max_pixels=_config(args).download.max_pixels, prompt_detail=args.prompt_detail,
+               keep_bias=args.keep_bias)
     return 0
 
 
@@ -788,6 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None,
                    help="token sampling temperature (default: the model config; paper: 2)")
     p.add_argument("--greedy", action="store_true", help="most likely tokens, no noise: deterministic")
+    p.add_argument("--keep-bias", type=float, default=None,
+                   help="nats added to each patch's token in the frame before: higher keeps more of the picture "
+                        "as it was (default: the model config's dynamics.keep_bias)")
     p.add_argument("--decoded-only", dest="prompt_detail", action="store_const", const=False, default=None,
                    help="show the tokenizer decoder's frames alone, without the prompt's detail on the patches "
                         "whose token stayed the prompt's (default: the model config's dynamics.prompt_detail)")

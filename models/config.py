@@ -115,6 +115,12 @@ class DynamicsConfig:
     # the detail added on every patch instead scored below the decoder alone from t = 7 at
     # T = 0.5. Tokens, and so the dynamics, are untouched: only the pixels shown.
     prompt_detail: bool = True
+    # A prior for a patch to keep its token from the frame before: the sampler adds this many
+    # nats to that token's log-probability (then renormalises), so a patch changes only where
+    # the model prefers another token by more than that. 0 samples from the model as trained.
+    # The tokenizer gives a patch that did not move a new token about half the time, and a
+    # model that spreads its mass over those churned codes repaints a still background.
+    keep_bias: float = 0.0
     mask_min: float = 0.5
     mask_max: float = 1.0
 
@@ -318,6 +324,8 @@ def validate(cfg: GenieConfig) -> GenieConfig:
         raise ModelConfigError("dynamics.prompt_detail", f"must be true or false, got {dyn.prompt_detail!r}")
     if dyn.temperature < 0:
         raise ModelConfigError("dynamics.temperature", f"must be >= 0, got {dyn.temperature}")
+    if isinstance(dyn.keep_bias, bool) or not isinstance(dyn.keep_bias, (int, float)) or not 0 <= dyn.keep_bias < 1e6:
+        raise ModelConfigError("dynamics.keep_bias", f"must be a number >= 0, got {dyn.keep_bias!r}")
     if not 0.0 < dyn.mask_min <= 1.0:
         raise ModelConfigError("dynamics.mask_min", f"must be in (0, 1], got {dyn.mask_min}")
     if not dyn.mask_min <= dyn.mask_max <= 1.0:

@@ -27,6 +27,8 @@ T·(1 - s/steps) is added to the log-confidence, so early steps commit tokens in
 random order and the last steps are by confidence alone. `greedy=True` takes the argmax
 with no noise at all: deterministic. The paper's "25 steps, temperature 2" maps to
 `steps=25, temperature=2.0`; the configs default to T = 0.5 (models/config.py says why).
+`keep_bias` (the config's, or Episode's) tilts every step towards each patch's token in the
+frame before: a prior that a patch stays as it was unless the model says otherwise.
 
 Context frames are run once into a temporal KV cache (models/st_transformer.py); each
 MaskGIT step then runs only the new frame. `sample_frame` takes the model as a function
@@ -167,13 +169,17 @@ class DynamicsModel(nn.Module):
         temperature: float,
         greedy: bool,
         generator: torch.Generator | None = None,
+        previous_BN: torch.Tensor | None = None,
+        keep_bias: float = 0.0,
     ) -> torch.Tensor:
         """MaskGIT decoding of one frame, -> tokens_BN.
 
         logits_fn maps the partly masked frame tokens_BN to its logits_BNK; whether it reads
         a KV cache or re-runs the whole window is the caller's business. Random draws come
         from `generator` (the global RNG when None), in the same order whatever logits_fn
-        does, so cached and uncached callers sample the same tokens.
+        does, so cached and uncached callers sample the same tokens. With `previous_BN` (the
+        frame before) and `keep_bias` > 0, every step samples from the model's distribution
+        times exp(keep_bias) on each patch's previous token, renormalised (`dynamics.keep_bias`).
         """
         device = self.head.weight.device
         B, N = batch, num_tokens
@@ -181,6 +187,9 @@ class DynamicsModel(nn.Module):
         masked_BN = torch.ones(B, N, dtype=torch.bool, device=device)
         for step in range(steps):
             log_probs_BNK = logits_fn(tokens_BN).float().log_softmax(-1)
+            if keep_bias and previous_BN is not None:
+                keep_BNK = F.one_hot(previous_BN, log_probs_BNK.shape[-1]).to(log_probs_BNK.dtype)
+                log_probs_BNK = (log_probs_BNK + keep_bias * keep_BNK).log_softmax(-1)
             if greedy or temperature <= 0:
                 sampled_BN = log_probs_BNK.argmax(-1)
             else:  # token values at the sampling temperature (sharper below 1, flatter above)
@@ -207,13 +216,15 @@ class DynamicsModel(nn.Module):
 
     def _sample_after(
         self, cache: KVCache, action_B: torch.Tensor, num_tokens: int, steps: int, temperature: float,
-        greedy: bool, generator: torch.Generator | None,
+        greedy: bool, generator: torch.Generator | None, previous_BN: torch.Tensor,
     ) -> torch.Tensor:
-        """MaskGIT decoding of the frame after the cached ones under `action_B`, -> tokens_BN."""
+        """MaskGIT decoding of the frame after the cached ones (the last of them
+        `previous_BN`) under `action_B`, -> tokens_BN."""
         def logits_fn(tokens_BN: torch.Tensor) -> torch.Tensor:
             return self.frame_logits(tokens_BN[:, None], action_B[:, None], cache)[:, 0]
 
-        return self.sample_frame(logits_fn, action_B.shape[0], num_tokens, steps, temperature, greedy, generator)
+        return self.sample_frame(logits_fn, action_B.shape[0], num_tokens, steps, temperature, greedy, generator,
+                                 previous_BN, self.cfg.keep_bias)
 
     @torch.no_grad()
     def generate_next(
@@ -244,6 +255,7 @@ class DynamicsModel(nn.Module):
             self.cfg.temperature if temperature is None else temperature,
             greedy,
             generator,
+            tokens_BTN[:, -1],
         )
 
     @torch.no_grad()
@@ -284,7 +296,7 @@ class DynamicsModel(nn.Module):
                 start = max(0, T - window)
                 cache = self.prefill(frames_BTN[:, start:], actions_BA[:, start : T - 1])
             action_B = actions_BA[:, T - 1]
-            new_BN = self._sample_after(cache, action_B, N, steps, temperature, greedy, generator)
+            new_BN = self._sample_after(cache, action_B, N, steps, temperature, greedy, generator, frames_BTN[:, -1])
             frames_BTN = torch.cat([frames_BTN, new_BN[:, None]], dim=1)
             if i < num_new - 1:
                 cache = self.extend_cache(new_BN[:, None], action_B[:, None], cache)

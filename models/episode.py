@@ -43,20 +43,21 @@ class Episode:
 
     genie: a Genie (tokenizer, dynamics; the LAM is not used). prompt_BCHW: float in
     [0, 1] at the model's frame size. steps / temperature default to the dynamics config
-    (`maskgit_steps`, `temperature`); `greedy=True` takes the most likely token everywhere
-    (deterministic). `seed` seeds the episode's own torch.Generator; the global RNG is
-    never touched.
+    (`maskgit_steps`, `temperature`), as do `prompt_detail` and `keep_bias`; `greedy=True`
+    takes the most likely token everywhere (deterministic). `seed` seeds the episode's own
+    torch.Generator; the global RNG is never touched.
     """
 
     def __init__(self, genie, prompt_BCHW: torch.Tensor, *, steps: int | None = None,
                  temperature: float | None = None, greedy: bool = False, cache: bool = True, seed: int = 0,
-                 prompt_detail: bool | None = None):
+                 prompt_detail: bool | None = None, keep_bias: float | None = None):
         dyn_cfg = genie.cfg.dynamics
         self.genie = genie
         self.steps = steps or dyn_cfg.maskgit_steps
         self.temperature = dyn_cfg.temperature if temperature is None else temperature
         self.greedy = greedy
         self.prompt_detail = dyn_cfg.prompt_detail if prompt_detail is None else prompt_detail
+        self.keep_bias = dyn_cfg.keep_bias if keep_bias is None else keep_bias
         self.cache = cache
         self.window = genie.cfg.frames
         self.keep = max(1, self.window // 2)
@@ -113,7 +114,7 @@ class Episode:
                 return dyn.frame_logits(window_BTN, frame_actions_BT)[:, -1]
 
         new_BN = dyn.sample_frame(logits_fn, self.batch, self._tokens[0].shape[1], self.steps,
-                                  self.temperature, self.greedy, self.generator)
+                                  self.temperature, self.greedy, self.generator, self._tokens[-1], self.keep_bias)
         self.actions.append(action if isinstance(action, int) else action_B.clone())
         return self._append(new_BN, action_B, start)
 

@@ -341,6 +341,19 @@ def _check_html(page: str, embedded: int) -> None:
     assert len(sources) == embedded and all(s.startswith("data:image/") for s in sources)
 
 
+def test_eval_reports_the_configs_sampler_without_its_keep_bias_beside_it():
+    from genie_pipeline.models import get_config
+    from genie_pipeline.training.eval import eval_samplers
+
+    samplers, default = eval_samplers(get_config("tiny", {"dynamics": {"keep_bias": 2.0, "maskgit_steps": 4}}))
+    assert default == "T=0.5/4 steps, keep 2" and samplers[default] == {"temperature": 0.5, "steps": 4}
+    assert set(samplers) == {"greedy/4 steps, keep 2", "T=1/4 steps, keep 2", "T=0.5/4 steps, keep 2",
+                             "T=0.5/4 steps, keep 2, decoded only", "T=0.5/4 steps"}
+    assert samplers["T=0.5/4 steps"]["keep_bias"] == 0.0
+    plain, _ = eval_samplers(get_config("tiny", {"dynamics": {"maskgit_steps": 4}}))
+    assert not any("keep" in label for label in plain) and len(plain) == 4
+
+
 def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
     run, _ = tiny_run
     assert cli.main(["eval", "--checkpoint", str(run / "genie.pt"), "--clips", "4", "--seed", "1"]) == 0
@@ -354,7 +367,7 @@ def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
     assert set(report["samplers"]) == {"greedy/4 steps", "T=0.5/4 steps", "T=1/4 steps", "T=0.5/4 steps, decoded only"}
     assert report["default_sampler"] == "T=0.5/4 steps"
     assert report["samplers"]["greedy/4 steps"]["sampler"] == {"greedy": True, "steps": 4, "temperature": 0.5,
-                                                               "prompt_detail": True}
+                                                               "prompt_detail": True, "keep_bias": 0.0}
     assert report["samplers"]["T=0.5/4 steps, decoded only"]["sampler"]["prompt_detail"] is False
     assert report["tokenizer_bound"]["prompt_detail"] is True
     assert len(report["dynamics"]["psnr_per_step"]) == 15 == len(report["copy_prompt"]["psnr_per_step"])

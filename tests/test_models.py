@@ -404,6 +404,40 @@ def test_play_step_from_one_image_depends_on_the_image():
     assert not torch.equal(generated[0], generated[1])
 
 
+def test_keep_bias_keeps_a_patch_unless_the_model_prefers_another_token_by_more_than_the_bias():
+    """Greedy, one MaskGIT step: a patch takes the model's favourite token only where its
+    log-probability beats the previous frame's token there by more than keep_bias; sampling
+    keeps more of the previous frame as the bias grows, all of it when the bias is huge."""
+    cfg = tiny(64, 64)
+    torch.manual_seed(0)
+    model = DynamicsModel(cfg).eval()
+    with torch.no_grad():  # log-probability margins of 2 to 7 nats: the biases below fall among them
+        model.head.weight.mul_(4)
+    tokens = torch.randint(0, cfg.tokenizer.codebook_size, (4, 2, 16), generator=torch.Generator().manual_seed(3))
+    actions = torch.randint(0, cfg.lam.num_actions, (4, 2), generator=torch.Generator().manual_seed(4))
+    previous_BN = tokens[:, -1]
+    with torch.no_grad():  # the model's own log-probabilities for the new frame, fully masked
+        cache = model.prefill(tokens, actions[:, :1])
+        masked_BN = torch.full_like(previous_BN, model.mask_token)
+        log_probs_BNK = model.frame_logits(masked_BN[:, None], actions[:, 1:], cache)[:, 0].float().log_softmax(-1)
+    best_BN = log_probs_BNK.argmax(-1)
+    margin_BN = log_probs_BNK.max(-1).values - log_probs_BNK.gather(-1, previous_BN[..., None])[..., 0]
+    kept = {}
+    for bias in (0.0, 2.0, 5.0, 8.0):
+        model.cfg.keep_bias = bias
+        greedy_BN = model.generate_next(tokens, actions, steps=1, greedy=True)
+        assert torch.equal(greedy_BN, torch.where(margin_BN > bias, best_BN, previous_BN)), bias
+        torch.manual_seed(5)
+        kept[bias] = (model.generate_next(tokens, actions, steps=4, temperature=1.0) == previous_BN).float().mean()
+    model.cfg.keep_bias = 1e4
+    torch.manual_seed(5)
+    assert torch.equal(model.generate_next(tokens, actions, steps=4, temperature=1.0), previous_BN)
+    assert kept[0.0] < 0.2 and kept[0.0] < kept[2.0] < kept[5.0] < kept[8.0] and kept[8.0] > 0.6, kept
+    assert 0 < int((margin_BN > 5.0).sum()) < margin_BN.numel()  # the bias decided some patches both ways
+    with pytest.raises(Exception, match="dynamics.keep_bias"):
+        DynamicsModel(tiny(64, 64, dynamics={"keep_bias": -1}))
+
+
 def test_greedy_is_deterministic_and_temperature_scales_token_sampling():
     cfg = tiny(64, 64)
     torch.manual_seed(0)

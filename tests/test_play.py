@@ -102,6 +102,33 @@ def test_prompt_detail_shows_the_prompt_on_unchanged_patches_and_the_decoder_els
         Genie(tiny(dynamics={"prompt_detail": "yes"}))
 
 
+def test_keep_bias_holds_each_patch_to_the_frame_before_in_cached_and_uncached_episodes():
+    """An episode's keep bias (default the config's dynamics.keep_bias) tilts every frame to
+    the one before it: a huge bias repeats the prompt's tokens, so the frames shown are the
+    prompt's pixels again; cached and uncached episodes still agree token for token."""
+    model, p = genie(), prompt()
+    assert model.cfg.dynamics.keep_bias == 0
+    free = model.start(p, steps=2, temperature=1.0, seed=1)
+    held = model.start(p, steps=2, temperature=1.0, seed=1, keep_bias=1e4)
+    mild = [model.start(p, steps=2, temperature=1.0, seed=1, keep_bias=3.0, cache=c) for c in (True, False)]
+    for action in (1, 2, 3, 0, 5, 6):
+        free.step(action), held.step(action)
+        for episode in mild:
+            episode.step(action)
+        assert torch.equal(held._tokens[-1], held._tokens[0])
+        assert torch.equal(mild[0]._tokens[-1], mild[1]._tokens[-1])
+
+    def kept(episode):
+        return float(sum((t == episode._tokens[i]).float().mean() for i, t in enumerate(episode._tokens[1:])))
+
+    assert kept(free) < kept(mild[0]) < kept(held)
+    assert (held.frames[-1] - p).abs().mean() < (free.frames[-1] - p).abs().mean()
+    configured = genie(dynamics={"keep_bias": 1e4})
+    episode = configured.start(p, steps=2, seed=1)
+    episode.step(3)
+    assert episode.keep_bias == 1e4 and torch.equal(episode._tokens[1], episode._tokens[0])
+
+
 def test_episode_is_reproducible_by_seed_and_leaves_the_global_rng_alone():
     model = genie()
     state = torch.get_rng_state()
@@ -194,19 +221,22 @@ def test_play_writes_mp4_and_gif_from_a_picture(run_dir, tmp_path, capsys, fmt):
 def test_play_shows_the_prompt_itself_first_unless_decoded_only(run_dir, tmp_path, capsys):
     """With the config's prompt detail the first frame is the prompt picture (fitted to the
     model's frame: bars where the aspect differs); --decoded-only shows the decoder's
-    reconstruction of it (a random tiny model's: far from the picture)."""
+    reconstruction of it (a random tiny model's: far from the picture). A high --keep-bias
+    holds the prompt's tokens, so the last frame stays nearer the picture than without."""
     from genie_pipeline.shards.clip import decode_clip
 
     image = tmp_path / "prompt.png"
     Image.new("RGB", (96, 64), (30, 160, 90)).save(image)
-    first = {}
-    for name, extra in (("detail", []), ("decoded", ["--decoded-only"])):
+    first, last = {}, {}
+    for name, extra in (("detail", []), ("decoded", ["--decoded-only"]), ("kept", ["--keep-bias", "1000"])):
         out = tmp_path / name / "demo.mp4"
-        code, err = play(["--checkpoint", run_dir, "--prompt", image, "--actions", "1,2", "--out", out,
+        code, err = play(["--checkpoint", run_dir, "--prompt", image, "--actions", "1,2,3", "--out", out,
                           "--steps", 2, *extra], capsys)
         assert code == 0, err
-        first[name] = np.abs(decode_clip(out.read_bytes())[0].astype(float) - (30, 160, 90)).mean()
+        frames = decode_clip(out.read_bytes()).astype(float)
+        first[name], last[name] = (np.abs(frames[i] - (30, 160, 90)).mean() for i in (0, -1))
     assert first["detail"] < first["decoded"] / 3, first
+    assert last["kept"] < last["detail"] / 2, last
 
 
 def test_play_from_a_video_bundle_and_random_actions(run_dir, tmp_path, capsys):
@@ -234,7 +264,8 @@ def _truncated_png(path):
 
 
 @pytest.mark.parametrize("case", ["truncated", "garbage", "enormous", "missing", "action", "random0",
-                                  "other_config", "not_a_run", "pickle", "tokenizer_only", "steps"])
+                                  "other_config", "not_a_run", "pickle", "tokenizer_only", "steps",
+                                  "keep_bias"])
 def test_play_bad_input_exits_2_naming_it_and_writes_nothing(run_dir, tmp_path, capsys, case):
     image = tmp_path / "p.png"
     Image.new("RGB", (200, 120), (200, 30, 30)).save(image)
@@ -273,6 +304,8 @@ def test_play_bad_input_exits_2_naming_it_and_writes_nothing(run_dir, tmp_path, 
         expect = "not a whole Genie"
     elif case == "steps":
         extra, expect = ["--steps", "0"], "--steps"
+    elif case == "keep_bias":
+        extra, expect = ["--keep-bias", "-1"], "--keep-bias"
     out_dir = tmp_path / "out"
     code, err = play(["--checkpoint", checkpoint, "--prompt", image, "--out", out_dir / "x.mp4", *extra], capsys)
     assert code == 2, err

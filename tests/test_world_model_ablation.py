@@ -67,3 +67,24 @@ def test_a_variant_added_later_joins_the_table_only_on_its_budget(tmp_path):
     assert [r["psnr_t1_4"] for r in again["variants"] if r["variant"] == "dyn_wide"] == [[5, 6, 7, 8]]
     with pytest.raises(SystemExit, match="dynamics steps"):
         add_to_results(argparse.Namespace(results=str(tmp_path), dynamics_steps=steps // 2), [row], {})
+
+
+def test_the_keep_bias_is_chosen_by_its_worst_step_among_biases_that_stay_controllable():
+    from benchmarks.world_model_ablation import choose_keep_bias, keep_samplers
+    from genie_pipeline.models import get_config
+    from genie_pipeline.training.controllability import sampler_label
+
+    def row(bias, minus_copy, ci_low):
+        return {"keep_bias": bias, "model_minus_copy_t1_4": [{"value": v} for v in minus_copy],
+                "delta_psnr_t4": {"shuffled": {"value": 1.0, "ci95": [ci_low, 2.0]}}}
+
+    rows = [row(0.0, [-3.7, -3.0, -1.2, 0.6], 1.7), row(2.0, [-0.5, -0.2, 0.1, 0.9], 0.8),
+            row(4.0, [-0.9, 0.4, 0.5, 0.7], 0.3), row(8.0, [0.1, 0.1, 0.2, 0.2], -0.1)]
+    assert choose_keep_bias(rows)["keep_bias"] == 2.0  # 8 beats copying everywhere but no longer follows actions
+    assert choose_keep_bias([rows[-1]]) is None
+    cfg = get_config("tiny", {})
+    samplers = keep_samplers(cfg, [0.0, 2.0])
+    steps, t = cfg.dynamics.maskgit_steps, cfg.dynamics.temperature
+    assert list(samplers) == [sampler_label(False, t, steps), sampler_label(False, t, steps, True, 2.0)]
+    assert samplers[sampler_label(False, t, steps, True, 2.0)]["keep_bias"] == 2.0
+    assert list(keep_samplers(cfg, [3.0], greedy=True)) == [f"greedy/{steps} steps, keep 3"]

@@ -35,26 +35,33 @@ BATCH = 8  # clips per model call
 Rollout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sampler_label(greedy: bool, temperature: float, steps: int, prompt_detail: bool = True) -> str:
-    """How a sampler is named in reports: `greedy/4 steps`, `T=1/4 steps`; `…, decoded only`
-    where the frames shown are the decoder's alone (no prompt detail: models/episode.py)."""
+def sampler_label(greedy: bool, temperature: float, steps: int, prompt_detail: bool = True,
+                  keep_bias: float = 0.0) -> str:
+    """How a sampler is named in reports: `greedy/4 steps`, `T=1/4 steps`; `…, keep 2` where
+    the sampler favours each patch's previous token by that many nats (`dynamics.keep_bias`);
+    `…, decoded only` where the frames shown are the decoder's alone (no prompt detail:
+    models/episode.py)."""
     label = f"{'greedy' if greedy or temperature <= 0 else f'T={temperature:g}'}/{steps} steps"
+    if keep_bias:
+        label += f", keep {keep_bias:g}"
     return label if prompt_detail else f"{label}, decoded only"
 
 
 def genie_rollout(genie, seed: int, *, steps: int | None = None, temperature: float | None = None,
-                  greedy: bool = False, prompt_detail: bool | None = None, batch: int = BATCH) -> Rollout:
+                  greedy: bool = False, prompt_detail: bool | None = None, keep_bias: float | None = None,
+                  batch: int = BATCH) -> Rollout:
     """A Genie as a `Rollout`: an `Episode` (`genie.start`) from the prompt frames, stepped
-    through the actions with the given sampler and prompt detail (the model config's where
-    None), `batch` clips per episode. Every call starts from `seed`, so two calls draw the same
-    sampling noise."""
+    through the actions with the given sampler, prompt detail and keep bias (the model
+    config's where None), `batch` clips per episode. Every call starts from `seed`, so two
+    calls draw the same sampling noise."""
     device = next(genie.parameters()).device
 
     def rollout(prompt_BCHW: torch.Tensor, actions_BA: torch.Tensor) -> torch.Tensor:
         out = []
         for i in range(0, prompt_BCHW.shape[0], batch):
             episode = genie.start(prompt_BCHW[i : i + batch].to(device), seed=seed, steps=steps,
-                                  temperature=temperature, greedy=greedy, prompt_detail=prompt_detail)
+                                  temperature=temperature, greedy=greedy, prompt_detail=prompt_detail,
+                                  keep_bias=keep_bias)
             for action_B in actions_BA[i : i + batch].T:
                 episode.step(action_B.to(device))
             out.append(torch.stack(episode.frames, 1).float().cpu())

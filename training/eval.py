@@ -232,17 +232,22 @@ def _batched(fn, video_BTCHW: torch.Tensor, device, batch: int = BATCH) -> torch
 def eval_samplers(cfg) -> tuple[dict[str, dict], str]:
     """The samplers eval reports every rollout number under ({label: Episode keywords}) and
     the label of the model config's own: greedy and T = 1 at the config's MaskGIT steps, the
-    config's temperature where it is neither, all with the config's prompt detail; and where
-    that is on, the config's sampler without it (the decoder's frames alone), so the report
-    shows what the detail adds."""
-    steps, temperature, detail = cfg.dynamics.maskgit_steps, cfg.dynamics.temperature, cfg.dynamics.prompt_detail
-    samplers = {sampler_label(True, 0.0, steps, detail): {"greedy": True, "steps": steps},
-                sampler_label(False, 1.0, steps, detail): {"temperature": 1.0, "steps": steps}}
-    default = sampler_label(False, temperature, steps, detail)
+    config's temperature where it is neither, all with the config's prompt detail and keep
+    bias; where the detail is on, the config's sampler without it (the decoder's frames
+    alone), and where the keep bias is on, the config's sampler without that, so the report
+    shows what each adds."""
+    dyn = cfg.dynamics
+    steps, temperature, detail, keep = dyn.maskgit_steps, dyn.temperature, dyn.prompt_detail, dyn.keep_bias
+    samplers = {sampler_label(True, 0.0, steps, detail, keep): {"greedy": True, "steps": steps},
+                sampler_label(False, 1.0, steps, detail, keep): {"temperature": 1.0, "steps": steps}}
+    default = sampler_label(False, temperature, steps, detail, keep)
     samplers.setdefault(default, {"temperature": temperature, "steps": steps})
     if detail:
-        samplers[sampler_label(False, temperature, steps, False)] = {"temperature": temperature, "steps": steps,
-                                                                     "prompt_detail": False}
+        samplers[sampler_label(False, temperature, steps, False, keep)] = {"temperature": temperature, "steps": steps,
+                                                                           "prompt_detail": False}
+    if keep:
+        samplers[sampler_label(False, temperature, steps, detail)] = {"temperature": temperature, "steps": steps,
+                                                                      "keep_bias": 0.0}
     return samplers, default
 
 
@@ -266,7 +271,8 @@ def evaluate(genie: Genie, windows: Windows, i3d: nn.Module | None, seed: int,
         scores, pred, base_preds = controllability(video, target, rollout, actions, cfg.lam.num_actions, seed)
         resolved = {"greedy": bool(kw.get("greedy", False)), "steps": kw.get("steps") or cfg.dynamics.maskgit_steps,
                     "temperature": kw.get("temperature", cfg.dynamics.temperature),
-                    "prompt_detail": kw.get("prompt_detail", cfg.dynamics.prompt_detail)}
+                    "prompt_detail": kw.get("prompt_detail", cfg.dynamics.prompt_detail),
+                    "keep_bias": kw.get("keep_bias", cfg.dynamics.keep_bias)}
         by_sampler[label] = {"sampler": resolved, **scores}
         preds[label] = (pred, base_preds)
     pred, base_preds = preds[default]
@@ -275,7 +281,7 @@ def evaluate(genie: Genie, windows: Windows, i3d: nn.Module | None, seed: int,
         "clips": len(windows.keys), "frames": video.shape[1], "split": "val",
         "model": {"image_hw": [cfg.image_height, cfg.image_width], "frames": cfg.frames,
                   "num_actions": cfg.lam.num_actions, "maskgit_steps": cfg.dynamics.maskgit_steps,
-                  "temperature": cfg.dynamics.temperature},
+                  "temperature": cfg.dynamics.temperature, "keep_bias": cfg.dynamics.keep_bias},
         "tokenizer": reconstruction_scores(recon, target[:, :frames]),
         "tokenizer_bound": tokenizer_bound(recon, target[:, :frames], main["dynamics"]["copy_prompt"],
                                            (genie.tokenizer.grid, tokens) if cfg.dynamics.prompt_detail else None),

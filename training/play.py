@@ -67,12 +67,13 @@ def parse_actions(spec: str | Sequence[int], num_actions: int, seed: int = 0) ->
 @torch.no_grad()
 def rollout_frames(genie: Genie, image_CHW: torch.Tensor, actions: Sequence[int], steps: int | None = None,
                    temperature: float | None = None, greedy: bool = False, seed: int = 0,
-                   cache: bool = True, prompt_detail: bool | None = None) -> torch.Tensor:
+                   cache: bool = True, prompt_detail: bool | None = None,
+                   keep_bias: float | None = None) -> torch.Tensor:
     """(len(actions) + 1, 3, H, W) float in [0, 1]: the prompt as an episode shows it, then one
-    generated frame per action (prompt detail: the model config's where None)."""
+    generated frame per action (prompt detail and keep bias: the model config's where None)."""
     device = next(genie.parameters()).device
     episode = genie.start(image_CHW.to(device)[None], steps=steps, temperature=temperature, greedy=greedy,
-                          cache=cache, seed=seed, prompt_detail=prompt_detail)
+                          cache=cache, seed=seed, prompt_detail=prompt_detail, keep_bias=keep_bias)
     for action in actions:
         episode.step(int(action))
     return torch.stack([frame[0] for frame in episode.frames]).float().cpu()
@@ -80,7 +81,8 @@ def rollout_frames(genie: Genie, image_CHW: torch.Tensor, actions: Sequence[int]
 
 def play(checkpoint: str | os.PathLike | Genie, image, actions: str | Sequence[int], out: str | os.PathLike,
          steps: int | None = None, temperature: float | None = None, greedy: bool = False, seed: int = 0,
-         fps: int = 5, scale: int = 2, device: str = "cpu", prompt_detail: bool | None = None) -> Path:
+         fps: int = 5, scale: int = 2, device: str = "cpu", prompt_detail: bool | None = None,
+         keep_bias: float | None = None) -> Path:
     """Roll a Genie out from `image` (see `load_image`) under `actions` and write the video as
     `out`'s stem + .mp4 and + .gif (`out` ends in one of them); returns `out`.
     Everything is checked before anything is written."""
@@ -91,7 +93,8 @@ def play(checkpoint: str | os.PathLike | Genie, image, actions: str | Sequence[i
     cfg = genie.cfg
     acts = parse_actions(actions, cfg.lam.num_actions, seed)
     img = load_image(image, cfg.image_height, cfg.image_width)
-    video = rollout_frames(genie, img, acts, steps, temperature, greedy, seed, prompt_detail=prompt_detail)
+    video = rollout_frames(genie, img, acts, steps, temperature, greedy, seed, prompt_detail=prompt_detail,
+                           keep_bias=keep_bias)
     frames_HWC = [_even(f) for f in video_side_by_side_frames([video], scale=scale)]
     write_videos(frames_HWC, out.with_suffix(""), fps)
     return out

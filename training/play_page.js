@@ -109,6 +109,7 @@ function render() {
     info.max_pixels + " pixels; resized to " + info.width + "×" + info.height;
   $("settings").textContent = "MaskGIT steps " + (info.steps ?? "default") + ", temperature " +
     (info.temperature ?? "default") + (info.greedy ? ", greedy" : "") +
+    (info.keep_bias != null ? ", keep bias " + info.keep_bias : "") +
     (info.prompt_detail === false ? ", decoder's frames only" : "");
   for (const p of info.prompts) {
     const b = document.createElement("button");

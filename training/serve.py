@@ -133,9 +133,11 @@ class PlayApp:
     def __init__(self, genie: Genie, *, token: str | None = None, steps: int | None = None,
                  temperature: float | None = None, greedy: bool = False, seed: int = 0,
                  prompts: Sequence[tuple[str, torch.Tensor]] = (), max_pixels: int = MAX_PIXELS,
-                 busy_wait: float = 10.0, fps: int = 10, prompt_detail: bool | None = None):
+                 busy_wait: float = 10.0, fps: int = 10, prompt_detail: bool | None = None,
+                 keep_bias: float | None = None):
         self.genie, self.token = genie, token or None
-        self.sampler = {"steps": steps, "temperature": temperature, "greedy": greedy, "prompt_detail": prompt_detail}
+        self.sampler = {"steps": steps, "temperature": temperature, "greedy": greedy, "prompt_detail": prompt_detail,
+                        "keep_bias": keep_bias}
         self.seed, self.max_pixels, self.busy_wait, self.fps = seed, max_pixels, busy_wait, fps
         self.prompts = list(prompts)
         cfg = genie.cfg
@@ -332,7 +334,7 @@ def serve_play(checkpoint: str | os.PathLike, *, host: str = "127.0.0.1", port: 
                token: str | None = None, data: str | None = None, steps: int | None = None,
                temperature: float | None = None, greedy: bool = False, seed: int = 0,
                device: str = "cpu", n_prompts: int = 8, max_pixels: int = MAX_PIXELS,
-               prompt_detail: bool | None = None) -> None:
+               prompt_detail: bool | None = None, keep_bias: float | None = None) -> None:
     """Serve the play page for the Genie at `checkpoint` until Ctrl-C, offering the first
     frames of up to `n_prompts` validation clips of `data` as prompts (upload only without).
     TrainingError (exit 2) for a host beyond the loopback without a token, a malformed token
@@ -348,7 +350,7 @@ def serve_play(checkpoint: str | os.PathLike, *, host: str = "127.0.0.1", port: 
     cfg = genie.cfg
     prompts = validation_prompts(data, n_prompts, cfg.image_height, cfg.image_width) if data else []
     app = PlayApp(genie, token=token, steps=steps, temperature=temperature, greedy=greedy, seed=seed,
-                  prompts=prompts, max_pixels=max_pixels, prompt_detail=prompt_detail)
+                  prompts=prompts, max_pixels=max_pixels, prompt_detail=prompt_detail, keep_bias=keep_bias)
     try:
         srv = make_play_server(app, host, port)
     except OSError as e:  # address in use, or not an address of this machine
