@@ -37,6 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.world_model import (  # noqa: E402
     CPU_PRESET, RESULTS, episode_clip, summary_row, train_config, write_episodes)
+from genie_pipeline.models.config import KEEP_BIAS_MAX  # noqa: E402
 from genie_pipeline.training.controllability import sampler_label  # noqa: E402
 
 # phase-2 variants: model overrides on top of CPU_PRESET (the tokenizer is shared)
@@ -136,6 +137,8 @@ def main(argv=None) -> int:
         args.variants = list(VARIANTS)
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
+    if args.keep_bias and not args.run:
+        ap.error("--keep-bias needs --run, the trained run to tune it on")
     if args.run and args.keep_bias:
         return tune_keep_bias(work, Path(args.run), args)
     if args.run:
@@ -171,6 +174,9 @@ def write_result(args, extra: dict) -> None:
               "preset": CPU_PRESET, **extra}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
+    old = out / "world_model_ablation.json"
+    if old.exists() and "keep_bias" in (earlier := json.loads(old.read_text())):  # measured apart: keep it
+        result.setdefault("keep_bias", earlier["keep_bias"])
     (out / "world_model_ablation.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
 
 
@@ -214,17 +220,32 @@ def tune_keep_bias(work: Path, run: Path, args) -> int:
     from genie_pipeline.training.bundle import load_genie
     from genie_pipeline.training.eval import run_eval
 
+    if any(not 0 <= b < KEEP_BIAS_MAX for b in args.keep_bias):
+        raise SystemExit(f"--keep-bias: every value must be in [0, {KEEP_BIAS_MAX:g}), got {args.keep_bias}")
+    path = Path(args.results) / "world_model_ablation.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    # the table's windows: its clip count, whatever --eval-clips says
+    clips = table["variants"][0]["clips"] if table.get("variants") else args.eval_clips
+    # new levels: episode seeds after every one the data holds (train and held out)
+    data_stats = json.loads((work / "coinrun" / "stats.json").read_text())
+    first, frames = data_stats["clips"], data_stats["clip_spec"]["frames"]
     tune = work / "coinrun-tune"
     if not (tune / "stats.json").exists():
-        first = args.episodes + args.val_episodes
-        clips = [episode_clip((args.seed, first + i, args.frames_per_clip)) for i in range(args.tune_episodes)]
-        write_episodes(tune, 0, args.frames_per_clip, args.seed, args.tune_episodes, clips=clips)
+        rendered = [episode_clip((args.seed, first + i, frames)) for i in range(args.tune_episodes)]
+        write_episodes(tune, 0, frames, args.seed, args.tune_episodes, clips=rendered)
+    tune_stats = json.loads((tune / "stats.json").read_text())
+    if (tune_stats["clips"], tune_stats["clip_spec"]["frames"]) != (args.tune_episodes, frames):
+        raise SystemExit(f"{tune} holds {tune_stats['clips']} episodes of {tune_stats['clip_spec']['frames']} frames, "
+                         f"not --tune-episodes {args.tune_episodes} of {frames}: remove it to render them again")
     cfg = load_genie(str(run), "cpu").cfg
+    labels = {sampler_label(False, 1.0, 1, True, b) for b in args.keep_bias}
+    if len(labels) != len(set(args.keep_bias)):
+        raise SystemExit(f"--keep-bias: values that print alike ({args.keep_bias}) would share a row")
     biases = sorted(set(args.keep_bias) | {0.0})
 
     def measure(data: Path, samplers: dict[str, dict], name: str) -> list[dict]:
         t0 = time.perf_counter()
-        r = run_eval(str(run), data=[str(data)], out_dir=str(work / name), clips=args.eval_clips, seed=args.seed,
+        r = run_eval(str(run), data=[str(data)], out_dir=str(work / name), clips=clips, seed=args.seed,
                      samplers=samplers)
         rows = [{**summary_row(r, label), "keep_bias": kw["keep_bias"]} for label, kw in samplers.items()]
         for row in rows:
@@ -238,12 +259,10 @@ def tune_keep_bias(work: Path, run: Path, args) -> int:
     test_biases = sorted({0.0, chosen["keep_bias"]} if chosen else {0.0})
     test = measure(work / "coinrun", {**keep_samplers(cfg, test_biases), **keep_samplers(cfg, test_biases, True)},
                    "eval-keep-test")
-    path = Path(args.results) / "world_model_ablation.json"
-    table = json.loads(path.read_text()) if path.exists() else {}
     table["keep_bias"] = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "run": str(run), "loadavg_end": list(os.getloadavg()),
-        "tuning": {"episodes": f"{args.tune_episodes} CoinRun episodes after the training and table ones (episode "
-                               f"seeds {args.episodes + args.val_episodes}..): levels in neither",
+        "tuning": {"episodes": f"{args.tune_episodes} CoinRun episodes after the {first} of the training and table "
+                               f"data (episodes {first}..{first + args.tune_episodes - 1}): levels in neither",
                    "rows": tuning},
         "rule": KEEP_RULE, "chosen": chosen["keep_bias"] if chosen else None,
         "test": {"windows": "the table's (--out/coinrun's held-out episodes)", "rows": test}}

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -513,9 +514,11 @@ def _check_sampler_flags(args) -> None:
 
     if args.steps is not None and args.steps < 1:
         raise TrainingError("play", f"--steps must be >= 1, got {args.steps}")
-    for flag, value in (("--temperature", args.temperature), ("--keep-bias", args.keep_bias)):
-        if value is not None and value < 0:
-            raise TrainingError("play", f"{flag} must be >= 0, got {value}")
+    from genie_pipeline.models.config import KEEP_BIAS_MAX
+
+    for flag, value, top in (("--temperature", args.temperature, math.inf), ("--keep-bias", args.keep_bias, KEEP_BIAS_MAX)):
+        if value is not None and not 0 <= value < top:  # NaN fails too
+            raise TrainingError("play", f"{flag} must be a number in [0, {top:g}), got {value}")
 
 
 def _play_serve(args) -> int:

@@ -93,6 +93,10 @@ class LAMConfig:
     predict_delta: bool = True  # the decoder predicts x_{t+1} - x_t
 
 
+# a keep bias this large already holds every token; beyond it float32 log-probabilities overflow
+KEEP_BIAS_MAX = 1e6
+
+
 @dataclass
 class DynamicsConfig:
     """MaskGIT dynamics model over tokenizer tokens."""
@@ -324,8 +328,9 @@ def validate(cfg: GenieConfig) -> GenieConfig:
         raise ModelConfigError("dynamics.prompt_detail", f"must be true or false, got {dyn.prompt_detail!r}")
     if dyn.temperature < 0:
         raise ModelConfigError("dynamics.temperature", f"must be >= 0, got {dyn.temperature}")
-    if isinstance(dyn.keep_bias, bool) or not isinstance(dyn.keep_bias, (int, float)) or not 0 <= dyn.keep_bias < 1e6:
-        raise ModelConfigError("dynamics.keep_bias", f"must be a number >= 0, got {dyn.keep_bias!r}")
+    if isinstance(dyn.keep_bias, bool) or not isinstance(dyn.keep_bias, (int, float)) or \
+            not 0 <= dyn.keep_bias < KEEP_BIAS_MAX:
+        raise ModelConfigError("dynamics.keep_bias", f"must be a number in [0, {KEEP_BIAS_MAX:g}), got {dyn.keep_bias!r}")
     if not 0.0 < dyn.mask_min <= 1.0:
         raise ModelConfigError("dynamics.mask_min", f"must be in (0, 1], got {dyn.mask_min}")
     if not dyn.mask_min <= dyn.mask_max <= 1.0:

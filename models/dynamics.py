@@ -178,18 +178,21 @@ class DynamicsModel(nn.Module):
         a KV cache or re-runs the whole window is the caller's business. Random draws come
         from `generator` (the global RNG when None), in the same order whatever logits_fn
         does, so cached and uncached callers sample the same tokens. With `previous_BN` (the
-        frame before) and `keep_bias` > 0, every step samples from the model's distribution
-        times exp(keep_bias) on each patch's previous token, renormalised (`dynamics.keep_bias`).
+        frame before) and `keep_bias` > 0, every step works on the model's distribution times
+        exp(keep_bias) on each patch's previous token, renormalised (`dynamics.keep_bias`);
+        the temperature then applies to that, so greedy changes a patch only where the model
+        prefers another token by more than keep_bias nats, and T scales the tilt like the rest.
         """
         device = self.head.weight.device
         B, N = batch, num_tokens
         tokens_BN = torch.full((B, N), self.mask_token, dtype=torch.long, device=device)
         masked_BN = torch.ones(B, N, dtype=torch.bool, device=device)
+        keep = bool(keep_bias) and previous_BN is not None
         for step in range(steps):
             log_probs_BNK = logits_fn(tokens_BN).float().log_softmax(-1)
-            if keep_bias and previous_BN is not None:
-                keep_BNK = F.one_hot(previous_BN, log_probs_BNK.shape[-1]).to(log_probs_BNK.dtype)
-                log_probs_BNK = (log_probs_BNK + keep_bias * keep_BNK).log_softmax(-1)
+            if keep:
+                bonus_BN1 = torch.full_like(previous_BN[..., None], keep_bias, dtype=log_probs_BNK.dtype)
+                log_probs_BNK = log_probs_BNK.scatter_add(-1, previous_BN[..., None], bonus_BN1).log_softmax(-1)
             if greedy or temperature <= 0:
                 sampled_BN = log_probs_BNK.argmax(-1)
             else:  # token values at the sampling temperature (sharper below 1, flatter above)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from .config import KEEP_BIAS_MAX
 from .st_transformer import KVCache
 
 
@@ -58,6 +59,8 @@ class Episode:
         self.greedy = greedy
         self.prompt_detail = dyn_cfg.prompt_detail if prompt_detail is None else prompt_detail
         self.keep_bias = dyn_cfg.keep_bias if keep_bias is None else keep_bias
+        if not 0 <= self.keep_bias < KEEP_BIAS_MAX:  # NaN fails too
+            raise ValueError(f"keep_bias must be in [0, {KEEP_BIAS_MAX:g}), got {self.keep_bias!r}")
         self.cache = cache
         self.window = genie.cfg.frames
         self.keep = max(1, self.window // 2)

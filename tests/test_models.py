@@ -436,6 +436,13 @@ def test_keep_bias_keeps_a_patch_unless_the_model_prefers_another_token_by_more_
     assert 0 < int((margin_BN > 5.0).sum()) < margin_BN.numel()  # the bias decided some patches both ways
     with pytest.raises(Exception, match="dynamics.keep_bias"):
         DynamicsModel(tiny(64, 64, dynamics={"keep_bias": -1}))
+    # a rollout tilts each new frame towards the one it generated last, the context's at first
+    seen, sample = [], model.sample_frame
+    model.sample_frame = lambda *a, **k: seen.append(a[7]) or sample(*a, **k)
+    model.cfg.keep_bias = 2.0
+    out_BFN = model.rollout(tokens, torch.cat([actions, actions], 1)[:, :4], steps=2, temperature=1.0)
+    assert out_BFN.shape == (4, 3, 16) and len(seen) == 3
+    assert torch.equal(seen[0], tokens[:, -1]) and all(torch.equal(seen[i], out_BFN[:, i - 1]) for i in (1, 2))
 
 
 def test_greedy_is_deterministic_and_temperature_scales_token_sampling():

@@ -127,6 +127,32 @@ def test_keep_bias_holds_each_patch_to_the_frame_before_in_cached_and_uncached_e
     episode = configured.start(p, steps=2, seed=1)
     episode.step(3)
     assert episode.keep_bias == 1e4 and torch.equal(episode._tokens[1], episode._tokens[0])
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="keep_bias"):
+            model.start(p, keep_bias=bad)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_keep_bias_is_towards_the_last_frame_through_window_restarts_and_undo(cache):
+    model = genie()
+    seen = []
+    sample = model.dynamics.sample_frame
+
+    def spy(*args, **kwargs):
+        seen.append((args[7].clone(), args[8]))  # previous_BN, keep_bias
+        return sample(*args, **kwargs)
+
+    model.dynamics.sample_frame = spy
+    episode = model.start(prompt(), steps=2, temperature=1.0, seed=3, keep_bias=2.5, cache=cache)
+    for i, action in enumerate([1, 5, 2, 7, 0, 3, 6]):  # a 4-frame window: restarts at steps 3 and 5
+        before = episode._tokens[-1].clone()
+        episode.step(action)
+        assert torch.equal(seen[-1][0], before) and seen[-1][1] == 2.5, i
+        if i == 4:
+            episode.undo()
+            episode.undo()
+            episode.step(action)
+            assert torch.equal(seen[-1][0], episode._tokens[-2]), "after undo"
 
 
 def test_episode_is_reproducible_by_seed_and_leaves_the_global_rng_alone():
@@ -265,7 +291,7 @@ def _truncated_png(path):
 
 @pytest.mark.parametrize("case", ["truncated", "garbage", "enormous", "missing", "action", "random0",
                                   "other_config", "not_a_run", "pickle", "tokenizer_only", "steps",
-                                  "keep_bias"])
+                                  "keep_bias", "keep_bias_nan"])
 def test_play_bad_input_exits_2_naming_it_and_writes_nothing(run_dir, tmp_path, capsys, case):
     image = tmp_path / "p.png"
     Image.new("RGB", (200, 120), (200, 30, 30)).save(image)
@@ -306,6 +332,8 @@ def test_play_bad_input_exits_2_naming_it_and_writes_nothing(run_dir, tmp_path, 
         extra, expect = ["--steps", "0"], "--steps"
     elif case == "keep_bias":
         extra, expect = ["--keep-bias", "-1"], "--keep-bias"
+    elif case == "keep_bias_nan":
+        extra, expect = ["--keep-bias", "nan"], "--keep-bias"
     out_dir = tmp_path / "out"
     code, err = play(["--checkpoint", checkpoint, "--prompt", image, "--out", out_dir / "x.mp4", *extra], capsys)
     assert code == 2, err

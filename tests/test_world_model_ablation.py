@@ -88,3 +88,14 @@ def test_the_keep_bias_is_chosen_by_its_worst_step_among_biases_that_stay_contro
     assert list(samplers) == [sampler_label(False, t, steps), sampler_label(False, t, steps, True, 2.0)]
     assert samplers[sampler_label(False, t, steps, True, 2.0)]["keep_bias"] == 2.0
     assert list(keep_samplers(cfg, [3.0], greedy=True)) == [f"greedy/{steps} steps, keep 3"]
+
+
+def test_keep_bias_tuning_needs_a_trained_run(tmp_path, capsys):
+    import pytest
+
+    from benchmarks.world_model_ablation import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path), "--keep-bias", "1", "2"])
+    assert e.value.code == 2 and "--keep-bias needs --run" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing rendered
