@@ -568,7 +568,8 @@ def cmd_eval(args, _) -> int:
         fs.check_writable(remote_out)  # before minutes of rollouts
     with local_run_copy(args.checkpoint) as checkpoint, tempfile.TemporaryDirectory(prefix="genie-eval-") as tmp:
         report = run_eval(checkpoint, data=args.data, out_dir=tmp if remote_out else args.out, i3d=args.i3d,
-                          clips=args.clips, seed=args.seed, device=args.device)
+                          clips=args.clips, seed=args.seed, device=args.device,
+                          sampler=None if args.keep_bias is None else {"keep_bias": args.keep_bias})
         out = report["out_dir"]
         if remote_out:
             for folder, _, names in os.walk(tmp):  # every file the report wrote, listed or not
@@ -832,6 +833,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="REPORT_DIR", help="where to write the report (default RUN/eval)")
     p.add_argument("--clips", type=int, default=32, help="validation clips to score (default 32)")
     p.add_argument("--seed", type=int, default=0, help="picks the clips and seeds sampling and bootstrap")
+    p.add_argument("--keep-bias", type=float, default=None,
+                   help="sample with this dynamics.keep_bias instead of the one stored with the model (the default "
+                        "sampler is reported beside the same without it)")
     p.add_argument("--device", default="cpu")
 
     p = command("plan", cmd_plan, "workers, wall time (CPU and download bounds), vCPU/GPU-hours, bytes downloaded "

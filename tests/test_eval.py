@@ -354,6 +354,31 @@ def test_eval_reports_the_configs_sampler_without_its_keep_bias_beside_it():
     assert not any("keep" in label for label in plain) and len(plain) == 4
 
 
+def test_eval_keep_bias_samples_a_stored_model_under_another_keep_bias(tiny_run, tmp_path, capsys):
+    """`eval --keep-bias` (load_genie's sampler settings) scores the run's model with that keep
+    bias, the default sampler beside the same without it; a key that would change the model,
+    or a bad value, is refused naming it."""
+    from genie_pipeline.training.bundle import load_genie
+    from genie_pipeline.training.errors import TrainingError
+
+    run, _ = tiny_run
+    assert load_genie(run).cfg.dynamics.keep_bias == 0
+    assert load_genie(run, sampler={"keep_bias": 2.0, "temperature": 1.0}).cfg.dynamics.keep_bias == 2.0
+    with pytest.raises(TrainingError, match="sampler"):
+        load_genie(run, sampler={"st": {"dim": 8}})
+    assert cli.main(["eval", "--checkpoint", str(run), "--clips", "2", "--keep-bias", "-1",
+                     "--out", str(tmp_path / "bad")]) == 2
+    assert "dynamics.keep_bias" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert cli.main(["eval", "--checkpoint", str(run), "--clips", "2", "--keep-bias", "1000",
+                     "--out", str(tmp_path / "kept")]) == 0
+    report = json.loads((tmp_path / "kept" / "eval.json").read_text())
+    assert report["default_sampler"] == "T=0.5/4 steps, keep 1000" and report["model"]["keep_bias"] == 1000
+    kept, free = report["samplers"]["T=0.5/4 steps, keep 1000"], report["samplers"]["T=0.5/4 steps"]
+    assert kept["sampler"]["keep_bias"] == 1000 and free["sampler"]["keep_bias"] == 0
+    # every token held: a random model's repainting is gone (its decoder still moves the picture)
+    assert free["dynamics"]["psnr_per_step"][0] < kept["dynamics"]["psnr_per_step"][0] - 1
+
+
 def test_eval_end_to_end_defaults_from_the_run(tiny_run, capsys):
     run, _ = tiny_run
     assert cli.main(["eval", "--checkpoint", str(run / "genie.pt"), "--clips", "4", "--seed", "1"]) == 0

@@ -84,9 +84,23 @@ def load_bundle(path: str | os.PathLike) -> dict:
             "action_names": list(names) if names else [f"action {i}" for i in range(num_actions)]}
 
 
-def load_genie(path: str | os.PathLike, device: str | torch.device = "cpu") -> Genie:
-    """A Genie in eval mode from any accepted form, with `action_names` set."""
-    return _build(load_bundle(path), path).to(device).eval()
+# dynamics settings that only steer sampling: no weight depends on them, so a trained model
+# can be sampled under others
+SAMPLER_KEYS = ("maskgit_steps", "temperature", "prompt_detail", "keep_bias")
+
+
+def load_genie(path: str | os.PathLike, device: str | torch.device = "cpu", sampler: dict | None = None) -> Genie:
+    """A Genie in eval mode from any accepted form, with `action_names` set. `sampler`
+    replaces the stored config's sampling settings (`SAMPLER_KEYS` of `dynamics`), checked
+    as the config is (TrainingError "sampler" for another key)."""
+    bundle = load_bundle(path)
+    if sampler:
+        if bad := sorted(set(sampler) - set(SAMPLER_KEYS)):
+            raise TrainingError("sampler", f"{bad} change the model, not its sampling; sampler keys: {SAMPLER_KEYS}")
+        cfg = dict(bundle["model_config"])
+        cfg["dynamics"] = {**cfg.get("dynamics", {}), **sampler}
+        bundle = {**bundle, "model_config": cfg}
+    return _build(bundle, path).to(device).eval()
 
 
 def export_bundle(path: str | os.PathLike, out: str | os.PathLike) -> Path | str:

@@ -101,18 +101,20 @@ EFFECT_CLASSES: dict[str, tuple[list[str], list[int]]] = {
 # ============================================================================ the command
 def run_eval(checkpoint: str | os.PathLike, data: list[str] | None = None, out_dir: str | os.PathLike | None = None,
              i3d: str | os.PathLike | None = None, clips: int = 32, seed: int = 0, device: str = "cpu",
-             samplers: dict[str, dict] | None = None, batch: int = BATCH) -> dict:
+             samplers: dict[str, dict] | None = None, batch: int = BATCH, sampler: dict | None = None) -> dict:
     """Evaluate a Genie (RUN dir, genie.pt or phase-2 checkpoint) on the validation windows of
     `data` (default: the inputs recorded in the run's run.json); write eval.json, eval.html,
     atlas.png and rollout.gif into `out_dir` (default RUN/eval) and return the report.
     `samplers` ({label: Episode keywords steps/temperature/greedy}; the first is the default)
-    replaces `eval_samplers`'s. `batch`: clips per model call (8 suits a CPU; a GPU wants more)."""
+    replaces `eval_samplers`'s. `batch`: clips per model call (8 suits a CPU; a GPU wants more).
+    `sampler` replaces the model config's sampling settings (`load_genie`), e.g.
+    {"keep_bias": 2.0} for a model trained before that setting's default changed."""
     if clips < 2:
         raise TrainingError("eval.clips", f"needs at least 2 clips (bootstrap intervals, the shuffled-clip "
                                           f"baseline, the majority vote's cross-validation), got {clips}")
     run_dir = find_run_dir(checkpoint)
     shards = eval_shards(run_dir, data)
-    genie = load_genie(checkpoint, device)
+    genie = load_genie(checkpoint, device, sampler)
     i3d_net = load_i3d(i3d, device) if i3d else None
     windows = read_windows(shards, genie.cfg.image_height, genie.cfg.image_width, clips, seed)
     out = Path(out_dir) if out_dir else (run_dir or Path(checkpoint).parent) / "eval"
