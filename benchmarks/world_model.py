@@ -156,8 +156,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: every core); 1 on a machine other jobs share: threads that wait "
                          "for a descheduled sibling spin, and a step then costs many times its CPU")
+    ap.add_argument("--keep-bias", type=float, default=None,
+                    help="evaluate with this dynamics.keep_bias instead of the model's (e.g. --eval-only on a model "
+                         "trained before the default changed)")
     ap.add_argument("--eval-only", action="store_true",
-                    help="re-run only eval on the model trained in --out, keeping the recorded training")
+                    help="re-run only eval on the model trained in --out; the training numbers are that run's "
+                         "(its run.json), the rest of the committed result is kept")
     argv = list(sys.argv[1:] if argv is None else argv)
     if ap.parse_known_args(argv)[0].scale == "gpu":  # the GPU run has its own script and flags
         from benchmarks.world_model_gpu import main as gpu_main
@@ -167,7 +171,15 @@ def main(argv=None) -> int:
     if args.eval_only:
         if not args.out:
             ap.error("--eval-only needs --out, the work dir of an earlier run")
-        return evaluate(Path(args.out), args, json.loads((RESULTS / "world_model.json").read_text()))
+        result = json.loads((RESULTS / "world_model.json").read_text())
+        summary = json.loads((Path(args.out) / "run" / "run.json").read_text()).get("summary", {})
+        if summary.get("phases"):  # the run evaluated may not be the one committed: its own training
+            phases = phases_of(summary)
+            result["training"] = {"tokenizer_steps": phases["tokenizer"]["steps"],
+                                  "dynamics_steps": phases["dynamics"]["steps"],
+                                  "seconds": round(sum(p.get("seconds", 0) for p in summary["phases"].values()), 1),
+                                  "phases": phases, "from": f"{args.out}/run/run.json (--eval-only)"}
+        return evaluate(Path(args.out), args, result)
 
     import torch
 
@@ -196,8 +208,7 @@ def main(argv=None) -> int:
     summary = train_main(train_config(data, run, preset, tok_steps, dyn_steps, args.threads), stage="all",
                          inputs=[str(data)])
     train_s = time.perf_counter() - t1
-    phases = {name: {"steps": p.get("steps"), "first_loss": p.get("first_loss"), "sec_per_step": p.get("sec_per_step"),
-                     "final": p.get("final_metrics", {})} for name, p in summary["phases"].items()}
+    phases = phases_of(summary)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": {"cpus": os.cpu_count(), "threads": args.threads or os.cpu_count(), "platform": platform.platform(),
@@ -289,12 +300,24 @@ def motion(work: Path, args, prompts: int = 64) -> dict:
     from benchmarks.coinrun_motion import class_codes, motion_confusion
     from genie_pipeline.training.bundle import load_genie
 
-    genie = load_genie(str(work / "run"), "cpu")
+    genie = load_genie(str(work / "run"), "cpu", eval_sampler(args))
     codes = class_codes(genie, work / "coinrun", args.episodes, args.frames_per_clip, args.seed)
     seeds = [episode_seed(args.seed, args.episodes + i) for i in range(min(prompts, args.val_episodes))]
     return {"default_sampler": motion_confusion(genie, codes, seeds, args.frames_per_clip, seed=args.seed),
             "greedy": motion_confusion(genie, codes, seeds, args.frames_per_clip, seed=args.seed,
                                        sampler={"greedy": True})}
+
+
+def phases_of(summary: dict) -> dict:
+    """Each training phase's steps, first loss, seconds per step and final metrics, from the
+    trainer's summary (train_main's return, or run.json's `summary`)."""
+    return {name: {"steps": p.get("steps"), "first_loss": p.get("first_loss"), "sec_per_step": p.get("sec_per_step"),
+                   "final": p.get("final_metrics", {})} for name, p in summary["phases"].items()}
+
+
+def eval_sampler(args) -> dict | None:
+    """The sampling settings --keep-bias puts over the model's stored ones (None: the model's)."""
+    return None if getattr(args, "keep_bias", None) is None else {"keep_bias": args.keep_bias}
 
 
 def evaluate(work: Path, args, result: dict) -> int:
@@ -304,8 +327,12 @@ def evaluate(work: Path, args, result: dict) -> int:
 
     t0 = time.perf_counter()
     report = run_eval(str(work / "run"), data=[str(work / "coinrun")], out_dir=str(work / "eval"), i3d=args.i3d,
-                      clips=args.eval_clips, seed=args.seed)
+                      clips=args.eval_clips, seed=args.seed, sampler=eval_sampler(args))
+    result.pop("eval_sampler", None)  # --eval-only starts from the committed result
+    if eval_sampler(args):
+        result["eval_sampler"] = {**eval_sampler(args), "note": "replaces the setting stored with the model"}
     result["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    result["eval_date"] = time.strftime("%Y-%m-%d %H:%M")
     result["eval"] = {k: v for k, v in report.items() if k not in ("files", "out_dir")}
     result["whole_val_episodes"] = whole_episodes(work, args)
     result["motion"] = motion(work, args)
