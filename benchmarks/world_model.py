@@ -172,13 +172,15 @@ def main(argv=None) -> int:
         if not args.out:
             ap.error("--eval-only needs --out, the work dir of an earlier run")
         result = json.loads((RESULTS / "world_model.json").read_text())
-        summary = json.loads((Path(args.out) / "run" / "run.json").read_text()).get("summary", {})
+        run_json = json.loads((Path(args.out) / "run" / "run.json").read_text())
+        summary = run_json.get("summary", {})
         if summary.get("phases"):  # the run evaluated may not be the one committed: its own training
             phases = phases_of(summary)
             result["training"] = {"tokenizer_steps": phases["tokenizer"]["steps"],
                                   "dynamics_steps": phases["dynamics"]["steps"],
                                   "seconds": round(sum(p.get("seconds", 0) for p in summary["phases"].values()), 1),
                                   "phases": phases, "from": f"{args.out}/run/run.json (--eval-only)"}
+            result["date"] = run_json.get("created", result.get("date"))
         return evaluate(Path(args.out), args, result)
 
     import torch
