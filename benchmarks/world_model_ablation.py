@@ -222,6 +222,8 @@ def tune_keep_bias(work: Path, run: Path, args) -> int:
 
     if any(not 0 <= b < KEEP_BIAS_MAX for b in args.keep_bias):
         raise SystemExit(f"--keep-bias: every value must be in [0, {KEEP_BIAS_MAX:g}), got {args.keep_bias}")
+    if len({sampler_label(False, 1.0, 1, True, b) for b in args.keep_bias}) != len(set(args.keep_bias)):
+        raise SystemExit(f"--keep-bias: values that print alike ({args.keep_bias}) would share a row")
     path = Path(args.results) / "world_model_ablation.json"
     table = json.loads(path.read_text()) if path.exists() else {}
     # the table's windows: its clip count, whatever --eval-clips says
@@ -238,9 +240,6 @@ def tune_keep_bias(work: Path, run: Path, args) -> int:
         raise SystemExit(f"{tune} holds {tune_stats['clips']} episodes of {tune_stats['clip_spec']['frames']} frames, "
                          f"not --tune-episodes {args.tune_episodes} of {frames}: remove it to render them again")
     cfg = load_genie(str(run), "cpu").cfg
-    labels = {sampler_label(False, 1.0, 1, True, b) for b in args.keep_bias}
-    if len(labels) != len(set(args.keep_bias)):
-        raise SystemExit(f"--keep-bias: values that print alike ({args.keep_bias}) would share a row")
     biases = sorted(set(args.keep_bias) | {0.0})
 
     def measure(data: Path, samplers: dict[str, dict], name: str) -> list[dict]:

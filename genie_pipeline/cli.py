@@ -510,12 +510,11 @@ def cmd_play(args, _) -> int:
 
 
 def _check_sampler_flags(args) -> None:
+    from genie_pipeline.models.config import KEEP_BIAS_MAX
     from genie_pipeline.training.errors import TrainingError
 
     if args.steps is not None and args.steps < 1:
         raise TrainingError("play", f"--steps must be >= 1, got {args.steps}")
-    from genie_pipeline.models.config import KEEP_BIAS_MAX
-
     for flag, value, top in (("--temperature", args.temperature, math.inf), ("--keep-bias", args.keep_bias, KEEP_BIAS_MAX)):
         if value is not None and not 0 <= value < top:  # NaN fails too
             raise TrainingError("play", f"{flag} must be a number in [0, {top:g}), got {value}")

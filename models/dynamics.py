@@ -188,11 +188,13 @@ class DynamicsModel(nn.Module):
         tokens_BN = torch.full((B, N), self.mask_token, dtype=torch.long, device=device)
         masked_BN = torch.ones(B, N, dtype=torch.bool, device=device)
         keep = bool(keep_bias) and previous_BN is not None
+        if keep:  # the same bonus at every step: built once
+            previous_BN1 = previous_BN[..., None]
+            bonus_BN1 = torch.full(previous_BN1.shape, float(keep_bias), device=previous_BN.device)
         for step in range(steps):
             log_probs_BNK = logits_fn(tokens_BN).float().log_softmax(-1)
             if keep:
-                bonus_BN1 = torch.full_like(previous_BN[..., None], keep_bias, dtype=log_probs_BNK.dtype)
-                log_probs_BNK = log_probs_BNK.scatter_add(-1, previous_BN[..., None], bonus_BN1).log_softmax(-1)
+                log_probs_BNK = log_probs_BNK.scatter_add(-1, previous_BN1, bonus_BN1).log_softmax(-1)
             if greedy or temperature <= 0:
                 sampled_BN = log_probs_BNK.argmax(-1)
             else:  # token values at the sampling temperature (sharper below 1, flatter above)
